@@ -1,0 +1,1 @@
+//! bus-core: the envelope, handler traits, the event-bus API and the in-memory backend (to come).

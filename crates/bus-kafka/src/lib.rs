@@ -1,0 +1,1 @@
+//! bus-kafka: the Kafka backend on rskafka (to come).
