@@ -1,1 +1,4 @@
-//! bus-core: the envelope, handler traits, the event-bus API and the in-memory backend (to come).
+//! The event bus: envelope, records, handler traits, the `EventBus` API, the in-memory backend
+//! and the backend conformance suite.
+
+pub mod record;
