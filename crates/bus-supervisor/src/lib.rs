@@ -84,6 +84,7 @@ mod scope;
 mod shutdown;
 mod snapshot;
 mod supervisor;
+mod table;
 mod task;
 
 pub use error::{SpawnError, TaskError};

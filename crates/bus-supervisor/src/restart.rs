@@ -317,7 +317,8 @@ impl Monitor {
         let mut incarnation: u32 = 0;
         loop {
             let child = Scope { inner: self.parent.inner.new_child(&self.name, true) };
-            let Ok(mut handle) = child.spawn_at(Cow::Borrowed(""), factory(child.clone()), self.site)
+            let Ok(mut handle) =
+                child.spawn_at(Cow::Borrowed(""), factory(child.clone()), self.site)
             else {
                 return SupervisionOutcome::ShutDown;
             };
@@ -390,6 +391,11 @@ impl Monitor {
             tracing::info!(target: "bus_supervisor", %path, incarnation, %exit, ?action, "supervised child exited");
         }
         // No receiver is fine: events are also logged.
-        let _ = self.parent.inner.tree.events.send(SupervisionEvent { path, incarnation, exit, action });
+        let _ = self.parent.inner.tree.events.send(SupervisionEvent {
+            path,
+            incarnation,
+            exit,
+            action,
+        });
     }
 }

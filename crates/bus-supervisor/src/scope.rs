@@ -19,10 +19,8 @@
 //!   supervisor.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::Location;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,9 +36,9 @@ use crate::error::SpawnError;
 use crate::restart::{Escalation, SupervisionEvent};
 use crate::shutdown::{JoinTimeout, Outcome, ShutdownError, ShutdownReport};
 use crate::snapshot::ScopeSnapshot;
+use crate::table::{TaskKey, TaskTable};
 use crate::task::{
-    TaskEntry, TaskGuard, TaskHandle, TaskId, TaskInfo, TaskKind, TaskPath, run_async,
-    run_blocking,
+    TaskEntry, TaskGuard, TaskHandle, TaskId, TaskInfo, TaskKind, TaskPath, run_async, run_blocking,
 };
 
 /// State shared by every scope of one supervisor tree.
@@ -52,39 +50,18 @@ pub(crate) struct Tree {
 }
 
 impl Tree {
-    pub(crate) fn new(runtime: Option<Handle>, abort_grace: Duration, event_capacity: usize) -> Self {
+    pub(crate) fn new(
+        runtime: Option<Handle>,
+        abort_grace: Duration,
+        event_capacity: usize,
+    ) -> Self {
         let (events, _) = broadcast::channel(event_capacity.max(1));
         Tree { next_id: AtomicU64::new(1), runtime, events, abort_grace }
     }
 }
 
-/// Hashes task ids (sequential numbers) with one multiplication, spreading them over the whole
-/// word so the table's probe bits differ.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type TaskTable = HashMap<u64, TaskEntry, BuildHasherDefault<IdHasher>>;
-
-struct ScopeState {
-    closed: bool,
-    tasks: TaskTable,
-    children: Vec<Weak<ScopeInner>>,
+struct Children {
+    list: Vec<Weak<ScopeInner>>,
     /// Prune dead children when the list reaches this length (amortised O(1) per child).
     prune_at: usize,
 }
@@ -95,12 +72,19 @@ pub(crate) struct ScopeInner {
     pub(crate) path: Arc<str>,
     pub(crate) parent: Option<Arc<ScopeInner>>,
     pub(crate) tree: Arc<Tree>,
+    /// Cancelled to ask the subtree's tasks to stop.
     pub(crate) token: CancellationToken,
+    /// The abort switch: thrown to end the subtree's tasks at their next poll.
+    abort: CancellationToken,
     /// Whether this scope is one incarnation of a supervised child: escalations stop here.
     pub(crate) supervised: bool,
-    live: AtomicUsize,
+    /// Own live tasks plus children whose own `busy` is not zero. Zero exactly when the subtree
+    /// has no live task. Only transitions to and from zero touch the parent, so a task's
+    /// registration does not write to every ancestor.
+    busy: AtomicUsize,
     idle: Notify,
-    state: Mutex<ScopeState>,
+    tasks: TaskTable,
+    children: Mutex<Children>,
     pub(crate) shutdown: OnceCell<Outcome>,
     pub(crate) failure: Mutex<Option<Escalation>>,
     pub(crate) failed: Notify,
@@ -108,15 +92,18 @@ pub(crate) struct ScopeInner {
 
 impl ScopeInner {
     pub(crate) fn new_root(name: &str, tree: Arc<Tree>) -> Arc<Self> {
-        Arc::new(Self::new(name, Arc::from(name), None, tree, CancellationToken::new(), false, false))
+        let (token, abort) = (CancellationToken::new(), CancellationToken::new());
+        Arc::new(Self::new(name, Arc::from(name), None, tree, token, abort, false, false))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn new(
         name: &str,
         path: Arc<str>,
         parent: Option<Arc<ScopeInner>>,
         tree: Arc<Tree>,
         token: CancellationToken,
+        abort: CancellationToken,
         supervised: bool,
         closed: bool,
     ) -> Self {
@@ -126,15 +113,12 @@ impl ScopeInner {
             parent,
             tree,
             token,
+            abort,
             supervised,
-            live: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
             idle: Notify::new(),
-            state: Mutex::new(ScopeState {
-                closed,
-                tasks: TaskTable::default(),
-                children: Vec::new(),
-                prune_at: 8,
-            }),
+            tasks: TaskTable::new(closed),
+            children: Mutex::new(Children { list: Vec::new(), prune_at: 8 }),
             shutdown: OnceCell::new(),
             failure: Mutex::new(None),
             failed: Notify::new(),
@@ -143,152 +127,154 @@ impl ScopeInner {
 
     pub(crate) fn new_child(self: &Arc<Self>, name: &str, supervised: bool) -> Arc<ScopeInner> {
         let path: Arc<str> = Arc::from(format!("{}/{}", self.path, name));
-        let mut state = self.state.lock();
+        // Holding the children lock while reading `closed`: a concurrent `close` either sees
+        // this child in the list or the child is born closed.
+        let mut children = self.children.lock();
         let child = Arc::new(ScopeInner::new(
             name,
             path,
             Some(Arc::clone(self)),
             Arc::clone(&self.tree),
             self.token.child_token(),
+            self.abort.child_token(),
             supervised,
-            state.closed,
+            self.tasks.is_closed(),
         ));
-        if state.children.len() >= state.prune_at {
-            state.children.retain(|c| c.strong_count() > 0);
-            state.prune_at = (state.children.len() * 2).max(8);
+        if children.list.len() >= children.prune_at {
+            children.list.retain(|c| c.strong_count() > 0);
+            children.prune_at = (children.list.len() * 2).max(8);
         }
-        state.children.push(Arc::downgrade(&child));
+        children.list.push(Arc::downgrade(&child));
         child
     }
 
-    pub(crate) fn live(&self) -> usize {
-        self.live.load(Ordering::Acquire)
+    /// The abort switch tasks watch.
+    pub(crate) fn abort_switch(&self) -> &CancellationToken {
+        &self.abort
     }
 
-    /// Registers a task: entered in the table and counted up the chain, atomically with respect
-    /// to closing.
+    fn children(&self) -> Vec<Arc<ScopeInner>> {
+        self.children.lock().list.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The number of live tasks in the subtree.
+    pub(crate) fn live(&self) -> usize {
+        let own = self.tasks.len();
+        own + self.children().iter().map(|c| c.live()).sum::<usize>()
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
+    }
+
+    fn acquire(&self) {
+        if self.busy.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(parent) = &self.parent
+        {
+            parent.acquire();
+        }
+    }
+
+    fn release(&self) {
+        if self.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+            if let Some(parent) = &self.parent {
+                parent.release();
+            }
+        }
+    }
+
+    /// Registers a task: entered in the table and counted, atomically with respect to closing.
     fn register(
         self: &Arc<Self>,
         name: Cow<'static, str>,
         site: &'static Location<'static>,
         kind: TaskKind,
-    ) -> Result<TaskGuard, SpawnError> {
+    ) -> Result<(TaskGuard, u64), SpawnError> {
         let id = self.tree.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.state.lock();
-        if state.closed {
-            return Err(SpawnError::Closed { scope: self.path.to_string() });
-        }
-        state.tasks.insert(
-            id,
-            TaskEntry {
-                name,
-                site,
-                started: Instant::now(),
-                kind,
-                abort: None,
-                abort_requested: false,
-            },
-        );
-        let mut scope = Some(&**self);
-        while let Some(s) = scope {
-            s.live.fetch_add(1, Ordering::AcqRel);
-            scope = s.parent.as_deref();
-        }
-        drop(state);
-        Ok(TaskGuard { scope: Arc::clone(self), id })
-    }
-
-    /// Stores the abort handle of a task spawned after its registration. If an abort was asked
-    /// for in between, it is carried out now.
-    fn attach_abort(&self, id: u64, abort: tokio::task::AbortHandle) {
-        let mut state = self.state.lock();
-        if let Some(entry) = state.tasks.get_mut(&id) {
-            if entry.abort_requested {
-                abort.abort();
-            }
-            entry.abort = Some(abort);
-        }
+        let entry = TaskEntry { id, name, site, started: Instant::now(), kind };
+        // Counted under the table's lock: a shutdown that closes this scope afterwards sees it.
+        let key = self
+            .tasks
+            .insert(entry, || self.acquire())
+            .map_err(|_| SpawnError::Closed { scope: self.path.to_string() })?;
+        Ok((TaskGuard { scope: Arc::clone(self), key }, id))
     }
 
     /// Removes a task: called only from [`TaskGuard`]'s drop.
-    pub(crate) fn deregister(&self, id: u64) {
-        let entry = self.state.lock().tasks.remove(&id);
+    pub(crate) fn deregister(&self, key: TaskKey) {
+        let entry = self.tasks.remove(key);
         drop(entry);
-        let mut scope = Some(self);
-        while let Some(s) = scope {
-            if s.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-                s.idle.notify_waiters();
-            }
-            scope = s.parent.as_deref();
-        }
+        self.release();
     }
 
-    pub(crate) fn task_name(&self, id: u64) -> Cow<'static, str> {
-        self.state.lock().tasks.get(&id).map(|e| e.name.clone()).unwrap_or_default()
+    pub(crate) fn task_name(&self, key: TaskKey) -> Cow<'static, str> {
+        self.tasks.with(key, |e| e.name.clone()).unwrap_or_default()
     }
 
-    fn runtime(&self) -> Result<Handle, SpawnError> {
+    /// The runtime to spawn on: the tree's, else the current one.
+    fn runtime(&self) -> Result<Cow<'_, Handle>, SpawnError> {
         match &self.tree.runtime {
-            Some(handle) => Ok(handle.clone()),
+            Some(handle) => Ok(Cow::Borrowed(handle)),
             None => Handle::try_current()
+                .map(Cow::Owned)
                 .map_err(|_| SpawnError::NoRuntime { scope: self.path.to_string() }),
         }
     }
 
     /// Marks the scope closed and returns its live children, oldest first.
     pub(crate) fn close(&self) -> Vec<Arc<ScopeInner>> {
-        let mut state = self.state.lock();
-        state.closed = true;
-        state.children.iter().filter_map(Weak::upgrade).collect()
+        self.tasks.close();
+        self.children()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.state.lock().closed
+        self.tasks.is_closed()
     }
 
-    /// Waits until the subtree's live count is zero or `deadline` passes; true when zero.
+    /// Waits until the subtree has no live task or `deadline` passes; true when it has none.
     pub(crate) async fn wait_idle_until(&self, deadline: tokio::time::Instant) -> bool {
         loop {
             let mut notified = pin!(self.idle.notified());
             notified.as_mut().enable();
-            if self.live() == 0 {
+            if self.is_idle() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.live() == 0;
+                return self.is_idle();
             }
         }
     }
 
-    /// Closes the whole subtree, cancels its tokens and aborts every task in it. Returns what it
-    /// aborted. Blocking closures that already run cannot be aborted; they are listed all the same.
+    /// Cancels the subtree's tokens, throws its abort switch (every async task ends at its next
+    /// poll; blocking closures not yet started never start) and closes every scope in it.
+    /// Returns the tasks that were alive. Blocking closures already running cannot be stopped;
+    /// they are listed all the same.
     pub(crate) fn abort_subtree(&self) -> Vec<TaskInfo> {
-        let (mut aborted, children) = self.abort_own();
-        for child in children {
-            aborted.extend(child.abort_subtree());
-        }
+        self.token.cancel();
+        self.abort.cancel();
+        let mut aborted = Vec::new();
+        self.close_and_list(&mut aborted);
         aborted.sort_by_key(|t| t.id);
         aborted
     }
 
-    /// Closes this scope, cancels its token and aborts its own tasks (not its children's).
-    /// Returns what it aborted and the live children.
-    pub(crate) fn abort_own(&self) -> (Vec<TaskInfo>, Vec<Arc<ScopeInner>>) {
-        self.token.cancel();
+    fn close_and_list(&self, into: &mut Vec<TaskInfo>) {
         let now = Instant::now();
-        let mut state = self.state.lock();
-        state.closed = true;
-        let mut aborted = Vec::with_capacity(state.tasks.len());
-        for (&id, entry) in state.tasks.iter_mut() {
-            entry.abort_requested = true;
-            if let Some(abort) = &entry.abort {
-                abort.abort();
-            }
-            aborted.push(entry.info(id, &self.path, now));
+        let children = self.close();
+        into.extend(self.tasks.map(|e| e.info(&self.path, now, true)));
+        for child in children {
+            child.close_and_list(into);
         }
-        aborted.sort_by_key(|t| t.id);
-        let children = state.children.iter().filter_map(Weak::upgrade).collect();
-        (aborted, children)
+    }
+
+    /// This scope's own live tasks (not its children's), oldest first.
+    pub(crate) fn own_tasks(&self) -> Vec<TaskInfo> {
+        let now = Instant::now();
+        let aborted = self.abort.is_cancelled();
+        let mut tasks = self.tasks.map(|e| e.info(&self.path, now, aborted));
+        tasks.sort_by_key(|t| t.id);
+        tasks
     }
 
     /// The live tasks of the subtree, oldest first.
@@ -300,21 +286,19 @@ impl ScopeInner {
     }
 
     pub(crate) fn snapshot_at(&self, now: Instant) -> ScopeSnapshot {
-        let (mut tasks, closed, children) = {
-            let state = self.state.lock();
-            let tasks: Vec<TaskInfo> =
-                state.tasks.iter().map(|(&id, e)| e.info(id, &self.path, now)).collect();
-            let children: Vec<_> = state.children.iter().filter_map(Weak::upgrade).collect();
-            (tasks, state.closed, children)
-        };
+        let aborted = self.abort.is_cancelled();
+        let mut tasks = self.tasks.map(|e| e.info(&self.path, now, aborted));
         tasks.sort_by_key(|t| t.id);
+        let closed = self.is_closed();
+        let children = self.children();
+        let children: Vec<ScopeSnapshot> = children.iter().map(|c| c.snapshot_at(now)).collect();
         ScopeSnapshot {
             path: self.path.to_string(),
-            live: self.live(),
+            live: tasks.len() + children.iter().map(|c| c.live).sum::<usize>(),
             closed,
             cancelled: self.token.is_cancelled(),
             tasks,
-            children: children.iter().map(|c| c.snapshot_at(now)).collect(),
+            children,
         }
     }
 }
@@ -397,8 +381,7 @@ impl Scope {
         F::Output: Send + 'static,
     {
         let runtime = self.inner.runtime()?;
-        let guard = self.inner.register(name.clone(), site, TaskKind::Async)?;
-        let id = guard.id;
+        let (guard, id) = self.inner.register(name.clone(), site, TaskKind::Async)?;
         let span = tracing::info_span!(
             target: "bus_supervisor",
             "task",
@@ -406,8 +389,13 @@ impl Scope {
         );
         #[allow(clippy::disallowed_methods)] // the one place tasks are handed to the runtime
         let join = runtime.spawn(run_async(guard, span, site, future));
-        self.inner.attach_abort(id, join.abort_handle());
-        Ok(TaskHandle { join, id: TaskId(id), scope_path: Arc::clone(&self.inner.path), name, site })
+        Ok(TaskHandle {
+            join,
+            id: TaskId(id),
+            scope_path: Arc::clone(&self.inner.path),
+            name,
+            site,
+        })
     }
 
     /// Runs the blocking closure `f` on the runtime's blocking pool as a task named `name`.
@@ -432,8 +420,7 @@ impl Scope {
         let site = Location::caller();
         let name = name.into();
         let runtime = self.inner.runtime()?;
-        let guard = self.inner.register(name.clone(), site, TaskKind::Blocking)?;
-        let id = guard.id;
+        let (guard, id) = self.inner.register(name.clone(), site, TaskKind::Blocking)?;
         let span = tracing::info_span!(
             target: "bus_supervisor",
             "task",
@@ -441,8 +428,13 @@ impl Scope {
         );
         #[allow(clippy::disallowed_methods)] // the one place blocking work is handed to the runtime
         let join = runtime.spawn_blocking(move || run_blocking(guard, span, site, f));
-        self.inner.attach_abort(id, join.abort_handle());
-        Ok(TaskHandle { join, id: TaskId(id), scope_path: Arc::clone(&self.inner.path), name, site })
+        Ok(TaskHandle {
+            join,
+            id: TaskId(id),
+            scope_path: Arc::clone(&self.inner.path),
+            name,
+            site,
+        })
     }
 
     /// A clone of the scope's cancellation token. It is cancelled when the scope (or an ancestor)

@@ -201,11 +201,8 @@ impl ScopeInner {
         let mut aborted = Vec::new();
         if !self.wait_idle_until(deadline).await {
             // Children have reported their own aborts; this report lists this scope's tasks.
-            let (own, children) = self.abort_own();
-            for child in children {
-                child.abort_subtree();
-            }
-            aborted = own;
+            aborted = self.own_tasks();
+            self.abort_subtree();
             for task in &aborted {
                 tracing::warn!(target: "bus_supervisor", task = %task, "aborted at shutdown deadline");
             }
@@ -220,7 +217,7 @@ impl ScopeInner {
             children: child_reports,
             failure: self.failure.lock().clone(),
         };
-        if self.live() == 0 {
+        if self.is_idle() {
             tracing::debug!(target: "bus_supervisor", path = %self.path, "shutdown complete");
             Outcome::Clean(report)
         } else {

@@ -65,7 +65,8 @@ impl ScopeSnapshot {
         if self.cancelled {
             flags.push("cancelled");
         }
-        let flags = if flags.is_empty() { String::new() } else { format!(" ({})", flags.join(", ")) };
+        let flags =
+            if flags.is_empty() { String::new() } else { format!(" ({})", flags.join(", ")) };
         writeln!(f, "{indent}{}/ [{} live]{flags}", self.path, self.live)?;
         for task in &self.tasks {
             writeln!(f, "{indent}  - {task}")?;

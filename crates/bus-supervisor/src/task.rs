@@ -111,27 +111,22 @@ impl fmt::Display for TaskInfo {
 
 /// The entry a scope keeps for each of its live tasks.
 pub(crate) struct TaskEntry {
+    pub(crate) id: u64,
     pub(crate) name: Cow<'static, str>,
     pub(crate) site: &'static Location<'static>,
     pub(crate) started: Instant,
     pub(crate) kind: TaskKind,
-    pub(crate) abort: Option<tokio::task::AbortHandle>,
-    pub(crate) abort_requested: bool,
 }
 
 impl TaskEntry {
-    pub(crate) fn info(&self, id: u64, scope_path: &str, now: Instant) -> TaskInfo {
+    pub(crate) fn info(&self, scope_path: &str, now: Instant, aborted: bool) -> TaskInfo {
         TaskInfo {
-            id: TaskId(id),
+            id: TaskId(self.id),
             path: TaskPath { scope: scope_path, name: &self.name }.to_string(),
             spawned_at: self.site,
             age: now.saturating_duration_since(self.started),
             kind: self.kind,
-            state: if self.abort_requested {
-                TaskState::AbortRequested
-            } else {
-                TaskState::Running
-            },
+            state: if aborted { TaskState::AbortRequested } else { TaskState::Running },
         }
     }
 }
@@ -158,18 +153,21 @@ impl fmt::Display for TaskPath<'_> {
 /// decrements the live counts of the scope and all its ancestors.
 pub(crate) struct TaskGuard {
     pub(crate) scope: Arc<ScopeInner>,
-    pub(crate) id: u64,
+    pub(crate) key: crate::table::TaskKey,
 }
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        self.scope.deregister(self.id);
+        self.scope.deregister(self.key);
     }
 }
 
-/// A panic caught at a task's poll boundary.
-pub(crate) struct CaughtPanic {
-    pub(crate) message: String,
+/// How a supervised task ended without producing its output.
+pub(crate) enum Ended {
+    /// It panicked; the panic was caught at the poll boundary.
+    Panicked(String),
+    /// Its scope's abort switch was thrown (a shutdown deadline or a dropped supervisor).
+    Aborted,
 }
 
 /// Extracts the text of a panic payload (`&str` or `String`; anything else is described).
@@ -184,46 +182,72 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs `fut` as a supervised task: inside `span` on every poll, with panics caught at the poll
-/// boundary, and with `guard` owned (and so dropped) by the task itself.
+/// boundary, with `guard` owned (and so dropped) by the task itself, and ended at its next poll
+/// once the scope's abort switch is thrown.
+///
+/// The abort switch is one token per scope, not an abort handle per task: a task that completes
+/// on its first poll never touches it, and one that waits registers with it once.
 pub(crate) async fn run_async<F: Future>(
     guard: TaskGuard,
     span: Span,
     site: &'static Location<'static>,
     fut: F,
-) -> Result<F::Output, CaughtPanic> {
-    let mut fut = pin!(fut);
-    let outcome = std::future::poll_fn(|cx| {
-        let _entered = span.enter();
-        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
-        }
-    })
-    .await;
-    outcome.map_err(|message| {
-        report_panic(&guard, site, &message);
-        CaughtPanic { message }
-    })
+) -> Result<F::Output, Ended> {
+    // The abort switch is borrowed from the scope the guard holds: no per-task clone.
+    let abort = guard.scope.abort_switch();
+    // The future lives in this inner block, so it is dropped (with whatever it owns) before the
+    // guard: a task leaves the count only once its state is gone. When the runtime drops the
+    // whole task instead, the same order holds (the guard, a parameter, is dropped last).
+    let outcome = {
+        let mut fut = pin!(fut);
+        let mut aborted = pin!(abort.cancelled());
+        std::future::poll_fn(|cx| {
+            if abort.is_cancelled() {
+                return Poll::Ready(Err(Ended::Aborted));
+            }
+            let polled = {
+                let _entered = span.enter();
+                catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
+            };
+            match polled {
+                Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+                Ok(Poll::Pending) => match aborted.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(Ended::Aborted)),
+                    Poll::Pending => Poll::Pending,
+                },
+                Err(payload) => Poll::Ready(Err(Ended::Panicked(panic_message(payload.as_ref())))),
+            }
+        })
+        .await
+    };
+    if let Err(Ended::Panicked(message)) = &outcome {
+        report_panic(&guard, site, message);
+    }
+    drop(guard);
+    outcome
 }
 
-/// Runs a blocking closure as a supervised task, with the same guarantees as [`run_async`].
+/// Runs a blocking closure as a supervised task, with the same guarantees as [`run_async`]. A
+/// closure whose scope was aborted before it started is not run.
 pub(crate) fn run_blocking<R>(
     guard: TaskGuard,
     span: Span,
     site: &'static Location<'static>,
     f: impl FnOnce() -> R,
-) -> Result<R, CaughtPanic> {
+) -> Result<R, Ended> {
+    if guard.scope.abort_switch().is_cancelled() {
+        return Err(Ended::Aborted);
+    }
     let _entered = span.enter();
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let message = panic_message(payload.as_ref());
         report_panic(&guard, site, &message);
-        CaughtPanic { message }
+        Ended::Panicked(message)
     })
 }
 
 fn report_panic(guard: &TaskGuard, site: &'static Location<'static>, message: &str) {
-    let name = guard.scope.task_name(guard.id);
+    let name = guard.scope.task_name(guard.key);
     tracing::error!(
         target: "bus_supervisor",
         path = %TaskPath { scope: &guard.scope.path, name: &name },
@@ -240,7 +264,7 @@ fn report_panic(guard: &TaskGuard, site: &'static Location<'static>, message: &s
 /// [`TaskError::Aborted`].
 #[must_use = "dropping a TaskHandle detaches the task (it stays supervised); await it to join"]
 pub struct TaskHandle<T> {
-    pub(crate) join: tokio::task::JoinHandle<Result<T, CaughtPanic>>,
+    pub(crate) join: tokio::task::JoinHandle<Result<T, Ended>>,
     pub(crate) id: TaskId,
     pub(crate) scope_path: Arc<str>,
     pub(crate) name: Cow<'static, str>,
@@ -293,9 +317,10 @@ impl<T> Future for TaskHandle<T> {
         };
         Poll::Ready(match joined {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(CaughtPanic { message })) => {
+            Ok(Err(Ended::Panicked(message))) => {
                 Err(TaskError::Panicked { path: this.path(), spawned_at: this.site, message })
             }
+            Ok(Err(Ended::Aborted)) => Err(TaskError::Aborted { path: this.path() }),
             Err(err) if err.is_panic() => Err(TaskError::Panicked {
                 path: this.path(),
                 spawned_at: this.site,

@@ -32,7 +32,10 @@ async fn a_snapshot_lists_the_live_tree_and_renders_as_text() {
     assert!(text.starts_with("bus/ [3 live]"), "{text}");
     assert!(text.contains("  bus/kafka/ [2 live]"), "{text}");
     assert!(text.contains("    bus/kafka/producer/ [2 live]"), "{text}");
-    assert!(text.contains(&format!("bus/kafka/producer/orders-0 [#1 async, running, age ")), "{text}");
+    assert!(
+        text.contains(&format!("bus/kafka/producer/orders-0 [#1 async, running, age ")),
+        "{text}"
+    );
     assert!(text.contains(&format!("observe.rs:{line}:")), "{text}");
     supervisor.shutdown(Duration::from_millis(50)).await.unwrap();
     assert_eq!(supervisor.snapshot().tasks(), []);
@@ -162,7 +165,9 @@ mod tracing_spans {
             let path = ctx
                 .event_scope(event)
                 .and_then(|scope| {
-                    scope.from_root().find_map(|s| s.extensions().get::<SpanPath>().map(|p| p.0.clone()))
+                    scope
+                        .from_root()
+                        .find_map(|s| s.extensions().get::<SpanPath>().map(|p| p.0.clone()))
                 })
                 .unwrap_or_default();
             self.seen.lock().push((path, message));
@@ -192,7 +197,11 @@ mod tracing_spans {
         let seen = recorder.seen.lock().clone();
         let find = |m: &str| seen.iter().find(|(_, msg)| msg == m).map(|(p, _)| p.clone());
         assert_eq!(find("before await").as_deref(), Some("bus/kafka/producer"));
-        assert_eq!(find("after await").as_deref(), Some("bus/kafka/producer"), "re-entered per poll");
+        assert_eq!(
+            find("after await").as_deref(),
+            Some("bus/kafka/producer"),
+            "re-entered per poll"
+        );
         assert_eq!(find("in blocking").as_deref(), Some("bus/kafka/flush"));
         assert_eq!(find("outside").as_deref(), Some(""));
         supervisor.shutdown(PATIENCE).await.unwrap();

@@ -39,7 +39,8 @@ async fn on_current_thread_the_count_precedes_the_first_poll() {
     let supervisor = Supervisor::new("app");
     let started = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&started);
-    let handle = supervisor.root().spawn("worker", async move { flag.store(true, Ordering::SeqCst) });
+    let handle =
+        supervisor.root().spawn("worker", async move { flag.store(true, Ordering::SeqCst) });
     let handle = handle.unwrap();
     assert!(!started.load(Ordering::SeqCst), "nothing has yielded yet, so the task has not run");
     assert_eq!(supervisor.live(), 1);
@@ -173,11 +174,8 @@ fn spawning_without_a_runtime_is_an_error_not_a_panic() {
 
 #[test]
 fn a_supervisor_built_with_a_handle_spawns_there_from_any_thread() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let supervisor = Supervisor::builder("app").runtime(runtime.handle().clone()).build();
     let handle = supervisor.root().spawn("elsewhere", async { 5 }).unwrap();
     assert_eq!(runtime.block_on(handle).unwrap(), 5);

@@ -32,9 +32,11 @@ async fn a_permanent_child_is_restarted_until_its_intensity_escalates() {
     let mut events = supervisor.events();
     let runs = Arc::new(AtomicU32::new(0));
     let counter = Arc::clone(&runs);
-    let spec = ChildSpec::permanent()
-        .intensity(3, Duration::from_secs(60))
-        .backoff(Duration::from_millis(10), Duration::from_secs(1), 1.0);
+    let spec = ChildSpec::permanent().intensity(3, Duration::from_secs(60)).backoff(
+        Duration::from_millis(10),
+        Duration::from_secs(1),
+        1.0,
+    );
     let monitor = supervisor
         .root()
         .supervise("job", spec, move |_scope| {
@@ -92,14 +94,9 @@ async fn a_temporary_child_is_never_restarted() {
     let supervisor = Supervisor::new("app");
     let monitor = supervisor
         .root()
-        .supervise("once", ChildSpec::temporary(), |_scope| async {
-            Err::<(), _>("no luck")
-        })
+        .supervise("once", ChildSpec::temporary(), |_scope| async { Err::<(), _>("no luck") })
         .unwrap();
-    assert_eq!(
-        monitor.await.unwrap(),
-        SupervisionOutcome::Stopped(Exit::Failed("no luck".into()))
-    );
+    assert_eq!(monitor.await.unwrap(), SupervisionOutcome::Stopped(Exit::Failed("no luck".into())));
     assert_eq!(supervisor.live(), 0);
 }
 
@@ -133,9 +130,11 @@ async fn restarts_back_off_exponentially_up_to_the_cap() {
     let supervisor = Supervisor::new("app");
     let starts = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&starts);
-    let spec = ChildSpec::permanent()
-        .intensity(4, Duration::from_secs(3600))
-        .backoff(Duration::from_millis(100), Duration::from_millis(300), 2.0);
+    let spec = ChildSpec::permanent().intensity(4, Duration::from_secs(3600)).backoff(
+        Duration::from_millis(100),
+        Duration::from_millis(300),
+        2.0,
+    );
     let monitor = supervisor
         .root()
         .supervise("flaky", spec, move |_scope| {
@@ -160,9 +159,11 @@ async fn restarts_outside_the_window_do_not_count() {
     let runs = Arc::new(AtomicU32::new(0));
     let counter = Arc::clone(&runs);
     // One restart per second allowed; the child fails every 2 s: it is never escalated.
-    let spec = ChildSpec::permanent()
-        .intensity(1, Duration::from_secs(1))
-        .backoff(Duration::from_millis(10), Duration::from_millis(10), 1.0);
+    let spec = ChildSpec::permanent().intensity(1, Duration::from_secs(1)).backoff(
+        Duration::from_millis(10),
+        Duration::from_millis(10),
+        1.0,
+    );
     let monitor = supervisor
         .root()
         .supervise("slow-fail", spec, move |scope| {
@@ -192,9 +193,11 @@ async fn a_restart_leaves_no_task_of_the_previous_run() {
     let peak = Arc::new(AtomicU32::new(0));
     let watch = Arc::clone(&peak);
     let root = supervisor.root().clone();
-    let spec = ChildSpec::permanent()
-        .intensity(5, Duration::from_secs(60))
-        .backoff(Duration::from_millis(1), Duration::from_millis(1), 1.0);
+    let spec = ChildSpec::permanent().intensity(5, Duration::from_secs(60)).backoff(
+        Duration::from_millis(1),
+        Duration::from_millis(1),
+        1.0,
+    );
     let monitor = supervisor
         .root()
         .supervise("parent", spec, move |scope| {
@@ -202,7 +205,9 @@ async fn a_restart_leaves_no_task_of_the_previous_run() {
             let root = root.clone();
             async move {
                 // A helper task that would run forever if nobody stopped it.
-                let _ = scope.spawn("helper", std::future::pending::<()>()).map_err(|e| e.to_string())?;
+                let _ = scope
+                    .spawn("helper", std::future::pending::<()>())
+                    .map_err(|e| e.to_string())?;
                 watch.fetch_max(u32::try_from(root.live()).unwrap(), Ordering::SeqCst);
                 Err::<(), String>("crash".into())
             }
@@ -223,9 +228,11 @@ async fn escalation_goes_to_the_parent_scope_and_upwards() {
     let mut events = supervisor.events();
     let outer_runs = Arc::new(AtomicU32::new(0));
     let counter = Arc::clone(&outer_runs);
-    let outer_spec = ChildSpec::permanent()
-        .intensity(1, Duration::from_secs(60))
-        .backoff(Duration::from_millis(5), Duration::from_millis(5), 1.0);
+    let outer_spec = ChildSpec::permanent().intensity(1, Duration::from_secs(60)).backoff(
+        Duration::from_millis(5),
+        Duration::from_millis(5),
+        1.0,
+    );
     let _ = supervisor
         .root()
         .supervise("outer", outer_spec, move |scope| {
