@@ -292,6 +292,10 @@ impl<T> TaskHandle<T> {
         self.join.is_finished()
     }
 
+    /// Lets the task run on without a handle. It stays registered and supervised: its scope's
+    /// shutdown still stops and joins it. (Dropping the handle does the same; this says so.)
+    pub fn detach(self) {}
+
     /// Asks the runtime to abort the task at its next `.await`. Awaiting the handle afterwards
     /// yields [`TaskError::Aborted`] unless the task had already finished. A blocking task that
     /// has started cannot be aborted.

@@ -1,6 +1,6 @@
 //! Points 2 to 5: shutdown against a deadline, tasks that will not stop, reverse order,
 //! idempotence, and dropping a supervisor.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -37,9 +37,9 @@ both_flavors!(cancel_then_zero => shutdown_cancels_and_waits_for_zero);
 async fn tasks_ignoring_cancellation_are_aborted_at_the_deadline() {
     let supervisor = Supervisor::new("app");
     let line = line!() + 1;
-    let _ = supervisor.root().spawn("stubborn", std::future::pending::<()>()).unwrap();
+    supervisor.root().spawn("stubborn", std::future::pending::<()>()).unwrap().detach();
     let token = supervisor.root().token();
-    let _ = supervisor.root().spawn("polite", async move { token.cancelled().await }).unwrap();
+    supervisor.root().spawn("polite", async move { token.cancelled().await }).unwrap().detach();
     let report = supervisor.shutdown(Duration::from_millis(100)).await.unwrap();
     assert_eq!(supervisor.live(), 0);
     assert_eq!(report.aborted.len(), 1, "{report}");
@@ -92,10 +92,10 @@ async fn a_blocking_closure_is_named_and_a_later_wait_succeeds() {
     let supervisor = Supervisor::builder("app").abort_grace(Duration::from_millis(50)).build();
     let (release, blocked) = std::sync::mpsc::channel::<()>();
     let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
-    let _ = supervisor
+    supervisor
         .root()
         .spawn_blocking("fsync", move || {
-            entered_tx.send(()).unwrap();
+            entered_tx.send(()).unwrap().detach();
             let _ = blocked.recv();
         })
         .unwrap();
@@ -164,7 +164,7 @@ async fn children_share_the_parents_deadline() {
         tokio::time::sleep(Duration::from_millis(400)).await;
     });
     let stubborn = supervisor.root().child("stubborn");
-    let _ = stubborn.spawn("ignores-cancel", std::future::pending::<()>()).unwrap();
+    stubborn.spawn("ignores-cancel", std::future::pending::<()>()).unwrap().detach();
 
     let deadline = Duration::from_secs(1);
     let started = tokio::time::Instant::now();
@@ -212,7 +212,7 @@ async fn concurrent_callers_all_get_the_same_report() {
             })
             .unwrap();
     }
-    let _ = supervisor.root().spawn("stubborn", std::future::pending::<()>()).unwrap();
+    supervisor.root().spawn("stubborn", std::future::pending::<()>()).unwrap().detach();
     let timeout = Duration::from_millis(200);
     let (a, b, c) = tokio::join!(
         supervisor.shutdown(timeout),
@@ -234,8 +234,8 @@ async fn dropping_a_supervisor_aborts_its_whole_tree() {
     let supervisor = Supervisor::new("app");
     let deep = supervisor.root().child("a").child("b");
     for i in 0..5 {
-        let _ = supervisor.root().spawn(format!("top{i}"), std::future::pending::<()>()).unwrap();
-        let _ = deep.spawn(format!("deep{i}"), std::future::pending::<()>()).unwrap();
+        supervisor.root().spawn(format!("top{i}"), std::future::pending::<()>()).unwrap().detach();
+        deep.spawn(format!("deep{i}"), std::future::pending::<()>()).unwrap().detach();
     }
     assert_eq!(runtime_alive(), baseline + 10);
     let token = deep.token();
@@ -256,9 +256,9 @@ async fn a_scope_can_be_shut_down_alone() {
     let supervisor = Supervisor::new("app");
     let a = supervisor.root().child("a");
     let b = supervisor.root().child("b");
-    let _ = a.spawn("x", std::future::pending::<()>()).unwrap();
+    a.spawn("x", std::future::pending::<()>()).unwrap().detach();
     let token = b.token();
-    let _ = b.spawn("y", async move { token.cancelled().await }).unwrap();
+    b.spawn("y", async move { token.cancelled().await }).unwrap().detach();
     let report = a.shutdown(Duration::from_millis(50)).await.unwrap();
     assert_eq!(report.aborted.len(), 1);
     assert_eq!(a.live(), 0);
