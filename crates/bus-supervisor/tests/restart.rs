@@ -142,7 +142,7 @@ async fn restarts_back_off_exponentially_up_to_the_cap() {
             async { Err::<(), _>("down") }
         })
         .unwrap();
-    monitor.await.unwrap().detach();
+    monitor.await.unwrap();
     let starts = starts.lock();
     let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
     let ms = Duration::from_millis;
@@ -213,7 +213,7 @@ async fn a_restart_leaves_no_task_of_the_previous_run() {
             }
         })
         .unwrap();
-    monitor.await.unwrap().detach();
+    monitor.await.unwrap();
     // At any run: the monitor, this run's main task and its helper. Never an old helper.
     assert_eq!(peak.load(Ordering::SeqCst), 3);
     supervisor.shutdown(PATIENCE).await.unwrap();
