@@ -205,9 +205,10 @@ async fn a_restart_leaves_no_task_of_the_previous_run() {
             let root = root.clone();
             async move {
                 // A helper task that would run forever if nobody stopped it.
-                let _ = scope
+                scope
                     .spawn("helper", std::future::pending::<()>())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())?
+                    .detach();
                 watch.fetch_max(u32::try_from(root.live()).unwrap(), Ordering::SeqCst);
                 Err::<(), String>("crash".into())
             }
@@ -233,7 +234,7 @@ async fn escalation_goes_to_the_parent_scope_and_upwards() {
         Duration::from_millis(5),
         1.0,
     );
-    let _ = supervisor
+    supervisor
         .root()
         .supervise("outer", outer_spec, move |scope| {
             counter.fetch_add(1, Ordering::SeqCst);
@@ -241,14 +242,16 @@ async fn escalation_goes_to_the_parent_scope_and_upwards() {
                 let inner_spec = ChildSpec::new(Restart::Permanent)
                     .intensity(0, Duration::from_secs(60))
                     .backoff(Duration::from_millis(5), Duration::from_millis(5), 1.0);
-                let _ = scope
+                scope
                     .supervise("inner", inner_spec, |_s| async { Err::<(), _>("inner broke") })
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())?
+                    .detach();
                 scope.cancelled().await;
                 Ok::<(), String>(())
             }
         })
-        .unwrap();
+        .unwrap()
+        .detach();
 
     let escalation = tokio::time::timeout(PATIENCE, supervisor.root().failed()).await.unwrap();
     assert_eq!(escalation.path, "app/outer");
