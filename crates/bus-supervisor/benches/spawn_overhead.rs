@@ -4,7 +4,7 @@
 //!
 //! Run with `cargo xtask bench supervisor` (or `cargo bench -p bus-supervisor --bench
 //! spawn_overhead -- [--tasks N] [--rounds R] [--workers W]`). Prints a Markdown table.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

@@ -16,13 +16,14 @@ async fn shutdown_cancels_and_waits_for_zero() {
     let scope = supervisor.root().child("workers");
     for i in 0..10 {
         let token = scope.token();
-        let _ = scope
+        scope
             .spawn(format!("w{i}"), async move {
                 token.cancelled().await;
                 // Some clean-up work after cancellation, across an await.
                 tokio::task::yield_now().await;
             })
-            .unwrap();
+            .unwrap()
+            .detach();
     }
     assert_eq!(supervisor.live(), 10);
     let report = supervisor.shutdown(PATIENCE).await.unwrap();
@@ -59,13 +60,14 @@ async fn a_task_blocking_its_thread_is_named_and_a_later_wait_succeeds() {
     let (release, blocked) = std::sync::mpsc::channel::<()>();
     let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
     let line = line!() + 2;
-    let _ = scope
+    scope
         .spawn("stuck", async move {
             let _ = entered_tx.send(());
             // Blocks the worker thread inside poll: no .await, so abort cannot take effect.
             let _ = blocked.recv();
         })
-        .unwrap();
+        .unwrap()
+        .detach();
     entered.await.unwrap();
 
     let error = supervisor.shutdown(Duration::from_millis(100)).await.unwrap_err();
@@ -95,10 +97,11 @@ async fn a_blocking_closure_is_named_and_a_later_wait_succeeds() {
     supervisor
         .root()
         .spawn_blocking("fsync", move || {
-            entered_tx.send(()).unwrap().detach();
+            entered_tx.send(()).unwrap();
             let _ = blocked.recv();
         })
-        .unwrap();
+        .unwrap()
+        .detach();
     assert!(eventually(PATIENCE, || entered.try_recv().is_ok()).await);
 
     let error = supervisor.shutdown(Duration::from_millis(50)).await.unwrap_err();
@@ -123,12 +126,13 @@ async fn children_shut_down_in_reverse_creation_order() {
     let record = |scope: &bus_supervisor::Scope, label: &'static str| {
         let token = scope.token();
         let order = Arc::clone(&order);
-        let _ = scope
+        scope
             .spawn(label, async move {
                 token.cancelled().await;
                 order.lock().push(label);
             })
-            .unwrap();
+            .unwrap()
+            .detach();
     };
     record(supervisor.root(), "root-task");
     let first = supervisor.root().child("first");
@@ -204,13 +208,14 @@ async fn concurrent_callers_all_get_the_same_report() {
     let supervisor = Supervisor::new("app");
     for i in 0..5 {
         let token = supervisor.root().token();
-        let _ = supervisor
+        supervisor
             .root()
             .spawn(format!("t{i}"), async move {
                 token.cancelled().await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             })
-            .unwrap();
+            .unwrap()
+            .detach();
     }
     supervisor.root().spawn("stubborn", std::future::pending::<()>()).unwrap().detach();
     let timeout = Duration::from_millis(200);
