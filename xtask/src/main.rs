@@ -1,1 +1,84 @@
-fn main() {}
+//! `cargo xtask`: the one door to the project's tooling.
+//!
+//! Owns the command line (clap) and dispatch to one module per tool: `ci` (the CI gate), `test`
+//! (every test against a broker), `broker` (start, stop, status of the test broker), `bench`
+//! (benchmarks side by side with peers), `tools` (installing pinned tools on first use), `cmd`
+//! (running commands with visible output).
+//!
+//! Invariant: xtask never leaves a process it started running, except a broker started with
+//! `broker start`, which is recorded in `target/broker.env` and ended by `broker stop`.
+
+mod bench;
+mod broker;
+mod ci;
+mod cmd;
+mod test;
+mod tools;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The project's tooling.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The CI gate: fmt, clippy, cargo-deny, every test against a broker.
+    Ci,
+    /// Run every test in the workspace against a broker (started when needed, stopped after).
+    Test {
+        /// Arguments passed to `cargo test` after the workspace flags (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Manage the Kafka-compatible test broker.
+    Broker {
+        #[command(subcommand)]
+        action: broker::Action,
+    },
+    /// Run a benchmark and print its table; `--record` also writes it to docs/BENCHMARKS.md.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum)]
+        which: bench::Which,
+        /// Write the result into docs/BENCHMARKS.md.
+        #[arg(long)]
+        record: bool,
+    },
+    /// Run cargo-deny's licenses, bans and sources checks (installing cargo-deny if missing).
+    Deny,
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub(crate) fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Errors of xtask: a message for the user.
+pub(crate) type Result<T> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Ci => ci::run(),
+        Command::Test { args } => test::run(&args),
+        Command::Broker { action } => broker::run(action),
+        Command::Bench { which, record } => bench::run(which, record),
+        Command::Deny => ci::deny(),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! `cargo xtask bench`: benchmarks run side by side with their peers, printed as tables and,
+//! with `--record`, written to `docs/BENCHMARKS.md` between markers that name the benchmark.
+
+use std::process::Command;
+
+use clap::ValueEnum;
+
+use crate::Result;
+
+/// The benchmarks.
+#[derive(ValueEnum, Clone, Copy)]
+pub(crate) enum Which {
+    /// Spawn-and-join overhead of bus-supervisor against bare tokio::spawn and TaskTracker.
+    Supervisor,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::Supervisor => "supervisor",
+        }
+    }
+
+    fn command(self) -> Vec<&'static str> {
+        match self {
+            Which::Supervisor => {
+                vec!["bench", "-p", "bus-supervisor", "--bench", "spawn_overhead"]
+            }
+        }
+    }
+}
+
+pub(crate) fn run(which: Which, record: bool) -> Result<()> {
+    let args = which.command();
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(&args).current_dir(crate::workspace_root());
+    eprintln!("$ cargo {}", args.join(" "));
+    let output = command.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "the benchmark failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let table = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    println!("{table}");
+    if record {
+        let section = format!(
+            "Recorded {} on {} with `cargo xtask bench {}`.\n\n{table}\n",
+            today(),
+            machine(),
+            which.name()
+        );
+        write_section(which.name(), &section)?;
+        eprintln!("recorded in docs/BENCHMARKS.md");
+    }
+    Ok(())
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "an unknown date".into())
+}
+
+/// A one-line description of this machine: CPU model, cores, memory, rustc.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+        .map_or("unknown CPU", str::trim)
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let rustc = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cores} cores ({model}), {mem_gib:.0} GiB, {rustc}")
+}
+
+fn write_section(name: &str, body: &str) -> Result<()> {
+    let path = crate::workspace_root().join("docs").join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let start = format!("<!-- bench:{name}:start -->");
+    let end = format!("<!-- bench:{name}:end -->");
+    let replacement = format!("{start}\n{body}{end}");
+    let updated = match (text.find(&start), text.find(&end)) {
+        (Some(s), Some(e)) if e > s => {
+            format!("{}{replacement}{}", &text[..s], &text[e + end.len()..])
+        }
+        _ => format!("{}\n{replacement}\n", text.trim_end()),
+    };
+    std::fs::write(&path, updated).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}

@@ -1,0 +1,20 @@
+//! `cargo xtask test`: every test in the workspace against a broker.
+//!
+//! Owns: bringing a broker up when none is running, running `cargo test --workspace` with
+//! `KAFKA_BOOTSTRAP` set, and stopping the broker afterwards if this run started it.
+
+use std::process::Command;
+
+use crate::Result;
+use crate::broker;
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    let broker = broker::ensure_running()?;
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(["test", "--workspace"]).args(args).env(broker::BOOTSTRAP_VAR, &broker.bootstrap);
+    let outcome = crate::cmd::run(&mut command);
+    if broker.started_here {
+        broker::stop()?;
+    }
+    outcome
+}
