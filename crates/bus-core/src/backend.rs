@@ -1,0 +1,252 @@
+//! The interface a backend implements: publishing records and taking part in consumer groups.
+//!
+//! Owns: the traits [`Backend`], [`GroupMember`], [`PartitionReader`] and the types that cross
+//! them ([`TopicPartition`], [`JoinRequest`], [`MemberEvent`], [`Revocation`], [`StartAt`],
+//! [`FlushReport`], [`Health`], [`GroupError`]).
+//!
+//! What is shared by every backend (keyed dispatch, retries, dead letters, offset tracking,
+//! commit scheduling, the shutdown order) lives once in the bus's consumer runtime; a backend
+//! provides only transport: where records go, how a group's partitions are assigned, how a
+//! partition is read, where offsets are stored.
+//!
+//! Contracts every implementation keeps:
+//! - Every record accepted by [`Backend::send`] resolves its [`DeliveryFuture`]: acknowledged,
+//!   or failed with an error (at the latest at the delivery timeout or the shutdown deadline).
+//! - Every task a backend starts is spawned in the [`Scope`] it was given.
+//! - [`GroupMember::next_event`] and [`PartitionReader::next_batch`] are cancel-safe: dropping
+//!   the future loses no event and no record (a reader's position advances only when a batch is
+//!   returned).
+//! - After a [`MemberEvent::Revoked`], the member does not take part in the next assignment until
+//!   the [`Revocation`] is completed (eager rebalance: the runtime first stops reading, drains and
+//!   commits the revoked partitions).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bus_supervisor::Scope;
+use tokio::sync::oneshot;
+
+use crate::delivery::DeliveryFuture;
+use crate::error::{PublishError, SubscribeError};
+use crate::options::OffsetReset;
+use crate::record::{Message, Record};
+
+/// A boxed, sendable future: what the backend traits return, so that they can be used as trait
+/// objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The partition.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// Partition `partition` of `topic`.
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
+        TopicPartition { topic: topic.into(), partition }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Where a reader starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// At this offset (the committed position).
+    Offset(i64),
+    /// At the oldest record stored.
+    Earliest,
+    /// After the newest record stored.
+    Latest,
+}
+
+impl From<OffsetReset> for StartAt {
+    fn from(reset: OffsetReset) -> Self {
+        match reset {
+            OffsetReset::Earliest => StartAt::Earliest,
+            OffsetReset::Latest => StartAt::Latest,
+        }
+    }
+}
+
+/// A request to join a consumer group.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// The group.
+    pub group: String,
+    /// The topics the member subscribes to.
+    pub topics: Vec<String>,
+    /// Where the member's own tasks (membership protocol, heartbeats) must be spawned.
+    pub scope: Scope,
+    /// How long the member may take to complete a [`Revocation`] before the group moves on
+    /// without it.
+    pub rebalance_timeout: std::time::Duration,
+}
+
+/// What the group decided for a member.
+#[derive(Debug)]
+pub enum MemberEvent {
+    /// These partitions are now the member's (in addition to any it holds).
+    Assigned(Vec<TopicPartition>),
+    /// These partitions are taken away. Stop reading them, let their handlers finish (up to the
+    /// rebalance timeout), commit, then complete the [`Revocation`].
+    Revoked(Revocation),
+}
+
+/// A revocation in progress: the partitions taken away and the acknowledgement the group waits
+/// for before the next assignment.
+#[derive(Debug)]
+pub struct Revocation {
+    /// The partitions taken away.
+    pub partitions: Vec<TopicPartition>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Revocation {
+    /// A revocation and the receiver that learns when it is complete.
+    pub fn new(partitions: Vec<TopicPartition>) -> (Revocation, oneshot::Receiver<()>) {
+        let (done, receiver) = oneshot::channel();
+        (Revocation { partitions, done: Some(done) }, receiver)
+    }
+
+    /// Tells the group the partitions are released (reading stopped, offsets committed).
+    /// Dropping the revocation without completing it completes it as well, so a member never
+    /// blocks its group forever.
+    pub fn complete(mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl Drop for Revocation {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// A consumer-group operation that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("group `{group}`: {reason}")]
+pub struct GroupError {
+    /// The group.
+    pub group: String,
+    /// What failed and why (naming the topic and partition where there is one).
+    pub reason: String,
+    /// Whether the operation may succeed if tried again (a coordinator moving, a rebalance).
+    pub retriable: bool,
+}
+
+impl GroupError {
+    /// A failure that retrying may fix.
+    pub fn retriable(group: impl Into<String>, reason: impl Into<String>) -> Self {
+        GroupError { group: group.into(), reason: reason.into(), retriable: true }
+    }
+
+    /// A failure that retrying will not fix.
+    pub fn fatal(group: impl Into<String>, reason: impl Into<String>) -> Self {
+        GroupError { group: group.into(), reason: reason.into(), retriable: false }
+    }
+}
+
+/// What a flush achieved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Records acknowledged while flushing.
+    pub flushed: usize,
+    /// Records failed back to their callers (not acknowledged by the deadline).
+    pub failed: usize,
+}
+
+/// A backend's state as seen by `health`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Working.
+    Ready,
+    /// Working with trouble (a broker unreachable, retries in progress).
+    Degraded {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Shut down (or shutting down).
+    Closed,
+}
+
+/// A transport for the event bus. See the module documentation for the contracts.
+pub trait Backend: Send + Sync + 'static {
+    /// The backend's name, for errors and logs (`memory`, `kafka`).
+    fn name(&self) -> &'static str;
+
+    /// Accepts a record for publication, waiting for room in the backend's bounded buffer
+    /// (backpressure), and returns the future of its acknowledgement.
+    ///
+    /// The record's envelope (if any) has been validated. The backend chooses the partition
+    /// (the record's own, else its partitioner on the key, else spreading unkeyed records).
+    fn send(&self, record: Record) -> BoxFuture<'_, Result<DeliveryFuture, PublishError>>;
+
+    /// Joins a consumer group.
+    fn join(
+        &self,
+        request: JoinRequest,
+    ) -> BoxFuture<'_, Result<Box<dyn GroupMember>, SubscribeError>>;
+
+    /// Waits until every record accepted so far is acknowledged or `deadline` passes; fails back
+    /// what is left (each caller's future resolves to
+    /// [`PublishError::NotAcknowledgedAtShutdown`]).
+    fn flush(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, FlushReport>;
+
+    /// The backend's health.
+    fn health(&self) -> Health;
+}
+
+/// One member of a consumer group, held by the subscription that joined.
+pub trait GroupMember: Send + Sync {
+    /// The member's id in its group.
+    fn member_id(&self) -> String;
+
+    /// The next assignment change. Cancel-safe.
+    fn next_event(&self) -> BoxFuture<'_, Result<MemberEvent, GroupError>>;
+
+    /// The committed offsets (the next offset to read) of `partitions`, `None` where the group
+    /// has none.
+    fn committed<'a>(
+        &'a self,
+        partitions: &'a [TopicPartition],
+    ) -> BoxFuture<'a, Result<Vec<Option<i64>>, GroupError>>;
+
+    /// Commits, for each partition, the next offset to read.
+    fn commit<'a>(
+        &'a self,
+        offsets: &'a [(TopicPartition, i64)],
+    ) -> BoxFuture<'a, Result<(), GroupError>>;
+
+    /// Opens a reader of `partition` starting at `start`.
+    fn open<'a>(
+        &'a self,
+        partition: &'a TopicPartition,
+        start: StartAt,
+    ) -> BoxFuture<'a, Result<Box<dyn PartitionReader>, GroupError>>;
+
+    /// Leaves the group (its partitions are reassigned to the others at once).
+    fn leave(&self) -> BoxFuture<'_, Result<(), GroupError>>;
+}
+
+/// Reads one partition in offset order.
+pub trait PartitionReader: Send {
+    /// The next records from the current position: waits until there is at least one, or until
+    /// the backend's poll interval passes (then returns an empty batch). At most about
+    /// `max_bytes` (but always at least one record when one is there). Cancel-safe.
+    fn next_batch(&mut self, max_bytes: usize) -> BoxFuture<'_, Result<Vec<Message>, GroupError>>;
+}

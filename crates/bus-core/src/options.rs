@@ -1,0 +1,224 @@
+//! Subscription options: consumer group, concurrency, ordering, retries, dead letters.
+//!
+//! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`]. Each is a serde struct with
+//! defaults; [`SubscribeOptions::validate`] names the field that is out of range.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// Where a group starts reading a partition it has no committed offset for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    /// From the oldest record still stored.
+    #[default]
+    Earliest,
+    /// From the next record published.
+    Latest,
+}
+
+/// How a failed handler is retried before its message is dead-lettered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = no retry).
+    pub max_attempts: u32,
+    /// The delay before the first retry.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// The largest delay.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Growth factor per retry (at least 1.0).
+    pub multiplier: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            multiplier: 2.0,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries: a failure goes to the dead-letter topic at once.
+    pub fn none() -> Self {
+        RetryPolicy { max_attempts: 1, ..RetryPolicy::default() }
+    }
+
+    /// The delay before retry number `retry` (1 for the first retry).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exponent = i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX);
+        let secs = self.initial_backoff.as_secs_f64() * self.multiplier.max(1.0).powi(exponent);
+        if !secs.is_finite() || secs >= self.max_backoff.as_secs_f64() {
+            self.max_backoff
+        } else {
+            Duration::from_secs_f64(secs)
+        }
+    }
+}
+
+/// How a subscription consumes: its consumer group, parallelism, ordering, retries and dead
+/// letters. Built with [`SubscribeOptions::new`] and the `with_*` setters, or deserialised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscribeOptions {
+    /// The consumer group. Each group receives every message (at least) once; within a group,
+    /// partitions are spread over its members.
+    pub group: String,
+    /// Handlers running at once (across keys).
+    pub concurrency: usize,
+    /// Whether messages with the same key are handled one at a time, in offset order (on by
+    /// default). Off: every message may run in parallel.
+    pub ordering_by_key: bool,
+    /// Messages fetched but not finished (queued or running) at most; fetching pauses at the
+    /// bound (backpressure).
+    pub max_in_flight: usize,
+    /// Retries of a failed handler.
+    pub retry: RetryPolicy,
+    /// Where failed and undecodable messages go; `<topic>.dlq` when unset.
+    pub dead_letter_topic: Option<String>,
+    /// A handler running longer is cancelled and counted as failed (then retried). None: no limit.
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout: Option<Duration>,
+    /// Where to start without a committed offset.
+    pub auto_offset_reset: OffsetReset,
+    /// How often completed offsets are committed (they are also committed on revoke and on
+    /// shutdown).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// How long in-flight handlers may run on after their partition is revoked; those still
+    /// running are abandoned, uncommitted, for the new owner to redeliver.
+    #[serde(with = "humantime_serde")]
+    pub rebalance_timeout: Duration,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            group: String::new(),
+            concurrency: 16,
+            ordering_by_key: true,
+            max_in_flight: 1024,
+            retry: RetryPolicy::default(),
+            dead_letter_topic: None,
+            handler_timeout: None,
+            auto_offset_reset: OffsetReset::Earliest,
+            commit_interval: Duration::from_secs(1),
+            rebalance_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SubscribeOptions {
+    /// Options for consumer group `group`, with the defaults: concurrency 16, ordering by key,
+    /// 1,024 in flight, 3 attempts with backoff from 100 ms, dead letters to `<topic>.dlq`.
+    pub fn new(group: impl Into<String>) -> Self {
+        SubscribeOptions { group: group.into(), ..SubscribeOptions::default() }
+    }
+
+    /// Sets the concurrency.
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Turns ordering by key on or off.
+    pub fn with_ordering_by_key(mut self, on: bool) -> Self {
+        self.ordering_by_key = on;
+        self
+    }
+
+    /// Sets the bound on messages in flight.
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the dead-letter topic.
+    pub fn with_dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = Some(topic.into());
+        self
+    }
+
+    /// Sets the handler timeout.
+    pub fn with_handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets where to start without a committed offset.
+    pub fn with_auto_offset_reset(mut self, reset: OffsetReset) -> Self {
+        self.auto_offset_reset = reset;
+        self
+    }
+
+    /// Sets the commit interval.
+    pub fn with_commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    /// Sets the rebalance timeout.
+    pub fn with_rebalance_timeout(mut self, timeout: Duration) -> Self {
+        self.rebalance_timeout = timeout;
+        self
+    }
+
+    /// The dead-letter topic for `topic`.
+    pub fn dead_letter_topic_for(&self, topic: &str) -> String {
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{topic}.dlq"))
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.group.trim().is_empty() {
+            return Err(ConfigError::new("group", "a consumer group name is required"));
+        }
+        if self.concurrency == 0 {
+            return Err(ConfigError::new("concurrency", "must be at least 1"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::new("max_in_flight", "must be at least 1"));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(ConfigError::new("retry.max_attempts", "must be at least 1"));
+        }
+        if !(self.retry.multiplier.is_finite() && self.retry.multiplier >= 1.0) {
+            return Err(ConfigError::new("retry.multiplier", "must be a number >= 1.0"));
+        }
+        if self.retry.max_backoff < self.retry.initial_backoff {
+            return Err(ConfigError::new(
+                "retry.max_backoff",
+                "must not be smaller than retry.initial_backoff",
+            ));
+        }
+        if self.dead_letter_topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::new("dead_letter_topic", "must not be empty when set"));
+        }
+        if self.handler_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new("handler_timeout", "must be greater than zero when set"));
+        }
+        if self.commit_interval.is_zero() {
+            return Err(ConfigError::new("commit_interval", "must be greater than zero"));
+        }
+        Ok(())
+    }
+}
