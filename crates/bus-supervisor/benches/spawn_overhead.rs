@@ -3,7 +3,8 @@
 //! interleaved in one run on one runtime, and print ns per task and the ratios.
 //!
 //! Run with `cargo xtask bench supervisor` (or `cargo bench -p bus-supervisor --bench
-//! spawn_overhead -- [--tasks N] [--rounds R] [--workers W]`). Prints a Markdown table.
+//! spawn_overhead -- [--tasks N] [--rounds R] [--workers W]`; `--workers 0` runs on a
+//! current-thread runtime). Prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
@@ -85,11 +86,15 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn main() {
     let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = if args.workers == 0 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.workers)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     let (mut b, mut t, mut s) = (Vec::new(), Vec::new(), Vec::new());
     runtime.block_on(async {
         let supervisor = Supervisor::new("bench");

@@ -38,12 +38,15 @@ use crate::shutdown::{JoinTimeout, Outcome, ShutdownError, ShutdownReport};
 use crate::snapshot::ScopeSnapshot;
 use crate::table::{TaskKey, TaskTable};
 use crate::task::{
-    TaskEntry, TaskGuard, TaskHandle, TaskId, TaskInfo, TaskKind, TaskPath, run_async, run_blocking,
+    Supervised, TaskEntry, TaskGuard, TaskHandle, TaskId, TaskInfo, TaskKind, TaskPath,
+    run_blocking,
 };
 
 /// State shared by every scope of one supervisor tree.
 pub(crate) struct Tree {
     next_id: AtomicU64,
+    /// Task start times are kept as nanoseconds since this instant.
+    epoch: Instant,
     runtime: Option<Handle>,
     pub(crate) events: broadcast::Sender<SupervisionEvent>,
     pub(crate) abort_grace: Duration,
@@ -56,7 +59,12 @@ impl Tree {
         event_capacity: usize,
     ) -> Self {
         let (events, _) = broadcast::channel(event_capacity.max(1));
-        Tree { next_id: AtomicU64::new(1), runtime, events, abort_grace }
+        Tree { next_id: AtomicU64::new(1), epoch: Instant::now(), runtime, events, abort_grace }
+    }
+
+    /// Nanoseconds since the tree's epoch (saturating: 584 years).
+    pub(crate) fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -65,6 +73,11 @@ struct Children {
     /// Prune dead children when the list reaches this length (amortised O(1) per child).
     prune_at: usize,
 }
+
+/// A value on its own cache lines: the live counter is written on every spawn and every exit and
+/// must not share a line with what tasks read.
+#[repr(align(128))]
+struct CachePadded<T>(T);
 
 /// The shared state behind a [`Scope`] handle.
 pub(crate) struct ScopeInner {
@@ -81,7 +94,7 @@ pub(crate) struct ScopeInner {
     /// Own live tasks plus children whose own `busy` is not zero. Zero exactly when the subtree
     /// has no live task. Only transitions to and from zero touch the parent, so a task's
     /// registration does not write to every ancestor.
-    busy: AtomicUsize,
+    busy: CachePadded<AtomicUsize>,
     idle: Notify,
     tasks: TaskTable,
     children: Mutex<Children>,
@@ -115,7 +128,7 @@ impl ScopeInner {
             token,
             abort,
             supervised,
-            busy: AtomicUsize::new(0),
+            busy: CachePadded(AtomicUsize::new(0)),
             idle: Notify::new(),
             tasks: TaskTable::new(closed),
             children: Mutex::new(Children { list: Vec::new(), prune_at: 8 }),
@@ -164,11 +177,11 @@ impl ScopeInner {
     }
 
     pub(crate) fn is_idle(&self) -> bool {
-        self.busy.load(Ordering::Acquire) == 0
+        self.busy.0.load(Ordering::Acquire) == 0
     }
 
     fn acquire(&self) {
-        if self.busy.fetch_add(1, Ordering::AcqRel) == 0
+        if self.busy.0.fetch_add(1, Ordering::AcqRel) == 0
             && let Some(parent) = &self.parent
         {
             parent.acquire();
@@ -176,7 +189,7 @@ impl ScopeInner {
     }
 
     fn release(&self) {
-        if self.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.busy.0.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
             if let Some(parent) = &self.parent {
                 parent.release();
@@ -192,7 +205,7 @@ impl ScopeInner {
         kind: TaskKind,
     ) -> Result<(TaskGuard, u64), SpawnError> {
         let id = self.tree.next_id.fetch_add(1, Ordering::Relaxed);
-        let entry = TaskEntry { id, name, site, started: Instant::now(), kind };
+        let entry = TaskEntry { id, name, site, started_ns: self.tree.now_ns(), kind };
         // Counted under the table's lock: a shutdown that closes this scope afterwards sees it.
         let key = self
             .tasks
@@ -208,8 +221,11 @@ impl ScopeInner {
         self.release();
     }
 
-    pub(crate) fn task_name(&self, key: TaskKey) -> Cow<'static, str> {
-        self.tasks.with(key, |e| e.name.clone()).unwrap_or_default()
+    pub(crate) fn task_name_and_site(
+        &self,
+        key: TaskKey,
+    ) -> (Cow<'static, str>, Option<&'static Location<'static>>) {
+        self.tasks.with(key, |e| (e.name.clone(), Some(e.site))).unwrap_or_default()
     }
 
     /// The runtime to spawn on: the tree's, else the current one.
@@ -260,7 +276,7 @@ impl ScopeInner {
     }
 
     fn close_and_list(&self, into: &mut Vec<TaskInfo>) {
-        let now = Instant::now();
+        let now = self.tree.now_ns();
         let children = self.close();
         into.extend(self.tasks.map(|e| e.info(&self.path, now, true)));
         for child in children {
@@ -270,7 +286,7 @@ impl ScopeInner {
 
     /// This scope's own live tasks (not its children's), oldest first.
     pub(crate) fn own_tasks(&self) -> Vec<TaskInfo> {
-        let now = Instant::now();
+        let now = self.tree.now_ns();
         let aborted = self.abort.is_cancelled();
         let mut tasks = self.tasks.map(|e| e.info(&self.path, now, aborted));
         tasks.sort_by_key(|t| t.id);
@@ -280,12 +296,12 @@ impl ScopeInner {
     /// The live tasks of the subtree, oldest first.
     pub(crate) fn live_tasks(&self) -> Vec<TaskInfo> {
         let mut tasks = Vec::new();
-        self.snapshot_at(Instant::now()).collect_tasks(&mut tasks);
+        self.snapshot_at(self.tree.now_ns()).collect_tasks(&mut tasks);
         tasks.sort_by_key(|t| t.id);
         tasks
     }
 
-    pub(crate) fn snapshot_at(&self, now: Instant) -> ScopeSnapshot {
+    pub(crate) fn snapshot_at(&self, now: u64) -> ScopeSnapshot {
         let aborted = self.abort.is_cancelled();
         let mut tasks = self.tasks.map(|e| e.info(&self.path, now, aborted));
         tasks.sort_by_key(|t| t.id);
@@ -388,14 +404,8 @@ impl Scope {
             path = %TaskPath { scope: &self.inner.path, name: &name },
         );
         #[allow(clippy::disallowed_methods)] // the one place tasks are handed to the runtime
-        let join = runtime.spawn(run_async(guard, span, site, future));
-        Ok(TaskHandle {
-            join,
-            id: TaskId(id),
-            scope_path: Arc::clone(&self.inner.path),
-            name,
-            site,
-        })
+        let join = runtime.spawn(Supervised::new(guard, span, future));
+        Ok(TaskHandle { join, id: TaskId(id), scope: Arc::clone(&self.inner), name, site })
     }
 
     /// Runs the blocking closure `f` on the runtime's blocking pool as a task named `name`.
@@ -427,14 +437,8 @@ impl Scope {
             path = %TaskPath { scope: &self.inner.path, name: &name },
         );
         #[allow(clippy::disallowed_methods)] // the one place blocking work is handed to the runtime
-        let join = runtime.spawn_blocking(move || run_blocking(guard, span, site, f));
-        Ok(TaskHandle {
-            join,
-            id: TaskId(id),
-            scope_path: Arc::clone(&self.inner.path),
-            name,
-            site,
-        })
+        let join = runtime.spawn_blocking(move || run_blocking(guard, span, f));
+        Ok(TaskHandle { join, id: TaskId(id), scope: Arc::clone(&self.inner), name, site })
     }
 
     /// A clone of the scope's cancellation token. It is cancelled when the scope (or an ancestor)
@@ -504,7 +508,7 @@ impl Scope {
     /// A snapshot of this scope's subtree: every live task with its path, id, spawn site, age
     /// and state. It renders as an indented tree with `Display`.
     pub fn snapshot(&self) -> crate::Snapshot {
-        crate::Snapshot { root: self.inner.snapshot_at(Instant::now()) }
+        crate::Snapshot { root: self.inner.snapshot_at(self.inner.tree.now_ns()) }
     }
 
     /// Receives the supervision events (exits, restarts, escalations) of the whole tree.

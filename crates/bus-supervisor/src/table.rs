@@ -10,7 +10,8 @@
 //! - Each shard carries the scope's `closed` flag, set under the shard's lock by
 //!   [`TaskTable::close`], and [`TaskTable::insert`] checks it under the same lock: once `close`
 //!   has returned, no insert can succeed.
-//! - A shard that empties after a burst gives its memory back.
+//! - A shard that empties keeps room for at most `RETAIN` tasks; a larger burst's memory is
+//!   given back.
 
 use parking_lot::Mutex;
 
@@ -18,8 +19,9 @@ use crate::task::TaskEntry;
 
 /// Shards per table (a power of two).
 const SHARDS: usize = 4;
-/// Capacity a shard keeps when it empties.
-const KEEP: usize = 64;
+/// Slots a shard keeps when it empties (about 1.4 MiB): what a burst beyond this used is given
+/// back.
+const RETAIN: usize = 1 << 15;
 
 /// Where a task's entry lives.
 #[derive(Clone, Copy, Debug)]
@@ -36,8 +38,13 @@ struct Shard {
     len: usize,
 }
 
+/// One shard on its own cache lines, so that threads working on different shards do not contend
+/// through false sharing.
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
 pub(crate) struct TaskTable {
-    shards: [Mutex<Shard>; SHARDS],
+    shards: [Padded; SHARDS],
 }
 
 /// The table was closed: no insert.
@@ -46,7 +53,9 @@ pub(crate) struct Closed;
 impl TaskTable {
     pub(crate) fn new(closed: bool) -> Self {
         TaskTable {
-            shards: std::array::from_fn(|_| Mutex::new(Shard { closed, ..Shard::default() })),
+            shards: std::array::from_fn(|_| {
+                Padded(Mutex::new(Shard { closed, ..Shard::default() }))
+            }),
         }
     }
 
@@ -58,7 +67,7 @@ impl TaskTable {
         counted: impl FnOnce(),
     ) -> Result<TaskKey, Closed> {
         let shard_index = (entry.id as usize) & (SHARDS - 1);
-        let mut shard = self.shards[shard_index].lock();
+        let mut shard = self.shards[shard_index].0.lock();
         if shard.closed {
             return Err(Closed);
         }
@@ -82,15 +91,17 @@ impl TaskTable {
 
     /// Removes and returns the entry at `key`.
     pub(crate) fn remove(&self, key: TaskKey) -> Option<TaskEntry> {
-        let mut shard = self.shards[usize::from(key.shard)].lock();
+        let mut shard = self.shards[usize::from(key.shard)].0.lock();
         let entry = shard.slots.get_mut(key.slot as usize)?.take()?;
         shard.len -= 1;
         if shard.len == 0 {
             shard.slots.clear();
             shard.free.clear();
-            if shard.slots.capacity() > KEEP {
-                shard.slots.shrink_to(KEEP);
-                shard.free.shrink_to(KEEP);
+            // Keep the room of a moderate burst for the next one; give back the excess of a
+            // large one.
+            if shard.slots.capacity() > RETAIN {
+                shard.slots.shrink_to(RETAIN);
+                shard.free.shrink_to(RETAIN);
             }
         } else {
             shard.free.push(key.slot);
@@ -100,31 +111,31 @@ impl TaskTable {
 
     /// Reads the entry at `key`.
     pub(crate) fn with<R>(&self, key: TaskKey, f: impl FnOnce(&TaskEntry) -> R) -> Option<R> {
-        let shard = self.shards[usize::from(key.shard)].lock();
+        let shard = self.shards[usize::from(key.shard)].0.lock();
         shard.slots.get(key.slot as usize)?.as_ref().map(f)
     }
 
     /// Closes every shard.
     pub(crate) fn close(&self) {
         for shard in &self.shards {
-            shard.lock().closed = true;
+            shard.0.lock().closed = true;
         }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.shards[0].lock().closed
+        self.shards[0].0.lock().closed
     }
 
     /// The number of entries.
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len).sum()
+        self.shards.iter().map(|s| s.0.lock().len).sum()
     }
 
     /// Maps every entry (shard by shard).
     pub(crate) fn map<T>(&self, mut f: impl FnMut(&TaskEntry) -> T) -> Vec<T> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            out.extend(shard.lock().slots.iter().flatten().map(&mut f));
+            out.extend(shard.0.lock().slots.iter().flatten().map(&mut f));
         }
         out
     }

@@ -18,11 +18,12 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Span;
 
 use crate::error::TaskError;
@@ -110,21 +111,24 @@ impl fmt::Display for TaskInfo {
 }
 
 /// The entry a scope keeps for each of its live tasks.
+///
+/// Kept small (every live task has one): the start time is nanoseconds since the tree's epoch.
 pub(crate) struct TaskEntry {
     pub(crate) id: u64,
     pub(crate) name: Cow<'static, str>,
     pub(crate) site: &'static Location<'static>,
-    pub(crate) started: Instant,
+    pub(crate) started_ns: u64,
     pub(crate) kind: TaskKind,
 }
 
 impl TaskEntry {
-    pub(crate) fn info(&self, scope_path: &str, now: Instant, aborted: bool) -> TaskInfo {
+    /// Describes the entry; `now_ns` is nanoseconds since the tree's epoch.
+    pub(crate) fn info(&self, scope_path: &str, now_ns: u64, aborted: bool) -> TaskInfo {
         TaskInfo {
             id: TaskId(self.id),
             path: TaskPath { scope: scope_path, name: &self.name }.to_string(),
             spawned_at: self.site,
-            age: now.saturating_duration_since(self.started),
+            age: Duration::from_nanos(now_ns.saturating_sub(self.started_ns)),
             kind: self.kind,
             state: if aborted { TaskState::AbortRequested } else { TaskState::Running },
         }
@@ -181,50 +185,62 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs `fut` as a supervised task: inside `span` on every poll, with panics caught at the poll
-/// boundary, with `guard` owned (and so dropped) by the task itself, and ended at its next poll
-/// once the scope's abort switch is thrown.
-///
-/// The abort switch is one token per scope, not an abort handle per task: a task that completes
-/// on its first poll never touches it, and one that waits registers with it once.
-pub(crate) async fn run_async<F: Future>(
-    guard: TaskGuard,
-    span: Span,
-    site: &'static Location<'static>,
-    fut: F,
-) -> Result<F::Output, Ended> {
-    // The abort switch is borrowed from the scope the guard holds: no per-task clone.
-    let abort = guard.scope.abort_switch();
-    // The future lives in this inner block, so it is dropped (with whatever it owns) before the
-    // guard: a task leaves the count only once its state is gone. When the runtime drops the
-    // whole task instead, the same order holds (the guard, a parameter, is dropped last).
-    let outcome = {
-        let mut fut = pin!(fut);
-        let mut aborted = pin!(abort.cancelled());
-        std::future::poll_fn(|cx| {
-            if abort.is_cancelled() {
-                return Poll::Ready(Err(Ended::Aborted));
-            }
-            let polled = {
-                let _entered = span.enter();
-                catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
-            };
-            match polled {
-                Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-                Ok(Poll::Pending) => match aborted.as_mut().poll(cx) {
+pin_project_lite::pin_project! {
+    /// A supervised task's future: runs the inner future inside its span on every poll, catches
+    /// panics at the poll boundary, ends at the next poll once the scope's abort switch is
+    /// thrown, and owns the task's registration.
+    ///
+    /// Kept small on purpose (a task's state is moved into its allocation at spawn): the span is
+    /// boxed only when a subscriber wants it, and the abort waiter is made only when the task
+    /// first waits. Fields drop in order, so the inner future (and whatever it owns) is gone
+    /// before the guard deregisters the task.
+    pub(crate) struct Supervised<F> {
+        #[pin]
+        inner: F,
+        aborted: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        span: Option<Box<Span>>,
+        guard: TaskGuard,
+    }
+}
+
+impl<F: Future> Supervised<F> {
+    pub(crate) fn new(guard: TaskGuard, span: Span, inner: F) -> Self {
+        let span = if span.is_disabled() { None } else { Some(Box::new(span)) };
+        Supervised { inner, aborted: None, span, guard }
+    }
+}
+
+impl<F: Future> Future for Supervised<F> {
+    type Output = Result<F::Output, Ended>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let abort = this.guard.scope.abort_switch();
+        if abort.is_cancelled() {
+            return Poll::Ready(Err(Ended::Aborted));
+        }
+        let inner = this.inner;
+        let polled = {
+            let _entered = this.span.as_deref().map(Span::enter);
+            catch_unwind(AssertUnwindSafe(|| inner.poll(cx)))
+        };
+        match polled {
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Ok(Poll::Pending) => {
+                let waiter =
+                    this.aborted.get_or_insert_with(|| Box::pin(abort.clone().cancelled_owned()));
+                match waiter.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(Ended::Aborted)),
                     Poll::Pending => Poll::Pending,
-                },
-                Err(payload) => Poll::Ready(Err(Ended::Panicked(panic_message(payload.as_ref())))),
+                }
             }
-        })
-        .await
-    };
-    if let Err(Ended::Panicked(message)) = &outcome {
-        report_panic(&guard, site, message);
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                report_panic(this.guard, &message);
+                Poll::Ready(Err(Ended::Panicked(message)))
+            }
+        }
     }
-    drop(guard);
-    outcome
 }
 
 /// Runs a blocking closure as a supervised task, with the same guarantees as [`run_async`]. A
@@ -232,7 +248,6 @@ pub(crate) async fn run_async<F: Future>(
 pub(crate) fn run_blocking<R>(
     guard: TaskGuard,
     span: Span,
-    site: &'static Location<'static>,
     f: impl FnOnce() -> R,
 ) -> Result<R, Ended> {
     if guard.scope.abort_switch().is_cancelled() {
@@ -241,20 +256,31 @@ pub(crate) fn run_blocking<R>(
     let _entered = span.enter();
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let message = panic_message(payload.as_ref());
-        report_panic(&guard, site, &message);
+        report_panic(&guard, &message);
         Ended::Panicked(message)
     })
 }
 
-fn report_panic(guard: &TaskGuard, site: &'static Location<'static>, message: &str) {
-    let name = guard.scope.task_name(guard.key);
+fn report_panic(guard: &TaskGuard, message: &str) {
+    let (name, site) = guard.scope.task_name_and_site(guard.key);
     tracing::error!(
         target: "bus_supervisor",
         path = %TaskPath { scope: &guard.scope.path, name: &name },
-        spawned_at = %site,
+        spawned_at = %DisplaySite(site),
         panic = %message,
         "supervised task panicked"
     );
+}
+
+struct DisplaySite(Option<&'static Location<'static>>);
+
+impl fmt::Display for DisplaySite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(site) => write!(f, "{site}"),
+            None => f.write_str("unknown"),
+        }
+    }
 }
 
 /// The handle to a supervised task: await it for the task's output.
@@ -266,7 +292,7 @@ fn report_panic(guard: &TaskGuard, site: &'static Location<'static>, message: &s
 pub struct TaskHandle<T> {
     pub(crate) join: tokio::task::JoinHandle<Result<T, Ended>>,
     pub(crate) id: TaskId,
-    pub(crate) scope_path: Arc<str>,
+    pub(crate) scope: Arc<ScopeInner>,
     pub(crate) name: Cow<'static, str>,
     pub(crate) site: &'static Location<'static>,
 }
@@ -279,7 +305,7 @@ impl<T> TaskHandle<T> {
 
     /// The task's full path.
     pub fn path(&self) -> String {
-        TaskPath { scope: &self.scope_path, name: &self.name }.to_string()
+        TaskPath { scope: &self.scope.path, name: &self.name }.to_string()
     }
 
     /// Where the task was spawned.
