@@ -1,0 +1,536 @@
+//! The backend conformance suite: the bus's behaviour, written once against the API and run on
+//! every backend (feature `conformance`).
+//!
+//! Owns: [`Harness`] (how a backend under test makes buses and topics), one public async function
+//! per behaviour, and [`conformance_suite!`](crate::conformance_suite) which turns them into
+//! `#[tokio::test]`s for a harness.
+//!
+//! Every check waits on conditions with deadlines ([`PATIENCE`]); none sleeps to wait and none
+//! asserts on time. Each creates its own topics, so checks run in parallel and repeatedly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::backend::BoxFuture;
+use crate::bus::EventBus;
+use crate::consumer::dead_letter_headers;
+use crate::envelope::Envelope;
+use crate::error::{HandlerError, PublishError, SubscribeError};
+use crate::options::{RetryPolicy, SubscribeOptions};
+use crate::record::{Message, Record};
+
+/// How long a check waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// What a backend provides to run the suite.
+pub trait Harness: Send + Sync + 'static {
+    /// A new bus on the backend under test.
+    fn bus(&self) -> BoxFuture<'_, EventBus>;
+    /// Creates a topic with `partitions` partitions, unique to this call (name prefixed by
+    /// `hint`), on the backend `bus` runs on; returns its name.
+    fn topic<'a>(&'a self, bus: &'a EventBus, hint: &'a str, partitions: i32)
+    -> BoxFuture<'a, String>;
+}
+
+/// Generates one `#[tokio::test]` per conformance check for the harness `$harness` (an
+/// expression evaluated in each test).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($harness:expr) => {
+        $crate::conformance_suite!(@tests $harness;
+            ordering_per_key_under_concurrency,
+            no_loss,
+            at_least_once_retry_after_failed_handler,
+            abandoned_handler_is_redelivered,
+            retries_then_dead_letter,
+            poison_to_dead_letter,
+            fetch_backpressure_bounds_in_flight,
+            groups_each_get_everything_and_members_split,
+            unsubscribe_stops_delivery,
+            shutdown_reports_and_leaves_nothing,
+            concurrent_shutdown_callers_get_one_report,
+            closed_bus_refuses_work,
+        );
+    };
+    (@tests $harness:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let harness = $harness;
+                $crate::conformance::$check(&harness).await;
+            }
+        )*
+    };
+}
+
+/// Waits until `condition` holds, failing the check with `what` after [`PATIENCE`].
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn options(group: &str) -> SubscribeOptions {
+    SubscribeOptions::new(group).with_commit_interval(Duration::from_millis(100)).with_retry(
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            multiplier: 2.0,
+        },
+    )
+}
+
+fn keyed(topic: &str, key: &str, value: String) -> Record {
+    Record::new(topic, value).with_key(key.to_owned())
+}
+
+async fn publish_all(bus: &EventBus, records: Vec<Record>) {
+    let mut pending = Vec::with_capacity(records.len());
+    for record in records {
+        pending.push(bus.publish_nowait(record).await.expect("record accepted"));
+    }
+    for delivery in pending {
+        delivery.await.expect("record acknowledged");
+    }
+}
+
+fn text(bytes: &Bytes) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Messages with the same key are handled one at a time, in publish order, while different keys
+/// run in parallel.
+pub async fn ordering_per_key_under_concurrency(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "order", 4).await;
+    let seen: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
+    let running: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let overlap = Arc::new(AtomicUsize::new(0));
+    let parallel_peak = Arc::new(AtomicUsize::new(0));
+    let (s, r, o, p) = (seen.clone(), running.clone(), overlap.clone(), parallel_peak.clone());
+    let _sub = bus
+        .subscribe(&topic, options("order").with_concurrency(8), move |m: Message| {
+            let (seen, running, overlap, peak) = (s.clone(), r.clone(), o.clone(), p.clone());
+            async move {
+                let key = text(m.key.as_ref().expect("keyed"));
+                {
+                    let mut running = running.lock();
+                    if !running.insert(key.clone()) {
+                        overlap.fetch_add(1, Ordering::SeqCst);
+                    }
+                    peak.fetch_max(running.len(), Ordering::SeqCst);
+                }
+                let n: u32 = text(&m.value).parse().expect("number");
+                tokio::time::sleep(Duration::from_micros(u64::from(n % 7) * 300)).await;
+                seen.lock().entry(key.clone()).or_default().push(n);
+                running.lock().remove(&key);
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    let (keys, per_key) = (16, 40u32);
+    let mut records = Vec::new();
+    for n in 0..per_key {
+        for k in 0..keys {
+            records.push(keyed(&topic, &format!("key-{k}"), n.to_string()));
+        }
+    }
+    publish_all(&bus, records).await;
+    eventually("every message handled", || {
+        seen.lock().values().map(Vec::len).sum::<usize>() >= keys * per_key as usize
+    })
+    .await;
+    for (key, values) in seen.lock().iter() {
+        let expected: Vec<u32> = (0..per_key).collect();
+        assert_eq!(values, &expected, "key {key} out of order or duplicated");
+    }
+    assert_eq!(overlap.load(Ordering::SeqCst), 0, "two handlers of one key ran at once");
+    assert!(parallel_peak.load(Ordering::SeqCst) > 1, "different keys never ran in parallel");
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// Every acknowledged record is handled (at least once).
+pub async fn no_loss(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "noloss", 6).await;
+    let seen: Arc<Mutex<BTreeSet<(i32, i64)>>> = Arc::default();
+    let s = seen.clone();
+    let _sub = bus
+        .subscribe(&topic, options("noloss").with_concurrency(4), move |m: Message| {
+            let seen = s.clone();
+            async move {
+                seen.lock().insert((m.partition, m.offset));
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    let mut acked = BTreeSet::new();
+    for i in 0..2_000 {
+        let delivery =
+            bus.publish(keyed(&topic, &format!("agg-{}", i % 97), i.to_string())).await.unwrap();
+        acked.insert((delivery.partition, delivery.offset));
+    }
+    eventually("every acknowledged record handled", || seen.lock().len() >= acked.len()).await;
+    assert_eq!(*seen.lock(), acked);
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// A failed handler is retried until it succeeds; the message is not lost or skipped.
+pub async fn at_least_once_retry_after_failed_handler(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "retry", 2).await;
+    let attempts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let a = attempts.clone();
+    let _sub = bus
+        .subscribe(&topic, options("retry"), move |m: Message| {
+            let attempts = a.clone();
+            async move {
+                let value = text(&m.value);
+                let attempt = {
+                    let mut attempts = attempts.lock();
+                    let n = attempts.entry(value.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                if value.starts_with("flaky") && attempt < 2 {
+                    return Err(HandlerError::new(format!("{value} fails its first attempt")));
+                }
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    let records = (0..20)
+        .map(|i| {
+            let value = if i % 4 == 0 { format!("flaky-{i}") } else { format!("fine-{i}") };
+            keyed(&topic, &format!("k{i}"), value)
+        })
+        .collect();
+    publish_all(&bus, records).await;
+    eventually("all handled", || bus.metrics().handled >= 20).await;
+    let attempts = attempts.lock().clone();
+    for (value, n) in &attempts {
+        let want = if value.starts_with("flaky") { 2 } else { 1 };
+        assert_eq!(*n, want, "{value} attempted {n} times");
+    }
+    assert_eq!(bus.metrics().retries, 5);
+    assert_eq!(bus.metrics().dead_lettered, 0);
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// A handler still running when its subscription stops is abandoned, its message uncommitted:
+/// the next member of the group receives it again.
+pub async fn abandoned_handler_is_redelivered(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "abandon", 1).await;
+    let started = Arc::new(Notify::new());
+    let st = started.clone();
+    let first = bus
+        .subscribe(&topic, options("abandon"), move |_m: Message| {
+            let started = st.clone();
+            async move {
+                started.notify_one();
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    bus.publish(keyed(&topic, "k", "stuck".into())).await.unwrap();
+    tokio::time::timeout(PATIENCE, started.notified()).await.expect("handler started");
+    let report = first.unsubscribe(Duration::from_millis(200)).await.expect("tasks stopped");
+    assert_eq!(report.subscription.abandoned, 1, "{report:?}");
+    assert!(report.subscription.left_group);
+
+    let again: Arc<Mutex<Vec<String>>> = Arc::default();
+    let a = again.clone();
+    let _second = bus
+        .subscribe(&topic, options("abandon"), move |m: Message| {
+            let again = a.clone();
+            async move {
+                again.lock().push(text(&m.value));
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    eventually("redelivered", || !again.lock().is_empty()).await;
+    assert_eq!(again.lock()[0], "stuck");
+    assert!(bus.metrics().abandoned >= 1);
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// Consumes every record of `topic` from the start with a fresh group until `count` arrived.
+async fn read_topic(bus: &EventBus, topic: &str, count: usize) -> Vec<Message> {
+    let got: Arc<Mutex<Vec<Message>>> = Arc::default();
+    let g = got.clone();
+    let group = format!("reader-{topic}");
+    let sub = bus
+        .subscribe(topic, options(&group), move |m: Message| {
+            let got = g.clone();
+            async move {
+                got.lock().push(m);
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed to read");
+    eventually("records read back", || got.lock().len() >= count).await;
+    sub.unsubscribe(PATIENCE).await.expect("reader stopped");
+    let got = got.lock().clone();
+    got
+}
+
+/// A handler that keeps failing is retried with backoff, then its message goes to the
+/// dead-letter topic with the error in headers, and is committed.
+pub async fn retries_then_dead_letter(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "dlq", 1).await;
+    let dead_letters = h.topic(&bus, "dlq-target", 1).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let opts = options("dlq").with_dead_letter_topic(dead_letters.clone());
+    let sub = bus
+        .subscribe(&topic, opts, move |m: Message| {
+            let calls = c.clone();
+            async move {
+                if text(&m.value) == "bad" {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    return Err(HandlerError::new("cannot handle bad"));
+                }
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    let bad = keyed(&topic, "key-bad", "bad".into()).with_header("trace", "t-1");
+    publish_all(&bus, vec![keyed(&topic, "a", "good".into()), bad]).await;
+    eventually("dead-lettered", || bus.metrics().dead_lettered >= 1).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "three attempts, then the dead letter");
+
+    let dead = read_topic(&bus, &dead_letters, 1).await;
+    let d = &dead[0];
+    assert_eq!(text(&d.value), "bad", "value kept");
+    assert_eq!(d.key.as_ref().map(text).as_deref(), Some("key-bad"), "key kept");
+    assert_eq!(d.headers.get_str("trace"), Some("t-1"), "headers kept");
+    assert_eq!(d.headers.get_str(dead_letter_headers::REASON), Some("handler-error"));
+    assert_eq!(d.headers.get_str(dead_letter_headers::ERROR), Some("cannot handle bad"));
+    assert_eq!(d.headers.get_str(dead_letter_headers::SOURCE_TOPIC), Some(topic.as_str()));
+    assert_eq!(d.headers.get_str(dead_letter_headers::SOURCE_PARTITION), Some("0"));
+    assert_eq!(d.headers.get_str(dead_letter_headers::SOURCE_OFFSET), Some("1"));
+    assert_eq!(d.headers.get_str(dead_letter_headers::ATTEMPTS), Some("3"));
+
+    // Committed: a new member of the same group starts after it.
+    let report = sub.unsubscribe(PATIENCE).await.expect("stopped");
+    let committed: BTreeMap<i32, i64> =
+        report.subscription.committed.iter().map(|(p, o)| (p.partition, *o)).collect();
+    assert_eq!(committed.get(&0), Some(&2), "{report:?}");
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// A message that is not a valid envelope goes to the dead-letter topic at once, without
+/// reaching the envelope handler.
+pub async fn poison_to_dead_letter(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "poison", 1).await;
+    let handled: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let hd = handled.clone();
+    let _sub = bus
+        .subscribe_envelopes(&topic, options("poison"), move |e: Envelope| {
+            let handled = hd.clone();
+            async move {
+                handled.lock().push(e.event_version);
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    bus.publish(Record::new(&topic, "{not json").with_key("agg-1")).await.unwrap();
+    let valid = Envelope::new("agg-1", "Created", 1, serde_json::json!({"ok": true})).unwrap();
+    bus.publish_envelope(&topic, &valid).await.unwrap();
+    eventually("valid envelope handled", || !handled.lock().is_empty()).await;
+    eventually("poison dead-lettered", || bus.metrics().dead_lettered >= 1).await;
+    assert_eq!(*handled.lock(), vec![1]);
+    assert_eq!(bus.metrics().poison, 1);
+    let dead = read_topic(&bus, &format!("{topic}.dlq"), 1).await;
+    assert_eq!(text(&dead[0].value), "{not json");
+    assert_eq!(dead[0].headers.get_str(dead_letter_headers::REASON), Some("poison"));
+    assert_eq!(dead[0].headers.get_str(dead_letter_headers::ATTEMPTS), Some("1"));
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// Fetching pauses when `max_in_flight` messages are queued or running: the bound holds.
+pub async fn fetch_backpressure_bounds_in_flight(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "backpressure", 1).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let (g, s) = (gate.clone(), started.clone());
+    let opts = options("bp").with_concurrency(2).with_max_in_flight(5);
+    let _sub = bus
+        .subscribe(&topic, opts, move |_m: Message| {
+            let (gate, started) = (g.clone(), s.clone());
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.map_err(|e| HandlerError::new(e.to_string()))?.forget();
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    let records = (0..100).map(|i| keyed(&topic, &format!("k{i}"), i.to_string())).collect();
+    publish_all(&bus, records).await;
+    eventually("handlers blocked", || started.load(Ordering::SeqCst) == 2).await;
+    for _ in 0..20 {
+        let in_flight = bus.metrics().in_flight;
+        assert!(in_flight <= 5, "{in_flight} in flight, bound 5");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(started.load(Ordering::SeqCst), 2, "concurrency bound");
+    gate.add_permits(100);
+    eventually("all handled after release", || bus.metrics().handled >= 100).await;
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// Each group receives every message; two members of one group split the partitions.
+pub async fn groups_each_get_everything_and_members_split(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "groups", 4).await;
+    type Seen = Arc<Mutex<Vec<(i32, i64)>>>;
+    let subscribe = |group: &'static str, seen: Seen| {
+        let bus = bus.clone();
+        let topic = topic.clone();
+        async move {
+            bus.subscribe(&topic, options(group), move |m: Message| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().push((m.partition, m.offset));
+                    Ok(())
+                }
+            })
+            .await
+            .expect("subscribed")
+        }
+    };
+    let (a1, a2, b): (Seen, Seen, Seen) = Default::default();
+    let _m1 = subscribe("group-a", a1.clone()).await;
+    let _m2 = subscribe("group-a", a2.clone()).await;
+    let _b = subscribe("group-b", b.clone()).await;
+    let records = (0..400).map(|i| keyed(&topic, &format!("k{}", i % 37), i.to_string())).collect();
+    publish_all(&bus, records).await;
+    eventually("group b got all", || b.lock().len() >= 400).await;
+    eventually("group a got all", || a1.lock().len() + a2.lock().len() >= 400).await;
+    let union: BTreeSet<_> = a1.lock().iter().chain(a2.lock().iter()).copied().collect();
+    let all_b: BTreeSet<_> = b.lock().iter().copied().collect();
+    assert_eq!(union, all_b, "group a missed records");
+    let parts = |s: &Seen| s.lock().iter().map(|(p, _)| *p).collect::<BTreeSet<_>>();
+    let (p1, p2) = (parts(&a1), parts(&a2));
+    assert!(!p1.is_empty() && !p2.is_empty(), "both members got partitions: {p1:?} {p2:?}");
+    assert!(p1.is_disjoint(&p2), "members of one group overlap: {p1:?} {p2:?}");
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// After unsubscribe the handler gets nothing more, and the subscription's tasks are gone.
+pub async fn unsubscribe_stops_delivery(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "unsub", 2).await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let sub = bus
+        .subscribe(&topic, options("unsub"), move |_m: Message| {
+            let count = c.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    bus.publish(keyed(&topic, "a", "1".into())).await.unwrap();
+    eventually("first handled", || count.load(Ordering::SeqCst) == 1).await;
+    let scope = sub.scope().clone();
+    let report = sub.unsubscribe(PATIENCE).await.expect("stopped");
+    assert!(report.subscription.left_group);
+    assert_eq!(scope.live(), 0, "the subscription's tasks are gone");
+    assert_eq!(bus.metrics().subscriptions, 0);
+    bus.publish(keyed(&topic, "a", "2".into())).await.unwrap();
+    // Another group proves the record is there to read; the unsubscribed handler saw none.
+    let read = read_topic(&bus, &topic, 2).await;
+    assert_eq!(read.len(), 2);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// Shutdown reports what it did and returns only when no task of the bus is left.
+pub async fn shutdown_reports_and_leaves_nothing(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "shutdown", 3).await;
+    let release = Arc::new(Notify::new());
+    let r = release.clone();
+    let _sub = bus
+        .subscribe(&topic, options("shutdown").with_concurrency(3), move |m: Message| {
+            let release = r.clone();
+            async move {
+                if text(&m.value) == "slow" {
+                    release.notified().await;
+                }
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    publish_all(&bus, vec![keyed(&topic, "x", "slow".into()), keyed(&topic, "y", "ok".into())])
+        .await;
+    eventually("fast one handled", || bus.metrics().handled >= 1).await;
+    assert!(bus.live_tasks() > 0);
+    let report = bus.shutdown(Duration::from_millis(300)).await.expect("clean shutdown");
+    assert_eq!(report.handlers_abandoned, 1, "{report}");
+    assert_eq!(bus.live_tasks(), 0);
+    assert_eq!(report.subscriptions.len(), 1);
+    assert!(report.subscriptions[0].left_group);
+    assert!(report.to_string().contains("1 handler(s) abandoned"));
+}
+
+/// Concurrent and later shutdown callers all get the one report.
+pub async fn concurrent_shutdown_callers_get_one_report(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "concurrent", 1).await;
+    let _sub = bus
+        .subscribe(&topic, options("concurrent"), |_m: Message| async { Ok(()) })
+        .await
+        .expect("subscribed");
+    let (a, b, c) = tokio::join!(
+        bus.shutdown(PATIENCE),
+        bus.shutdown(PATIENCE),
+        bus.clone().shutdown(Duration::from_secs(1))
+    );
+    let (a, b, c) = (a.expect("a"), b.expect("b"), c.expect("c"));
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    assert_eq!(format!("{a:?}"), format!("{c:?}"));
+    let later = bus.shutdown(PATIENCE).await.expect("later");
+    assert_eq!(format!("{a:?}"), format!("{later:?}"));
+    assert_eq!(bus.live_tasks(), 0);
+}
+
+/// A bus that is shut down refuses new records and subscriptions with `Closed`.
+pub async fn closed_bus_refuses_work(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "closed", 1).await;
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+    assert!(matches!(bus.publish(Record::new(&topic, "x")).await, Err(PublishError::Closed)));
+    let refused =
+        bus.subscribe(&topic, options("closed"), |_m: Message| async { Ok(()) }).await.err();
+    assert!(matches!(refused, Some(SubscribeError::Closed)), "{refused:?}");
+    assert_eq!(bus.health(), crate::backend::Health::Closed);
+}

@@ -1,0 +1,106 @@
+//! Counters of what the bus did, and their snapshot.
+//!
+//! Owns: [`Metrics`] (shared atomic counters, cheap to bump from any task) and
+//! [`MetricsSnapshot`] (a copy of them at one moment). Counters only grow, except the gauges
+//! named as such.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The bus's counters.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub(crate) published: AtomicU64,
+    pub(crate) publish_failed: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) handled: AtomicU64,
+    pub(crate) handler_failures: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) dead_letter_failures: AtomicU64,
+    pub(crate) poison: AtomicU64,
+    pub(crate) handler_timeouts: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) commit_failures: AtomicU64,
+    pub(crate) rebalances: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+}
+
+/// Gauges read from the live parts of the bus when a snapshot is taken.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Gauges {
+    pub(crate) subscriptions: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) live_tasks: usize,
+}
+
+impl Metrics {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, gauges: Gauges) -> MetricsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            published: get(&self.published),
+            publish_failed: get(&self.publish_failed),
+            received: get(&self.received),
+            handled: get(&self.handled),
+            handler_failures: get(&self.handler_failures),
+            retries: get(&self.retries),
+            dead_lettered: get(&self.dead_lettered),
+            dead_letter_failures: get(&self.dead_letter_failures),
+            poison: get(&self.poison),
+            handler_timeouts: get(&self.handler_timeouts),
+            commits: get(&self.commits),
+            commit_failures: get(&self.commit_failures),
+            rebalances: get(&self.rebalances),
+            abandoned: get(&self.abandoned),
+            subscriptions: gauges.subscriptions,
+            in_flight: gauges.in_flight,
+            live_tasks: gauges.live_tasks,
+        }
+    }
+}
+
+/// The bus's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Records acknowledged (counted when the caller observes the acknowledgement).
+    pub published: u64,
+    /// Publishes that failed (rejected, timed out, failed back at shutdown).
+    pub publish_failed: u64,
+    /// Messages received from the backend by subscriptions.
+    pub received: u64,
+    /// Messages whose handler succeeded.
+    pub handled: u64,
+    /// Handler attempts that failed (each retry counts).
+    pub handler_failures: u64,
+    /// Retries made.
+    pub retries: u64,
+    /// Messages sent to a dead-letter topic.
+    pub dead_lettered: u64,
+    /// Dead-letter publishes that failed (the message stays uncommitted, to be redelivered).
+    pub dead_letter_failures: u64,
+    /// Messages that could not be decoded (dead-lettered without retries).
+    pub poison: u64,
+    /// Handler attempts cancelled by the handler timeout.
+    pub handler_timeouts: u64,
+    /// Offset commits made.
+    pub commits: u64,
+    /// Offset commits that failed.
+    pub commit_failures: u64,
+    /// Partition revocations handled.
+    pub rebalances: u64,
+    /// Handlers abandoned at a revoke or shutdown deadline (their messages will be redelivered).
+    pub abandoned: u64,
+    /// Gauge: active subscriptions.
+    pub subscriptions: usize,
+    /// Gauge: messages accepted by subscriptions' dispatch and not finished (queued or running).
+    pub in_flight: usize,
+    /// Gauge: live tasks in the bus's supervisor tree.
+    pub live_tasks: usize,
+}
