@@ -207,6 +207,11 @@ pub trait Backend: Send + Sync + 'static {
     /// [`PublishError::NotAcknowledgedAtShutdown`]).
     fn flush(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, FlushReport>;
 
+    /// Freezes admission: from now on `send` and `join` fail with `Closed`, and sends waiting
+    /// for room fail with `Closed` at once. Accepted records are still delivered (or failed back
+    /// by `flush`); members can still commit and leave. Idempotent.
+    fn close(&self);
+
     /// The backend's health.
     fn health(&self) -> Health;
 }

@@ -8,6 +8,9 @@
 //! Every check waits on conditions with deadlines ([`PATIENCE`]); none sleeps to wait and none
 //! asserts on time. Each creates its own topics, so checks run in parallel and repeatedly.
 
+// The checks are test assertions: failing loudly is their purpose.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -510,10 +513,11 @@ pub async fn concurrent_shutdown_callers_get_one_report(h: &impl Harness) {
         .subscribe(&topic, options("concurrent"), |_m: Message| async { Ok(()) })
         .await
         .expect("subscribed");
+    let other = bus.clone();
     let (a, b, c) = tokio::join!(
         bus.shutdown(PATIENCE),
         bus.shutdown(PATIENCE),
-        bus.clone().shutdown(Duration::from_secs(1))
+        other.shutdown(Duration::from_secs(1))
     );
     let (a, b, c) = (a.expect("a"), b.expect("b"), c.expect("c"));
     assert_eq!(format!("{a:?}"), format!("{b:?}"));

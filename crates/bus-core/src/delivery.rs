@@ -10,9 +10,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use tokio::sync::oneshot;
 
 use crate::error::PublishError;
+use crate::metrics::Metrics;
 
 /// Where a record was stored: the broker's (or the in-memory log's) acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -34,6 +37,7 @@ pub struct Delivery {
 pub struct DeliveryFuture {
     receiver: oneshot::Receiver<Result<Delivery, PublishError>>,
     backend: &'static str,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The backend's side of a [`DeliveryFuture`].
@@ -45,7 +49,7 @@ pub struct DeliverySender {
 /// A connected pair: the backend keeps the sender and hands the future to the caller.
 pub fn delivery_channel(backend: &'static str) -> (DeliverySender, DeliveryFuture) {
     let (sender, receiver) = oneshot::channel();
-    (DeliverySender { sender }, DeliveryFuture { receiver, backend })
+    (DeliverySender { sender }, DeliveryFuture { receiver, backend, metrics: None })
 }
 
 impl DeliverySender {
@@ -69,18 +73,34 @@ impl DeliveryFuture {
     }
 }
 
+impl DeliveryFuture {
+    /// Counts the outcome in the bus's metrics when it resolves.
+    pub(crate) fn counted(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
 impl Future for DeliveryFuture {
     type Output = Result<Delivery, PublishError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let backend = self.backend;
-        Pin::new(&mut self.receiver).poll(cx).map(|result| {
-            result.unwrap_or_else(|_| {
+        let result = match Pin::new(&mut self.receiver).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(result) => result.unwrap_or_else(|_| {
                 Err(PublishError::Backend {
                     backend,
                     reason: "the record's delivery result was dropped without a verdict".into(),
                 })
-            })
-        })
+            }),
+        };
+        if let Some(metrics) = self.metrics.take() {
+            match &result {
+                Ok(_) => Metrics::bump(&metrics.published),
+                Err(_) => Metrics::bump(&metrics.publish_failed),
+            }
+        }
+        Poll::Ready(result)
     }
 }

@@ -1,0 +1,454 @@
+//! The event bus: the API services use, over any backend.
+//!
+//! Owns: [`EventBus`] (publish, subscribe, health, metrics, shutdown), its shutdown procedure and
+//! [`ShutdownReport`] / [`ShutdownError`].
+//!
+//! Invariants:
+//! - The bus owns its [`Supervisor`]; no task holds the bus itself (only the backend and the
+//!   metrics), so dropping the last clone of the bus drops the supervisor, which aborts the whole
+//!   tree. Nothing outlives the bus.
+//! - Shutdown follows the contract every backend shares: freeze admission; stop fetching and let
+//!   handlers finish until the deadline, then commit and leave the groups, while the producers
+//!   flush (records not acknowledged by the deadline are failed back to their callers); flush
+//!   again for dead letters written by draining handlers; abort what remains and wait for it;
+//!   report. It is computed once and every caller gets the same result. `Ok` only when no task
+//!   is left.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bus_supervisor::{Scope, Snapshot, Supervisor, TaskInfo};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use crate::backend::{Backend, Health};
+use crate::consumer::{self, Registry, Subscription, SubscriptionReport};
+use crate::delivery::{Delivery, DeliveryFuture};
+use crate::envelope::Envelope;
+use crate::error::{ConfigError, PublishError, SubscribeError};
+use crate::handler::{self, EnvelopeHandler, Handler};
+use crate::memory::{MemoryBackend, MemoryConfig};
+use crate::metrics::{Gauges, Metrics, MetricsSnapshot};
+use crate::options::SubscribeOptions;
+use crate::record::Record;
+
+/// The event bus. Cheap to clone; all clones are the same bus.
+///
+/// ```
+/// use std::time::Duration;
+/// use bus_core::{Envelope, EventBus, HandlerError, SubscribeOptions};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = EventBus::in_memory();
+/// let (seen, mut rx) = tokio::sync::mpsc::unbounded_channel();
+/// let _subscription = bus
+///     .subscribe_envelopes("orders", SubscribeOptions::new("billing"), move |e: Envelope| {
+///         let seen = seen.clone();
+///         async move {
+///             seen.send(e.event_version).map_err(|_| HandlerError::new("test ended"))?;
+///             Ok(())
+///         }
+///     })
+///     .await?;
+/// let order = Envelope::new("order-1", "OrderPlaced", 1, serde_json::json!({"total": 42}))?;
+/// bus.publish_envelope("orders", &order).await?;
+/// assert_eq!(rx.recv().await, Some(1));
+/// let report = bus.shutdown(Duration::from_secs(5)).await?;
+/// assert_eq!(bus.live_tasks(), 0);
+/// println!("{report}");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct EventBus {
+    inner: Arc<BusInner>,
+}
+
+struct BusInner {
+    supervisor: Supervisor,
+    backend: Arc<dyn Backend>,
+    memory: Option<Arc<MemoryBackend>>,
+    consumers: Scope,
+    metrics: Arc<Metrics>,
+    closed: AtomicBool,
+    subscriptions: Registry,
+    shutdown: OnceCell<Result<ShutdownReport, ShutdownError>>,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("backend", &self.inner.backend.name())
+            .field("live_tasks", &self.live_tasks())
+            .finish()
+    }
+}
+
+impl EventBus {
+    /// A bus on the in-memory backend with its default configuration. Call it inside a tokio
+    /// runtime (with timers enabled).
+    pub fn in_memory() -> EventBus {
+        let supervisor = Supervisor::new("bus");
+        match MemoryBackend::new(supervisor.root().child("memory"), MemoryConfig::default()) {
+            Ok(backend) => Self::assemble(supervisor, backend.clone(), Some(backend)),
+            // The default configuration is valid; this arm exists so that nothing can panic.
+            Err(error) => unreachable_config(error),
+        }
+    }
+
+    /// A bus on the in-memory backend with `config`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field out of range.
+    pub fn in_memory_with(config: MemoryConfig) -> Result<EventBus, ConfigError> {
+        let supervisor = Supervisor::new("bus");
+        let backend = MemoryBackend::new(supervisor.root().child("memory"), config)?;
+        Ok(Self::assemble(supervisor, backend.clone(), Some(backend)))
+    }
+
+    /// A bus on another backend. The backend's tasks must live in `supervisor`'s tree (create it
+    /// with a scope from `supervisor.root()`); the bus takes ownership of the supervisor.
+    pub fn with_backend(supervisor: Supervisor, backend: Arc<dyn Backend>) -> EventBus {
+        Self::assemble(supervisor, backend, None)
+    }
+
+    fn assemble(
+        supervisor: Supervisor,
+        backend: Arc<dyn Backend>,
+        memory: Option<Arc<MemoryBackend>>,
+    ) -> EventBus {
+        let consumers = supervisor.root().child("consumer");
+        EventBus {
+            inner: Arc::new(BusInner {
+                supervisor,
+                backend,
+                memory,
+                consumers,
+                metrics: Arc::new(Metrics::default()),
+                closed: AtomicBool::new(false),
+                subscriptions: Registry::default(),
+                shutdown: OnceCell::new(),
+            }),
+        }
+    }
+
+    /// The in-memory backend, when the bus runs on it (to create topics and inspect offsets).
+    pub fn memory_backend(&self) -> Option<&Arc<MemoryBackend>> {
+        self.inner.memory.as_ref()
+    }
+
+    /// Publishes `record` and waits for its acknowledgement.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Closed`] once shutdown began; otherwise what the backend reports (buffer
+    /// full past the publish timeout, delivery timeout, rejection, failed back at shutdown).
+    pub async fn publish(&self, record: Record) -> Result<Delivery, PublishError> {
+        self.publish_nowait(record).await?.await
+    }
+
+    /// Hands `record` to the backend, waiting only for room in its buffer, and returns the
+    /// future of its acknowledgement.
+    ///
+    /// # Errors
+    ///
+    /// As for [`EventBus::publish`], for the part before the record is accepted.
+    pub async fn publish_nowait(&self, record: Record) -> Result<DeliveryFuture, PublishError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        if record.topic.trim().is_empty() {
+            return Err(PublishError::InvalidRecord {
+                topic: record.topic,
+                reason: "the topic name is empty".into(),
+            });
+        }
+        match self.inner.backend.send(record).await {
+            Ok(delivery) => Ok(delivery.counted(Arc::clone(&self.inner.metrics))),
+            Err(error) => {
+                Metrics::bump(&self.inner.metrics.publish_failed);
+                Err(error)
+            }
+        }
+    }
+
+    /// Validates `envelope`, maps it to a record (key = aggregate id, `X-*` headers) and
+    /// publishes it to `topic`, waiting for the acknowledgement.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::InvalidEnvelope`] naming the field, before anything reaches the backend;
+    /// otherwise as for [`EventBus::publish`].
+    pub async fn publish_envelope(
+        &self,
+        topic: &str,
+        envelope: &Envelope,
+    ) -> Result<Delivery, PublishError> {
+        self.publish(envelope.to_record(topic)?).await
+    }
+
+    /// Subscribes `handler` to `topic` with `options`; returns once the group is joined.
+    ///
+    /// # Errors
+    ///
+    /// [`SubscribeError::Closed`] once shutdown began, [`SubscribeError::InvalidOptions`] naming
+    /// the option, or the backend's failure to join.
+    pub async fn subscribe<H: Handler>(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+        handler: H,
+    ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_erased(topic, options, handler::erase(handler)).await
+    }
+
+    /// Subscribes an envelope handler: messages are decoded and validated first; those that are
+    /// not valid envelopes (poison) go to the dead-letter topic without reaching the handler.
+    ///
+    /// # Errors
+    ///
+    /// As for [`EventBus::subscribe`].
+    pub async fn subscribe_envelopes<H: EnvelopeHandler>(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+        handler: H,
+    ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_erased(topic, options, handler::erase_envelope(handler)).await
+    }
+
+    async fn subscribe_erased(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+        handler: handler::ErasedHandler,
+    ) -> Result<Subscription, SubscribeError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SubscribeError::Closed);
+        }
+        consumer::subscribe(
+            &self.inner.consumers,
+            Arc::clone(&self.inner.backend),
+            Arc::clone(&self.inner.metrics),
+            topic,
+            options,
+            handler,
+            &self.inner.subscriptions,
+        )
+        .await
+    }
+
+    /// The bus's health: the backend's, or `Closed` once shutdown began.
+    pub fn health(&self) -> Health {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Health::Closed
+        } else {
+            self.inner.backend.health()
+        }
+    }
+
+    /// The bus's counters now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let (subscriptions, in_flight) = {
+            let subscriptions = self.inner.subscriptions.lock();
+            (subscriptions.len(), subscriptions.iter().map(|s| s.dispatch.in_flight()).sum())
+        };
+        let gauges = Gauges { subscriptions, in_flight, live_tasks: self.live_tasks() };
+        self.inner.metrics.snapshot(gauges)
+    }
+
+    /// The number of live tasks in the bus's supervisor tree.
+    pub fn live_tasks(&self) -> usize {
+        self.inner.supervisor.live()
+    }
+
+    /// The live task tree (paths, spawn sites, ages).
+    pub fn snapshot(&self) -> Snapshot {
+        self.inner.supervisor.snapshot()
+    }
+
+    /// The root scope of the bus's tree (for leak guards in tests).
+    pub fn scope(&self) -> &Scope {
+        self.inner.supervisor.root()
+    }
+
+    /// Shuts the bus down within `timeout` and reports what happened. Idempotent: every caller,
+    /// concurrent or later, gets the same result.
+    ///
+    /// # Errors
+    ///
+    /// [`ShutdownError`] when tasks were still alive at the end (a handler blocking its thread,
+    /// for instance): it names each one; [`ShutdownError::wait`] waits for them.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, ShutdownError> {
+        let deadline = Instant::now() + timeout;
+        self.inner.shutdown.get_or_init(|| self.inner.run_shutdown(deadline)).await.clone()
+    }
+}
+
+/// The default in-memory configuration is valid; were it ever rejected, the bus is built on a
+/// backend that refuses everything (and the error is logged) rather than panicking.
+#[cold]
+fn unreachable_config(error: ConfigError) -> EventBus {
+    tracing::error!(%error, "the default in-memory configuration was rejected");
+    EventBus::assemble(Supervisor::new("bus"), Arc::new(Unavailable), None)
+}
+
+/// A backend that refuses everything: used only if the default configuration were rejected.
+struct Unavailable;
+
+impl Backend for Unavailable {
+    fn name(&self) -> &'static str {
+        "unavailable"
+    }
+
+    fn send(
+        &self,
+        _record: Record,
+    ) -> crate::backend::BoxFuture<'_, Result<DeliveryFuture, PublishError>> {
+        Box::pin(async { Err(PublishError::Closed) })
+    }
+
+    fn join(
+        &self,
+        _request: crate::backend::JoinRequest,
+    ) -> crate::backend::BoxFuture<'_, Result<Box<dyn crate::backend::GroupMember>, SubscribeError>>
+    {
+        Box::pin(async { Err(SubscribeError::Closed) })
+    }
+
+    fn flush(
+        &self,
+        _deadline: Instant,
+    ) -> crate::backend::BoxFuture<'_, crate::backend::FlushReport> {
+        Box::pin(async { crate::backend::FlushReport::default() })
+    }
+
+    fn close(&self) {}
+
+    fn health(&self) -> Health {
+        Health::Closed
+    }
+}
+
+impl BusInner {
+    async fn run_shutdown(&self, deadline: Instant) -> Result<ShutdownReport, ShutdownError> {
+        let started = Instant::now();
+        // 1. Freeze admission (the backend fails sends still waiting for room).
+        self.closed.store(true, Ordering::Release);
+        self.backend.close();
+        let subscriptions = std::mem::take(&mut *self.subscriptions.lock());
+        // 2-4. Stop the subscriptions (stop fetching, drain handlers until the deadline, commit,
+        // leave the groups) while the producers flush what callers already handed over.
+        let stops = futures_util::future::join_all(subscriptions.iter().map(|s| s.stop(deadline)));
+        let (stopped, first_flush) = tokio::join!(stops, self.backend.flush(deadline));
+        let mut reports = Vec::with_capacity(stopped.len());
+        for (report, tasks) in stopped {
+            if let Err(error) = tasks {
+                tracing::error!(%error, "a subscription's tasks would not stop");
+            }
+            reports.push(report);
+        }
+        // Dead letters written by draining handlers are flushed too.
+        let second_flush = self.backend.flush(deadline).await;
+        // 5. Abort what remains and wait for it.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let tasks = self.supervisor.shutdown(remaining).await;
+        let report = |tasks: bus_supervisor::ShutdownReport| ShutdownReport {
+            elapsed: started.elapsed(),
+            flushed: first_flush.flushed + second_flush.flushed,
+            failed: first_flush.failed + second_flush.failed,
+            handlers_abandoned: reports.iter().map(|r| r.abandoned).sum(),
+            discarded: reports.iter().map(|r| r.discarded).sum(),
+            subscriptions: reports.clone(),
+            tasks,
+        };
+        match tasks {
+            Ok(tasks) => Ok(report(tasks)),
+            Err(error) => Err(ShutdownError {
+                report: Box::new(report((*error.report).clone())),
+                stuck: error.stuck.clone(),
+                tasks: error,
+            }),
+        }
+    }
+}
+
+/// What a completed bus shutdown did.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    /// Time the shutdown took.
+    pub elapsed: Duration,
+    /// Records acknowledged while flushing.
+    pub flushed: usize,
+    /// Records not acknowledged by the deadline, failed back to their callers.
+    pub failed: usize,
+    /// Handlers still running at the deadline, cancelled; their messages stay uncommitted and
+    /// will be redelivered.
+    pub handlers_abandoned: usize,
+    /// Messages fetched but not started; uncommitted, they will be redelivered.
+    pub discarded: usize,
+    /// Each subscription's report.
+    pub subscriptions: Vec<SubscriptionReport>,
+    /// The supervisor's report: every task stopped.
+    pub tasks: bus_supervisor::ShutdownReport,
+}
+
+impl std::fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "bus shut down in {:.3}s: {} record(s) flushed, {} failed back, {} handler(s) \
+             abandoned, {} message(s) left for redelivery",
+            self.elapsed.as_secs_f64(),
+            self.flushed,
+            self.failed,
+            self.handlers_abandoned,
+            self.discarded
+        )?;
+        for s in &self.subscriptions {
+            let committed: Vec<String> =
+                s.committed.iter().map(|(p, o)| format!("{p}@{o}")).collect();
+            writeln!(
+                f,
+                "  subscription {} / group {}: committed [{}], left group: {}",
+                s.topic,
+                s.group,
+                committed.join(", "),
+                s.left_group
+            )?;
+        }
+        write!(f, "{}", self.tasks)
+    }
+}
+
+/// A bus shutdown that could not stop every task: they are named in `stuck`.
+#[derive(Debug, Clone)]
+pub struct ShutdownError {
+    /// What the shutdown did.
+    pub report: Box<ShutdownReport>,
+    /// The tasks still alive (path, spawn site, age).
+    pub stuck: Vec<TaskInfo>,
+    tasks: bus_supervisor::ShutdownError,
+}
+
+impl ShutdownError {
+    /// Waits up to `timeout` for the stuck tasks to end.
+    ///
+    /// # Errors
+    ///
+    /// [`bus_supervisor::JoinTimeout`] naming what is still alive.
+    pub async fn wait(&self, timeout: Duration) -> Result<(), bus_supervisor::JoinTimeout> {
+        self.tasks.wait(timeout).await
+    }
+}
+
+impl std::fmt::Display for ShutdownError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bus shutdown incomplete: {}", self.tasks)
+    }
+}
+
+impl std::error::Error for ShutdownError {}
