@@ -70,7 +70,7 @@ impl CommitTracker {
     /// Marks `offset` as finished. Returns false when it is unknown: never submitted, already
     /// done, or dropped by [`CommitTracker::reset`].
     pub fn mark_done(&mut self, offset: i64) -> bool {
-        let Ok(index) = self.entries.binary_search_by_key(&offset, |&(o, _)| o) else {
+        let Some(index) = self.find(offset) else {
             return false;
         };
         let Some(entry) = self.entries.get_mut(index) else {
@@ -92,6 +92,29 @@ impl CommitTracker {
             }
         }
         true
+    }
+
+    /// The index of `offset`. Entries appended since the last compaction are contiguous unless
+    /// the partition has gaps, so entry `i` usually holds `front + i` (nothing compacted) or
+    /// `back - (len - 1 - i)` (compacted before): try both, then search.
+    fn find(&self, offset: i64) -> Option<usize> {
+        let &(front, _) = self.entries.front()?;
+        let &(back, _) = self.entries.back()?;
+        if offset < front || offset > back {
+            return None;
+        }
+        let holds = |i: usize| self.entries.get(i).is_some_and(|&(o, _)| o == offset);
+        let from_front = usize::try_from(offset - front).ok()?;
+        if holds(from_front) {
+            return Some(from_front);
+        }
+        let from_back = usize::try_from(back - offset).ok()?;
+        if let Some(i) = (self.entries.len() - 1).checked_sub(from_back)
+            && holds(i)
+        {
+            return Some(i);
+        }
+        self.entries.binary_search_by_key(&offset, |&(o, _)| o).ok()
     }
 
     /// The position to commit (the next offset to read): the lowest offset submitted and not

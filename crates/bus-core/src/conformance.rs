@@ -37,8 +37,12 @@ pub trait Harness: Send + Sync + 'static {
     fn bus(&self) -> BoxFuture<'_, EventBus>;
     /// Creates a topic with `partitions` partitions, unique to this call (name prefixed by
     /// `hint`), on the backend `bus` runs on; returns its name.
-    fn topic<'a>(&'a self, bus: &'a EventBus, hint: &'a str, partitions: i32)
-    -> BoxFuture<'a, String>;
+    fn topic<'a>(
+        &'a self,
+        bus: &'a EventBus,
+        hint: &'a str,
+        partitions: i32,
+    ) -> BoxFuture<'a, String>;
 }
 
 /// Generates one `#[tokio::test]` per conformance check for the harness `$harness` (an
@@ -407,10 +411,14 @@ pub async fn fetch_backpressure_bounds_in_flight(h: &impl Harness) {
 }
 
 /// Each group receives every message; two members of one group split the partitions.
+///
+/// The first wave of records may be consumed while the group is still rebalancing (a member can
+/// hold every partition for a moment); once it is all handled the group is stable, and the
+/// second wave shows the split: both members busy, no partition read by both.
 pub async fn groups_each_get_everything_and_members_split(h: &impl Harness) {
     let bus = h.bus().await;
     let topic = h.topic(&bus, "groups", 4).await;
-    type Seen = Arc<Mutex<Vec<(i32, i64)>>>;
+    type Seen = Arc<Mutex<Vec<(i32, i64, String)>>>;
     let subscribe = |group: &'static str, seen: Seen| {
         let bus = bus.clone();
         let topic = topic.clone();
@@ -418,7 +426,7 @@ pub async fn groups_each_get_everything_and_members_split(h: &impl Harness) {
             bus.subscribe(&topic, options(group), move |m: Message| {
                 let seen = seen.clone();
                 async move {
-                    seen.lock().push((m.partition, m.offset));
+                    seen.lock().push((m.partition, m.offset, text(&m.value)));
                     Ok(())
                 }
             })
@@ -430,14 +438,40 @@ pub async fn groups_each_get_everything_and_members_split(h: &impl Harness) {
     let _m1 = subscribe("group-a", a1.clone()).await;
     let _m2 = subscribe("group-a", a2.clone()).await;
     let _b = subscribe("group-b", b.clone()).await;
-    let records = (0..400).map(|i| keyed(&topic, &format!("k{}", i % 37), i.to_string())).collect();
-    publish_all(&bus, records).await;
-    eventually("group b got all", || b.lock().len() >= 400).await;
-    eventually("group a got all", || a1.lock().len() + a2.lock().len() >= 400).await;
-    let union: BTreeSet<_> = a1.lock().iter().chain(a2.lock().iter()).copied().collect();
-    let all_b: BTreeSet<_> = b.lock().iter().copied().collect();
-    assert_eq!(union, all_b, "group a missed records");
-    let parts = |s: &Seen| s.lock().iter().map(|(p, _)| *p).collect::<BTreeSet<_>>();
+    let wave = |name: &str| {
+        (0..200).map(|i| keyed(&topic, &format!("k{}", i % 37), format!("{name}-{i}"))).collect()
+    };
+    let distinct = |s: &Seen, prefix: &str| {
+        s.lock()
+            .iter()
+            .filter(|(_, _, v)| v.starts_with(prefix))
+            .map(|(p, o, _)| (*p, *o))
+            .collect::<BTreeSet<_>>()
+    };
+    publish_all(&bus, wave("first")).await;
+    eventually("first wave handled by both groups", || {
+        distinct(&b, "first").len() >= 200
+            && distinct(&a1, "first").union(&distinct(&a2, "first")).count() >= 200
+    })
+    .await;
+    publish_all(&bus, wave("second")).await;
+    eventually("second wave handled by both groups", || {
+        distinct(&b, "second").len() >= 200
+            && distinct(&a1, "second").union(&distinct(&a2, "second")).count() >= 200
+    })
+    .await;
+    let all_b: BTreeSet<_> = b.lock().iter().map(|(p, o, _)| (*p, *o)).collect();
+    let union: BTreeSet<_> =
+        a1.lock().iter().chain(a2.lock().iter()).map(|(p, o, _)| (*p, *o)).collect();
+    assert_eq!(union, all_b, "the two groups saw different records");
+    assert_eq!(all_b.len(), 400);
+    let parts = |s: &Seen| {
+        s.lock()
+            .iter()
+            .filter(|(_, _, v)| v.starts_with("second"))
+            .map(|(p, _, _)| *p)
+            .collect::<BTreeSet<_>>()
+    };
     let (p1, p2) = (parts(&a1), parts(&a2));
     assert!(!p1.is_empty() && !p2.is_empty(), "both members got partitions: {p1:?} {p2:?}");
     assert!(p1.is_disjoint(&p2), "members of one group overlap: {p1:?} {p2:?}");

@@ -32,6 +32,7 @@ use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -57,6 +58,10 @@ const NIL: usize = usize::MAX;
 
 /// Key buffers larger than this are not kept for reuse.
 const MAX_KEPT_KEY_CAPACITY: usize = 1024;
+
+/// A busy worker looks at its scope's token (a lock inside the token) after this many messages
+/// that completed at their first poll; after any other message it looks every time.
+const SCOPE_CHECK_EVERY: u32 = 32;
 
 /// What processing did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,11 +240,12 @@ impl KeyedDispatch {
             room: Notify::new(),
             drained: Notify::new(),
             scope_token: scope.token(),
+            workers: (0..config.concurrency).map(|_| WorkerCtl::new()).collect(),
         });
         let dispatch = KeyedDispatch { handle: Arc::new(Handle { shared: Arc::clone(&shared) }) };
         for i in 0..config.concurrency {
             // On error `dispatch` drops, which closes it, so the workers already started exit.
-            scope.spawn(format!("worker-{i}"), worker(Arc::clone(&shared)))?.detach();
+            scope.spawn(format!("worker-{i}"), worker(Arc::clone(&shared), i))?.detach();
         }
         Ok(dispatch)
     }
@@ -270,9 +276,11 @@ impl KeyedDispatch {
         loop {
             let notified = shared.room.notified();
             let mut notified = pin!(notified);
+            // Read before locking: the token has a lock of its own.
+            let cancelled = shared.scope_token.is_cancelled();
             {
                 let mut st = shared.state.lock();
-                if st.closed || shared.scope_token.is_cancelled() {
+                if st.closed || cancelled {
                     drop(st);
                     return Err(SubmitError { batch });
                 }
@@ -353,8 +361,14 @@ impl KeyedDispatch {
             mask
         };
         if !shared.wait_stopped(&guard.parts, deadline).await {
-            report.abandoned_offsets = shared.state.lock().abandon(&mask);
+            let signals;
+            (report.abandoned_offsets, signals) = shared.state.lock().abandon(&mask);
             report.abandoned = report.abandoned_offsets.len();
+            for (worker, seq) in signals {
+                if let Some(ctl) = shared.workers.get(worker) {
+                    ctl.abandon(seq);
+                }
+            }
             let grace = Instant::now().max(deadline) + ABANDON_GRACE;
             if !shared.wait_stopped(&guard.parts, grace).await {
                 let st = shared.state.lock();
@@ -477,6 +491,43 @@ struct Shared {
     drained: Notify,
     /// The scope's token: cancelled, the dispatch stops.
     scope_token: CancellationToken,
+    /// One per worker: how a drain tells it to drop its current future.
+    workers: Vec<WorkerCtl>,
+}
+
+/// How a drain abandons the message a worker is running, without any per-message cost for
+/// messages that complete at their first poll: the worker watches its own control only while
+/// its future is pending.
+struct WorkerCtl {
+    notify: Notify,
+    /// The sequence number of the job to abandon.
+    abandon: AtomicU64,
+}
+
+impl WorkerCtl {
+    fn new() -> Self {
+        WorkerCtl { notify: Notify::new(), abandon: AtomicU64::new(u64::MAX) }
+    }
+
+    /// Asks the worker to drop job `seq` (ignored if it has moved on).
+    fn abandon(&self, seq: u64) {
+        self.abandon.store(seq, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Resolves when job `seq` is abandoned. A stale notification (for an earlier job) is
+    /// ignored by the sequence check.
+    async fn abandoned(&self, seq: u64) {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            if self.abandon.load(Ordering::Acquire) == seq {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Shared {
@@ -603,6 +654,9 @@ struct Slot {
     /// The next message of the same key waiting (or the next free slot).
     next: usize,
     state: SlotState,
+    /// While running: the worker and the job's sequence number.
+    worker: usize,
+    seq: u64,
 }
 
 /// A key with a message ready or running; `head`..`tail` are its waiting messages.
@@ -617,8 +671,6 @@ struct KeyEntry {
 struct Part {
     tp: TopicPartition,
     tracker: CommitTracker,
-    /// Cancelled to abandon the partition's running messages (then replaced).
-    token: CancellationToken,
     /// Its messages queued or running (slots referring to this entry).
     in_flight: usize,
     /// Its messages running (including abandoned ones not yet dropped).
@@ -640,7 +692,7 @@ enum Finish {
 struct Job {
     slot: usize,
     msg: Message,
-    token: CancellationToken,
+    seq: u64,
 }
 
 struct State {
@@ -667,6 +719,8 @@ struct State {
     next_ticket: u64,
     /// The head submitter was notified and has not looked yet.
     head_woken: bool,
+    /// The sequence number of the next job taken by a worker.
+    next_seq: u64,
     stats: DispatchStats,
 }
 
@@ -690,6 +744,7 @@ impl State {
             admit: VecDeque::new(),
             next_ticket: 0,
             head_woken: false,
+            next_seq: 0,
             stats: DispatchStats::default(),
         }
     }
@@ -731,7 +786,6 @@ impl State {
         let part = Part {
             tp: TopicPartition::new(topic, partition),
             tracker: CommitTracker::new(),
-            token: CancellationToken::new(),
             in_flight: 0,
             running: 0,
             draining: 0,
@@ -861,6 +915,8 @@ impl State {
                     key: k,
                     next: NIL,
                     state: SlotState::Waiting,
+                    worker: NIL,
+                    seq: 0,
                 });
                 let entry = &mut self.keys[k];
                 if entry.tail == NIL {
@@ -879,6 +935,8 @@ impl State {
                     key: key.map_or(NIL, |(k, _)| k),
                     next: NIL,
                     state: SlotState::Ready,
+                    worker: NIL,
+                    seq: 0,
                 });
                 self.ready.push_back(s);
                 true
@@ -886,23 +944,23 @@ impl State {
         }
     }
 
-    /// Takes the next ready message for a worker.
-    fn take(&mut self) -> Option<Job> {
+    /// Takes the next ready message for worker `worker`.
+    fn take(&mut self, worker: usize) -> Option<Job> {
         while let Some(s) = self.ready.pop_front() {
             let slot = &mut self.slots[s];
             let Some(msg) = slot.msg.take() else {
                 continue;
             };
+            let seq = self.next_seq;
+            self.next_seq += 1;
             slot.state = SlotState::Running;
-            let token = match self.parts[slot.part].as_mut() {
-                Some(part) => {
-                    part.running += 1;
-                    part.token.clone()
-                }
-                None => CancellationToken::new(),
-            };
+            slot.worker = worker;
+            slot.seq = seq;
+            if let Some(part) = self.parts[slot.part].as_mut() {
+                part.running += 1;
+            }
             self.stats.running += 1;
-            return Some(Job { slot: s, msg, token });
+            return Some(Job { slot: s, msg, seq });
         }
         None
     }
@@ -1024,26 +1082,24 @@ impl State {
         discarded
     }
 
-    /// Abandons the running messages of the partitions in `mask`: cancels their futures.
-    fn abandon(&mut self, mask: &[bool]) -> Vec<(TopicPartition, i64)> {
+    /// Abandons the running messages of the partitions in `mask`. Returns them, and the
+    /// workers to signal (worker, job) once the lock is released.
+    #[allow(clippy::type_complexity)]
+    fn abandon(&mut self, mask: &[bool]) -> (Vec<(TopicPartition, i64)>, Vec<(usize, u64)>) {
         let mut abandoned = Vec::new();
+        let mut signals = Vec::new();
         for slot in &mut self.slots {
             if slot.state == SlotState::Running && mask.get(slot.part).copied().unwrap_or(false) {
                 slot.state = SlotState::Abandoned;
+                signals.push((slot.worker, slot.seq));
                 if let Some(part) = &self.parts[slot.part] {
                     abandoned.push((part.tp.clone(), slot.offset));
                 }
             }
         }
-        for (p, _) in mask.iter().enumerate().filter(|(_, doomed)| **doomed) {
-            if let Some(part) = self.parts[p].as_mut() {
-                part.token.cancel();
-                part.token = CancellationToken::new();
-            }
-        }
         self.stats.abandoned += abandoned.len() as u64;
         abandoned.sort();
-        abandoned
+        (abandoned, signals)
     }
 }
 
@@ -1055,9 +1111,20 @@ enum Next {
 
 /// A worker: takes ready messages one at a time until the dispatch closes or the scope is
 /// cancelled.
-async fn worker(shared: Arc<Shared>) {
+async fn worker(shared: Arc<Shared>, index: usize) {
+    let Some(ctl) = shared.workers.get(index) else {
+        return;
+    };
     let mut finished: Option<(usize, Finish)> = None;
+    // Look at the scope's token at the first turn, after sleeping, after a message that was
+    // pending and every SCOPE_CHECK_EVERY messages otherwise.
+    let mut check_scope = true;
+    let mut unchecked = 0_u32;
     loop {
+        let cancelled = check_scope && shared.scope_token.is_cancelled();
+        if check_scope {
+            unchecked = 0;
+        }
         let mut wake = Wake::default();
         let notified = shared.work.notified();
         let mut notified = pin!(notified);
@@ -1066,9 +1133,9 @@ async fn worker(shared: Arc<Shared>) {
             if let Some((slot, finish)) = finished.take() {
                 st.finish(slot, finish, &mut wake);
             }
-            if st.closed || shared.scope_token.is_cancelled() {
+            if st.closed || cancelled {
                 Next::Exit
-            } else if let Some(job) = st.take() {
+            } else if let Some(job) = st.take(index) {
                 if !st.ready.is_empty() && st.sleepers > 0 {
                     st.sleepers -= 1;
                     wake.workers += 1;
@@ -1089,10 +1156,13 @@ async fn worker(shared: Arc<Shared>) {
                     () = &mut notified => {}
                     () = shared.scope_token.cancelled() => {}
                 }
+                check_scope = true;
             }
-            Next::Run(Job { slot, msg, token }) => {
-                let finish = run(&shared.process, msg, &token).await;
+            Next::Run(Job { slot, msg, seq }) => {
+                let (finish, was_pending) = run(&shared.process, msg, ctl, seq).await;
                 finished = Some((slot, finish));
+                unchecked += 1;
+                check_scope = was_pending || unchecked >= SCOPE_CHECK_EVERY;
                 // A processor that is always ready must not starve the runtime's other tasks.
                 tokio::task::consume_budget().await;
             }
@@ -1100,32 +1170,43 @@ async fn worker(shared: Arc<Shared>) {
     }
 }
 
-/// Processes one message; drops its future when `token` is cancelled; catches panics.
-async fn run(process: &ProcessFn, msg: Message, token: &CancellationToken) -> Finish {
+/// Processes one message; drops its future when the worker's job `seq` is abandoned; catches
+/// panics. Also tells whether the future was ever pending.
+async fn run(process: &ProcessFn, msg: Message, ctl: &WorkerCtl, seq: u64) -> (Finish, bool) {
     let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| process(msg))) else {
-        return Finish::Panicked;
+        return (Finish::Panicked, false);
     };
-    tokio::select! {
+    let mut future = CatchUnwind { future, pending: false };
+    let finish = tokio::select! {
+        // Polled first: a future ready at once never touches the abandon watch.
         biased;
-        result = CatchUnwind(future) => match result {
+        result = &mut future => match result {
             Ok(processed) => Finish::Processed(processed),
             Err(()) => Finish::Panicked,
         },
-        () = token.cancelled() => Finish::Abandoned,
-    }
+        () = ctl.abandoned(seq) => Finish::Abandoned,
+    };
+    (finish, future.pending)
 }
 
-/// Polls a processing future, turning a panic into an error.
-struct CatchUnwind(BoxFuture<'static, Processed>);
+/// Polls a processing future, turning a panic into an error and noting whether it was ever
+/// pending.
+struct CatchUnwind {
+    future: BoxFuture<'static, Processed>,
+    pending: bool,
+}
 
 impl Future for CatchUnwind {
     type Output = Result<Processed, ()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let future = &mut self.0;
+        let future = &mut self.future;
         match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
             Ok(Poll::Ready(processed)) => Poll::Ready(Ok(processed)),
-            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Pending) => {
+                self.pending = true;
+                Poll::Pending
+            }
             Err(_) => Poll::Ready(Err(())),
         }
     }

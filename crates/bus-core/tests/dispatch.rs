@@ -311,13 +311,14 @@ async fn the_commit_position_is_the_completed_prefix_and_retain_holds_it() {
     let batch = (0..6).map(|o| message(0, o, Some(&format!("k{o}")))).collect();
     dispatch.submit(batch).await.unwrap();
     assert_eq!(dispatch.committable(&tp(0)), Some(0));
-    let mut done = 0;
-    for (offset, committable) in [(4, 0), (2, 0), (5, 0), (0, 1), (1, 3), (3, 6)] {
+    for (done, (offset, committable)) in
+        [(4, 0), (2, 0), (5, 0), (0, 1), (1, 3), (3, 6)].into_iter().enumerate()
+    {
         release.send_modify(|set| {
             set.insert((0, offset));
         });
-        done += 1;
-        wait_until("processed", Duration::from_secs(1), || dispatch.processed() == done).await;
+        wait_until("processed", Duration::from_secs(1), || dispatch.processed() == done as u64 + 1)
+            .await;
         assert_eq!(dispatch.committable(&tp(0)), Some(committable), "after {offset}");
     }
     assert_eq!(dispatch.pending(&tp(0)), 0);
@@ -618,4 +619,59 @@ fn config_comes_from_the_subscription_options() {
         .with_ordering_by_key(false)
         .with_max_in_flight(99);
     assert_eq!(DispatchConfig::from_options(&options), config(7, false, 99));
+}
+
+/// The same guarantees on a real multi-thread runtime, with two producers (one partition each)
+/// submitting at once: catches lost wake-ups and races the paused clock cannot show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_on_a_multi_thread_runtime() {
+    const PER_PARTITION: i64 = 20_000;
+    let supervisor = Supervisor::new("stress");
+    let scope = supervisor.root().child("dispatch");
+    let order: Arc<Mutex<HashMap<String, Vec<i64>>>> = Arc::default();
+    let gauge = Arc::new(Gauge::default());
+    let process = {
+        let (order, gauge) = (Arc::clone(&order), Arc::clone(&gauge));
+        processor(move |m| {
+            let (order, gauge) = (Arc::clone(&order), Arc::clone(&gauge));
+            async move {
+                gauge.enter();
+                order.lock().entry(key_of(&m)).or_default().push(m.offset);
+                for _ in 0..mix(m.offset as u64) % 3 {
+                    tokio::task::yield_now().await;
+                }
+                gauge.leave();
+                Processed::Done
+            }
+        })
+    };
+    let dispatch = KeyedDispatch::start(&scope, config(8, true, 256), process).unwrap();
+    let produce = |partition: i32| {
+        let dispatch = dispatch.clone();
+        async move {
+            for start in (0..PER_PARTITION).step_by(100) {
+                let batch = (start..start + 100)
+                    .map(|o| message(partition, o, Some(&format!("p{partition}-k{}", o % 50))))
+                    .collect();
+                dispatch.submit(batch).await.unwrap();
+                assert!(dispatch.in_flight() <= 256);
+            }
+        }
+    };
+    tokio::join!(produce(0), produce(1));
+    wait_until("all processed", Duration::from_secs(60), || {
+        dispatch.processed() == 2 * PER_PARTITION as u64
+    })
+    .await;
+    assert!(gauge.max() <= 8);
+    for (key, offsets) in order.lock().iter() {
+        assert_eq!(offsets.len() as i64, PER_PARTITION / 50, "{key}");
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{key} out of order");
+    }
+    assert_eq!(dispatch.committable_all(), vec![(tp(0), PER_PARTITION), (tp(1), PER_PARTITION)]);
+    let report = dispatch.drain_all(Instant::now() + Duration::from_secs(1)).await;
+    assert_eq!((report.discarded, report.abandoned), (0, 0));
+    dispatch.close();
+    scope.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(scope.live(), 0);
 }
