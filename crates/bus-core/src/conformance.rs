@@ -295,8 +295,7 @@ async fn read_topic(bus: &EventBus, topic: &str, count: usize) -> Vec<Message> {
         .expect("subscribed to read");
     eventually("records read back", || got.lock().len() >= count).await;
     sub.unsubscribe(PATIENCE).await.expect("reader stopped");
-    let got = got.lock().clone();
-    got
+    got.lock().clone()
 }
 
 /// A handler that keeps failing is retried with backoff, then its message goes to the

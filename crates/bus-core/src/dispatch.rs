@@ -20,10 +20,17 @@
 //!   Discarded, abandoned, retained and panicked messages stay pending, so the committable
 //!   position never passes them: they are redelivered.
 //! - **Supervised.** Workers are spawned only through the given [`Scope`]; after
-//!   [`KeyedDispatch::close`], the drop of the last handle, or the scope's cancellation, they
-//!   exit once their current message has ended.
+//!   [`KeyedDispatch::close`] or the drop of the last handle they exit once their current
+//!   message has ended; after the scope's cancellation, at their next turn (a busy worker looks
+//!   at the token after every message that was pending, and at least every
+//!   `SCOPE_CHECK_EVERY` messages). Handlers are never interrupted by either: only a drain
+//!   abandons them (or the supervisor's abort at its shutdown deadline).
+//! - **Abandonment.** A drain marks the running messages of its partitions abandoned and
+//!   signals their workers (a per-worker control carrying the job's sequence number, so a late
+//!   signal never hits the next job); the worker drops the future and the offset stays pending.
 //! - One mutex guards the state; `submit` takes it once per batch, a worker once per message
-//!   (finishing one and taking the next under the same lock).
+//!   (finishing one and taking the next under the same lock). A message whose future is ready
+//!   at its first poll costs no other shared write (no token clone, no waiter registration).
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -1,1 +1,47 @@
-//! bus-kafka: the Kafka backend on rskafka (to come).
+//! The Kafka backend of the event bus: rskafka produce and fetch loops per partition, consumer
+//! groups on the `kafka-protocol` crate, every task in the bus's supervised tree.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use bus_kafka::KafkaConfig;
+//!
+//! let bus = bus_kafka::connect(KafkaConfig::new("127.0.0.1:9092")).await?;
+//! // …publish and subscribe through `bus` (a `bus_core::EventBus`)…
+//! bus.shutdown(std::time::Duration::from_secs(10)).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod backend;
+mod client;
+mod config;
+mod error;
+mod group;
+mod producer;
+
+use std::sync::Arc;
+
+use bus_core::EventBus;
+use bus_supervisor::Supervisor;
+
+pub use backend::KafkaBackend;
+pub use client::{Admin, KafkaClient};
+pub use config::{Compression, ConsumerConfig, KafkaConfig, ProducerConfig, TopicConfig};
+pub use error::KafkaError;
+
+/// Connects to the cluster and returns an event bus on it. The bus's tasks live under
+/// `bus/kafka` (producer, groups) and `bus/consumer` (subscriptions).
+///
+/// # Errors
+///
+/// [`KafkaError::Config`] naming an invalid field; [`KafkaError::Connect`] when no bootstrap
+/// broker answers.
+pub async fn connect(config: KafkaConfig) -> Result<EventBus, KafkaError> {
+    let config = Arc::new(config);
+    let client = Arc::new(KafkaClient::connect(Arc::clone(&config)).await?);
+    let supervisor = Supervisor::new("bus");
+    let scope = supervisor.root().child("kafka");
+    let producer = producer::Producer::start(scope.child("producer"), Arc::clone(&client))?;
+    let backend = Arc::new(KafkaBackend::new(scope, client, producer));
+    Ok(EventBus::with_backend(supervisor, backend))
+}

@@ -1,0 +1,80 @@
+//! [`KafkaBackend`]: the bus-core `Backend` over the producer (data plane) and the group plane.
+//!
+//! Owns: admission (closed flag) and the delegation of each `Backend` operation. Every task of
+//! the backend lives under its scope (`bus/kafka/…`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bus_core::backend::{Backend, BoxFuture, FlushReport, GroupMember, Health, JoinRequest};
+use bus_core::{DeliveryFuture, PublishError, Record, SubscribeError};
+use bus_supervisor::Scope;
+
+use crate::client::KafkaClient;
+use crate::producer::Producer;
+
+/// The Kafka backend of the event bus.
+pub struct KafkaBackend {
+    client: Arc<KafkaClient>,
+    producer: Producer,
+    #[allow(dead_code)]
+    scope: Scope,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for KafkaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBackend").field("client", &self.client).finish()
+    }
+}
+
+impl KafkaBackend {
+    pub(crate) fn new(scope: Scope, client: Arc<KafkaClient>, producer: Producer) -> Self {
+        KafkaBackend { client, producer, scope, closed: AtomicBool::new(false) }
+    }
+
+    /// The data-plane client.
+    pub fn client(&self) -> &Arc<KafkaClient> {
+        &self.client
+    }
+}
+
+impl Backend for KafkaBackend {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn send(&self, record: Record) -> BoxFuture<'_, Result<DeliveryFuture, PublishError>> {
+        Box::pin(async move {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(PublishError::Closed);
+            }
+            self.producer.send(record).await
+        })
+    }
+
+    fn join(
+        &self,
+        request: JoinRequest,
+    ) -> BoxFuture<'_, Result<Box<dyn GroupMember>, SubscribeError>> {
+        Box::pin(async move {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(SubscribeError::Closed);
+            }
+            crate::group::join(Arc::clone(&self.client), request).await
+        })
+    }
+
+    fn flush(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, FlushReport> {
+        Box::pin(self.producer.flush(deadline))
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.producer.close();
+    }
+
+    fn health(&self) -> Health {
+        if self.closed.load(Ordering::Acquire) { Health::Closed } else { self.producer.health() }
+    }
+}
