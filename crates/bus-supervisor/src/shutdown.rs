@@ -73,13 +73,24 @@ impl ShutdownReport {
         for task in &self.aborted {
             writeln!(f, "{indent}  aborted: {task}")?;
         }
-        for child in &self.children {
+        for child in self.children.iter().filter(|c| c.is_eventful()) {
             child.render(f, depth + 1)?;
         }
         Ok(())
     }
+
+    /// Whether the subtree had anything to stop, abort or report: the text form leaves out
+    /// empty scopes.
+    fn is_eventful(&self) -> bool {
+        self.live_at_start > 0
+            || !self.aborted.is_empty()
+            || self.failure.is_some()
+            || self.children.iter().any(ShutdownReport::is_eventful)
+    }
 }
 
+/// Renders the subtree as indented lines, one per scope that had tasks to stop (empty scopes are
+/// left out), with every aborted task named.
 impl fmt::Display for ShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.render(f, 0)
