@@ -23,7 +23,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::Location;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -87,8 +87,10 @@ pub(crate) struct ScopeInner {
     pub(crate) tree: Arc<Tree>,
     /// Cancelled to ask the subtree's tasks to stop.
     pub(crate) token: CancellationToken,
-    /// The abort switch: thrown to end the subtree's tasks at their next poll.
+    /// The abort switch: thrown to end the subtree's tasks at their next poll. The flag is what
+    /// every poll reads (an atomic load); the token wakes tasks that wait.
     abort: CancellationToken,
+    aborted: AtomicBool,
     /// Whether this scope is one incarnation of a supervised child: escalations stop here.
     pub(crate) supervised: bool,
     /// Own live tasks plus children whose own `busy` is not zero. Zero exactly when the subtree
@@ -126,6 +128,7 @@ impl ScopeInner {
             parent,
             tree,
             token,
+            aborted: AtomicBool::new(abort.is_cancelled()),
             abort,
             supervised,
             busy: CachePadded(AtomicUsize::new(0)),
@@ -161,9 +164,14 @@ impl ScopeInner {
         child
     }
 
-    /// The abort switch tasks watch.
+    /// The abort switch tasks wait on.
     pub(crate) fn abort_switch(&self) -> &CancellationToken {
         &self.abort
+    }
+
+    /// Whether the abort switch was thrown (what each poll checks: one atomic load).
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
     }
 
     fn children(&self) -> Vec<Arc<ScopeInner>> {
@@ -276,6 +284,7 @@ impl ScopeInner {
     }
 
     fn close_and_list(&self, into: &mut Vec<TaskInfo>) {
+        self.aborted.store(true, Ordering::Release);
         let now = self.tree.now_ns();
         let children = self.close();
         into.extend(self.tasks.map(|e| e.info(&self.path, now, true)));
@@ -287,7 +296,7 @@ impl ScopeInner {
     /// This scope's own live tasks (not its children's), oldest first.
     pub(crate) fn own_tasks(&self) -> Vec<TaskInfo> {
         let now = self.tree.now_ns();
-        let aborted = self.abort.is_cancelled();
+        let aborted = self.is_aborted();
         let mut tasks = self.tasks.map(|e| e.info(&self.path, now, aborted));
         tasks.sort_by_key(|t| t.id);
         tasks
@@ -302,7 +311,7 @@ impl ScopeInner {
     }
 
     pub(crate) fn snapshot_at(&self, now: u64) -> ScopeSnapshot {
-        let aborted = self.abort.is_cancelled();
+        let aborted = self.is_aborted();
         let mut tasks = self.tasks.map(|e| e.info(&self.path, now, aborted));
         tasks.sort_by_key(|t| t.id);
         let closed = self.is_closed();
@@ -405,7 +414,13 @@ impl Scope {
         );
         #[allow(clippy::disallowed_methods)] // the one place tasks are handed to the runtime
         let join = runtime.spawn(Supervised::new(guard, span, future));
-        Ok(TaskHandle { join, id: TaskId(id), scope: Arc::clone(&self.inner), name, site })
+        Ok(TaskHandle {
+            join,
+            id: TaskId(id),
+            scope_path: Arc::clone(&self.inner.path),
+            name,
+            site,
+        })
     }
 
     /// Runs the blocking closure `f` on the runtime's blocking pool as a task named `name`.
@@ -438,7 +453,13 @@ impl Scope {
         );
         #[allow(clippy::disallowed_methods)] // the one place blocking work is handed to the runtime
         let join = runtime.spawn_blocking(move || run_blocking(guard, span, f));
-        Ok(TaskHandle { join, id: TaskId(id), scope: Arc::clone(&self.inner), name, site })
+        Ok(TaskHandle {
+            join,
+            id: TaskId(id),
+            scope_path: Arc::clone(&self.inner.path),
+            name,
+            site,
+        })
     }
 
     /// A clone of the scope's cancellation token. It is cancelled when the scope (or an ancestor)

@@ -215,8 +215,7 @@ impl<F: Future> Future for Supervised<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let abort = this.guard.scope.abort_switch();
-        if abort.is_cancelled() {
+        if this.guard.scope.is_aborted() {
             return Poll::Ready(Err(Ended::Aborted));
         }
         let inner = this.inner;
@@ -227,8 +226,10 @@ impl<F: Future> Future for Supervised<F> {
         match polled {
             Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
             Ok(Poll::Pending) => {
-                let waiter =
-                    this.aborted.get_or_insert_with(|| Box::pin(abort.clone().cancelled_owned()));
+                let scope = &this.guard.scope;
+                let waiter = this.aborted.get_or_insert_with(|| {
+                    Box::pin(scope.abort_switch().clone().cancelled_owned())
+                });
                 match waiter.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(Ended::Aborted)),
                     Poll::Pending => Poll::Pending,
@@ -250,7 +251,7 @@ pub(crate) fn run_blocking<R>(
     span: Span,
     f: impl FnOnce() -> R,
 ) -> Result<R, Ended> {
-    if guard.scope.abort_switch().is_cancelled() {
+    if guard.scope.is_aborted() {
         return Err(Ended::Aborted);
     }
     let _entered = span.enter();
@@ -292,7 +293,9 @@ impl fmt::Display for DisplaySite {
 pub struct TaskHandle<T> {
     pub(crate) join: tokio::task::JoinHandle<Result<T, Ended>>,
     pub(crate) id: TaskId,
-    pub(crate) scope: Arc<ScopeInner>,
+    /// The scope's path (its own `Arc`, not the scope's: the scope's count is what the
+    /// workers touch when tasks end).
+    pub(crate) scope_path: Arc<str>,
     pub(crate) name: Cow<'static, str>,
     pub(crate) site: &'static Location<'static>,
 }
@@ -305,7 +308,7 @@ impl<T> TaskHandle<T> {
 
     /// The task's full path.
     pub fn path(&self) -> String {
-        TaskPath { scope: &self.scope.path, name: &self.name }.to_string()
+        TaskPath { scope: &self.scope_path, name: &self.name }.to_string()
     }
 
     /// Where the task was spawned.
