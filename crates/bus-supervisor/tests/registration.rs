@@ -103,12 +103,15 @@ both_flavors!(descendant_counts => live_counts_include_descendants);
 
 async fn spawn_site_is_recorded() {
     let supervisor = Supervisor::new("app");
+    let (release, wait) = tokio::sync::oneshot::channel::<()>();
     let line = line!() + 1;
-    let handle = supervisor.root().spawn("site", async {}).unwrap();
+    let handle = supervisor.root().spawn("site", async move { wait.await.ok() }).unwrap();
     assert_eq!(handle.spawned_at().line(), line);
     assert!(handle.spawned_at().file().ends_with("registration.rs"));
+    // Still alive (it waits for `release`), so the snapshot lists it.
     let snapshot_site = supervisor.snapshot().tasks()[0].spawned_at;
     assert_eq!(snapshot_site.line(), line);
+    release.send(()).unwrap();
     handle.await.unwrap();
 }
 both_flavors!(spawn_site => spawn_site_is_recorded);
