@@ -1,8 +1,8 @@
 //! `cargo xtask ci`: the gate every change passes, and what `.ci/run` calls.
 //!
 //! Owns the order of the checks: formatting, clippy (warnings are errors), cargo-deny (licenses,
-//! bans, sources; the advisory database cannot be fetched on these machines), then every test
-//! against a broker. The first failure stops the run.
+//! bans, sources; the advisory database cannot be fetched on these machines), every test against
+//! a broker, then the leak scenarios. The first failure stops the run.
 
 use std::process::Command;
 
@@ -33,6 +33,10 @@ pub(crate) fn run() -> Result<()> {
     {
         let _step = Step::new("test");
         crate::test::run(&[])?;
+    }
+    {
+        let _step = Step::new("leakcheck");
+        crate::leakcheck::run(&[])?;
     }
     eprintln!("\nci: all checks passed");
     Ok(())

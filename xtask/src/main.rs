@@ -12,6 +12,7 @@ mod bench;
 mod broker;
 mod ci;
 mod cmd;
+mod leakcheck;
 mod test;
 mod tools;
 
@@ -52,6 +53,12 @@ enum Command {
         #[arg(long)]
         record: bool,
     },
+    /// Prove that the bus leaves no task, socket or thread behind (the leak scenarios).
+    Leakcheck {
+        /// Arguments for the leakcheck tool (e.g. `--scenario memory-load --inject-leak`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run cargo-deny's licenses, bans and sources checks (installing cargo-deny if missing).
     Deny,
 }
@@ -73,6 +80,7 @@ fn main() -> ExitCode {
         Command::Broker { action } => broker::run(action),
         Command::Bench { which, record } => bench::run(which, record),
         Command::Deny => ci::deny(),
+        Command::Leakcheck { args } => leakcheck::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
