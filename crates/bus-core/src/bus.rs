@@ -419,6 +419,9 @@ impl std::fmt::Display for ShutdownReport {
                 committed.join(", "),
                 s.left_group
             )?;
+            for (partition, offset) in &s.abandoned_offsets {
+                writeln!(f, "    abandoned handler: {partition}@{offset} (will be redelivered)")?;
+            }
         }
         write!(f, "{}", self.tasks)
     }

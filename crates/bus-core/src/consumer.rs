@@ -76,6 +76,8 @@ pub struct SubscriptionReport {
     pub discarded: usize,
     /// Handlers still running at the deadline, cancelled (uncommitted: redelivered).
     pub abandoned: usize,
+    /// The messages of those handlers, by partition and offset.
+    pub abandoned_offsets: Vec<(TopicPartition, i64)>,
     /// The offsets committed last, per partition.
     pub committed: Vec<(TopicPartition, i64)>,
     /// Whether it left its group cleanly.
@@ -365,7 +367,7 @@ impl Runtime {
 /// What releasing partitions did.
 struct Released {
     discarded: usize,
-    abandoned: usize,
+    abandoned: Vec<(TopicPartition, i64)>,
     committed: Vec<(TopicPartition, i64)>,
 }
 
@@ -482,7 +484,7 @@ impl Control {
             }
         }
         committed.sort();
-        Released { discarded: drained.discarded, abandoned: drained.abandoned, committed }
+        Released { discarded: drained.discarded, abandoned: drained.abandoned_offsets, committed }
     }
 
     async fn revoked(&mut self, revocation: Revocation) {
@@ -538,7 +540,8 @@ impl Control {
             topic: self.runtime.topic.clone(),
             group: self.runtime.options.group.clone(),
             discarded,
-            abandoned,
+            abandoned: abandoned.len(),
+            abandoned_offsets: abandoned,
             committed,
             left_group,
         }

@@ -87,7 +87,7 @@ pub(crate) async fn stuck_handlers(bus: EventBus, topics: [String; 2], mut run: 
                 .report
                 .subscriptions
                 .iter()
-                .any(|s| s.group == "stuck-async" && s.abandoned == 1);
+                .any(|s| s.group == "stuck-async" && s.abandoned_offsets.len() == 1);
             if !named_async {
                 run.problems.push(format!(
                     "the never-completing handler was not reported abandoned ({abandoned} abandoned)"
@@ -100,9 +100,18 @@ pub(crate) async fn stuck_handlers(bus: EventBus, topics: [String; 2], mut run: 
                     error.stuck
                 ));
             }
+            let abandoned_at: Vec<String> = error
+                .report
+                .subscriptions
+                .iter()
+                .flat_map(|s| {
+                    s.abandoned_offsets.iter().map(move |(p, o)| format!("{} {p}@{o}", s.group))
+                })
+                .collect();
             run.notes.push(format!(
-                "named: {abandoned} abandoned handler(s); stuck: {}",
-                error.stuck.iter().map(|t| t.path.clone()).collect::<Vec<_>>().join(", ")
+                "abandoned: {}; stuck: {}",
+                abandoned_at.join(", "),
+                error.stuck.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             ));
         }
     }
