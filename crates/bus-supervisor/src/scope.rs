@@ -79,6 +79,24 @@ struct Children {
 #[repr(align(128))]
 struct CachePadded<T>(T);
 
+/// What a [`TaskHandle`] carries besides the join handle.
+struct HandleParts {
+    id: TaskId,
+    scope_path: Arc<str>,
+    name: Cow<'static, str>,
+    site: &'static Location<'static>,
+}
+
+impl HandleParts {
+    fn with<T>(
+        self,
+        join: tokio::task::JoinHandle<Result<T, crate::task::Ended>>,
+    ) -> TaskHandle<T> {
+        let HandleParts { id, scope_path, name, site } = self;
+        TaskHandle { join, id, scope_path, name, site }
+    }
+}
+
 /// The shared state behind a [`Scope`] handle.
 pub(crate) struct ScopeInner {
     pub(crate) name: Box<str>,
@@ -405,22 +423,30 @@ impl Scope {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        let (runtime, guard, span, handle) = self.prepare(name, site, TaskKind::Async)?;
+        #[allow(clippy::disallowed_methods)] // the one place tasks are handed to the runtime
+        let join = runtime.spawn(Supervised::new(guard, span, future));
+        Ok(handle.with(join))
+    }
+
+    /// Everything a spawn needs before the runtime gets the task: the runtime, the
+    /// registration, the span carrying the task's path, and the handle's description.
+    fn prepare(
+        &self,
+        name: Cow<'static, str>,
+        site: &'static Location<'static>,
+        kind: TaskKind,
+    ) -> Result<(Cow<'_, Handle>, TaskGuard, tracing::Span, HandleParts), SpawnError> {
         let runtime = self.inner.runtime()?;
-        let (guard, id) = self.inner.register(name.clone(), site, TaskKind::Async)?;
+        let (guard, id) = self.inner.register(name.clone(), site, kind)?;
         let span = tracing::info_span!(
             target: "bus_supervisor",
             "task",
             path = %TaskPath { scope: &self.inner.path, name: &name },
         );
-        #[allow(clippy::disallowed_methods)] // the one place tasks are handed to the runtime
-        let join = runtime.spawn(Supervised::new(guard, span, future));
-        Ok(TaskHandle {
-            join,
-            id: TaskId(id),
-            scope_path: Arc::clone(&self.inner.path),
-            name,
-            site,
-        })
+        let parts =
+            HandleParts { id: TaskId(id), scope_path: Arc::clone(&self.inner.path), name, site };
+        Ok((runtime, guard, span, parts))
     }
 
     /// Runs the blocking closure `f` on the runtime's blocking pool as a task named `name`.
@@ -442,24 +468,11 @@ impl Scope {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let site = Location::caller();
-        let name = name.into();
-        let runtime = self.inner.runtime()?;
-        let (guard, id) = self.inner.register(name.clone(), site, TaskKind::Blocking)?;
-        let span = tracing::info_span!(
-            target: "bus_supervisor",
-            "task",
-            path = %TaskPath { scope: &self.inner.path, name: &name },
-        );
+        let (runtime, guard, span, handle) =
+            self.prepare(name.into(), Location::caller(), TaskKind::Blocking)?;
         #[allow(clippy::disallowed_methods)] // the one place blocking work is handed to the runtime
         let join = runtime.spawn_blocking(move || run_blocking(guard, span, f));
-        Ok(TaskHandle {
-            join,
-            id: TaskId(id),
-            scope_path: Arc::clone(&self.inner.path),
-            name,
-            site,
-        })
+        Ok(handle.with(join))
     }
 
     /// A clone of the scope's cancellation token. It is cancelled when the scope (or an ancestor)
