@@ -11,7 +11,7 @@ use bus_core::{DeliveryFuture, PublishError, Record, SubscribeError};
 use bus_supervisor::Scope;
 
 use crate::client::KafkaClient;
-use crate::producer::Producer;
+use crate::producer::{Producer, TrySend};
 
 /// The Kafka backend of the event bus.
 pub struct KafkaBackend {
@@ -45,12 +45,15 @@ impl Backend for KafkaBackend {
     }
 
     fn send(&self, record: Record) -> BoxFuture<'_, Result<DeliveryFuture, PublishError>> {
-        Box::pin(async move {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(PublishError::Closed);
-            }
-            self.producer.send(record).await
-        })
+        if self.closed.load(Ordering::Acquire) {
+            return Box::pin(std::future::ready(Err(PublishError::Closed)));
+        }
+        // The hot path (topic known, room in the buffer) is decided without an async state
+        // machine; only a send that must wait gets one.
+        match self.producer.try_send(record) {
+            TrySend::Done(outcome) => Box::pin(std::future::ready(outcome)),
+            TrySend::Wait(record) => Box::pin(self.producer.send(record)),
+        }
     }
 
     fn join(

@@ -7,6 +7,7 @@
 //! - One rskafka `Client` per bus; partition clients are created once per partition and shared.
 //!   Dropping the last `KafkaClient` drops rskafka's connections (and the connection tasks that
 //!   rskafka starts itself, outside our supervisor: they end with the client).
+//! - rskafka's internal retries are bounded (see `backoff`): no call retries forever.
 //! - `ensure_topic` is idempotent: a topic that exists with the requested partition count is
 //!   accepted; one with another count is an error naming both counts.
 
@@ -45,6 +46,7 @@ impl KafkaClient {
         config.validate()?;
         let connect = ClientBuilder::new(config.bootstrap.clone())
             .client_id(config.client_id.as_str())
+            .backoff_config(backoff(&config))
             .build();
         let client = tokio::time::timeout(config.request_timeout, connect)
             .await
@@ -93,7 +95,7 @@ impl KafkaClient {
     }
 
     /// The partition count of `topic` from fresh metadata, `None` when it does not exist.
-    async fn lookup(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
+    pub(crate) async fn lookup(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
         let topics = self.client.list_topics().await.map_err(|e| KafkaError::Topic {
             topic: topic.to_owned(),
             reason: format!("metadata request failed: {e}"),
@@ -171,6 +173,29 @@ impl KafkaClient {
     /// Forgets the cached partition count of `topic` (after a metadata change).
     pub fn forget_topic(&self, topic: &str) {
         self.counts.lock().remove(topic);
+    }
+
+    /// Forgets the cached client of one partition, so that the next [`KafkaClient::partition`]
+    /// looks its leader up again and connects afresh (after a retriable produce or fetch error).
+    pub fn invalidate_partition(&self, topic: &str, partition: i32) {
+        self.partitions.lock().remove(&(topic.to_owned(), partition));
+    }
+}
+
+/// rskafka's retry policy for every request of this client. rskafka retries connection errors,
+/// leader moves and unknown partitions inside each call, and by default does so forever
+/// (`deadline: None`): a produce or metadata call to an unreachable broker would never return.
+/// Bounded here by half of `request_timeout` of backoff in total (doubling from 100 ms, at most
+/// 1 s per wait), so that a call gives up with its real cause (connection refused, leader not
+/// available) before a caller's `request_timeout` cuts it short; the callers retry further on
+/// their own terms (the producer up to `producer.delivery_timeout`).
+fn backoff(config: &KafkaConfig) -> rskafka::BackoffConfig {
+    let deadline = config.request_timeout / 2;
+    rskafka::BackoffConfig {
+        init_backoff: std::time::Duration::from_millis(100).min(deadline),
+        max_backoff: std::time::Duration::from_secs(1),
+        base: 2.0,
+        deadline: Some(deadline),
     }
 }
 

@@ -51,7 +51,10 @@ pub struct ProducerConfig {
     /// How long a partition's batch waits for more records before it is sent.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// The largest batch, in bytes of keys, values and headers.
+    /// The largest batch, in bytes as encoded (estimated from above: keys, values, headers and
+    /// their per-record framing). Keep it under the broker's `message.max.bytes` (Kafka's
+    /// default: 1,048,588); a batch the broker still finds too large is split and retried. A
+    /// single record larger than this is sent alone.
     pub max_batch_bytes: usize,
     /// Compression of record batches.
     pub compression: Compression,
@@ -74,7 +77,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
             linger: Duration::from_millis(5),
-            max_batch_bytes: 1024 * 1024,
+            max_batch_bytes: 1_000_000,
             compression: Compression::None,
             buffer_bytes: 32 * 1024 * 1024,
             publish_timeout: Duration::from_secs(30),

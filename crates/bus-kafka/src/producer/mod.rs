@@ -1,48 +1,525 @@
-//! The producer: one batching loop per partition in the supervisor tree (placeholder: to be
-//! built; see issue 4). Every accepted record resolves its delivery future.
+//! The producer: admission, partitioning, the bounded byte buffer, and one batching loop per
+//! partition in the supervisor tree (`bus/kafka/producer/<topic>-<partition>`).
+//!
+//! Owns: [`Producer`] (what the backend calls: `send`, `flush`, `close`, `health`), the topic
+//! registry (partition counts and the partition loops, spawned lazily on a partition's first
+//! record), the byte buffer and the flush procedure. The loops themselves are in `partition`,
+//! the mapping to rskafka's records in `wire`, the retry verdicts in `retry`, health in `health`.
+//!
+//! Invariants:
+//! - Every record accepted by [`Producer::send`] resolves its delivery future exactly once: the
+//!   broker's acknowledgement, or an error (rejected, delivery timeout, failed back by a flush or
+//!   at shutdown). A queued record that is dropped without a verdict (its loop aborted) resolves
+//!   to [`PublishError::NotAcknowledgedAtShutdown`] from its own `Drop`.
+//! - The buffer is bounded: a record holds `max(size, 1)` permits of a semaphore of
+//!   `producer.buffer_bytes` from acceptance until its verdict, so the records accepted and not
+//!   resolved never exceed the buffer in bytes (nor in count). `send` waits for room up to
+//!   `producer.publish_timeout`; `close` closes the semaphore, which wakes every waiter at once.
+//! - Per partition, records are sent in acceptance order, one produce request in flight at a
+//!   time, and resolved in that order (this is what makes the flush accounting exact).
+//! - No task is started except through the producer's scope; every loop ends when the scope is
+//!   cancelled.
 
-use std::sync::Arc;
+mod health;
+mod partition;
+mod retry;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bus_core::backend::{FlushReport, Health};
-use bus_core::{DeliveryFuture, PublishError, Record};
+use bus_core::delivery::{DeliverySender, delivery_channel};
+use bus_core::{DeliveryFuture, PublishError, Record, UnkeyedSpreader};
 use bus_supervisor::Scope;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
+use tokio::time::Instant;
 
 use crate::client::KafkaClient;
+use crate::config::KafkaConfig;
 use crate::error::KafkaError;
+
+use self::health::HealthBoard;
+
+/// The backend's name in errors.
+const BACKEND: &str = "kafka";
+
+/// How long a flush waits, past its deadline, for the loops to fail back what is pending. The
+/// loops react at once (failing back is in memory), so this only matters if one is stuck.
+const FAIL_BACK_GRACE: Duration = Duration::from_secs(1);
 
 /// Publishes records through per-partition batching loops.
 pub(crate) struct Producer {
-    #[allow(dead_code)]
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").field("scope", &self.shared.scope.path()).finish()
+    }
+}
+
+/// What the producer and its loops share.
+pub(crate) struct Shared {
     scope: Scope,
-    #[allow(dead_code)]
     client: Arc<KafkaClient>,
+    config: Arc<KafkaConfig>,
+    compression: rskafka::client::partition::Compression,
+    buffer: Arc<Semaphore>,
+    capacity: usize,
+    closed: AtomicBool,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    spreader: UnkeyedSpreader,
+    /// Records acknowledged, ever.
+    acked: AtomicU64,
+    /// Records failed back to their callers (any error), ever.
+    failed: AtomicU64,
+    /// Notified (to all waiters) whenever a loop resolves records: flushes wait on it.
+    progress: Notify,
+    health: HealthBoard,
+}
+
+/// A topic's partition count and its partition loops (created on first use).
+struct Topic {
+    name: Arc<str>,
+    partitions: i32,
+    slots: Box<[OnceLock<PartitionHandle>]>,
+    spawning: Mutex<()>,
+}
+
+/// The sending side of one partition's loop.
+struct PartitionHandle {
+    tx: mpsc::UnboundedSender<Entry>,
+    state: Arc<PartitionState>,
+}
+
+/// The state a partition loop shares with senders and flushes.
+pub(crate) struct PartitionState {
+    topic: Arc<str>,
+    partition: i32,
+    /// Entries put into the loop's channel (counted after the send succeeded).
+    sent: AtomicU64,
+    /// Entries resolved by the loop, in channel order.
+    resolved: AtomicU64,
+    /// The loop fails back at once every entry whose index (channel order) is below this.
+    fail_through: AtomicU64,
+    /// Bytes queued in the channel and not yet taken into a batch.
+    queued_bytes: AtomicUsize,
+    /// Woken when the queued bytes reach a full batch.
+    batch_full: Notify,
+    /// Woken when `fail_through` rises.
+    fail_back: Notify,
+}
+
+/// What [`Producer::try_send`] decided.
+pub(crate) enum TrySend {
+    /// Decided at once: accepted (the delivery future) or refused.
+    Done(Result<DeliveryFuture, PublishError>),
+    /// Accepting the record means waiting (for the topic's metadata or for room): use `send`.
+    Wait(Record),
+}
+
+/// A record accepted and not yet resolved.
+pub(crate) struct Entry {
+    record: Record,
+    size: usize,
+    accepted: Instant,
+    delivery: Option<DeliverySender>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Entry {
+    /// Resolves the record's future with the result made from its topic (moved, not copied),
+    /// and adds its buffer bytes to `release`.
+    fn resolve(
+        mut self,
+        release: &mut Release,
+        result: impl FnOnce(String) -> Result<bus_core::Delivery, PublishError>,
+    ) {
+        if let Some(delivery) = self.delivery.take() {
+            delivery.send(result(std::mem::take(&mut self.record.topic)));
+        }
+        release.add(self.permit.take());
+    }
+}
+
+/// Buffer bytes of resolved records, given back to the buffer at once when dropped (one
+/// semaphore release per batch rather than one per record).
+#[derive(Default)]
+pub(crate) struct Release(Option<OwnedSemaphorePermit>);
+
+impl Release {
+    fn add(&mut self, permit: Option<OwnedSemaphorePermit>) {
+        match (&mut self.0, permit) {
+            (Some(held), Some(permit)) => held.merge(permit),
+            (held @ None, permit) => *held = permit,
+            (Some(_), None) => {}
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(delivery) = self.delivery.take() {
+            delivery.send(Err(PublishError::NotAcknowledgedAtShutdown {
+                topic: std::mem::take(&mut self.record.topic),
+            }));
+        }
+    }
 }
 
 impl Producer {
-    /// Starts the producer; its loops live under `scope`.
+    /// Starts the producer; its loops will live under `scope`, one per partition written to.
     pub(crate) fn start(scope: Scope, client: Arc<KafkaClient>) -> Result<Producer, KafkaError> {
-        Ok(Producer { scope, client })
-    }
-
-    /// Accepts a record, waiting for room in the buffer.
-    pub(crate) async fn send(&self, record: Record) -> Result<DeliveryFuture, PublishError> {
-        Err(PublishError::Backend {
-            backend: "kafka",
-            reason: format!("the producer is not built yet (record for `{}`)", record.topic),
+        let config = Arc::clone(client.config());
+        config.validate()?;
+        let capacity = config.producer.buffer_bytes.min(Semaphore::MAX_PERMITS);
+        let compression = wire::compression(config.producer.compression);
+        Ok(Producer {
+            shared: Arc::new(Shared {
+                scope,
+                client,
+                compression,
+                buffer: Arc::new(Semaphore::new(capacity)),
+                capacity,
+                closed: AtomicBool::new(false),
+                topics: RwLock::new(HashMap::new()),
+                spreader: UnkeyedSpreader::starting_at(u64::from(std::process::id())),
+                acked: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                progress: Notify::new(),
+                health: HealthBoard::new(config.producer.delivery_timeout),
+                config,
+            }),
         })
     }
 
-    /// Waits until everything accepted is acknowledged or the deadline passes; fails back the
-    /// rest.
-    pub(crate) async fn flush(&self, _deadline: tokio::time::Instant) -> FlushReport {
-        FlushReport::default()
+    /// Accepts a record, waiting for room in the buffer, and returns its delivery future.
+    ///
+    /// Errors: `Closed` once closed (also while waiting for room); `InvalidRecord` for an
+    /// explicit partition out of range or a record larger than the buffer; `UnknownTopic` when
+    /// the topic is missing and not auto-created; `BufferFull` after `producer.publish_timeout`;
+    /// `Backend` when the topic's metadata cannot be had within `producer.delivery_timeout`.
+    pub(crate) async fn send(&self, record: Record) -> Result<DeliveryFuture, PublishError> {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        let topic = shared.topic(&record.topic).await?;
+        let partition = shared.choose_partition(&topic, &record)?;
+        let size = record.size().max(1);
+        let permit = shared.reserve(&record.topic, size).await?;
+        shared.enqueue(&topic, partition, record, size, permit)
     }
 
-    /// Freezes admission.
-    pub(crate) fn close(&self) {}
+    /// [`Producer::send`] without waiting: the outcome when it is decided at once (the topic is
+    /// known and the buffer has room, or the record is refused), or the record back when
+    /// accepting it means waiting (then call `send`). Saves the hot path an async state machine.
+    pub(crate) fn try_send(&self, record: Record) -> TrySend {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return TrySend::Done(Err(PublishError::Closed));
+        }
+        let Some(topic) = shared.topics.read().get(record.topic.as_str()).cloned() else {
+            return TrySend::Wait(record);
+        };
+        let partition = match shared.choose_partition(&topic, &record) {
+            Ok(partition) => partition,
+            Err(error) => return TrySend::Done(Err(error)),
+        };
+        let size = record.size().max(1);
+        let permits = match shared.permits_for(&record.topic, size) {
+            Ok(permits) => permits,
+            Err(error) => return TrySend::Done(Err(error)),
+        };
+        match Arc::clone(&shared.buffer).try_acquire_many_owned(permits) {
+            Ok(permit) => TrySend::Done(shared.enqueue(&topic, partition, record, size, permit)),
+            Err(TryAcquireError::Closed) => TrySend::Done(Err(PublishError::Closed)),
+            Err(TryAcquireError::NoPermits) => TrySend::Wait(record),
+        }
+    }
 
-    /// The producer's health.
+    /// Waits until every record accepted so far is resolved or `deadline` passes; then fails
+    /// back what is still pending ([`PublishError::NotAcknowledgedAtShutdown`]). Reports the
+    /// records acknowledged and failed while it ran.
+    pub(crate) async fn flush(&self, deadline: Instant) -> FlushReport {
+        let shared = &self.shared;
+        let acked_before = shared.acked.load(Ordering::Acquire);
+        let failed_before = shared.failed.load(Ordering::Acquire);
+        let targets: Vec<(Arc<PartitionState>, mpsc::UnboundedSender<Entry>, u64)> = shared
+            .handles()
+            .into_iter()
+            .map(|(state, tx)| {
+                let target = state.sent.load(Ordering::Acquire);
+                (state, tx, target)
+            })
+            .collect();
+        let done = |targets: &[(Arc<PartitionState>, mpsc::UnboundedSender<Entry>, u64)]| {
+            targets.iter().all(|(state, tx, target)| {
+                tx.is_closed() || state.resolved.load(Ordering::Acquire) >= *target
+            })
+        };
+        shared.wait_for_progress(deadline, || done(&targets)).await;
+        if !done(&targets) {
+            for (state, _, target) in &targets {
+                if state.resolved.load(Ordering::Acquire) < *target {
+                    state.fail_through.fetch_max(*target, Ordering::AcqRel);
+                    state.fail_back.notify_one();
+                }
+            }
+            let grace = Instant::now() + FAIL_BACK_GRACE;
+            shared.wait_for_progress(grace, || done(&targets)).await;
+            if !done(&targets) {
+                tracing::error!(
+                    "producer flush: a partition loop did not fail back its records within {:?}",
+                    FAIL_BACK_GRACE
+                );
+            }
+        }
+        let count = |now: u64, before: u64| usize::try_from(now - before).unwrap_or(usize::MAX);
+        FlushReport {
+            flushed: count(shared.acked.load(Ordering::Acquire), acked_before),
+            failed: count(shared.failed.load(Ordering::Acquire), failed_before),
+        }
+    }
+
+    /// Freezes admission: later sends fail with `Closed`, and sends waiting for room fail with
+    /// `Closed` at once. Accepted records are still delivered (or failed back by `flush`).
+    pub(crate) fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.buffer.close();
+    }
+
+    /// `Degraded` while produce requests fail or are being retried, `Ready` otherwise.
     pub(crate) fn health(&self) -> Health {
-        Health::Ready
+        self.shared.health.health()
+    }
+}
+
+impl Shared {
+    /// The topic's registry entry, resolving (and auto-creating) it on first use.
+    async fn topic(&self, name: &str) -> Result<Arc<Topic>, PublishError> {
+        if let Some(topic) = self.topics.read().get(name) {
+            return Ok(Arc::clone(topic));
+        }
+        let timeout = self.config.producer.delivery_timeout;
+        let count = match tokio::time::timeout(timeout, self.client.partition_count(name)).await {
+            Ok(Ok(count)) => count,
+            Ok(Err(KafkaError::UnknownTopic { topic })) => {
+                return Err(PublishError::UnknownTopic { topic });
+            }
+            Ok(Err(error)) => {
+                return Err(PublishError::Backend { backend: BACKEND, reason: error.to_string() });
+            }
+            Err(_) => {
+                return Err(PublishError::Backend {
+                    backend: BACKEND,
+                    reason: format!(
+                        "topic `{name}`: no metadata from the cluster within {timeout:?} \
+                         (producer.delivery_timeout); is the broker reachable?"
+                    ),
+                });
+            }
+        };
+        if count < 1 {
+            return Err(PublishError::Backend {
+                backend: BACKEND,
+                reason: format!("topic `{name}` has no partitions in the cluster's metadata"),
+            });
+        }
+        let mut topics = self.topics.write();
+        let topic =
+            topics.entry(name.to_owned()).or_insert_with(|| Arc::new(Topic::new(name, count)));
+        Ok(Arc::clone(topic))
+    }
+
+    /// The record's partition: its own (checked), else the partitioner on its key, else the
+    /// spreader for unkeyed records.
+    fn choose_partition(&self, topic: &Topic, record: &Record) -> Result<i32, PublishError> {
+        let n = topic.partitions;
+        if let Some(partition) = record.partition {
+            return if (0..n).contains(&partition) {
+                Ok(partition)
+            } else {
+                Err(PublishError::InvalidRecord {
+                    topic: record.topic.clone(),
+                    reason: format!(
+                        "partition {partition} is out of range: the topic has {n} partitions \
+                         (0..={})",
+                        n - 1
+                    ),
+                })
+            };
+        }
+        self.config.partitioner.partition_for(record.key.as_deref(), n, &self.spreader).map_err(
+            |error| PublishError::InvalidRecord {
+                topic: record.topic.clone(),
+                reason: error.to_string(),
+            },
+        )
+    }
+
+    /// The semaphore permits for a record of `size` bytes, or why it can never fit.
+    fn permits_for(&self, topic: &str, size: usize) -> Result<u32, PublishError> {
+        let too_large = || PublishError::InvalidRecord {
+            topic: topic.to_owned(),
+            reason: format!(
+                "the record is {size} bytes, more than the whole producer buffer of {} bytes \
+                 (producer.buffer_bytes)",
+                self.capacity
+            ),
+        };
+        if size > self.capacity {
+            return Err(too_large());
+        }
+        u32::try_from(size).map_err(|_| too_large())
+    }
+
+    /// Hands an accepted record (holding its buffer bytes) to its partition's loop.
+    fn enqueue(
+        self: &Arc<Self>,
+        topic: &Topic,
+        partition: i32,
+        record: Record,
+        size: usize,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<DeliveryFuture, PublishError> {
+        let handle = topic.handle(partition, self)?;
+        let (delivery, future) = delivery_channel(BACKEND);
+        let entry = Entry {
+            record,
+            size,
+            accepted: Instant::now(),
+            delivery: Some(delivery),
+            permit: Some(permit),
+        };
+        let state = &handle.state;
+        // Counted before the loop can take it, so that the loop's decrement never comes first.
+        let before = state.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if let Err(mpsc::error::SendError(mut entry)) = handle.tx.send(entry) {
+            // The loop is gone (the producer's scope was shut down): not accepted.
+            state.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            entry.delivery.take();
+            return Err(PublishError::Closed);
+        }
+        state.sent.fetch_add(1, Ordering::Release);
+        let max = self.config.producer.max_batch_bytes;
+        if before < max && before.saturating_add(size) >= max {
+            state.batch_full.notify_one();
+        }
+        Ok(future)
+    }
+
+    /// Takes `size` bytes of the buffer, waiting up to the publish timeout.
+    async fn reserve(
+        &self,
+        topic: &str,
+        size: usize,
+    ) -> Result<OwnedSemaphorePermit, PublishError> {
+        let permits = self.permits_for(topic, size)?;
+        match Arc::clone(&self.buffer).try_acquire_many_owned(permits) {
+            Ok(permit) => return Ok(permit),
+            Err(TryAcquireError::Closed) => return Err(PublishError::Closed),
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        let started = Instant::now();
+        let timeout = self.config.producer.publish_timeout;
+        let wait = Arc::clone(&self.buffer).acquire_many_owned(permits);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(PublishError::Closed),
+            Err(_elapsed) => Err(PublishError::BufferFull {
+                needed: size,
+                capacity: self.capacity,
+                waited: started.elapsed(),
+            }),
+        }
+    }
+
+    /// Every partition loop started so far.
+    fn handles(&self) -> Vec<(Arc<PartitionState>, mpsc::UnboundedSender<Entry>)> {
+        let topics = self.topics.read();
+        topics
+            .values()
+            .flat_map(|topic| topic.slots.iter().filter_map(OnceLock::get))
+            .map(|handle| (Arc::clone(&handle.state), handle.tx.clone()))
+            .collect()
+    }
+
+    /// Waits until `done()` holds or `deadline` passes, re-checking whenever a loop resolves
+    /// records.
+    async fn wait_for_progress(&self, deadline: Instant, done: impl Fn() -> bool) {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done() {
+                return;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    /// Counts resolved records and wakes flushes.
+    fn resolved(&self, state: &PartitionState, acked: u64, failed: u64) {
+        if acked > 0 {
+            self.acked.fetch_add(acked, Ordering::AcqRel);
+        }
+        if failed > 0 {
+            self.failed.fetch_add(failed, Ordering::AcqRel);
+        }
+        state.resolved.fetch_add(acked + failed, Ordering::AcqRel);
+        self.progress.notify_waiters();
+    }
+}
+
+impl Topic {
+    fn new(name: &str, partitions: i32) -> Topic {
+        let slots = (0..partitions).map(|_| OnceLock::new()).collect();
+        Topic { name: Arc::from(name), partitions, slots, spawning: Mutex::new(()) }
+    }
+
+    /// The loop of `partition`, spawned on first use as `<topic>-<partition>` in the
+    /// producer's scope.
+    fn handle(
+        &self,
+        partition: i32,
+        shared: &Arc<Shared>,
+    ) -> Result<&PartitionHandle, PublishError> {
+        let missing = || PublishError::Backend {
+            backend: BACKEND,
+            reason: format!("topic `{}` partition {partition}: no partition loop", self.name),
+        };
+        let slot =
+            usize::try_from(partition).ok().and_then(|i| self.slots.get(i)).ok_or_else(missing)?;
+        if let Some(handle) = slot.get() {
+            return Ok(handle);
+        }
+        let _spawning = self.spawning.lock();
+        if let Some(handle) = slot.get() {
+            return Ok(handle);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(PartitionState {
+            topic: Arc::clone(&self.name),
+            partition,
+            sent: AtomicU64::new(0),
+            resolved: AtomicU64::new(0),
+            fail_through: AtomicU64::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            batch_full: Notify::new(),
+            fail_back: Notify::new(),
+        });
+        let name = format!("{}-{partition}", self.name);
+        let task = partition::run(Arc::clone(shared), Arc::clone(&state), rx);
+        shared.scope.spawn(name, task).map_err(|_| PublishError::Closed)?.detach();
+        let _ = slot.set(PartitionHandle { tx, state });
+        slot.get().ok_or_else(missing)
     }
 }

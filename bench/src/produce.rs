@@ -1,0 +1,280 @@
+//! `cargo xtask bench produce`: the bus's Kafka producer against rdkafka's `BaseProducer`
+//! (vendored librdkafka) on the same broker, in one process, phase by phase.
+//!
+//! Owns: the workload (N records of 100 bytes, keys over 1,000 aggregates, 6 partitions, acks
+//! all, linger 5 ms, no compression), the measurement (wall time from the first send to the last
+//! acknowledgement; process CPU time from `/proc/self/stat` around each phase) and the table it
+//! prints on stdout (progress goes to stderr).
+//!
+//! Usage: `produce-bench --bootstrap HOST:PORT [--records N] [--rounds R]`. Each round runs both
+//! clients (alternating which goes first) on fresh topics; the table shows the median round.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bus_core::Record;
+use bus_kafka::{Admin, KafkaConfig};
+use bytes::Bytes;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+
+const PARTITIONS: i32 = 6;
+const AGGREGATES: usize = 1_000;
+const VALUE_BYTES: usize = 100;
+
+/// One client's measurement.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    seconds: f64,
+    cpu_seconds: f64,
+    records: usize,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+    fn mb_per_s(&self) -> f64 {
+        (self.records * VALUE_BYTES) as f64 / self.seconds / 1e6
+    }
+    fn cpu_us_per_msg(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.records as f64
+    }
+}
+
+/// This process's user + system CPU time, from `/proc/self/stat` (clock ticks of 10 ms).
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the `)`.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn key(i: usize) -> String {
+    format!("aggregate-{}", i % AGGREGATES)
+}
+
+struct Counting {
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        match result {
+            Ok(_) => self.acked.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+fn rdkafka_phase(bootstrap: &str, topic: &str, records: usize, keys: &[String]) -> Phase {
+    let producer: BaseProducer<Counting> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "none")
+        .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.kbytes", "32768")
+        .create_with_context(Counting { acked: AtomicU64::new(0), failed: AtomicU64::new(0) })
+        .unwrap_or_else(|e| fail(&format!("rdkafka producer: {e}")));
+    // Metadata first, outside the measurement (as the bus resolves the topic on first send).
+    let _ = producer.client().fetch_metadata(Some(topic), Duration::from_secs(30));
+    let value = [b'v'; VALUE_BYTES];
+    let cpu = process_cpu();
+    let started = Instant::now();
+    for i in 0..records {
+        let mut record =
+            BaseRecord::to(topic).key(keys[i % AGGREGATES].as_str()).payload(&value[..]);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    // Queue full: serve delivery reports, then try again.
+                    record = back;
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+        if i % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .unwrap_or_else(|e| fail(&format!("rdkafka flush: {e}")));
+    producer.poll(Duration::ZERO);
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = process_cpu() - cpu;
+    let ctx = producer.context();
+    let acked = ctx.acked.load(Ordering::Relaxed) as usize;
+    if acked != records {
+        fail(&format!(
+            "rdkafka: {acked} of {records} acknowledged, {} failed",
+            ctx.failed.load(Ordering::Relaxed)
+        ));
+    }
+    Phase { seconds, cpu_seconds, records }
+}
+
+async fn bus_phase(bootstrap: &str, topic: &str, records: usize, keys: &[Bytes]) -> Phase {
+    let mut config = KafkaConfig::new(bootstrap);
+    config.producer.linger = Duration::from_millis(5);
+    let bus = bus_kafka::connect(config).await.unwrap_or_else(|e| fail(&format!("bus: {e}")));
+    // Resolve the topic outside the measurement.
+    bus.publish(Record::new(topic, "warm-up")).await.unwrap_or_else(|e| fail(&format!("bus: {e}")));
+    let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
+    let window = 250_000;
+    let mut pending = std::collections::VecDeque::with_capacity(window);
+    let mut acked = 0usize;
+    let cpu = process_cpu();
+    let started = Instant::now();
+    for i in 0..records {
+        let record = Record::new(topic, value.clone()).with_key(keys[i % AGGREGATES].clone());
+        let delivery =
+            bus.publish_nowait(record).await.unwrap_or_else(|e| fail(&format!("bus publish: {e}")));
+        pending.push_back(delivery);
+        if pending.len() >= window
+            && let Some(front) = pending.pop_front()
+        {
+            front.await.unwrap_or_else(|e| fail(&format!("bus delivery: {e}")));
+            acked += 1;
+        }
+    }
+    for delivery in pending {
+        delivery.await.unwrap_or_else(|e| fail(&format!("bus delivery: {e}")));
+        acked += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = process_cpu() - cpu;
+    if acked != records {
+        fail(&format!("bus: {acked} of {records} acknowledged"));
+    }
+    if let Err(e) = bus.shutdown(Duration::from_secs(30)).await {
+        fail(&format!("bus shutdown: {e}"));
+    }
+    Phase { seconds, cpu_seconds, records }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("produce-bench: {message}");
+    std::process::exit(1);
+}
+
+fn median(mut phases: Vec<Phase>) -> Phase {
+    phases.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    phases[phases.len() / 2]
+}
+
+fn main() {
+    let mut bootstrap = None;
+    let mut records = 1_000_000usize;
+    let mut rounds = 3usize;
+    let mut only = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bootstrap" => bootstrap = args.next(),
+            "--records" => records = args.next().and_then(|v| v.parse().ok()).unwrap_or(records),
+            "--rounds" => {
+                rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds).max(1)
+            }
+            // For profiling one client alone: `--only bus` or `--only rdkafka` (no table).
+            "--only" => only = args.next(),
+            other => fail(&format!("unknown argument `{other}`")),
+        }
+    }
+    let bootstrap = bootstrap.unwrap_or_else(|| fail("--bootstrap HOST:PORT is required"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    let key_strings: Vec<String> = (0..AGGREGATES).map(key).collect();
+    let key_bytes: Vec<Bytes> = key_strings.iter().map(|k| Bytes::from(k.clone())).collect();
+    let admin = runtime
+        .block_on(Admin::connect(KafkaConfig::new(&bootstrap)))
+        .unwrap_or_else(|e| fail(&format!("admin: {e}")));
+    let run_id = std::process::id();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let topics =
+            [format!("bench-bus-{run_id}-{round}"), format!("bench-rdkafka-{run_id}-{round}")];
+        for topic in &topics {
+            runtime
+                .block_on(admin.ensure_topic(topic, PARTITIONS))
+                .unwrap_or_else(|e| fail(&format!("topic {topic}: {e}")));
+        }
+        let run_bus = |ours: &mut Vec<Phase>| {
+            let phase = runtime.block_on(bus_phase(&bootstrap, &topics[0], records, &key_bytes));
+            eprintln!(
+                "round {round}: bus     {:>10.0} msgs/s, {:.2} us CPU/msg",
+                phase.rate(),
+                phase.cpu_us_per_msg()
+            );
+            ours.push(phase);
+        };
+        let run_rdkafka = |theirs: &mut Vec<Phase>| {
+            let phase = rdkafka_phase(&bootstrap, &topics[1], records, &key_strings);
+            eprintln!(
+                "round {round}: rdkafka {:>10.0} msgs/s, {:.2} us CPU/msg",
+                phase.rate(),
+                phase.cpu_us_per_msg()
+            );
+            theirs.push(phase);
+        };
+        if let Some(only) = only.as_deref() {
+            match only {
+                "bus" => run_bus(&mut ours),
+                "rdkafka" => run_rdkafka(&mut theirs),
+                other => fail(&format!("--only bus|rdkafka, not `{other}`")),
+            }
+            continue;
+        }
+        if round % 2 == 0 {
+            run_bus(&mut ours);
+            run_rdkafka(&mut theirs);
+        } else {
+            run_rdkafka(&mut theirs);
+            run_bus(&mut ours);
+        }
+    }
+    if only.is_some() {
+        return;
+    }
+    let (ours, theirs) = (median(ours), median(theirs));
+    let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+    println!(
+        "{records} records of {VALUE_BYTES} bytes, keys over {AGGREGATES} aggregates, {PARTITIONS} \
+         partitions, acks all, linger 5 ms, no compression; median of {rounds} round(s), \
+         clients alternating first.\n"
+    );
+    println!("| client | msgs/s | MB/s | client CPU per message |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| bus-kafka producer (rskafka 0.6), `publish_nowait` | {:.0} | {:.1} | {:.2} us |",
+        ours.rate(),
+        ours.mb_per_s(),
+        ours.cpu_us_per_msg()
+    );
+    println!(
+        "| rdkafka 0.39 BaseProducer (librdkafka {librdkafka}) | {:.0} | {:.1} | {:.2} us |",
+        theirs.rate(),
+        theirs.mb_per_s(),
+        theirs.cpu_us_per_msg()
+    );
+    println!(
+        "| **ratio bus / rdkafka** (target: rate >= 1.2, CPU <= 0.8) | {:.2}x | {:.2}x | {:.2}x |",
+        ours.rate() / theirs.rate(),
+        ours.mb_per_s() / theirs.mb_per_s(),
+        ours.cpu_us_per_msg() / theirs.cpu_us_per_msg()
+    );
+}

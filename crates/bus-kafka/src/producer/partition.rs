@@ -1,0 +1,469 @@
+//! One partition's batching loop: collect records for up to `producer.linger` (or until a batch
+//! of `producer.max_batch_bytes` is queued), produce them in one request, retry what failed
+//! retriably, and resolve every record's future.
+//!
+//! Owns: the loop task `bus/kafka/producer/<topic>-<partition>` and its batch.
+//!
+//! Invariants:
+//! - One produce request in flight per partition; a batch is retried (with backoff from
+//!   `producer.retry_backoff`, doubling, capped at 1 s, and a fresh partition client) until it
+//!   is acknowledged, rejected, or its oldest record reaches `producer.delivery_timeout`. Only
+//!   then is the next batch formed, so records are stored and resolved in acceptance order.
+//! - Every produce attempt is bounded by `request_timeout` (and by what is left of the delivery
+//!   timeout): a produce future that runs out of time is dropped (cancelled), and its records
+//!   are retried or failed back, never forgotten.
+//! - A fail-back request (a flush past its deadline) is honoured at once, in flight or not: the
+//!   produce in progress is dropped and the entries below `fail_through` are failed back with
+//!   `NotAcknowledgedAtShutdown`.
+//! - The loop ends when the producer's scope is cancelled; whatever it still holds is failed
+//!   back (and an entry dropped by an abort fails itself back from its `Drop`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bus_core::{Delivery, PublishError};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::retry::{Verdict, classify};
+use super::{Entry, PartitionState, Release, Shared, wire};
+
+/// The cap of the doubling retry backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Runs the loop until the producer's scope is cancelled.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    state: Arc<PartitionState>,
+    rx: mpsc::UnboundedReceiver<Entry>,
+) {
+    let token = shared.scope.token();
+    let mut batcher = Batcher {
+        shared,
+        state,
+        rx,
+        batch: Vec::new(),
+        batch_bytes: 0,
+        received: 0,
+        carry: VecDeque::new(),
+        last_error: None,
+    };
+    tokio::select! {
+        biased;
+        () = token.cancelled() => {}
+        () = batcher.run() => {}
+    }
+    batcher.fail_everything();
+}
+
+struct Batcher {
+    shared: Arc<Shared>,
+    state: Arc<PartitionState>,
+    rx: mpsc::UnboundedReceiver<Entry>,
+    /// The batch being formed or sent, in acceptance order.
+    batch: Vec<Entry>,
+    batch_bytes: usize,
+    /// Entries taken from the channel so far (the index of the next one).
+    received: u64,
+    /// Entries taken from the channel that did not fit in the batch (or split off a batch the
+    /// broker found too large), in order: the next batches' first.
+    carry: VecDeque<Entry>,
+    /// The last produce error, for records that expire waiting behind a failing batch.
+    last_error: Option<String>,
+}
+
+enum Outcome {
+    Acked(Vec<i64>),
+    Failed(rskafka::client::error::Error),
+    /// The partition's client (leader lookup, connection) could not be had.
+    Lookup(String),
+    TimedOut(Duration),
+    FailBack,
+}
+
+impl Batcher {
+    async fn run(&mut self) {
+        let linger = self.shared.config.producer.linger;
+        let max_bytes = self.shared.config.producer.max_batch_bytes;
+        loop {
+            if self.fail_back_due() {
+                self.fail_back();
+                continue;
+            }
+            if self.batch.is_empty() {
+                if let Some(entry) = self.carry.pop_front() {
+                    self.push(entry);
+                } else {
+                    let fail_back = self.state.fail_back.notified();
+                    tokio::select! {
+                        biased;
+                        () = fail_back => continue,
+                        entry = self.rx.recv() => match entry {
+                            Some(entry) => {
+                                self.received += 1;
+                                self.take_queued(entry.size);
+                                self.push(entry);
+                            }
+                            None => return,
+                        },
+                    }
+                }
+            }
+            // Linger: wait for more records, unless a full batch is queued already.
+            let linger_end = self.batch.first().map_or_else(Instant::now, |e| e.accepted + linger);
+            if self.batch_bytes < max_bytes
+                && self.batch_bytes + self.state.queued_bytes.load(Ordering::Acquire) < max_bytes
+                && Instant::now() < linger_end
+            {
+                tokio::select! {
+                    biased;
+                    () = self.state.fail_back.notified() => continue,
+                    () = self.state.batch_full.notified() => {}
+                    () = tokio::time::sleep_until(linger_end) => {}
+                }
+            }
+            self.fill(max_bytes);
+            self.deliver().await;
+        }
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.batch_bytes += wire::estimate(&entry);
+        self.batch.push(entry);
+    }
+
+    fn take_queued(&self, size: usize) {
+        self.state.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+    }
+
+    /// Takes queued entries into the batch up to `max_bytes` (a lone record larger than that is
+    /// sent alone).
+    fn fill(&mut self, max_bytes: usize) {
+        loop {
+            let entry = match self.carry.pop_front() {
+                Some(entry) => entry,
+                None => {
+                    let Ok(entry) = self.rx.try_recv() else { break };
+                    self.received += 1;
+                    self.take_queued(entry.size);
+                    entry
+                }
+            };
+            if !self.batch.is_empty() && self.batch_bytes + wire::estimate(&entry) > max_bytes {
+                self.carry.push_front(entry);
+                break;
+            }
+            self.push(entry);
+        }
+    }
+
+    /// The index (channel order) of the oldest entry this loop holds.
+    fn oldest_index(&self) -> u64 {
+        let held = (self.batch.len() + self.carry.len()) as u64;
+        self.received - held
+    }
+
+    fn fail_back_due(&self) -> bool {
+        let through = self.state.fail_through.load(Ordering::Acquire);
+        through > self.state.resolved.load(Ordering::Acquire)
+    }
+
+    /// Fails back, in order, every entry whose index is below `fail_through`.
+    fn fail_back(&mut self) {
+        let through = self.state.fail_through.load(Ordering::Acquire);
+        let mut index = self.oldest_index();
+        let mut failed = 0;
+        let mut release = Release::default();
+        let mut held: Vec<Entry> = self.batch.drain(..).chain(self.carry.drain(..)).collect();
+        let keep = held.split_off(
+            usize::try_from(through.saturating_sub(index)).unwrap_or(usize::MAX).min(held.len()),
+        );
+        for entry in held {
+            entry.resolve(&mut release, |topic| {
+                Err(PublishError::NotAcknowledgedAtShutdown { topic })
+            });
+            failed += 1;
+            index += 1;
+        }
+        self.batch_bytes = 0;
+        for entry in keep {
+            self.push(entry);
+        }
+        while index < through {
+            let Ok(entry) = self.rx.try_recv() else { break };
+            self.received += 1;
+            self.take_queued(entry.size);
+            entry.resolve(&mut release, |topic| {
+                Err(PublishError::NotAcknowledgedAtShutdown { topic })
+            });
+            failed += 1;
+            index += 1;
+        }
+        self.shared.resolved(&self.state, 0, failed);
+    }
+
+    /// At the end of the loop: fails back everything held and queued, and closes the channel.
+    fn fail_everything(&mut self) {
+        self.rx.close();
+        let mut failed = 0;
+        let mut release = Release::default();
+        let held: Vec<Entry> = self.batch.drain(..).chain(self.carry.drain(..)).collect();
+        for entry in held {
+            entry.resolve(&mut release, |topic| {
+                Err(PublishError::NotAcknowledgedAtShutdown { topic })
+            });
+            failed += 1;
+        }
+        while let Ok(entry) = self.rx.try_recv() {
+            self.received += 1;
+            self.take_queued(entry.size);
+            entry.resolve(&mut release, |topic| {
+                Err(PublishError::NotAcknowledgedAtShutdown { topic })
+            });
+            failed += 1;
+        }
+        self.batch_bytes = 0;
+        if failed > 0 {
+            self.shared.resolved(&self.state, 0, failed);
+        }
+    }
+
+    /// Sends the batch, retrying retriable failures, and resolves every entry in it.
+    async fn deliver(&mut self) {
+        let producer = &self.shared.config.producer;
+        let delivery_timeout = producer.delivery_timeout;
+        let request_timeout = self.shared.config.request_timeout;
+        let mut backoff = producer.retry_backoff.min(MAX_BACKOFF);
+        let mut attempts: u32 = 0;
+        let publish_time = chrono::Utc::now();
+        for entry in &mut self.batch {
+            entry.record.timestamp.get_or_insert(publish_time);
+        }
+        loop {
+            self.expire(attempts, delivery_timeout);
+            let Some(oldest) = self.batch.first() else { return };
+            let deadline = oldest.accepted + delivery_timeout;
+            let now = Instant::now();
+            let budget = deadline.saturating_duration_since(now).min(request_timeout);
+            attempts += 1;
+            let outcome = self.attempt(budget).await;
+            match outcome {
+                Outcome::Acked(offsets) => {
+                    self.acknowledge(&offsets);
+                    return;
+                }
+                Outcome::FailBack => {
+                    self.fail_back();
+                    if self.batch.is_empty() {
+                        return;
+                    }
+                    continue;
+                }
+                Outcome::Failed(error) => match classify(&error) {
+                    Verdict::TooLarge(_) if self.batch.len() > 1 => {
+                        // Split: the first half now, the rest as the next batches.
+                        let tail = self.batch.split_off(self.batch.len() / 2);
+                        for entry in tail.into_iter().rev() {
+                            self.batch_bytes -= wire::estimate(&entry);
+                            self.carry.push_front(entry);
+                        }
+                        attempts -= 1;
+                        continue;
+                    }
+                    Verdict::Reject(reason) | Verdict::TooLarge(reason) => {
+                        self.reject(&reason);
+                        return;
+                    }
+                    Verdict::Retry(reason) => self.note_retriable(reason),
+                },
+                Outcome::Lookup(reason) => self.note_retriable(reason),
+                Outcome::TimedOut(after) => {
+                    let mut reason = format!(
+                        "no acknowledgement within {after:?} (request_timeout, or what was left of \
+                         producer.delivery_timeout): the broker is unreachable or not answering"
+                    );
+                    if let Some(earlier) =
+                        self.last_error.as_deref().filter(|e| !e.starts_with("no ack"))
+                    {
+                        reason.push_str(&format!("; earlier: {earlier}"));
+                    }
+                    self.note_retriable(reason);
+                }
+            }
+            // Retriable: fresh metadata and connection next time, after a backoff.
+            self.shared.client.invalidate_partition(&self.state.topic, self.state.partition);
+            let wake = Instant::now() + backoff;
+            if wake >= deadline {
+                self.time_out(attempts);
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::select! {
+                biased;
+                () = self.state.fail_back.notified() => {
+                    if self.fail_back_due() {
+                        self.fail_back();
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// One produce request for the whole batch, bounded by `budget`, abandoned on fail-back.
+    async fn attempt(&self, budget: Duration) -> Outcome {
+        let records = wire::records(&self.batch);
+        let client = &self.shared.client;
+        let (topic, partition) = (&*self.state.topic, self.state.partition);
+        let compression = self.shared.compression;
+        let produce = async {
+            match client.partition(topic, partition).await {
+                Ok(partition_client) => {
+                    match partition_client.produce(records, compression).await {
+                        Ok(offsets) => Outcome::Acked(offsets),
+                        Err(error) => Outcome::Failed(error),
+                    }
+                }
+                Err(error) => Outcome::Lookup(error.to_string()),
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.state.fail_back.notified() => Outcome::FailBack,
+            result = tokio::time::timeout(budget, produce) => {
+                result.unwrap_or(Outcome::TimedOut(budget))
+            }
+        }
+    }
+
+    fn note_retriable(&mut self, reason: String) {
+        tracing::debug!(
+            topic = %self.state.topic, partition = self.state.partition, %reason,
+            "produce failed; retrying"
+        );
+        self.shared.health.retrying(&self.state.topic, self.state.partition, &reason);
+        self.last_error = Some(reason);
+    }
+
+    /// Fails, in order, the entries at the front of the batch that are past their delivery
+    /// timeout (they waited behind a failing batch).
+    fn expire(&mut self, attempts: u32, delivery_timeout: Duration) {
+        let now = Instant::now();
+        let expired =
+            self.batch.iter().take_while(|e| e.accepted + delivery_timeout <= now).count();
+        if expired == 0 {
+            return;
+        }
+        let last_error = self
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "the record waited in the partition's queue too long".into());
+        let mut failed = 0;
+        let mut release = Release::default();
+        let partition = self.state.partition;
+        for entry in self.batch.drain(..expired) {
+            self.batch_bytes -= wire::estimate(&entry);
+            let elapsed = now.saturating_duration_since(entry.accepted);
+            let last_error = last_error.clone();
+            entry.resolve(&mut release, |topic| {
+                Err(PublishError::DeliveryTimeout {
+                    topic,
+                    partition,
+                    attempts,
+                    elapsed,
+                    last_error,
+                })
+            });
+            failed += 1;
+        }
+        drop(release);
+        self.shared.resolved(&self.state, 0, failed);
+    }
+
+    /// Fails the whole batch: the next attempt could not start before the oldest record's
+    /// delivery timeout.
+    fn time_out(&mut self, attempts: u32) {
+        let now = Instant::now();
+        let last_error = self.last_error.clone().unwrap_or_default();
+        self.shared.health.failed(&self.state.topic, self.state.partition, &last_error);
+        tracing::warn!(
+            topic = %self.state.topic, partition = self.state.partition, attempts,
+            last_error = %last_error, records = self.batch.len(),
+            "produce failed past the delivery timeout; failing the batch back"
+        );
+        let failed = self.batch.len() as u64;
+        let mut release = Release::default();
+        let partition = self.state.partition;
+        for entry in self.batch.drain(..) {
+            let elapsed = now.saturating_duration_since(entry.accepted);
+            let last_error = last_error.clone();
+            entry.resolve(&mut release, |topic| {
+                Err(PublishError::DeliveryTimeout {
+                    topic,
+                    partition,
+                    attempts,
+                    elapsed,
+                    last_error,
+                })
+            });
+        }
+        drop(release);
+        self.batch_bytes = 0;
+        self.shared.resolved(&self.state, 0, failed);
+    }
+
+    fn reject(&mut self, reason: &str) {
+        tracing::warn!(
+            topic = %self.state.topic, partition = self.state.partition, %reason,
+            records = self.batch.len(), "the broker rejected a batch"
+        );
+        self.shared.health.failed(&self.state.topic, self.state.partition, reason);
+        let failed = self.batch.len() as u64;
+        let mut release = Release::default();
+        let partition = self.state.partition;
+        for entry in self.batch.drain(..) {
+            entry.resolve(&mut release, |topic| {
+                Err(PublishError::Rejected { topic, partition, reason: reason.to_owned() })
+            });
+        }
+        drop(release);
+        self.batch_bytes = 0;
+        self.shared.resolved(&self.state, 0, failed);
+    }
+
+    fn acknowledge(&mut self, offsets: &[i64]) {
+        self.shared.health.succeeded(&self.state.topic, self.state.partition);
+        self.last_error = None;
+        let partition = self.state.partition;
+        let (mut acked, mut failed) = (0, 0);
+        let mut offsets = offsets.iter().copied();
+        let mut release = Release::default();
+        for entry in self.batch.drain(..) {
+            // rskafka returns one offset per record; were it ever short, the records left over
+            // are failed rather than reported as stored.
+            match offsets.next() {
+                Some(offset) => {
+                    entry.resolve(&mut release, |topic| Ok(Delivery { topic, partition, offset }));
+                    acked += 1;
+                }
+                None => {
+                    entry.resolve(&mut release, |topic| {
+                        Err(PublishError::Backend {
+                            backend: super::BACKEND,
+                            reason: format!(
+                                "topic `{topic}` partition {partition}: the broker acknowledged \
+                                 the batch without an offset for this record"
+                            ),
+                        })
+                    });
+                    failed += 1;
+                }
+            }
+        }
+        drop(release);
+        self.batch_bytes = 0;
+        self.shared.resolved(&self.state, acked, failed);
+    }
+}
