@@ -1,21 +1,69 @@
-//! The group plane: consumer-group membership on the `kafka-protocol` crate (placeholder: to be
-//! built; see issue 5).
+//! The group plane: Kafka consumer-group membership (the classic protocol, protocol type
+//! `consumer`, eager rebalance) on the `kafka-protocol` crate over our own connections, and the
+//! partition readers over rskafka.
+//!
+//! Owns: [`join`] (the backend's entry point) and the submodules:
+//! - `connection` — framing, correlation ids, ApiVersions negotiation, timeouts;
+//! - `coordinator` — FindCoordinator, the coordinator links, the classification of errors;
+//! - `codec` — the subscription and assignment formats of the `consumer` protocol;
+//! - `assignor` — `range` and `roundrobin`, as the Java client computes them;
+//! - `member` — the [`GroupMember`] and its `coordinator` and `heartbeat` tasks;
+//! - `reader` — the [`bus_core::backend::PartitionReader`] of an assigned partition.
+//!
+//! Invariants: every task of a member runs in its join request's scope; a member's topics exist
+//! (created when missing and auto-creation is on) before it joins.
+
+mod assignor;
+mod codec;
+mod connection;
+mod coordinator;
+mod member;
+mod reader;
 
 use std::sync::Arc;
 
-use bus_core::SubscribeError;
 use bus_core::backend::{GroupMember, JoinRequest};
+use bus_core::{ConfigError, SubscribeError};
 
 use crate::client::KafkaClient;
+use crate::error::KafkaError;
 
-/// Joins a consumer group.
+/// Joins a consumer group: checks the request, ensures the topics exist, and starts the
+/// member's tasks. Returns at once; the first assignment arrives as an event once the group has
+/// formed (the broker may hold the first JoinGroup for its initial rebalance delay).
 pub(crate) async fn join(
-    _client: Arc<KafkaClient>,
+    client: Arc<KafkaClient>,
     request: JoinRequest,
 ) -> Result<Box<dyn GroupMember>, SubscribeError> {
-    Err(SubscribeError::Group {
-        backend: "kafka",
-        group: request.group,
-        reason: "consumer groups are not built yet".into(),
-    })
+    let group = request.group.clone();
+    if group.trim().is_empty() {
+        return Err(SubscribeError::InvalidOptions(ConfigError::new(
+            "group",
+            "a consumer group name is required",
+        )));
+    }
+    if request.topics.is_empty() {
+        return Err(SubscribeError::InvalidOptions(ConfigError::new(
+            "topics",
+            format!("group `{group}`: at least one topic is required"),
+        )));
+    }
+    if request.rebalance_timeout.is_zero() {
+        return Err(SubscribeError::InvalidOptions(ConfigError::new(
+            "rebalance_timeout",
+            format!("group `{group}`: must be greater than zero"),
+        )));
+    }
+    for topic in &request.topics {
+        client.partition_count(topic).await.map_err(|error| match error {
+            KafkaError::UnknownTopic { topic } => SubscribeError::UnknownTopic { topic },
+            other => SubscribeError::Group {
+                backend: "kafka",
+                group: group.clone(),
+                reason: format!("cannot ensure topic `{topic}`: {other}"),
+            },
+        })?;
+    }
+    let member = member::start(client, request)?;
+    Ok(Box::new(member))
 }

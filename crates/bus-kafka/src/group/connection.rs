@@ -1,0 +1,424 @@
+//! A small Kafka connection for the group plane: TCP framing, correlation ids, request and
+//! response headers, ApiVersions negotiation and per-request timeouts, on the `kafka-protocol`
+//! crate's message types.
+//!
+//! Owns: [`Connection`] (one TCP stream to one broker, one request at a time), the [`Api`] trait
+//! (which request types the group plane sends, and the versions it implements for each) and
+//! [`RequestError`] (a failed request, naming the broker and the API).
+//!
+//! Invariants:
+//! - One request is in flight at a time; its response is matched by correlation id.
+//! - A request that fails in any way (I/O, timeout, undecodable or mismatched response) or whose
+//!   future is dropped before the response is read leaves the connection *poisoned*: the stream
+//!   is closed and never read or written again (a half-written request or half-read response
+//!   would desynchronise the framing). Callers open a new connection.
+//! - The version used for an API is the highest that both we and the broker support, as learnt
+//!   from the broker's ApiVersions answer when the connection was opened; an API with no common
+//!   version fails with [`RequestError::Unsupported`] before anything is sent.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, RequestHeader, ResponseHeader,
+    SyncGroupRequest, SyncGroupResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The largest response accepted (a sanity bound against a corrupt size prefix).
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The ApiVersions version tried first (the broker answers in v0 when it does not support it).
+const API_VERSIONS_VERSION: i16 = 3;
+
+/// UNSUPPORTED_VERSION.
+const UNSUPPORTED_VERSION: i16 = 35;
+
+/// A request type of the group plane and the versions we implement for it.
+pub(crate) trait Api: Encodable + HeaderVersion {
+    /// The API key.
+    const KEY: ApiKey;
+    /// The API's name, for errors and logs.
+    const NAME: &'static str;
+    /// The lowest version we implement.
+    const MIN: i16;
+    /// The highest version we implement.
+    const MAX: i16;
+    /// The response type.
+    type Response: Decodable + HeaderVersion;
+}
+
+macro_rules! api {
+    ($request:ty, $response:ty, $key:ident, $name:literal, $min:literal, $max:literal) => {
+        impl Api for $request {
+            const KEY: ApiKey = ApiKey::$key;
+            const NAME: &'static str = $name;
+            const MIN: i16 = $min;
+            const MAX: i16 = $max;
+            type Response = $response;
+        }
+    };
+}
+
+api!(ApiVersionsRequest, ApiVersionsResponse, ApiVersions, "ApiVersions", 0, 4);
+api!(FindCoordinatorRequest, FindCoordinatorResponse, FindCoordinator, "FindCoordinator", 0, 6);
+api!(JoinGroupRequest, JoinGroupResponse, JoinGroup, "JoinGroup", 0, 9);
+api!(SyncGroupRequest, SyncGroupResponse, SyncGroup, "SyncGroup", 0, 5);
+api!(HeartbeatRequest, HeartbeatResponse, Heartbeat, "Heartbeat", 0, 4);
+api!(LeaveGroupRequest, LeaveGroupResponse, LeaveGroup, "LeaveGroup", 0, 5);
+api!(OffsetCommitRequest, OffsetCommitResponse, OffsetCommit, "OffsetCommit", 2, 9);
+api!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, "OffsetFetch", 1, 9);
+
+/// A request to a broker that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RequestError {
+    /// The TCP connection could not be opened.
+    #[error("cannot connect to broker {broker}: {reason}")]
+    Connect {
+        /// The broker's address.
+        broker: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing the stream failed, or the connection was closed.
+    #[error("broker {broker}: {api} failed: {reason}")]
+    Io {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// No response within the request's timeout.
+    #[error("broker {broker}: {api} v{version} got no response within {timeout:?}")]
+    Timeout {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// The version sent.
+        version: i16,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The request could not be encoded or the response decoded.
+    #[error("broker {broker}: {api} v{version}: {reason}")]
+    Protocol {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// The version.
+        version: i16,
+        /// Why.
+        reason: String,
+    },
+    /// The broker supports no version of the API that we implement.
+    #[error(
+        "broker {broker} does not support {api} in a version we implement (ours: v{ours_min}-v{ours_max}, its: {theirs})"
+    )]
+    Unsupported {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// The lowest version we implement.
+        ours_min: i16,
+        /// The highest version we implement.
+        ours_max: i16,
+        /// The broker's range, or "none".
+        theirs: String,
+    },
+}
+
+/// A connection to one broker. See the module documentation for its invariants.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    broker: String,
+    client_id: StrBytes,
+    stream: Option<TcpStream>,
+    /// A request was started and not finished: the stream is unusable.
+    in_flight: bool,
+    correlation: i32,
+    /// The broker's supported versions, by API key.
+    versions: HashMap<i16, (i16, i16)>,
+}
+
+impl Connection {
+    /// Opens a connection to `broker` (`host:port`) and negotiates versions with ApiVersions.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Connect`] when the TCP connection fails or times out; the errors of
+    /// [`Connection::send`] for the ApiVersions exchange.
+    pub(crate) async fn open(
+        broker: &str,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<Connection, RequestError> {
+        let connect = tokio::time::timeout(timeout, TcpStream::connect(broker)).await;
+        let stream = match connect {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                return Err(RequestError::Connect {
+                    broker: broker.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(RequestError::Connect {
+                    broker: broker.to_owned(),
+                    reason: format!("no connection within {timeout:?}"),
+                });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut connection = Connection {
+            broker: broker.to_owned(),
+            client_id: StrBytes::from_string(client_id.to_owned()),
+            stream: Some(stream),
+            in_flight: false,
+            correlation: 0,
+            versions: HashMap::new(),
+        };
+        connection.negotiate(timeout).await?;
+        Ok(connection)
+    }
+
+    /// The broker's address.
+    pub(crate) fn broker(&self) -> &str {
+        &self.broker
+    }
+
+    /// Whether the connection can still be used (not poisoned or closed).
+    pub(crate) fn is_usable(&self) -> bool {
+        self.stream.is_some() && !self.in_flight
+    }
+
+    /// The version `R` is sent in: the highest both sides support.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Unsupported`] when there is none.
+    pub(crate) fn version<R: Api>(&self) -> Result<i16, RequestError> {
+        let theirs = self.versions.get(&(R::KEY as i16)).copied();
+        let unsupported = |theirs: String| RequestError::Unsupported {
+            broker: self.broker.clone(),
+            api: R::NAME,
+            ours_min: R::MIN,
+            ours_max: R::MAX,
+            theirs,
+        };
+        let Some((min, max)) = theirs else {
+            return Err(unsupported("none".into()));
+        };
+        let version = R::MAX.min(max);
+        if version < R::MIN.max(min) {
+            return Err(unsupported(format!("v{min}-v{max}")));
+        }
+        Ok(version)
+    }
+
+    /// Sends `request` in `version` and waits up to `timeout` for its response.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Io`], [`RequestError::Timeout`] or [`RequestError::Protocol`]; each
+    /// poisons the connection.
+    pub(crate) async fn send<R: Api>(
+        &mut self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, RequestError> {
+        let frame = self.frame(request, version)?;
+        let correlation = self.correlation;
+        let response = match tokio::time::timeout(timeout, self.exchange(R::NAME, frame)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                self.poison();
+                return Err(error);
+            }
+            Err(_) => {
+                self.poison();
+                return Err(RequestError::Timeout {
+                    broker: self.broker.clone(),
+                    api: R::NAME,
+                    version,
+                    timeout,
+                });
+            }
+        };
+        let decoded = decode::<R>(response, version, correlation);
+        decoded.map_err(|reason| {
+            self.poison();
+            RequestError::Protocol { broker: self.broker.clone(), api: R::NAME, version, reason }
+        })
+    }
+
+    /// Closes the stream for good.
+    fn poison(&mut self) {
+        self.stream = None;
+    }
+
+    /// Encodes `request` with its header and size prefix, under a new correlation id.
+    fn frame<R: Api>(&mut self, request: &R, version: i16) -> Result<Bytes, RequestError> {
+        self.correlation = self.correlation.wrapping_add(1);
+        let mut header = RequestHeader::default();
+        header.request_api_key = R::KEY as i16;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation;
+        header.client_id = Some(self.client_id.clone());
+        let mut buf = BytesMut::with_capacity(256);
+        buf.put_i32(0);
+        let encoded = header
+            .encode(&mut buf, R::header_version(version))
+            .and_then(|()| request.encode(&mut buf, version));
+        if let Err(e) = encoded {
+            return Err(RequestError::Protocol {
+                broker: self.broker.clone(),
+                api: R::NAME,
+                version,
+                reason: format!("cannot encode the request: {e}"),
+            });
+        }
+        let size = i32::try_from(buf.len() - 4).map_err(|_| RequestError::Protocol {
+            broker: self.broker.clone(),
+            api: R::NAME,
+            version,
+            reason: "the request is too large".into(),
+        })?;
+        buf[0..4].copy_from_slice(&size.to_be_bytes());
+        Ok(buf.freeze())
+    }
+
+    /// Writes one frame and reads one response frame. Marks the connection in flight for the
+    /// duration, so a dropped future leaves it poisoned.
+    async fn exchange(&mut self, api: &'static str, frame: Bytes) -> Result<Bytes, RequestError> {
+        let io = |reason: String| RequestError::Io { broker: self.broker.clone(), api, reason };
+        if self.in_flight {
+            self.stream = None;
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(io("the connection is closed (an earlier request on it failed)".into()));
+        };
+        self.in_flight = true;
+        stream.write_all(&frame).await.map_err(|e| io(format!("write: {e}")))?;
+        let size = stream.read_i32().await.map_err(|e| io(format!("read: {e}")))?;
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|s| *s >= 4 && *s <= MAX_RESPONSE_BYTES)
+            .ok_or_else(|| io(format!("invalid response size {size}")))?;
+        let mut body = vec![0u8; size];
+        stream.read_exact(&mut body).await.map_err(|e| io(format!("read: {e}")))?;
+        self.in_flight = false;
+        Ok(Bytes::from(body))
+    }
+
+    /// Learns the broker's versions (ApiVersions, falling back to the version it offers when it
+    /// does not support ours).
+    async fn negotiate(&mut self, timeout: Duration) -> Result<(), RequestError> {
+        let mut request = ApiVersionsRequest::default();
+        request.client_software_name = StrBytes::from_static_str("bus-kafka");
+        request.client_software_version = StrBytes::from_static_str(env!("CARGO_PKG_VERSION"));
+        let mut version = API_VERSIONS_VERSION;
+        for _ in 0..2 {
+            let frame = self.frame(&request, version)?;
+            let correlation = self.correlation;
+            let body =
+                match tokio::time::timeout(timeout, self.exchange("ApiVersions", frame)).await {
+                    Ok(Ok(body)) => body,
+                    Ok(Err(e)) => {
+                        self.poison();
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        self.poison();
+                        return Err(RequestError::Timeout {
+                            broker: self.broker.clone(),
+                            api: "ApiVersions",
+                            version,
+                            timeout,
+                        });
+                    }
+                };
+            let protocol = |reason: String| RequestError::Protocol {
+                broker: self.broker.clone(),
+                api: "ApiVersions",
+                version,
+                reason,
+            };
+            let mut body = body;
+            let header = ResponseHeader::decode(&mut body, 0)
+                .map_err(|e| protocol(format!("cannot decode the response header: {e}")))?;
+            if header.correlation_id != correlation {
+                return Err(protocol(format!(
+                    "correlation id {} does not match the request's {correlation}",
+                    header.correlation_id
+                )));
+            }
+            let error_code = body.get(0..2).map_or(0, |b| i16::from_be_bytes([b[0], b[1]]));
+            // An unsupported version is answered in v0, listing the versions it does support.
+            let decode_version = if error_code == UNSUPPORTED_VERSION { 0 } else { version };
+            let response = ApiVersionsResponse::decode(&mut body, decode_version)
+                .map_err(|e| protocol(format!("cannot decode the response: {e}")))?;
+            if response.error_code == UNSUPPORTED_VERSION {
+                let offered = response
+                    .api_keys
+                    .iter()
+                    .find(|k| k.api_key == ApiKey::ApiVersions as i16)
+                    .map_or(0, |k| k.max_version);
+                version = offered.min(API_VERSIONS_VERSION);
+                continue;
+            }
+            if response.error_code != 0 {
+                return Err(protocol(format!("error code {}", response.error_code)));
+            }
+            self.versions = response
+                .api_keys
+                .iter()
+                .map(|k| (k.api_key, (k.min_version, k.max_version)))
+                .collect();
+            return Ok(());
+        }
+        Err(RequestError::Protocol {
+            broker: self.broker.clone(),
+            api: "ApiVersions",
+            version,
+            reason: "the broker rejected every ApiVersions version offered".into(),
+        })
+    }
+
+    /// The versions negotiated for the group plane's APIs (for logs and reports).
+    pub(crate) fn negotiated(&self) -> Vec<(&'static str, Option<i16>)> {
+        vec![
+            ("FindCoordinator", self.version::<FindCoordinatorRequest>().ok()),
+            ("JoinGroup", self.version::<JoinGroupRequest>().ok()),
+            ("SyncGroup", self.version::<SyncGroupRequest>().ok()),
+            ("Heartbeat", self.version::<HeartbeatRequest>().ok()),
+            ("LeaveGroup", self.version::<LeaveGroupRequest>().ok()),
+            ("OffsetCommit", self.version::<OffsetCommitRequest>().ok()),
+            ("OffsetFetch", self.version::<OffsetFetchRequest>().ok()),
+        ]
+    }
+}
+
+/// Decodes a response frame: header (checking the correlation id), then body.
+fn decode<R: Api>(mut body: Bytes, version: i16, correlation: i32) -> Result<R::Response, String> {
+    let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
+        .map_err(|e| format!("cannot decode the response header: {e}"))?;
+    if header.correlation_id != correlation {
+        return Err(format!(
+            "correlation id {} does not match the request's {correlation}",
+            header.correlation_id
+        ));
+    }
+    R::Response::decode(&mut body, version).map_err(|e| format!("cannot decode the response: {e}"))
+}

@@ -1,0 +1,163 @@
+//! Restarting a consumer: the next member of its group resumes from the committed offsets.
+//!
+//! - After a clean stop (drain, commit, leave), nothing is redelivered: the new member starts at
+//!   exactly the offsets the old one reported as committed, which are the ends of what it read.
+//! - After a crash (the bus dropped without shutdown, mid-stream), the new member starts exactly
+//!   at the committed offsets as the peer client reads them; the old member had handled every
+//!   record below them (only handled records are committed), so what is redelivered is at most
+//!   the uncommitted tail, and nothing is lost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod group_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bus_core::backend::TopicPartition;
+use group_support::{DEADLINE, Handled, Log, Source, committed, config, note, subscribe, wait_for};
+
+const PARTITIONS: i32 = 6;
+const KEYS: usize = 12;
+
+/// Per partition: the first offset `consumer` handled.
+fn first_offsets(log: &[Handled], consumer: &str) -> BTreeMap<i32, i64> {
+    let mut first = BTreeMap::new();
+    for h in log.iter().filter(|h| h.consumer == consumer) {
+        first.entry(h.partition).or_insert(h.offset);
+    }
+    first
+}
+
+/// Per partition: the offsets `consumer` handled, sorted.
+fn offsets(log: &[Handled], consumer: &str) -> BTreeMap<i32, Vec<i64>> {
+    let mut all: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for h in log.iter().filter(|h| h.consumer == consumer) {
+        all.entry(h.partition).or_default().push(h.offset);
+    }
+    for list in all.values_mut() {
+        list.sort_unstable();
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_restart_resumes_at_the_committed_offsets_without_redelivery() {
+    let topic = bus_tests::unique("group-restart-clean");
+    let group = bus_tests::unique("group-restart-clean-g");
+    let mut source = Source::new(&topic, PARTITIONS, KEYS).await;
+    let log = Log::default();
+    source.rounds(50).await;
+
+    let first = bus_kafka::connect(config()).await.unwrap();
+    let subscription = subscribe(&first, &topic, &group, &log, "first", Duration::ZERO).await;
+    let produced = source.produced();
+    wait_for("the first member to handle everything", DEADLINE, || {
+        log.distinct().is_superset(&produced)
+    })
+    .await;
+    let stopped = subscription.unsubscribe(Duration::from_secs(30)).await.unwrap();
+    first.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert!(stopped.subscription.left_group, "{stopped:?}");
+    // 50 rounds of 12 keys over 6 partitions: 100 records per partition, all committed.
+    let expected: Vec<(TopicPartition, i64)> =
+        (0..PARTITIONS).map(|p| (TopicPartition::new(topic.as_str(), p), 100)).collect();
+    assert_eq!(stopped.subscription.committed, expected);
+    let stored = committed(&topic, &group, PARTITIONS);
+    assert!(stored.values().all(|o| *o == Some(100)), "the peer reads {stored:?}");
+
+    source.rounds(25).await;
+    let second = bus_kafka::connect(config()).await.unwrap();
+    let subscription = subscribe(&second, &topic, &group, &log, "second", Duration::ZERO).await;
+    let produced = source.produced();
+    wait_for("the second member to handle the new records", DEADLINE, || {
+        log.distinct().is_superset(&produced)
+    })
+    .await;
+    let snapshot = log.snapshot();
+    let resumed = first_offsets(&snapshot, "second");
+    assert_eq!(
+        resumed,
+        (0..PARTITIONS).map(|p| (p, 100)).collect::<BTreeMap<_, _>>(),
+        "the second member must start at the committed offsets"
+    );
+    let handled_twice = snapshot.len() - log.distinct().len();
+    assert_eq!(handled_twice, 0, "a clean restart redelivers nothing");
+    subscription.unsubscribe(Duration::from_secs(30)).await.unwrap();
+    second.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(second.live_tasks(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_member_is_replaced_from_the_committed_offsets() {
+    let topic = bus_tests::unique("group-restart-crash");
+    let group = bus_tests::unique("group-restart-crash-g");
+    let mut source = Source::new(&topic, PARTITIONS, KEYS).await;
+    let log = Log::default();
+    source.rounds(100).await;
+
+    let first = bus_kafka::connect(config()).await.unwrap();
+    let _subscription =
+        subscribe(&first, &topic, &group, &log, "first", Duration::from_millis(5)).await;
+    // Mid-stream, after some commits (every 200 ms): at least a third handled, not all.
+    wait_for("the first member to be a third of the way through", DEADLINE, || log.len() >= 400)
+        .await;
+    wait_for("a first commit", DEADLINE, || {
+        committed(&topic, &group, PARTITIONS).values().any(Option::is_some)
+    })
+    .await;
+    // No shutdown: dropping the bus cancels and aborts its tree. Once its last task has ended,
+    // the old member can commit nothing more.
+    let tree = first.scope().clone();
+    drop(first);
+    let crashed_at = log.len();
+    wait_for("the crashed member's tasks to end", DEADLINE, || tree.live() == 0).await;
+    let stored = committed(&topic, &group, PARTITIONS);
+    note(&format!("crashed after {crashed_at} records; committed: {stored:?}"));
+    assert!(crashed_at < 1200, "the first member finished before the crash; make it slower");
+
+    // Only handled records were committed: every offset below the committed one was handled.
+    let before = offsets(&log.snapshot(), "first");
+    for (partition, offset) in &stored {
+        let Some(offset) = offset else { continue };
+        let handled = before.get(partition).cloned().unwrap_or_default();
+        let below: Vec<i64> = handled.iter().copied().filter(|o| o < offset).collect();
+        assert_eq!(
+            below,
+            (0..*offset).collect::<Vec<_>>(),
+            "partition {partition}: committed {offset} but not every earlier offset was handled"
+        );
+    }
+
+    let second = bus_kafka::connect(config()).await.unwrap();
+    let subscription = subscribe(&second, &topic, &group, &log, "second", Duration::ZERO).await;
+    let produced = source.produced();
+    wait_for("every record to be handled", DEADLINE, || log.distinct().is_superset(&produced))
+        .await;
+    let snapshot = log.snapshot();
+    let resumed = first_offsets(&snapshot, "second");
+    for partition in 0..PARTITIONS {
+        let from = stored.get(&partition).copied().flatten().unwrap_or(0);
+        if from == 100 {
+            continue; // nothing left on this partition
+        }
+        assert_eq!(
+            resumed.get(&partition),
+            Some(&from),
+            "partition {partition}: the second member must resume at the committed offset"
+        );
+    }
+    let redelivered = snapshot.len() - log.distinct().len();
+    let tail: usize = before
+        .iter()
+        .map(|(p, handled)| {
+            let from = stored.get(p).copied().flatten().unwrap_or(0);
+            handled.iter().filter(|o| **o >= from).count()
+        })
+        .sum();
+    note(&format!("redelivered {redelivered}; the uncommitted tail was {tail}"));
+    assert_eq!(redelivered, tail, "exactly the uncommitted tail is redelivered");
+    subscription.unsubscribe(Duration::from_secs(30)).await.unwrap();
+    second.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(second.live_tasks(), 0);
+}
