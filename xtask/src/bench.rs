@@ -12,12 +12,16 @@ use crate::Result;
 pub(crate) enum Which {
     /// Spawn-and-join overhead of bus-supervisor against bare tokio::spawn and TaskTracker.
     Supervisor,
+    /// The Kafka producer against rdkafka's (vendored librdkafka) on the same broker: 1,000,000
+    /// records of 100 bytes, 1,000 keys, 6 partitions, acks all (package `bus-bench`).
+    Produce,
 }
 
 impl Which {
     fn name(self) -> &'static str {
         match self {
             Which::Supervisor => "supervisor",
+            Which::Produce => "produce",
         }
     }
 
@@ -26,16 +30,33 @@ impl Which {
             Which::Supervisor => {
                 vec!["bench", "-p", "bus-supervisor", "--bench", "spawn_overhead"]
             }
+            Which::Produce => {
+                vec!["run", "--release", "-p", "bus-bench", "--bin", "produce-bench", "--"]
+            }
         }
     }
 }
 
 pub(crate) fn run(which: Which, record: bool) -> Result<()> {
-    let args = which.command();
+    let mut args: Vec<String> = which.command().into_iter().map(str::to_owned).collect();
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // The produce benchmark needs a broker, and cmake and the curl headers to build librdkafka.
+    let mut broker = None;
+    if let Which::Produce = which {
+        crate::peer::ensure_rdkafka_build_deps()?;
+        let running = crate::broker::ensure_running()?;
+        args.extend(["--bootstrap".to_owned(), running.bootstrap.clone()]);
+        // Progress (building librdkafka takes minutes the first time; each round's figures).
+        command.stderr(std::process::Stdio::inherit());
+        broker = Some(running);
+    }
     command.args(&args).current_dir(crate::workspace_root());
     eprintln!("$ cargo {}", args.join(" "));
-    let output = command.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let output = command.output().map_err(|e| format!("cannot run cargo: {e}"));
+    if broker.as_ref().is_some_and(|b| b.started_here) {
+        crate::broker::stop()?;
+    }
+    let output = output?;
     if !output.status.success() {
         return Err(format!(
             "the benchmark failed ({}):\n{}",

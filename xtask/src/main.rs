@@ -13,6 +13,7 @@ mod broker;
 mod ci;
 mod cmd;
 mod leakcheck;
+mod peer;
 mod test;
 mod tools;
 

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every test in the workspace against a broker.
 //!
-//! Owns: bringing a broker up when none is running, running `cargo test --workspace` with
-//! `KAFKA_BOOTSTRAP` set, and stopping the broker afterwards if this run started it.
+//! Owns: bringing a broker up when none is running (and the Python peer client the producer
+//! tests compare against, see `peer`), running `cargo test --workspace` with `KAFKA_BOOTSTRAP`
+//! set, and stopping the broker afterwards if this run started it.
 
 use std::process::Command;
 
@@ -9,9 +10,15 @@ use crate::Result;
 use crate::broker;
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
+    // The producer tests read back through a peer client (Python confluent-kafka).
+    let python = crate::peer::ensure_python()?;
     let broker = broker::ensure_running()?;
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.args(["test", "--workspace"]).args(args).env(broker::BOOTSTRAP_VAR, &broker.bootstrap);
+    command
+        .args(["test", "--workspace"])
+        .args(args)
+        .env(broker::BOOTSTRAP_VAR, &broker.bootstrap)
+        .env(crate::peer::PYTHON_VAR, python);
     let outcome = crate::cmd::run(&mut command);
     if broker.started_here {
         broker::stop()?;

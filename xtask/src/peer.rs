@@ -1,0 +1,99 @@
+//! Peer clients the tests and benchmarks compare against, installed on first use.
+//!
+//! Owns: the Python peer (`confluent-kafka`, bundling librdkafka 2.16, pinned) in a virtual
+//! environment under `target/peer-venv`, and the Debian packages that building the `rdkafka`
+//! crate's vendored librdkafka needs (cmake, the curl headers). Each is checked first and only
+//! installed when missing; what is installed is said before it happens.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::Result;
+
+/// The pinned Python peer.
+pub(crate) const CONFLUENT_KAFKA: &str = "confluent-kafka==2.16.1";
+
+/// The environment variable through which the tests find the peer's Python.
+pub(crate) const PYTHON_VAR: &str = "BUS_PEER_PYTHON";
+
+fn venv() -> PathBuf {
+    crate::workspace_root().join("target").join("peer-venv")
+}
+
+fn has_peer(python: &std::path::Path) -> bool {
+    let version = CONFLUENT_KAFKA.rsplit("==").next().unwrap_or_default();
+    Command::new(python)
+        .args([
+            "-c",
+            &format!(
+                "import confluent_kafka,sys; sys.exit(confluent_kafka.__version__ != '{version}')"
+            ),
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The Python interpreter that has the pinned confluent-kafka, installing it into
+/// `target/peer-venv` when missing (a few seconds: the package ships a prebuilt librdkafka).
+pub(crate) fn ensure_python() -> Result<PathBuf> {
+    let python = venv().join("bin").join("python");
+    if python.is_file() && has_peer(&python) {
+        return Ok(python);
+    }
+    eprintln!(
+        "the test peer {CONFLUENT_KAFKA} is not installed; installing it into {}",
+        venv().display()
+    );
+    crate::cmd::run(Command::new("python3").args(["-m", "venv"]).arg(venv())).map_err(|e| {
+        format!("{e}: the tests need Python 3 with venv (Debian: apt-get install -y python3-venv)")
+    })?;
+    let pip = venv().join("bin").join("pip");
+    crate::cmd::run(Command::new(&pip).args(["install", "--progress-bar", "on", CONFLUENT_KAFKA]))?;
+    if !has_peer(&python) {
+        return Err(format!(
+            "{CONFLUENT_KAFKA} was installed but {} cannot import it",
+            python.display()
+        ));
+    }
+    Ok(python)
+}
+
+fn has(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).output().is_ok_and(|o| o.status.success())
+}
+
+fn curl_header() -> bool {
+    [
+        "/usr/include/curl/curl.h",
+        "/usr/include/x86_64-linux-gnu/curl/curl.h",
+        "/usr/include/aarch64-linux-gnu/curl/curl.h",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).is_file())
+}
+
+/// Makes sure the `rdkafka` crate's vendored librdkafka can be built: cmake and the curl
+/// headers (librdkafka 2.12 includes `curl/curl.h` even with its curl feature off). Installs
+/// them with apt-get when missing and running as root; otherwise says what to install.
+pub(crate) fn ensure_rdkafka_build_deps() -> Result<()> {
+    let missing: Vec<&str> =
+        [("cmake", has("cmake", "--version")), ("libcurl4-openssl-dev", curl_header())]
+            .into_iter()
+            .filter(|(_, present)| !present)
+            .map(|(package, _)| package)
+            .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if !root {
+        return Err(format!(
+            "building the rdkafka peer needs {}: install with `sudo apt-get install -y {}`",
+            missing.join(" and "),
+            missing.join(" ")
+        ));
+    }
+    eprintln!("building the rdkafka peer needs {}; installing with apt-get", missing.join(" and "));
+    crate::cmd::run(Command::new("apt-get").arg("update"))?;
+    crate::cmd::run(Command::new("apt-get").args(["install", "-y"]).args(&missing))
+}
