@@ -9,14 +9,18 @@
 //! Usage: `produce-bench --bootstrap HOST:PORT [--records N] [--rounds R]`. Each round runs both
 //! clients (alternating which goes first) on fresh topics; the table shows the median round.
 
+#[cfg(feature = "peer")]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bus_core::Record;
 use bus_kafka::{Admin, KafkaConfig};
 use bytes::Bytes;
+#[cfg(feature = "peer")]
 use rdkafka::ClientContext;
+#[cfg(feature = "peer")]
 use rdkafka::config::ClientConfig;
+#[cfg(feature = "peer")]
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 const PARTITIONS: i32 = 6;
@@ -58,13 +62,16 @@ fn key(i: usize) -> String {
     format!("aggregate-{}", i % AGGREGATES)
 }
 
+#[cfg(feature = "peer")]
 struct Counting {
     acked: AtomicU64,
     failed: AtomicU64,
 }
 
+#[cfg(feature = "peer")]
 impl ClientContext for Counting {}
 
+#[cfg(feature = "peer")]
 impl ProducerContext for Counting {
     type DeliveryOpaque = ();
 
@@ -76,6 +83,24 @@ impl ProducerContext for Counting {
     }
 }
 
+#[cfg(not(feature = "peer"))]
+fn rdkafka_phase(_bootstrap: &str, _topic: &str, _records: usize, _keys: &[String]) -> Phase {
+    fail(
+        "built without the rdkafka peer: run `cargo xtask bench produce` (it passes --features peer)",
+    )
+}
+
+#[cfg(not(feature = "peer"))]
+fn librdkafka_version() -> String {
+    "not built".into()
+}
+
+#[cfg(feature = "peer")]
+fn librdkafka_version() -> String {
+    rdkafka::util::get_rdkafka_version().1
+}
+
+#[cfg(feature = "peer")]
 fn rdkafka_phase(bootstrap: &str, topic: &str, records: usize, keys: &[String]) -> Phase {
     let producer: BaseProducer<Counting> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -251,7 +276,7 @@ fn main() {
         return;
     }
     let (ours, theirs) = (median(ours), median(theirs));
-    let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+    let librdkafka = librdkafka_version();
     println!(
         "{records} records of {VALUE_BYTES} bytes, keys over {AGGREGATES} aggregates, {PARTITIONS} \
          partitions, acks all, linger 5 ms, no compression; median of {rounds} round(s), \

@@ -31,7 +31,17 @@ impl Which {
                 vec!["bench", "-p", "bus-supervisor", "--bench", "spawn_overhead"]
             }
             Which::Produce => {
-                vec!["run", "--release", "-p", "bus-bench", "--bin", "produce-bench", "--"]
+                vec![
+                    "run",
+                    "--release",
+                    "-p",
+                    "bus-bench",
+                    "--features",
+                    "peer",
+                    "--bin",
+                    "produce-bench",
+                    "--",
+                ]
             }
         }
     }
