@@ -24,7 +24,12 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A configuration with quick heartbeats (rebalances are noticed within half a second).
 pub fn config() -> KafkaConfig {
-    let mut config = bus_tests::config();
+    config_at(&bus_tests::bootstrap())
+}
+
+/// [`config`] for the broker at `bootstrap`.
+pub fn config_at(bootstrap: &str) -> KafkaConfig {
+    let mut config = KafkaConfig::new(bootstrap);
     config.consumer.heartbeat_interval = Duration::from_millis(500);
     config.consumer.session_timeout = Duration::from_secs(10);
     config
@@ -62,7 +67,12 @@ pub struct Source {
 impl Source {
     /// A source for a new topic with `partitions` partitions and `keys` keys.
     pub async fn new(topic: &str, partitions: i32, keys: usize) -> Source {
-        let client = KafkaClient::connect(Arc::new(bus_tests::config())).await.unwrap();
+        Source::at(&bus_tests::bootstrap(), topic, partitions, keys).await
+    }
+
+    /// [`Source::new`] on the broker at `bootstrap`.
+    pub async fn at(bootstrap: &str, topic: &str, partitions: i32, keys: usize) -> Source {
+        let client = KafkaClient::connect(Arc::new(KafkaConfig::new(bootstrap))).await.unwrap();
         client.ensure_topic(topic, partitions).await.unwrap();
         Source { client, topic: topic.to_owned(), partitions, keys, versions: vec![0; keys] }
     }
@@ -89,12 +99,38 @@ impl Source {
             }
         }
         for (partition, records) in per_partition {
-            let client = self.client.partition(&self.topic, partition).await.unwrap();
             for chunk in records.chunks(500) {
-                client.produce(chunk.to_vec(), Compression::NoCompression).await.unwrap();
+                self.produce(partition, chunk).await;
             }
         }
         self.versions.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Produces `records` to `partition`, retrying (a broker restarting) up to [`DEADLINE`].
+    async fn produce(&self, partition: i32, records: &[rskafka::record::Record]) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let attempt = match self.client.partition(&self.topic, partition).await {
+                Ok(client) => client
+                    .produce(records.to_vec(), Compression::NoCompression)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match attempt {
+                Ok(()) => return,
+                Err(error) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "cannot produce to {}-{partition}: {error}",
+                        self.topic
+                    );
+                    self.client.invalidate_partition(&self.topic, partition);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     /// The records produced so far: (key, version) pairs.
