@@ -4,7 +4,9 @@
 //! Owns: [`Producer`] (what the backend calls: `send`, `flush`, `close`, `health`), the topic
 //! registry (partition counts and the partition loops, spawned lazily on a partition's first
 //! record), the byte buffer and the flush procedure. The loops themselves are in `partition`,
-//! the mapping to rskafka's records in `wire`, the retry verdicts in `retry`, health in `health`.
+//! the record-batch encoding in `encode`, the connection to a partition's leader (Metadata,
+//! Produce on kafka-protocol) in `conn`, health in `health`. rskafka serves only metadata and
+//! topic creation (`KafkaClient::partition_count`).
 //!
 //! Invariants:
 //! - Every record accepted by [`Producer::send`] resolves its delivery future exactly once: the
@@ -12,7 +14,7 @@
 //!   at shutdown). A queued record that is dropped without a verdict (its loop aborted) resolves
 //!   to [`PublishError::NotAcknowledgedAtShutdown`] from its own `Drop`.
 //! - The buffer is bounded: a record holds `max(size, 1)` permits of a semaphore of
-//!   `producer.buffer_bytes` from acceptance until its verdict, so the records accepted and not
+//!   `producer.buffer_bytes` from acceptance until its verdict (see [`Release`]), so the records accepted and not
 //!   resolved never exceed the buffer in bytes (nor in count). `send` waits for room up to
 //!   `producer.publish_timeout`; `close` closes the semaphore, which wakes every waiter at once.
 //! - Per partition, records are sent in acceptance order, one produce request in flight at a
@@ -20,10 +22,10 @@
 //! - No task is started except through the producer's scope; every loop ends when the scope is
 //!   cancelled.
 
+mod conn;
+mod encode;
 mod health;
 mod partition;
-mod retry;
-mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -35,7 +37,7 @@ use bus_core::delivery::{DeliverySender, delivery_channel};
 use bus_core::{DeliveryFuture, PublishError, Record, UnkeyedSpreader};
 use bus_supervisor::Scope;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc};
 use tokio::time::Instant;
 
 use crate::client::KafkaClient;
@@ -67,8 +69,7 @@ pub(crate) struct Shared {
     scope: Scope,
     client: Arc<KafkaClient>,
     config: Arc<KafkaConfig>,
-    compression: rskafka::client::partition::Compression,
-    buffer: Arc<Semaphore>,
+    buffer: Semaphore,
     capacity: usize,
     closed: AtomicBool,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
@@ -128,7 +129,6 @@ pub(crate) struct Entry {
     size: usize,
     accepted: Instant,
     delivery: Option<DeliverySender>,
-    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Entry {
@@ -136,27 +136,42 @@ impl Entry {
     /// and adds its buffer bytes to `release`.
     fn resolve(
         mut self,
-        release: &mut Release,
+        release: &mut Release<'_>,
         result: impl FnOnce(String) -> Result<bus_core::Delivery, PublishError>,
     ) {
         if let Some(delivery) = self.delivery.take() {
             delivery.send(result(std::mem::take(&mut self.record.topic)));
         }
-        release.add(self.permit.take());
+        release.add(self.size);
     }
 }
 
 /// Buffer bytes of resolved records, given back to the buffer at once when dropped (one
 /// semaphore release per batch rather than one per record).
-#[derive(Default)]
-pub(crate) struct Release(Option<OwnedSemaphorePermit>);
+///
+/// A record's bytes are taken from the semaphore when it is accepted (the permits are
+/// forgotten) and given back exactly once: by the `Release` it is resolved into, by the
+/// partition loop's `Drop` for whatever the loop still holds or has queued when it is dropped
+/// unfinished (aborted), or by `enqueue` when the loop is gone.
+pub(crate) struct Release<'a> {
+    buffer: &'a Semaphore,
+    bytes: usize,
+}
 
-impl Release {
-    fn add(&mut self, permit: Option<OwnedSemaphorePermit>) {
-        match (&mut self.0, permit) {
-            (Some(held), Some(permit)) => held.merge(permit),
-            (held @ None, permit) => *held = permit,
-            (Some(_), None) => {}
+impl<'a> Release<'a> {
+    pub(crate) fn new(buffer: &'a Semaphore) -> Self {
+        Release { buffer, bytes: 0 }
+    }
+
+    fn add(&mut self, bytes: usize) {
+        self.bytes += bytes;
+    }
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.buffer.add_permits(self.bytes);
         }
     }
 }
@@ -177,13 +192,11 @@ impl Producer {
         let config = Arc::clone(client.config());
         config.validate()?;
         let capacity = config.producer.buffer_bytes.min(Semaphore::MAX_PERMITS);
-        let compression = wire::compression(config.producer.compression);
         Ok(Producer {
             shared: Arc::new(Shared {
                 scope,
                 client,
-                compression,
-                buffer: Arc::new(Semaphore::new(capacity)),
+                buffer: Semaphore::new(capacity),
                 capacity,
                 closed: AtomicBool::new(false),
                 topics: RwLock::new(HashMap::new()),
@@ -211,8 +224,8 @@ impl Producer {
         let topic = shared.topic(&record.topic).await?;
         let partition = shared.choose_partition(&topic, &record)?;
         let size = record.size().max(1);
-        let permit = shared.reserve(&record.topic, size).await?;
-        shared.enqueue(&topic, partition, record, size, permit)
+        shared.reserve(&record.topic, size).await?;
+        shared.enqueue(&topic, partition, record, size)
     }
 
     /// [`Producer::send`] without waiting: the outcome when it is decided at once (the topic is
@@ -235,8 +248,11 @@ impl Producer {
             Ok(permits) => permits,
             Err(error) => return TrySend::Done(Err(error)),
         };
-        match Arc::clone(&shared.buffer).try_acquire_many_owned(permits) {
-            Ok(permit) => TrySend::Done(shared.enqueue(&topic, partition, record, size, permit)),
+        match shared.buffer.try_acquire_many(permits) {
+            Ok(permit) => {
+                permit.forget();
+                TrySend::Done(shared.enqueue(&topic, partition, record, size))
+            }
             Err(TryAcquireError::Closed) => TrySend::Done(Err(PublishError::Closed)),
             Err(TryAcquireError::NoPermits) => TrySend::Wait(record),
         }
@@ -378,24 +394,24 @@ impl Shared {
         u32::try_from(size).map_err(|_| too_large())
     }
 
-    /// Hands an accepted record (holding its buffer bytes) to its partition's loop.
+    /// Hands an accepted record (its `size` bytes taken from the buffer) to its partition's
+    /// loop.
     fn enqueue(
         self: &Arc<Self>,
         topic: &Topic,
         partition: i32,
         record: Record,
         size: usize,
-        permit: OwnedSemaphorePermit,
     ) -> Result<DeliveryFuture, PublishError> {
-        let handle = topic.handle(partition, self)?;
-        let (delivery, future) = delivery_channel(BACKEND);
-        let entry = Entry {
-            record,
-            size,
-            accepted: Instant::now(),
-            delivery: Some(delivery),
-            permit: Some(permit),
+        let handle = match topic.handle(partition, self) {
+            Ok(handle) => handle,
+            Err(error) => {
+                self.buffer.add_permits(size);
+                return Err(error);
+            }
         };
+        let (delivery, future) = delivery_channel(BACKEND);
+        let entry = Entry { record, size, accepted: Instant::now(), delivery: Some(delivery) };
         let state = &handle.state;
         // Counted before the loop can take it, so that the loop's decrement never comes first.
         let before = state.queued_bytes.fetch_add(size, Ordering::AcqRel);
@@ -403,6 +419,7 @@ impl Shared {
             // The loop is gone (the producer's scope was shut down): not accepted.
             state.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             entry.delivery.take();
+            self.buffer.add_permits(size);
             return Err(PublishError::Closed);
         }
         state.sent.fetch_add(1, Ordering::Release);
@@ -413,23 +430,25 @@ impl Shared {
         Ok(future)
     }
 
-    /// Takes `size` bytes of the buffer, waiting up to the publish timeout.
-    async fn reserve(
-        &self,
-        topic: &str,
-        size: usize,
-    ) -> Result<OwnedSemaphorePermit, PublishError> {
+    /// Takes `size` bytes of the buffer (the permits are forgotten: see [`Release`]), waiting
+    /// up to the publish timeout.
+    async fn reserve(&self, topic: &str, size: usize) -> Result<(), PublishError> {
         let permits = self.permits_for(topic, size)?;
-        match Arc::clone(&self.buffer).try_acquire_many_owned(permits) {
-            Ok(permit) => return Ok(permit),
+        match self.buffer.try_acquire_many(permits) {
+            Ok(permit) => {
+                permit.forget();
+                return Ok(());
+            }
             Err(TryAcquireError::Closed) => return Err(PublishError::Closed),
             Err(TryAcquireError::NoPermits) => {}
         }
         let started = Instant::now();
         let timeout = self.config.producer.publish_timeout;
-        let wait = Arc::clone(&self.buffer).acquire_many_owned(permits);
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(permit)) => Ok(permit),
+        match tokio::time::timeout(timeout, self.buffer.acquire_many(permits)).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                Ok(())
+            }
             Ok(Err(_closed)) => Err(PublishError::Closed),
             Err(_elapsed) => Err(PublishError::BufferFull {
                 needed: size,

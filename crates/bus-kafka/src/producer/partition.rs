@@ -5,8 +5,9 @@
 //! Owns: the loop task `bus/kafka/producer/<topic>-<partition>` and its batch.
 //!
 //! Invariants:
-//! - One produce request in flight per partition; a batch is retried (with backoff from
-//!   `producer.retry_backoff`, doubling, capped at 1 s, and a fresh partition client) until it
+//! - One produce request in flight per partition, on the loop's own connection to the
+//!   partition's leader; a batch is retried (with backoff from `producer.retry_backoff`,
+//!   doubling, capped at 1 s, and a fresh leader lookup and connection) until it
 //!   is acknowledged, rejected, or its oldest record reaches `producer.delivery_timeout`. Only
 //!   then is the next batch formed, so records are stored and resolved in acceptance order.
 //! - Every produce attempt is bounded by `request_timeout` (and by what is left of the delivery
@@ -24,11 +25,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bus_core::{Delivery, PublishError};
+use kafka_protocol::protocol::StrBytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::retry::{Verdict, classify};
-use super::{Entry, PartitionState, Release, Shared, wire};
+use super::conn::{self, Conn, Failure};
+use super::{Entry, PartitionState, Release, Shared, encode};
 
 /// The cap of the doubling retry backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -40,6 +42,7 @@ pub(super) async fn run(
     rx: mpsc::UnboundedReceiver<Entry>,
 ) {
     let token = shared.scope.token();
+    let state_topic = state.topic.to_string();
     let mut batcher = Batcher {
         shared,
         state,
@@ -49,6 +52,8 @@ pub(super) async fn run(
         received: 0,
         carry: VecDeque::new(),
         last_error: None,
+        conn: None,
+        wire_topic: StrBytes::from_string(state_topic),
     };
     tokio::select! {
         biased;
@@ -72,15 +77,34 @@ struct Batcher {
     carry: VecDeque<Entry>,
     /// The last produce error, for records that expire waiting behind a failing batch.
     last_error: Option<String>,
+    /// The connection to the partition's leader, kept between successful requests.
+    conn: Option<Conn>,
+    /// The topic's name as the protocol encodes it.
+    wire_topic: StrBytes,
 }
 
 enum Outcome {
-    Acked(Vec<i64>),
-    Failed(rskafka::client::error::Error),
-    /// The partition's client (leader lookup, connection) could not be had.
-    Lookup(String),
+    /// Stored from this offset on.
+    Acked(i64),
+    Failed(Failure),
     TimedOut(Duration),
     FailBack,
+}
+
+impl Drop for Batcher {
+    /// A loop dropped unfinished (aborted at a shutdown deadline, or panicking): its entries
+    /// fail themselves back (`Entry`'s `Drop`); their buffer bytes are given back here.
+    fn drop(&mut self) {
+        self.rx.close();
+        let shared = Arc::clone(&self.shared);
+        let mut release = Release::new(&shared.buffer);
+        for entry in self.batch.iter().chain(self.carry.iter()) {
+            release.add(entry.size);
+        }
+        while let Ok(entry) = self.rx.try_recv() {
+            release.add(entry.size);
+        }
+    }
 }
 
 impl Batcher {
@@ -130,7 +154,7 @@ impl Batcher {
     }
 
     fn push(&mut self, entry: Entry) {
-        self.batch_bytes += wire::estimate(&entry);
+        self.batch_bytes += encode::estimate(&entry);
         self.batch.push(entry);
     }
 
@@ -151,7 +175,7 @@ impl Batcher {
                     entry
                 }
             };
-            if !self.batch.is_empty() && self.batch_bytes + wire::estimate(&entry) > max_bytes {
+            if !self.batch.is_empty() && self.batch_bytes + encode::estimate(&entry) > max_bytes {
                 self.carry.push_front(entry);
                 break;
             }
@@ -175,7 +199,8 @@ impl Batcher {
         let through = self.state.fail_through.load(Ordering::Acquire);
         let mut index = self.oldest_index();
         let mut failed = 0;
-        let mut release = Release::default();
+        let shared = Arc::clone(&self.shared);
+        let mut release = Release::new(&shared.buffer);
         let mut held: Vec<Entry> = self.batch.drain(..).chain(self.carry.drain(..)).collect();
         let keep = held.split_off(
             usize::try_from(through.saturating_sub(index)).unwrap_or(usize::MAX).min(held.len()),
@@ -208,7 +233,8 @@ impl Batcher {
     fn fail_everything(&mut self) {
         self.rx.close();
         let mut failed = 0;
-        let mut release = Release::default();
+        let shared = Arc::clone(&self.shared);
+        let mut release = Release::new(&shared.buffer);
         let held: Vec<Entry> = self.batch.drain(..).chain(self.carry.drain(..)).collect();
         for entry in held {
             entry.resolve(&mut release, |topic| {
@@ -250,8 +276,8 @@ impl Batcher {
             attempts += 1;
             let outcome = self.attempt(budget).await;
             match outcome {
-                Outcome::Acked(offsets) => {
-                    self.acknowledge(&offsets);
+                Outcome::Acked(base_offset) => {
+                    self.acknowledge(base_offset);
                     return;
                 }
                 Outcome::FailBack => {
@@ -261,24 +287,23 @@ impl Batcher {
                     }
                     continue;
                 }
-                Outcome::Failed(error) => match classify(&error) {
-                    Verdict::TooLarge(_) if self.batch.len() > 1 => {
+                Outcome::Failed(failure) => match failure {
+                    Failure::TooLarge(_) if self.batch.len() > 1 => {
                         // Split: the first half now, the rest as the next batches.
                         let tail = self.batch.split_off(self.batch.len() / 2);
                         for entry in tail.into_iter().rev() {
-                            self.batch_bytes -= wire::estimate(&entry);
+                            self.batch_bytes -= encode::estimate(&entry);
                             self.carry.push_front(entry);
                         }
                         attempts -= 1;
                         continue;
                     }
-                    Verdict::Reject(reason) | Verdict::TooLarge(reason) => {
+                    Failure::Fatal(reason) | Failure::TooLarge(reason) => {
                         self.reject(&reason);
                         return;
                     }
-                    Verdict::Retry(reason) => self.note_retriable(reason),
+                    Failure::Retriable(reason) => self.note_retriable(reason),
                 },
-                Outcome::Lookup(reason) => self.note_retriable(reason),
                 Outcome::TimedOut(after) => {
                     let mut reason = format!(
                         "no acknowledgement within {after:?} (request_timeout, or what was left of \
@@ -292,8 +317,8 @@ impl Batcher {
                     self.note_retriable(reason);
                 }
             }
-            // Retriable: fresh metadata and connection next time, after a backoff.
-            self.shared.client.invalidate_partition(&self.state.topic, self.state.partition);
+            // Retriable: a fresh leader lookup and connection next time, after a backoff.
+            self.conn = None;
             let wake = Instant::now() + backoff;
             if wake >= deadline {
                 self.time_out(attempts);
@@ -313,28 +338,52 @@ impl Batcher {
     }
 
     /// One produce request for the whole batch, bounded by `budget`, abandoned on fail-back.
-    async fn attempt(&self, budget: Duration) -> Outcome {
-        let records = wire::records(&self.batch);
-        let client = &self.shared.client;
-        let (topic, partition) = (&*self.state.topic, self.state.partition);
-        let compression = self.shared.compression;
-        let produce = async {
-            match client.partition(topic, partition).await {
-                Ok(partition_client) => {
-                    match partition_client.produce(records, compression).await {
-                        Ok(offsets) => Outcome::Acked(offsets),
-                        Err(error) => Outcome::Failed(error),
-                    }
-                }
-                Err(error) => Outcome::Lookup(error.to_string()),
+    /// The connection is kept only after a success: any failure (or an abandoned request)
+    /// means a fresh leader lookup next time.
+    async fn attempt(&mut self, budget: Duration) -> Outcome {
+        let config = &self.shared.config;
+        let batch = match encode::record_batch(
+            &self.batch,
+            config.producer.compression,
+            self.batch_bytes,
+        ) {
+            Ok(batch) => batch,
+            Err(reason) => {
+                return Outcome::Failed(Failure::Fatal(format!(
+                    "topic `{}` partition {}: {reason}",
+                    self.state.topic, self.state.partition
+                )));
             }
+        };
+        let count = self.batch.len();
+        let timeout_ms = i32::try_from(config.request_timeout.as_millis()).unwrap_or(i32::MAX);
+        let (state, slot, wire_topic) = (&self.state, &mut self.conn, &self.wire_topic);
+        let produce = async move {
+            let mut conn = match slot.take() {
+                Some(conn) if conn.is_usable() => conn,
+                _ => {
+                    conn::leader(
+                        &config.bootstrap,
+                        &config.client_id,
+                        &state.topic,
+                        state.partition,
+                    )
+                    .await?
+                }
+            };
+            let base_offset =
+                conn.produce(wire_topic, state.partition, batch, count, timeout_ms).await?;
+            *slot = Some(conn);
+            Ok::<i64, Failure>(base_offset)
         };
         tokio::select! {
             biased;
-            () = self.state.fail_back.notified() => Outcome::FailBack,
-            result = tokio::time::timeout(budget, produce) => {
-                result.unwrap_or(Outcome::TimedOut(budget))
-            }
+            () = state.fail_back.notified() => Outcome::FailBack,
+            result = tokio::time::timeout(budget, produce) => match result {
+                Ok(Ok(base_offset)) => Outcome::Acked(base_offset),
+                Ok(Err(failure)) => Outcome::Failed(failure),
+                Err(_) => Outcome::TimedOut(budget),
+            },
         }
     }
 
@@ -361,10 +410,11 @@ impl Batcher {
             .clone()
             .unwrap_or_else(|| "the record waited in the partition's queue too long".into());
         let mut failed = 0;
-        let mut release = Release::default();
+        let shared = Arc::clone(&self.shared);
+        let mut release = Release::new(&shared.buffer);
         let partition = self.state.partition;
         for entry in self.batch.drain(..expired) {
-            self.batch_bytes -= wire::estimate(&entry);
+            self.batch_bytes -= encode::estimate(&entry);
             let elapsed = now.saturating_duration_since(entry.accepted);
             let last_error = last_error.clone();
             entry.resolve(&mut release, |topic| {
@@ -394,7 +444,8 @@ impl Batcher {
             "produce failed past the delivery timeout; failing the batch back"
         );
         let failed = self.batch.len() as u64;
-        let mut release = Release::default();
+        let shared = Arc::clone(&self.shared);
+        let mut release = Release::new(&shared.buffer);
         let partition = self.state.partition;
         for entry in self.batch.drain(..) {
             let elapsed = now.saturating_duration_since(entry.accepted);
@@ -421,7 +472,8 @@ impl Batcher {
         );
         self.shared.health.failed(&self.state.topic, self.state.partition, reason);
         let failed = self.batch.len() as u64;
-        let mut release = Release::default();
+        let shared = Arc::clone(&self.shared);
+        let mut release = Release::new(&shared.buffer);
         let partition = self.state.partition;
         for entry in self.batch.drain(..) {
             entry.resolve(&mut release, |topic| {
@@ -433,37 +485,20 @@ impl Batcher {
         self.shared.resolved(&self.state, 0, failed);
     }
 
-    fn acknowledge(&mut self, offsets: &[i64]) {
+    fn acknowledge(&mut self, base_offset: i64) {
         self.shared.health.succeeded(&self.state.topic, self.state.partition);
         self.last_error = None;
         let partition = self.state.partition;
-        let (mut acked, mut failed) = (0, 0);
-        let mut offsets = offsets.iter().copied();
-        let mut release = Release::default();
-        for entry in self.batch.drain(..) {
-            // rskafka returns one offset per record; were it ever short, the records left over
-            // are failed rather than reported as stored.
-            match offsets.next() {
-                Some(offset) => {
-                    entry.resolve(&mut release, |topic| Ok(Delivery { topic, partition, offset }));
-                    acked += 1;
-                }
-                None => {
-                    entry.resolve(&mut release, |topic| {
-                        Err(PublishError::Backend {
-                            backend: super::BACKEND,
-                            reason: format!(
-                                "topic `{topic}` partition {partition}: the broker acknowledged \
-                                 the batch without an offset for this record"
-                            ),
-                        })
-                    });
-                    failed += 1;
-                }
-            }
+        let mut acked = 0;
+        let shared = Arc::clone(&self.shared);
+        let mut release = Release::new(&shared.buffer);
+        // The batch's records are stored at consecutive offsets from the base offset.
+        for (offset, entry) in (base_offset..).zip(self.batch.drain(..)) {
+            entry.resolve(&mut release, |topic| Ok(Delivery { topic, partition, offset }));
+            acked += 1;
         }
         drop(release);
         self.batch_bytes = 0;
-        self.shared.resolved(&self.state, acked, failed);
+        self.shared.resolved(&self.state, acked, 0);
     }
 }
