@@ -15,6 +15,9 @@ Subcommands:
   committed  --bootstrap B --topic T --group G --partitions N
              The group's committed offsets: {"committed": {"0": offset or null, ...}}
 
+  commit     --bootstrap B --topic T --group G --partition P --offset O
+             Commits offset O for partition P in group G (without joining it): {"committed": O}
+
   version    {"confluent_kafka": ..., "librdkafka": ...}
 
 Exits with status 3 and a message on stderr when confluent-kafka is not installed.
@@ -120,6 +123,24 @@ def committed(args):
     print(json.dumps({"committed": offsets}))
 
 
+def commit(args):
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "group.id": args.group,
+            "enable.auto.commit": False,
+        }
+    )
+    result = consumer.commit(
+        offsets=[TopicPartition(args.topic, args.partition, args.offset)], asynchronous=False
+    )
+    for tp in result:
+        if tp.error is not None:
+            raise SystemExit(f"commit of {args.topic}-{tp.partition}: {tp.error}")
+    consumer.close()
+    print(json.dumps({"committed": args.offset}))
+
+
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,12 +156,20 @@ def main():
     k.add_argument("--topic", required=True)
     k.add_argument("--group", required=True)
     k.add_argument("--partitions", type=int, required=True)
+    m = sub.add_parser("commit")
+    m.add_argument("--bootstrap", required=True)
+    m.add_argument("--topic", required=True)
+    m.add_argument("--group", required=True)
+    m.add_argument("--partition", type=int, required=True)
+    m.add_argument("--offset", type=int, required=True)
     sub.add_parser("version")
     args = parser.parse_args()
     if args.command == "consume":
         consume(args)
     elif args.command == "committed":
         committed(args)
+    elif args.command == "commit":
+        commit(args)
     else:
         print(
             json.dumps(

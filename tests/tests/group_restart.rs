@@ -20,11 +20,13 @@ use group_support::{DEADLINE, Handled, Log, Source, committed, config, note, sub
 const PARTITIONS: i32 = 6;
 const KEYS: usize = 12;
 
-/// Per partition: the first offset `consumer` handled.
+/// Per partition: the lowest offset `consumer` handled (where it started: the keys of a
+/// partition are handled in parallel, so the first logged need not be the lowest).
 fn first_offsets(log: &[Handled], consumer: &str) -> BTreeMap<i32, i64> {
-    let mut first = BTreeMap::new();
+    let mut first: BTreeMap<i32, i64> = BTreeMap::new();
     for h in log.iter().filter(|h| h.consumer == consumer) {
-        first.entry(h.partition).or_insert(h.offset);
+        let lowest = first.entry(h.partition).or_insert(h.offset);
+        *lowest = (*lowest).min(h.offset);
     }
     first
 }
@@ -160,4 +162,40 @@ async fn a_crashed_member_is_replaced_from_the_committed_offsets() {
     subscription.unsubscribe(Duration::from_secs(30)).await.unwrap();
     second.shutdown(Duration::from_secs(30)).await.unwrap();
     assert_eq!(second.live_tasks(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_offset_beyond_the_end_resets_to_the_earliest() {
+    let topic = bus_tests::unique("group-restart-beyond");
+    let group = bus_tests::unique("group-restart-beyond-g");
+    let mut source = Source::new(&topic, PARTITIONS, KEYS).await;
+    let log = Log::default();
+    source.rounds(5).await;
+    // Partition 0 holds 10 records; the group's committed offset for it is 1,000 (as after a
+    // broker lost its records but kept the offsets, or a topic was recreated).
+    let answer = group_support::peer(&[
+        "commit",
+        "--bootstrap",
+        &bus_tests::bootstrap(),
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--partition",
+        "0",
+        "--offset",
+        "1000",
+    ]);
+    assert_eq!(answer["committed"], 1000);
+
+    let bus = bus_kafka::connect(config()).await.unwrap();
+    let subscription = subscribe(&bus, &topic, &group, &log, "member", Duration::ZERO).await;
+    let produced = source.produced();
+    wait_for("every record, partition 0 from its start", DEADLINE, || {
+        log.distinct().is_superset(&produced)
+    })
+    .await;
+    assert_eq!(first_offsets(&log.snapshot(), "member").get(&0), Some(&0));
+    subscription.unsubscribe(Duration::from_secs(30)).await.unwrap();
+    bus.shutdown(Duration::from_secs(30)).await.unwrap();
 }

@@ -8,8 +8,10 @@
 //!   `Latest` fixes the position once; it is not re-resolved.
 //! - Records below the position (rskafka returns whole compressed batches) are skipped; the
 //!   records returned are in offset order, each above the last returned.
-//! - A fetch answered with OFFSET_OUT_OF_RANGE resets the position to the partition's earliest
-//!   offset (logged), as `auto.offset.reset = earliest` does.
+//! - A fetch answered with OFFSET_OUT_OF_RANGE, or with nothing from a position above both the
+//!   high watermark and the partition's end offset (brokers that do not report the error),
+//!   resets the position to the partition's earliest offset (logged), as
+//!   `auto.offset.reset = earliest` does.
 //! - Each fetch asks for at most `consumer.fetch_max_bytes` (and the caller's `max_bytes`) and
 //!   lets the broker wait at most `consumer.fetch_max_wait` for records.
 
@@ -97,6 +99,21 @@ impl KafkaReader {
         let end = i32::try_from(limit).unwrap_or(i32::MAX - 1).saturating_add(1);
         let wait = i32::try_from(consumer.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
         match client.fetch_records(offset, 1..end, wait).await {
+            Ok((records, high_watermark)) if records.is_empty() && offset > high_watermark => {
+                // Past the end. Kafka answers OFFSET_OUT_OF_RANGE here; some brokers (nisshi
+                // 0.8.1, docs/BROKER.md) answer an empty batch and would stall the reader for
+                // good. Confirm with the partition's end offset (a high watermark can lag for a
+                // moment after a leader change) before resetting.
+                let latest = client
+                    .get_offset(OffsetAt::Latest)
+                    .await
+                    .map_err(|e| self.error("cannot list the latest offset", e))?;
+                if offset > latest {
+                    self.reset_to_earliest(&client, offset, "beyond the end of the partition").await
+                } else {
+                    Ok(Vec::new())
+                }
+            }
             Ok((records, _high_watermark)) => {
                 let mut batch = Vec::with_capacity(records.len());
                 let mut next = offset;
@@ -126,19 +143,31 @@ impl KafkaReader {
             Err(RsError::ServerError {
                 protocol_error: ProtocolError::OffsetOutOfRange, ..
             }) => {
-                let earliest = client
-                    .get_offset(OffsetAt::Earliest)
-                    .await
-                    .map_err(|e| self.error("cannot list the earliest offset", e))?;
-                tracing::warn!(
-                    group = %self.group, partition = %self.partition, offset, earliest,
-                    "offset out of range; resetting to the earliest offset"
-                );
-                self.position = StartAt::Offset(earliest);
-                Ok(Vec::new())
+                self.reset_to_earliest(&client, offset, "out of range (OFFSET_OUT_OF_RANGE)").await
             }
             Err(e) => Err(self.error(&format!("fetch at offset {offset} failed"), e)),
         }
+    }
+}
+
+impl KafkaReader {
+    /// Moves the position to the partition's earliest offset (logged): `offset` is `why`.
+    async fn reset_to_earliest(
+        &mut self,
+        client: &PartitionClient,
+        offset: i64,
+        why: &str,
+    ) -> Result<Vec<Message>, GroupError> {
+        let earliest = client
+            .get_offset(OffsetAt::Earliest)
+            .await
+            .map_err(|e| self.error("cannot list the earliest offset", e))?;
+        tracing::warn!(
+            group = %self.group, partition = %self.partition, offset, earliest,
+            "offset {why}; resetting to the earliest offset"
+        );
+        self.position = StartAt::Offset(earliest);
+        Ok(Vec::new())
     }
 }
 
