@@ -182,10 +182,14 @@ pub async fn no_loss(h: &impl Harness) {
         })
         .await
         .expect("subscribed");
-    let mut acked = BTreeSet::new();
+    let mut pending = Vec::new();
     for i in 0..2_000 {
-        let delivery =
-            bus.publish(keyed(&topic, &format!("agg-{}", i % 97), i.to_string())).await.unwrap();
+        let record = keyed(&topic, &format!("agg-{}", i % 97), i.to_string());
+        pending.push(bus.publish_nowait(record).await.expect("accepted"));
+    }
+    let mut acked = BTreeSet::new();
+    for delivery in pending {
+        let delivery = delivery.await.expect("acknowledged");
         acked.insert((delivery.partition, delivery.offset));
     }
     eventually("every acknowledged record handled", || seen.lock().len() >= acked.len()).await;
