@@ -297,3 +297,31 @@ async fn buffer_bytes_come_back_after_acknowledgements_and_rejections() {
     bus.shutdown(Duration::from_secs(10)).await.unwrap();
     assert_eq!(bus.live_tasks(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_topics_without_auto_creation_and_unkeyed_records_spread() {
+    let mut config = bus_tests::config();
+    config.topics.auto_create = false;
+    let bus = bus_kafka::connect(config).await.unwrap();
+    let missing = bus_tests::unique("producer-missing");
+    match bus.publish(Record::new(missing.as_str(), "x")).await {
+        Err(PublishError::UnknownTopic { topic }) => assert_eq!(topic, missing),
+        other => panic!("expected UnknownTopic, got {other:?}"),
+    }
+
+    let topic = bus_tests::unique("producer-unkeyed");
+    Admin::connect(bus_tests::config())
+        .await
+        .unwrap()
+        .ensure_topic(&topic, PARTITIONS)
+        .await
+        .unwrap();
+    let mut partitions = std::collections::BTreeSet::new();
+    for i in 0..PARTITIONS * 2 {
+        partitions.insert(
+            bus.publish(Record::new(topic.as_str(), format!("{i}"))).await.unwrap().partition,
+        );
+    }
+    assert_eq!(partitions.len(), PARTITIONS as usize, "unkeyed records go round robin");
+    bus.shutdown(Duration::from_secs(10)).await.unwrap();
+}

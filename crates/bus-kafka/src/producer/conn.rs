@@ -350,3 +350,30 @@ pub(super) async fn leader(
     }
     Err(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_moves_replica_shortage_and_timeouts_are_retried_size_errors_split_others_final() {
+        let kind = |code: i16| match Failure::of_code(code, "t-0") {
+            Failure::Retriable(_) => "retry",
+            Failure::TooLarge(_) => "split",
+            Failure::Fatal(_) => "final",
+        };
+        // NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS,
+        // NOT_ENOUGH_REPLICAS_AFTER_APPEND, NETWORK_EXCEPTION, UNKNOWN_TOPIC_OR_PARTITION.
+        for code in [6, 5, 7, 19, 20, 13, 3] {
+            assert_eq!(kind(code), "retry", "error {code}");
+        }
+        // MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE.
+        for code in [10, 18] {
+            assert_eq!(kind(code), "split", "error {code}");
+        }
+        // INVALID_RECORD, TOPIC_AUTHORIZATION_FAILED, UNSUPPORTED_VERSION, an unknown code.
+        for code in [87, 29, 35, 30_000] {
+            assert_eq!(kind(code), "final", "error {code}");
+        }
+    }
+}

@@ -263,10 +263,6 @@ impl Batcher {
         let request_timeout = self.shared.config.request_timeout;
         let mut backoff = producer.retry_backoff.min(MAX_BACKOFF);
         let mut attempts: u32 = 0;
-        let publish_time = chrono::Utc::now();
-        for entry in &mut self.batch {
-            entry.record.timestamp.get_or_insert(publish_time);
-        }
         loop {
             self.expire(attempts, delivery_timeout);
             let Some(oldest) = self.batch.first() else { return };
@@ -341,6 +337,11 @@ impl Batcher {
     /// The connection is kept only after a success: any failure (or an abandoned request)
     /// means a fresh leader lookup next time.
     async fn attempt(&mut self, budget: Duration) -> Outcome {
+        // Records without a timestamp get their publish time, once: retries send the same.
+        let publish_time = chrono::Utc::now();
+        for entry in &mut self.batch {
+            entry.record.timestamp.get_or_insert(publish_time);
+        }
         let config = &self.shared.config;
         let batch = match encode::record_batch(
             &self.batch,
