@@ -194,8 +194,12 @@ impl Batcher {
         through > self.state.resolved.load(Ordering::Acquire)
     }
 
-    /// Fails back, in order, every entry whose index is below `fail_through`.
+    /// Fails back, in order, every entry whose index is below `fail_through` (nothing when no
+    /// fail-back is due: a stale wake-up).
     fn fail_back(&mut self) {
+        if !self.fail_back_due() {
+            return;
+        }
         let through = self.state.fail_through.load(Ordering::Acquire);
         let mut index = self.oldest_index();
         let mut failed = 0;
@@ -212,10 +216,9 @@ impl Batcher {
             failed += 1;
             index += 1;
         }
+        // What stays (accepted after the flush began) is batched afresh, in order.
         self.batch_bytes = 0;
-        for entry in keep {
-            self.push(entry);
-        }
+        self.carry = keep.into();
         while index < through {
             let Ok(entry) = self.rx.try_recv() else { break };
             self.received += 1;
