@@ -7,11 +7,11 @@
 //! - The bus owns its [`Supervisor`]; no task holds the bus itself (only the backend and the
 //!   metrics), so dropping the last clone of the bus drops the supervisor, which aborts the whole
 //!   tree. Nothing outlives the bus.
-//! - Shutdown follows the contract every backend shares: freeze admission; stop fetching and let
-//!   handlers finish until the deadline, then commit and leave the groups, while the producers
-//!   flush (records not acknowledged by the deadline are failed back to their callers); flush
-//!   again for dead letters written by draining handlers; abort what remains and wait for it;
-//!   report. It is computed once and every caller gets the same result. `Ok` only when no task
+//! - Shutdown follows the contract every backend shares: freeze admission (at the bus); stop
+//!   fetching and let handlers finish until the deadline, then commit and leave the groups, while
+//!   the producers flush (records not acknowledged by the deadline are failed back to their
+//!   callers); close the backend (sends still waiting for room fail) and flush again for dead
+//!   letters written by draining handlers; abort what remains and wait for it; report. It is computed once and every caller gets the same result. `Ok` only when no task
 //!   is left.
 
 use std::sync::Arc;
@@ -336,12 +336,12 @@ impl Backend for Unavailable {
 impl BusInner {
     async fn run_shutdown(&self, deadline: Instant) -> Result<ShutdownReport, ShutdownError> {
         let started = Instant::now();
-        // 1. Freeze admission (the backend fails sends still waiting for room).
+        // 1. Freeze admission: callers' publishes and subscribes fail from now on.
         self.closed.store(true, Ordering::Release);
-        self.backend.close();
         let subscriptions = std::mem::take(&mut *self.subscriptions.lock());
         // 2-4. Stop the subscriptions (stop fetching, drain handlers until the deadline, commit,
-        // leave the groups) while the producers flush what callers already handed over.
+        // leave the groups) while the producers flush what callers already handed over. The
+        // backend stays open meanwhile: draining handlers may still dead-letter.
         let stops = futures_util::future::join_all(subscriptions.iter().map(|s| s.stop(deadline)));
         let (stopped, first_flush) = tokio::join!(stops, self.backend.flush(deadline));
         let mut reports = Vec::with_capacity(stopped.len());
@@ -351,7 +351,9 @@ impl BusInner {
             }
             reports.push(report);
         }
-        // Dead letters written by draining handlers are flushed too.
+        // Now close the backend (sends still waiting for buffer room fail with `Closed`) and
+        // flush what the draining handlers dead-lettered.
+        self.backend.close();
         let second_flush = self.backend.flush(deadline).await;
         // 5. Abort what remains and wait for it.
         let remaining = deadline.saturating_duration_since(Instant::now());

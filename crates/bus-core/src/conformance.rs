@@ -56,6 +56,7 @@ macro_rules! conformance_suite {
             at_least_once_retry_after_failed_handler,
             abandoned_handler_is_redelivered,
             retries_then_dead_letter,
+            dead_letter_written_while_draining_is_kept,
             poison_to_dead_letter,
             fetch_backpressure_bounds_in_flight,
             groups_each_get_everything_and_members_split,
@@ -347,6 +348,57 @@ pub async fn retries_then_dead_letter(h: &impl Harness) {
         report.subscription.committed.iter().map(|(p, o)| (p.partition, *o)).collect();
     assert_eq!(committed.get(&0), Some(&2), "{report:?}");
     bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// A handler still retrying when shutdown begins finishes its retries while the subscription
+/// drains; its dead letter is written and flushed before the bus closes, and the message is
+/// committed.
+pub async fn dead_letter_written_while_draining_is_kept(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "drain-dlq", 1).await;
+    let dead_letters = h.topic(&bus, "drain-dlq-target", 1).await;
+    let failures = Arc::new(AtomicUsize::new(0));
+    let f = failures.clone();
+    let opts =
+        options("drain-dlq").with_dead_letter_topic(dead_letters.clone()).with_retry(RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(300),
+            max_backoff: Duration::from_millis(300),
+            multiplier: 1.0,
+        });
+    let _sub = bus
+        .subscribe(&topic, opts, move |_m: Message| {
+            let failures = f.clone();
+            async move {
+                failures.fetch_add(1, Ordering::SeqCst);
+                Err(HandlerError::new("always fails"))
+            }
+        })
+        .await
+        .expect("subscribed");
+    bus.publish(keyed(&topic, "k", "doomed".into())).await.unwrap();
+    eventually("first attempt failed", || failures.load(Ordering::SeqCst) >= 1).await;
+    // Shut down while the handler waits to retry: the drain lets it finish and dead-letter.
+    let report = bus.shutdown(PATIENCE).await.expect("clean shutdown");
+    assert_eq!(failures.load(Ordering::SeqCst), 3, "every attempt made while draining");
+    assert_eq!(bus.metrics().dead_lettered, 1, "{report}");
+    assert_eq!(bus.metrics().dead_letter_failures, 0);
+    assert_eq!(report.handlers_abandoned, 0);
+    let committed: Vec<i64> = report.subscriptions[0].committed.iter().map(|(_, o)| *o).collect();
+    assert_eq!(committed, vec![1], "the dead-lettered message is committed: {report}");
+
+    // The dead letter is stored: a new bus on the same backend reads it (in memory, the same bus
+    // cannot be used after shutdown, so this part runs only where buses share storage).
+    if bus.memory_backend().is_none() {
+        let reader = h.bus().await;
+        let dead = read_topic(&reader, &dead_letters, 1).await;
+        assert_eq!(text(&dead[0].value), "doomed");
+        reader.shutdown(PATIENCE).await.expect("clean shutdown");
+    } else if let Some(memory) = bus.memory_backend() {
+        let stored = memory.records(&dead_letters, 0).expect("dead-letter topic exists");
+        assert_eq!(stored.len(), 1);
+        assert_eq!(text(&stored[0].value), "doomed");
+    }
 }
 
 /// A message that is not a valid envelope goes to the dead-letter topic at once, without
