@@ -1,0 +1,421 @@
+//! The consume benchmark of issue 5: group consume through the bus (consumer group, keyed
+//! dispatch, commits) against rdkafka's `BaseConsumer` in a group, on the same broker and the
+//! same records, in one process; and the keyed dispatch's parallelism with 1 ms handlers.
+//!
+//! Owns: the workload (N records of 100 bytes, keys over 1,000 aggregates, 6 partitions,
+//! written once by the bus's producer; each client reads all of them in a fresh group), the
+//! measurement (messages per second from the first record handled to the last, the join time
+//! separately, process CPU time from `/proc/self/stat` from subscribing to the last record) and
+//! the tables it prints on stdout (progress goes to stderr).
+//!
+//! Usage: `consume-bench --bootstrap HOST:PORT [--records N] [--rounds R] [--keyed-records M]`.
+//! Build with `--features peer` for the rdkafka side. Each round runs both clients (alternating
+//! which goes first); the table shows the median round.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bus_core::{HandlerError, Message, Record, SubscribeOptions};
+use bus_kafka::{Admin, KafkaConfig};
+use bytes::Bytes;
+
+const PARTITIONS: i32 = 6;
+const AGGREGATES: usize = 1_000;
+const VALUE_BYTES: usize = 100;
+
+/// One client's measurement.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    /// First record to last record.
+    seconds: f64,
+    /// Subscribing to the first record.
+    join_seconds: f64,
+    /// Process CPU from subscribing to the last record.
+    cpu_seconds: f64,
+    records: usize,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+    fn cpu_us_per_msg(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.records as f64
+    }
+}
+
+/// This process's user + system CPU time, from `/proc/self/stat` (clock ticks of 10 ms).
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("consume-bench: {message}");
+    std::process::exit(1);
+}
+
+/// Writes `records` records (keys over [`AGGREGATES`] aggregates) to `topic` with the bus.
+async fn fill(bootstrap: &str, topic: &str, records: usize) {
+    let bus = bus_kafka::connect(KafkaConfig::new(bootstrap))
+        .await
+        .unwrap_or_else(|e| fail(&format!("bus: {e}")));
+    let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
+    let keys: Vec<Bytes> = (0..AGGREGATES).map(|i| Bytes::from(format!("aggregate-{i}"))).collect();
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..records {
+        let record = Record::new(topic, value.clone()).with_key(keys[i % AGGREGATES].clone());
+        let delivery =
+            bus.publish_nowait(record).await.unwrap_or_else(|e| fail(&format!("publish: {e}")));
+        pending.push_back(delivery);
+        if pending.len() >= 100_000
+            && let Some(front) = pending.pop_front()
+        {
+            front.await.unwrap_or_else(|e| fail(&format!("delivery: {e}")));
+        }
+    }
+    for delivery in pending {
+        delivery.await.unwrap_or_else(|e| fail(&format!("delivery: {e}")));
+    }
+    if let Err(e) = bus.shutdown(Duration::from_secs(60)).await {
+        fail(&format!("bus shutdown: {e}"));
+    }
+}
+
+/// Marks the first and the `target`-th record.
+struct Progress {
+    count: AtomicUsize,
+    target: usize,
+    first: Mutex<Option<Instant>>,
+    last: Mutex<Option<Instant>>,
+    done: tokio::sync::Notify,
+}
+
+impl Progress {
+    fn new(target: usize) -> Arc<Progress> {
+        Arc::new(Progress {
+            count: AtomicUsize::new(0),
+            target,
+            first: Mutex::new(None),
+            last: Mutex::new(None),
+            done: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn record(&self) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1 {
+            *self.first.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
+        if n == self.target {
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            self.done.notify_one();
+        }
+    }
+
+    fn span(&self) -> (Instant, Instant) {
+        let first =
+            self.first.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
+        (first, last)
+    }
+}
+
+async fn bus_phase(bootstrap: &str, topic: &str, records: usize, group: &str) -> Phase {
+    let bus = bus_kafka::connect(KafkaConfig::new(bootstrap))
+        .await
+        .unwrap_or_else(|e| fail(&format!("bus: {e}")));
+    let progress = Progress::new(records);
+    let handler_progress = Arc::clone(&progress);
+    let cpu = process_cpu();
+    let subscribed = Instant::now();
+    let subscription = bus
+        .subscribe(topic, SubscribeOptions::new(group), move |_message: Message| {
+            handler_progress.record();
+            std::future::ready(Ok::<(), HandlerError>(()))
+        })
+        .await
+        .unwrap_or_else(|e| fail(&format!("subscribe: {e}")));
+    if tokio::time::timeout(Duration::from_secs(600), progress.done.notified()).await.is_err() {
+        fail(&format!(
+            "bus: {} of {records} records within 600 s",
+            progress.count.load(Ordering::Relaxed)
+        ));
+    }
+    let cpu_seconds = process_cpu() - cpu;
+    let (first, last) = progress.span();
+    let _ = subscription.unsubscribe(Duration::from_secs(30)).await;
+    if let Err(e) = bus.shutdown(Duration::from_secs(30)).await {
+        fail(&format!("bus shutdown: {e}"));
+    }
+    Phase {
+        seconds: (last - first).as_secs_f64(),
+        join_seconds: (first - subscribed).as_secs_f64(),
+        cpu_seconds,
+        records,
+    }
+}
+
+#[cfg(not(feature = "peer"))]
+fn rdkafka_phase(_bootstrap: &str, _topic: &str, _records: usize, _group: &str) -> Phase {
+    fail("built without the rdkafka peer: build with `--features peer`")
+}
+
+#[cfg(not(feature = "peer"))]
+fn librdkafka_version() -> String {
+    "not built".into()
+}
+
+#[cfg(feature = "peer")]
+fn librdkafka_version() -> String {
+    rdkafka::util::get_rdkafka_version().1
+}
+
+#[cfg(feature = "peer")]
+fn rdkafka_phase(bootstrap: &str, topic: &str, records: usize, group: &str) -> Phase {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .create()
+        .unwrap_or_else(|e| fail(&format!("rdkafka consumer: {e}")));
+    let cpu = process_cpu();
+    let subscribed = Instant::now();
+    consumer.subscribe(&[topic]).unwrap_or_else(|e| fail(&format!("rdkafka subscribe: {e}")));
+    let mut count = 0usize;
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count < records {
+        if Instant::now() > deadline {
+            fail(&format!("rdkafka: {count} of {records} records within 600 s"));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_message)) => {
+                if first.is_none() {
+                    first = Some(Instant::now());
+                }
+                count += 1;
+            }
+            Some(Err(e)) => eprintln!("rdkafka: {e}"),
+            None => {}
+        }
+    }
+    let last = Instant::now();
+    let cpu_seconds = process_cpu() - cpu;
+    let first = first.unwrap_or(last);
+    drop(consumer);
+    Phase {
+        seconds: (last - first).as_secs_f64(),
+        join_seconds: (first - subscribed).as_secs_f64(),
+        cpu_seconds,
+        records,
+    }
+}
+
+/// Keyed dispatch with 1 ms handlers: the handlers' total running time over `concurrency`
+/// (the ideal) against the time from the first handler's start to the last one's end.
+async fn keyed_phase(bootstrap: &str, topic: &str, records: usize, concurrency: usize) -> f64 {
+    let bus = bus_kafka::connect(KafkaConfig::new(bootstrap))
+        .await
+        .unwrap_or_else(|e| fail(&format!("bus: {e}")));
+    let progress = Progress::new(records);
+    let busy_ns = Arc::new(AtomicU64::new(0));
+    let (handler_progress, handler_busy) = (Arc::clone(&progress), Arc::clone(&busy_ns));
+    let group = format!("bench-keyed-{}-{concurrency}", std::process::id());
+    let options = SubscribeOptions::new(group).with_concurrency(concurrency);
+    let subscription = bus
+        .subscribe(topic, options, move |_message: Message| {
+            let progress = Arc::clone(&handler_progress);
+            let busy = Arc::clone(&handler_busy);
+            async move {
+                let started = Instant::now();
+                if progress.count.load(Ordering::Relaxed) == 0 {
+                    let mut first = progress.first.lock().unwrap_or_else(|e| e.into_inner());
+                    if first.is_none() {
+                        *first = Some(started);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                busy.fetch_add(took, Ordering::Relaxed);
+                let n = progress.count.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == progress.target {
+                    *progress.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                    progress.done.notify_one();
+                }
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .await
+        .unwrap_or_else(|e| fail(&format!("subscribe: {e}")));
+    if tokio::time::timeout(Duration::from_secs(600), progress.done.notified()).await.is_err() {
+        fail("keyed: not done within 600 s");
+    }
+    let (first, last) = progress.span();
+    let _ = subscription.unsubscribe(Duration::from_secs(30)).await;
+    let _ = bus.shutdown(Duration::from_secs(30)).await;
+    let actual = (last - first).as_secs_f64();
+    let ideal = busy_ns.load(Ordering::Relaxed) as f64 / 1e9 / concurrency as f64;
+    eprintln!(
+        "keyed, concurrency {concurrency}: {records} records in {actual:.2} s; handlers ran \
+         {:.2} s in total (mean {:.2} ms); ideal {ideal:.2} s",
+        busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        busy_ns.load(Ordering::Relaxed) as f64 / 1e6 / records as f64
+    );
+    ideal / actual
+}
+
+fn median(mut phases: Vec<Phase>) -> Phase {
+    phases.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    phases[phases.len() / 2]
+}
+
+fn main() {
+    let mut bootstrap = None;
+    let mut records = 1_000_000usize;
+    let mut rounds = 3usize;
+    let mut keyed_records = 20_000usize;
+    let mut only = None;
+    // An already filled topic (for profiling the consume phase alone).
+    let mut existing: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bootstrap" => bootstrap = args.next(),
+            "--records" => records = args.next().and_then(|v| v.parse().ok()).unwrap_or(records),
+            "--keyed-records" => {
+                keyed_records = args.next().and_then(|v| v.parse().ok()).unwrap_or(keyed_records)
+            }
+            "--rounds" => {
+                rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds).max(1)
+            }
+            // `--only bus`, `--only rdkafka` or `--only keyed` (no table).
+            "--only" => only = args.next(),
+            "--topic" => existing = args.next(),
+            other => fail(&format!("unknown argument `{other}`")),
+        }
+    }
+    let bootstrap = bootstrap.unwrap_or_else(|| fail("--bootstrap HOST:PORT is required"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    let admin = runtime
+        .block_on(Admin::connect(KafkaConfig::new(&bootstrap)))
+        .unwrap_or_else(|e| fail(&format!("admin: {e}")));
+    let run_id = std::process::id();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let throughput = only.as_deref().is_none_or(|o| o == "bus" || o == "rdkafka");
+    if throughput {
+        let topic = match existing {
+            Some(topic) => topic,
+            None => {
+                let topic = format!("bench-consume-{run_id}");
+                runtime
+                    .block_on(admin.ensure_topic(&topic, PARTITIONS))
+                    .unwrap_or_else(|e| fail(&format!("topic {topic}: {e}")));
+                eprintln!("writing {records} records to {topic}");
+                runtime.block_on(fill(&bootstrap, &topic, records));
+                topic
+            }
+        };
+        for round in 0..rounds {
+            let run_bus = |ours: &mut Vec<Phase>| {
+                let group = format!("bench-consume-bus-{run_id}-{round}");
+                let phase = runtime.block_on(bus_phase(&bootstrap, &topic, records, &group));
+                eprintln!(
+                    "round {round}: bus     {:>10.0} msgs/s, {:.2} us CPU/msg, joined in {:.1} s",
+                    phase.rate(),
+                    phase.cpu_us_per_msg(),
+                    phase.join_seconds
+                );
+                ours.push(phase);
+            };
+            let run_rdkafka = |theirs: &mut Vec<Phase>| {
+                let group = format!("bench-consume-rdkafka-{run_id}-{round}");
+                let phase = rdkafka_phase(&bootstrap, &topic, records, &group);
+                eprintln!(
+                    "round {round}: rdkafka {:>10.0} msgs/s, {:.2} us CPU/msg, joined in {:.1} s",
+                    phase.rate(),
+                    phase.cpu_us_per_msg(),
+                    phase.join_seconds
+                );
+                theirs.push(phase);
+            };
+            match only.as_deref() {
+                Some("bus") => run_bus(&mut ours),
+                Some("rdkafka") => run_rdkafka(&mut theirs),
+                _ if round % 2 == 0 => {
+                    run_bus(&mut ours);
+                    run_rdkafka(&mut theirs);
+                }
+                _ => {
+                    run_rdkafka(&mut theirs);
+                    run_bus(&mut ours);
+                }
+            }
+        }
+    }
+    let mut keyed = Vec::new();
+    if only.as_deref().is_none_or(|o| o == "keyed") {
+        let topic = format!("bench-keyed-{run_id}");
+        runtime
+            .block_on(admin.ensure_topic(&topic, PARTITIONS))
+            .unwrap_or_else(|e| fail(&format!("topic {topic}: {e}")));
+        runtime.block_on(fill(&bootstrap, &topic, keyed_records));
+        for concurrency in [16, 64] {
+            let efficiency =
+                runtime.block_on(keyed_phase(&bootstrap, &topic, keyed_records, concurrency));
+            keyed.push((concurrency, efficiency));
+        }
+    }
+    if only.is_some() {
+        return;
+    }
+    let (ours, theirs) = (median(ours), median(theirs));
+    let librdkafka = librdkafka_version();
+    println!(
+        "{records} records of {VALUE_BYTES} bytes, keys over {AGGREGATES} aggregates, \
+         {PARTITIONS} partitions, each client in a fresh consumer group from the earliest offset, \
+         no-op handler; rate from the first record to the last, join time apart; median of \
+         {rounds} round(s), clients alternating first.\n"
+    );
+    println!("| client | msgs/s | client CPU per message | join |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| bus-kafka group consume (rskafka fetch, keyed dispatch, defaults) | {:.0} | {:.2} us | {:.1} s |",
+        ours.rate(),
+        ours.cpu_us_per_msg(),
+        ours.join_seconds
+    );
+    println!(
+        "| rdkafka 0.39 BaseConsumer (librdkafka {librdkafka}) | {:.0} | {:.2} us | {:.1} s |",
+        theirs.rate(),
+        theirs.cpu_us_per_msg(),
+        theirs.join_seconds
+    );
+    println!(
+        "| **ratio bus / rdkafka** (target: rate >= 1.2, CPU <= 0.8) | {:.2}x | {:.2}x | |",
+        ours.rate() / theirs.rate(),
+        ours.cpu_us_per_msg() / theirs.cpu_us_per_msg()
+    );
+    println!(
+        "\nKeyed dispatch, {keyed_records} records over {AGGREGATES} keys, 1 ms handlers \
+         (`tokio::time::sleep`): the handlers' measured running time divided by the concurrency, \
+         over the time from the first handler's start to the last one's end (target >= 90%).\n"
+    );
+    println!("| concurrency | parallelism achieved |");
+    println!("|---:|---:|");
+    for (concurrency, efficiency) in keyed {
+        println!("| {concurrency} | {:.0}% |", efficiency * 100.0);
+    }
+}
