@@ -22,8 +22,10 @@ pub fn bootstrap() -> String {
     {
         return value.trim().to_owned();
     }
-    let env_file =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("broker.env");
+    let env_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join("broker.env");
     let text = std::fs::read_to_string(&env_file).unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
