@@ -315,11 +315,18 @@ async fn run_scenario(
             }
             Ok(scenario::lifecycle::drop_without_shutdown(bus, topic, run).await)
         }
-        Scenario::RebalanceChurn | Scenario::BrokerFaults => {
-            let mut run = run;
-            run.problems.push("not implemented yet".into());
-            Ok(run)
+        Scenario::RebalanceChurn => {
+            let bus = match bus_for(ctx, true).await {
+                Ok(bus) => bus,
+                Err(e) => return Err((run, e)),
+            };
+            let topic = unique("churn");
+            if let Err(e) = create_topics(ctx, &bus, std::slice::from_ref(&topic), 6).await {
+                return Err((run, format!("cannot create topics: {e}")));
+            }
+            Ok(scenario::churn::rebalance_churn(bus, topic, unique("churn-group"), bar, run).await)
         }
+        Scenario::BrokerFaults => Ok(scenario::faults::broker_faults(bar, run).await),
     }
 }
 

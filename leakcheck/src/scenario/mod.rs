@@ -6,6 +6,8 @@
 //! where that is the point) and returns; the caller then checks the process returned to its
 //! baseline.
 
+pub(crate) mod churn;
+pub(crate) mod faults;
 pub(crate) mod lifecycle;
 pub(crate) mod load;
 
