@@ -221,7 +221,7 @@ pub(crate) async fn subscribe(
         scope: scope.child("member"),
         rebalance_timeout: options.rebalance_timeout,
     };
-    let member = backend.join(request).await?;
+    let member = backend.join(request.clone()).await?;
     let runtime = Arc::new(Runtime {
         backend,
         metrics,
@@ -244,6 +244,8 @@ pub(crate) async fn subscribe(
     let control = Control {
         runtime: Arc::clone(&runtime),
         member,
+        join: request,
+        scope: scope.clone(),
         dispatch: dispatch.clone(),
         fetch: scope.child("fetch"),
         fetchers: HashMap::new(),
@@ -375,6 +377,10 @@ struct Released {
 struct Control {
     runtime: Arc<Runtime>,
     member: Box<dyn GroupMember>,
+    /// How the member joined, to join again when the group drops it.
+    join: JoinRequest,
+    /// The subscription's scope (a new member scope is made there on rejoin).
+    scope: Scope,
     dispatch: KeyedDispatch,
     fetch: Scope,
     fetchers: HashMap<TopicPartition, Scope>,
@@ -396,10 +402,11 @@ impl Control {
                 event = self.member.next_event() => match event {
                     Ok(MemberEvent::Assigned(partitions)) => self.assigned(partitions).await,
                     Ok(MemberEvent::Revoked(revocation)) => self.revoked(revocation).await,
-                    Err(error) => {
-                        tracing::warn!(group = %self.runtime.options.group, %error, "group event failed");
+                    Err(error) if error.retriable => {
+                        tracing::warn!(group = %self.runtime.options.group, %error, "group event failed; retrying");
                         tokio::time::sleep(RETRY_DELAY).await;
                     }
+                    Err(error) => self.rejoin(error).await,
                 },
                 _ = tick.tick() => self.commit().await,
             }
@@ -412,24 +419,49 @@ impl Control {
         if partitions.is_empty() {
             return;
         }
-        let committed = match self.member.committed(&partitions).await {
-            Ok(committed) => committed,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read committed offsets; starting from the reset policy");
-                vec![None; partitions.len()]
+        // The committed offsets are needed to start at the right place: retried (never guessed,
+        // which would skip or replay records) until the rebalance timeout, after which these
+        // partitions stay unread until the next assignment.
+        let give_up = Instant::now() + self.runtime.options.rebalance_timeout;
+        let committed = loop {
+            match self.member.committed(&partitions).await {
+                Ok(committed) => break committed,
+                Err(error) if error.retriable && Instant::now() < give_up => {
+                    tracing::warn!(%error, "cannot read committed offsets; retrying");
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                Err(error) => {
+                    Metrics::bump(&self.runtime.metrics.group_failures);
+                    tracing::error!(
+                        ?partitions, %error,
+                        "cannot read committed offsets; these partitions stay unread until the next assignment"
+                    );
+                    return;
+                }
             }
         };
         for (partition, committed) in partitions.into_iter().zip(committed) {
             let start = committed
                 .map(StartAt::Offset)
                 .unwrap_or_else(|| self.runtime.options.auto_offset_reset.into());
-            let reader = match self.member.open(&partition, start).await {
-                Ok(reader) => reader,
-                Err(error) => {
-                    tracing::error!(%partition, %error, "cannot open partition");
-                    continue;
+            let reader = loop {
+                match self.member.open(&partition, start).await {
+                    Ok(reader) => break Some(reader),
+                    Err(error) if error.retriable && Instant::now() < give_up => {
+                        tracing::warn!(%partition, %error, "cannot open partition; retrying");
+                        tokio::time::sleep(RETRY_DELAY).await;
+                    }
+                    Err(error) => {
+                        Metrics::bump(&self.runtime.metrics.group_failures);
+                        tracing::error!(
+                            %partition, %error,
+                            "cannot open partition; it stays unread until the next assignment"
+                        );
+                        break None;
+                    }
                 }
             };
+            let Some(reader) = reader else { continue };
             let scope = self.fetch.child(partition.to_string());
             let fetch = FetchLoop {
                 reader,
@@ -485,6 +517,29 @@ impl Control {
         }
         committed.sort();
         Released { discarded: drained.discarded, abandoned: drained.abandoned_offsets, committed }
+    }
+
+    /// The group dropped this member (fenced, expelled, stopped): release every partition
+    /// (their handlers drain, their commits will be refused and they are redelivered), leave,
+    /// and join again with a new member. A failed join is retried on the next turn of the loop.
+    async fn rejoin(&mut self, error: crate::backend::GroupError) {
+        Metrics::bump(&self.runtime.metrics.group_failures);
+        tracing::error!(group = %self.runtime.options.group, %error, "dropped by the group; joining again");
+        let partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
+        let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
+        self.release(&partitions, deadline).await;
+        let _ = self.member.leave().await;
+        let old = std::mem::replace(&mut self.join.scope, self.scope.child("member"));
+        if let Err(error) = old.shutdown(Duration::from_secs(5)).await {
+            tracing::error!(%error, "the dropped member's tasks would not stop");
+        }
+        match self.runtime.backend.join(self.join.clone()).await {
+            Ok(member) => self.member = member,
+            Err(error) => {
+                tracing::error!(%error, "joining again failed; will retry");
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+        }
     }
 
     async fn revoked(&mut self, revocation: Revocation) {

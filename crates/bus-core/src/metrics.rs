@@ -23,6 +23,7 @@ pub(crate) struct Metrics {
     pub(crate) commit_failures: AtomicU64,
     pub(crate) rebalances: AtomicU64,
     pub(crate) abandoned: AtomicU64,
+    pub(crate) group_failures: AtomicU64,
 }
 
 /// Gauges read from the live parts of the bus when a snapshot is taken.
@@ -59,6 +60,7 @@ impl Metrics {
             commit_failures: get(&self.commit_failures),
             rebalances: get(&self.rebalances),
             abandoned: get(&self.abandoned),
+            group_failures: get(&self.group_failures),
             subscriptions: gauges.subscriptions,
             in_flight: gauges.in_flight,
             live_tasks: gauges.live_tasks,
@@ -97,6 +99,9 @@ pub struct MetricsSnapshot {
     pub rebalances: u64,
     /// Handlers abandoned at a revoke or shutdown deadline (their messages will be redelivered).
     pub abandoned: u64,
+    /// Times a subscription's member was dropped by its group, or could not read its committed
+    /// offsets or open a partition (each is logged with the reason).
+    pub group_failures: u64,
     /// Gauge: active subscriptions.
     pub subscriptions: usize,
     /// Gauge: messages accepted by subscriptions' dispatch and not finished (queued or running).
