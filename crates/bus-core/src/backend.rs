@@ -194,6 +194,9 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// The record's envelope (if any) has been validated. The backend chooses the partition
     /// (the record's own, else its partitioner on the key, else spreading unkeyed records).
+    ///
+    /// Cancel-safe: dropping the future before it completes accepts nothing (the bus drops a
+    /// caller's send that is still waiting for room when shutdown begins).
     fn send(&self, record: Record) -> BoxFuture<'_, Result<DeliveryFuture, PublishError>>;
 
     /// Joins a consumer group.

@@ -73,6 +73,9 @@ struct BusInner {
     consumers: Scope,
     metrics: Arc<Metrics>,
     closed: AtomicBool,
+    /// Cancelled when shutdown begins: callers' publishes still waiting for buffer room give up
+    /// with `Closed` (the backend itself stays open while subscriptions drain, for dead letters).
+    closing: tokio_util::sync::CancellationToken,
     subscriptions: Registry,
     shutdown: OnceCell<Result<ShutdownReport, ShutdownError>>,
 }
@@ -129,6 +132,7 @@ impl EventBus {
                 consumers,
                 metrics: Arc::new(Metrics::default()),
                 closed: AtomicBool::new(false),
+                closing: tokio_util::sync::CancellationToken::new(),
                 subscriptions: Registry::default(),
                 shutdown: OnceCell::new(),
             }),
@@ -166,7 +170,14 @@ impl EventBus {
                 reason: "the topic name is empty".into(),
             });
         }
-        match self.inner.backend.send(record).await {
+        // A caller waiting for room when shutdown begins gets `Closed` at once. Dropping the
+        // backend's send while it waits accepts nothing (backends' sends are cancel-safe).
+        let sent = tokio::select! {
+            biased;
+            () = self.inner.closing.cancelled() => Err(PublishError::Closed),
+            sent = self.inner.backend.send(record) => sent,
+        };
+        match sent {
             Ok(delivery) => Ok(delivery.counted(Arc::clone(&self.inner.metrics))),
             Err(error) => {
                 Metrics::bump(&self.inner.metrics.publish_failed);
@@ -336,8 +347,10 @@ impl Backend for Unavailable {
 impl BusInner {
     async fn run_shutdown(&self, deadline: Instant) -> Result<ShutdownReport, ShutdownError> {
         let started = Instant::now();
-        // 1. Freeze admission: callers' publishes and subscribes fail from now on.
+        // 1. Freeze admission: callers' publishes and subscribes fail from now on, and those
+        // waiting for buffer room give up.
         self.closed.store(true, Ordering::Release);
+        self.closing.cancel();
         let subscriptions = std::mem::take(&mut *self.subscriptions.lock());
         // 2-4. Stop the subscriptions (stop fetching, drain handlers until the deadline, commit,
         // leave the groups) while the producers flush what callers already handed over. The
