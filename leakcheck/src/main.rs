@@ -78,6 +78,12 @@ impl From<&Probe> for Counts {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // `LEAKCHECK_LOG=debug` (or info, warn, …) shows the bus's own logs while it runs.
+    if let Some(level) =
+        std::env::var("LEAKCHECK_LOG").ok().and_then(|l| l.parse::<tracing::Level>().ok())
+    {
+        tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Blocking-pool threads end soon after use, so threads can return to the baseline.

@@ -89,11 +89,21 @@ impl std::fmt::Debug for EventBus {
     }
 }
 
+/// How often a bus's supervisor wakes the runtime (see [`EventBus::supervisor`]).
+const WATCHDOG_INTERVAL: Duration = Duration::from_millis(100);
+
 impl EventBus {
+    /// A new supervisor for a bus: root scope `bus`, with the runtime watchdog on, because a
+    /// bus runs foreign code (handlers) that might block its thread; backends create their
+    /// scopes under it and hand it to [`EventBus::with_backend`].
+    pub fn supervisor() -> Supervisor {
+        Supervisor::builder("bus").runtime_watchdog(WATCHDOG_INTERVAL).build()
+    }
+
     /// A bus on the in-memory backend with its default configuration. Call it inside a tokio
     /// runtime (with timers enabled).
     pub fn in_memory() -> EventBus {
-        let supervisor = Supervisor::new("bus");
+        let supervisor = Self::supervisor();
         match MemoryBackend::new(supervisor.root().child("memory"), MemoryConfig::default()) {
             Ok(backend) => Self::assemble(supervisor, backend.clone(), Some(backend)),
             // The default configuration is valid; this arm exists so that nothing can panic.
@@ -107,7 +117,7 @@ impl EventBus {
     ///
     /// A [`ConfigError`] naming the field out of range.
     pub fn in_memory_with(config: MemoryConfig) -> Result<EventBus, ConfigError> {
-        let supervisor = Supervisor::new("bus");
+        let supervisor = Self::supervisor();
         let backend = MemoryBackend::new(supervisor.root().child("memory"), config)?;
         Ok(Self::assemble(supervisor, backend.clone(), Some(backend)))
     }

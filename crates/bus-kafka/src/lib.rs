@@ -22,7 +22,6 @@ mod producer;
 use std::sync::Arc;
 
 use bus_core::EventBus;
-use bus_supervisor::Supervisor;
 
 pub use backend::KafkaBackend;
 pub use client::{Admin, KafkaClient};
@@ -39,7 +38,7 @@ pub use error::KafkaError;
 pub async fn connect(config: KafkaConfig) -> Result<EventBus, KafkaError> {
     let config = Arc::new(config);
     let client = Arc::new(KafkaClient::connect(Arc::clone(&config)).await?);
-    let supervisor = Supervisor::new("bus");
+    let supervisor = EventBus::supervisor();
     let scope = supervisor.root().child("kafka");
     let producer = producer::Producer::start(scope.child("producer"), Arc::clone(&client))?;
     let backend = Arc::new(KafkaBackend::new(scope, client, producer));

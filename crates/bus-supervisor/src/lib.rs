@@ -86,6 +86,7 @@ mod snapshot;
 mod supervisor;
 mod table;
 mod task;
+mod watchdog;
 
 pub use error::{SpawnError, TaskError};
 pub use leak::{LeakGuard, LeakReport};

@@ -439,8 +439,10 @@ impl Scope {
     ) -> Result<(Cow<'_, Handle>, TaskGuard, tracing::Span, HandleParts), SpawnError> {
         let runtime = self.inner.runtime()?;
         let (guard, id) = self.inner.register(name.clone(), site, kind)?;
+        // A root span: a task's path says where it is; it does not belong to its spawner's span.
         let span = tracing::info_span!(
             target: "bus_supervisor",
+            parent: None,
             "task",
             path = %TaskPath { scope: &self.inner.path, name: &name },
         );

@@ -15,6 +15,7 @@ use crate::restart::{Escalation, SupervisionEvent};
 use crate::scope::{Scope, ScopeInner, Tree};
 use crate::shutdown::{ShutdownError, ShutdownReport};
 use crate::snapshot::Snapshot;
+use crate::watchdog::Watchdog;
 
 /// Owns a task tree: its root [`Scope`], every scope below it and every task in them.
 ///
@@ -23,6 +24,8 @@ use crate::snapshot::Snapshot;
 /// [`Supervisor::shutdown`]. Dropping it without a shutdown aborts the whole tree.
 pub struct Supervisor {
     root: Scope,
+    /// Dropped after the tree is aborted (fields drop in order after `Drop::drop`).
+    _watchdog: Option<Watchdog>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -38,9 +41,19 @@ pub struct SupervisorBuilder {
     runtime: Option<Handle>,
     abort_grace: Duration,
     event_capacity: usize,
+    watchdog: Option<Duration>,
 }
 
 impl SupervisorBuilder {
+    /// Wakes the runtime from a thread of the supervisor's own every `interval`, so that a task
+    /// that blocks its worker thread cannot stall the runtime's I/O and timers (and with them a
+    /// shutdown's deadline). Off by default; worth it wherever foreign code (handlers) runs in
+    /// the tree. See the `watchdog` module for the tokio behaviour this works around.
+    pub fn runtime_watchdog(mut self, interval: Duration) -> Self {
+        self.watchdog = Some(interval);
+        self
+    }
+
     /// Runs the tree's tasks on `runtime` instead of the runtime current at `build` (or at each
     /// spawn, when there was none at `build`).
     pub fn runtime(mut self, runtime: Handle) -> Self {
@@ -66,8 +79,15 @@ impl SupervisorBuilder {
     /// Builds the supervisor.
     pub fn build(self) -> Supervisor {
         let runtime = self.runtime.or_else(|| Handle::try_current().ok());
+        let watchdog = match (&runtime, self.watchdog) {
+            (Some(handle), Some(interval)) => Watchdog::start(handle.clone(), interval, &self.name),
+            _ => None,
+        };
         let tree = std::sync::Arc::new(Tree::new(runtime, self.abort_grace, self.event_capacity));
-        Supervisor { root: Scope { inner: ScopeInner::new_root(&self.name, tree) } }
+        Supervisor {
+            root: Scope { inner: ScopeInner::new_root(&self.name, tree) },
+            _watchdog: watchdog,
+        }
     }
 }
 
@@ -85,6 +105,7 @@ impl Supervisor {
             runtime: None,
             abort_grace: Duration::from_millis(250),
             event_capacity: 256,
+            watchdog: None,
         }
     }
 
