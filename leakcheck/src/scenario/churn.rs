@@ -109,18 +109,8 @@ pub(crate) async fn rebalance_churn(
     run.problems.extend(notes);
     run.messages = *acked.lock();
     progress.set_length(run.messages);
-    if !wait_until(Duration::from_secs(120), || book.lock().distinct() >= run.messages).await {
-        run.problems.push("not every acknowledged envelope was handled".into());
-    }
-    {
-        let book = book.lock();
-        run.lost = run.messages.saturating_sub(book.distinct());
-        run.out_of_order = book.out_of_order;
-        run.duplicates = book.duplicates;
-    }
-    if run.out_of_order > 0 {
-        run.problems.push(format!("{} envelope(s) handled out of order", run.out_of_order));
-    }
+    let expected = run.messages;
+    run.account(&book, expected).await;
     run.notes.push(format!("{} redelivered across {ROUNDS} join/leave rounds", run.duplicates));
     drop(steady);
     shut_down(&bus, Duration::from_secs(10), &mut run).await;

@@ -240,21 +240,8 @@ async fn faults(progress: &ProgressBar, run: &mut Run) -> Result<(), String> {
         }
     }
     run.notes.push(format!("{cuts} connection(s) cut; broker restarted once"));
-    if !wait_until(Duration::from_secs(120), || book.lock().distinct() >= run.messages).await {
-        run.problems.push("not every acknowledged envelope was handled".into());
-    }
-    {
-        let book = book.lock();
-        run.lost = run.messages.saturating_sub(book.distinct());
-        run.out_of_order = book.out_of_order;
-        run.duplicates = book.duplicates;
-    }
-    if run.lost > 0 {
-        run.problems.push(format!("{} acknowledged envelope(s) lost", run.lost));
-    }
-    if run.out_of_order > 0 {
-        run.problems.push(format!("{} envelope(s) handled out of order", run.out_of_order));
-    }
+    let expected = run.messages;
+    run.account(&book, expected).await;
     drop(subscription);
     shut_down(&bus, Duration::from_secs(10), run).await;
     drop(bus);

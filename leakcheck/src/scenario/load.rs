@@ -117,23 +117,9 @@ pub(crate) async fn load(
         }
     }
 
-    let all_handled =
-        wait_until(Duration::from_secs(120), || book.lock().distinct() >= run.messages).await;
-    let elapsed = started.elapsed();
+    let all_handled = run.account(&book, run.messages + warm).await;
     if all_handled {
-        run.rate = Some(run.messages as f64 / elapsed.as_secs_f64());
-    }
-    {
-        let book = book.lock();
-        run.lost = (run.messages + warm).saturating_sub(book.distinct());
-        run.out_of_order = book.out_of_order;
-        run.duplicates = book.duplicates;
-    }
-    if run.lost > 0 {
-        run.problems.push(format!("{} acknowledged envelope(s) never handled", run.lost));
-    }
-    if run.out_of_order > 0 {
-        run.problems.push(format!("{} envelope(s) handled out of order", run.out_of_order));
+        run.rate = Some(run.messages as f64 / started.elapsed().as_secs_f64());
     }
     drop(subscriptions);
     shut_down(&bus, Duration::from_secs(10), &mut run).await;

@@ -92,6 +92,27 @@ pub(crate) struct Run {
     pub(crate) notes: Vec<String>,
 }
 
+impl Run {
+    /// Waits (up to 120 s) until `expected` distinct envelopes were handled, then records what
+    /// `book` saw: losses, order violations (both problems) and redeliveries. True when all
+    /// arrived.
+    pub(crate) async fn account(&mut self, book: &Mutex<OrderBook>, expected: u64) -> bool {
+        let arrived =
+            wait_until(Duration::from_secs(120), || book.lock().distinct() >= expected).await;
+        let book = book.lock();
+        self.lost = expected.saturating_sub(book.distinct());
+        self.out_of_order = book.out_of_order;
+        self.duplicates = book.duplicates;
+        if self.lost > 0 {
+            self.problems.push(format!("{} acknowledged envelope(s) never handled", self.lost));
+        }
+        if self.out_of_order > 0 {
+            self.problems.push(format!("{} envelope(s) handled out of order", self.out_of_order));
+        }
+        arrived
+    }
+}
+
 /// Per-aggregate ordering check: versions must arrive as 1, 2, 3, …; a repeat of a version
 /// already seen is a duplicate (at-least-once), a jump ahead is an order violation.
 #[derive(Default)]
