@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,17 +42,8 @@ pub fn options(group: &str) -> SubscribeOptions {
         .with_rebalance_timeout(Duration::from_secs(20))
 }
 
-/// Waits for `condition` up to `timeout`, checking every 20 ms.
-pub async fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+#[allow(unused_imports)] // each test file uses a different part
+pub use bus_tests::{peer_python, wait_for, workspace};
 
 /// Produces keyed, versioned records through rskafka.
 pub struct Source {
@@ -290,57 +281,9 @@ pub fn check_order(log: &[Handled], produced: &BTreeSet<(String, u64)>) -> (usiz
     (duplicates, rewinds)
 }
 
-/// The workspace root.
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The Python interpreter that has confluent-kafka: `BUS_PEER_PYTHON`, else
-/// `target/peer-venv` (installed by `cargo xtask test`), else `python3` if it has it.
-pub fn peer_python() -> PathBuf {
-    if let Ok(python) = std::env::var("BUS_PEER_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let venv = workspace().join("target").join("peer-venv").join("bin").join("python");
-    if venv.is_file() {
-        return venv;
-    }
-    let system = Command::new("python3")
-        .args(["-c", "import confluent_kafka"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        system,
-        "the peer client (Python confluent-kafka 2.16.1) is not installed at {}: run the tests \
-         with `cargo xtask test`, or `python3 -m venv target/peer-venv && \
-         target/peer-venv/bin/pip install confluent-kafka==2.16.1`, or set BUS_PEER_PYTHON",
-        venv.display()
-    );
-    PathBuf::from("python3")
-}
-
-fn script() -> PathBuf {
-    workspace().join("tests").join("peer").join("group_peer.py")
-}
-
 /// Runs `group_peer.py` with `args`, returning its JSON output.
 pub fn peer(args: &[&str]) -> serde_json::Value {
-    let output = Command::new(peer_python())
-        .arg(script())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the peer: {e}"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the peer `{}` failed ({}): {stderr}",
-        args.join(" "),
-        output.status
-    );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("the peer printed no JSON ({e}); stderr: {stderr}"))
+    bus_tests::run_peer("group_peer.py", args, "")
 }
 
 /// The group's committed offsets as the peer reads them (partition -> offset).
@@ -389,7 +332,7 @@ impl PeerConsumer {
             std::env::temp_dir().join(bus_tests::unique("group-peer")).with_extension("jsonl");
         std::fs::write(&out, b"").unwrap();
         let child = Command::new(peer_python())
-            .arg(script())
+            .arg(workspace().join("tests").join("peer").join("group_peer.py"))
             .args(["consume", "--bootstrap", &bus_tests::bootstrap(), "--topic", topic])
             .args(["--group", group, "--assignor", assignor, "--out"])
             .arg(&out)
