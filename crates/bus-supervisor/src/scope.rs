@@ -36,7 +36,7 @@ use crate::error::SpawnError;
 use crate::restart::{Escalation, SupervisionEvent};
 use crate::shutdown::{JoinTimeout, Outcome, ShutdownError, ShutdownReport};
 use crate::snapshot::ScopeSnapshot;
-use crate::table::{TaskKey, TaskTable};
+use crate::table::TaskTable;
 use crate::task::{
     Supervised, TaskEntry, TaskGuard, TaskHandle, TaskId, TaskInfo, TaskKind, TaskPath,
     run_blocking,
@@ -147,11 +147,11 @@ impl ScopeInner {
             tree,
             token,
             aborted: AtomicBool::new(abort.is_cancelled()),
+            tasks: TaskTable::new(closed, abort.is_cancelled()),
             abort,
             supervised,
             busy: CachePadded(AtomicUsize::new(0)),
             idle: Notify::new(),
-            tasks: TaskTable::new(closed),
             children: Mutex::new(Children { list: Vec::new(), prune_at: 8 }),
             shutdown: OnceCell::new(),
             failure: Mutex::new(None),
@@ -206,7 +206,7 @@ impl ScopeInner {
         self.busy.0.load(Ordering::Acquire) == 0
     }
 
-    fn acquire(&self) {
+    pub(crate) fn acquire(&self) {
         if self.busy.0.fetch_add(1, Ordering::AcqRel) == 0
             && let Some(parent) = &self.parent
         {
@@ -214,7 +214,7 @@ impl ScopeInner {
         }
     }
 
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         if self.busy.0.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
             if let Some(parent) = &self.parent {
@@ -232,26 +232,12 @@ impl ScopeInner {
     ) -> Result<(TaskGuard, u64), SpawnError> {
         let id = self.tree.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = TaskEntry { id, name, site, started_ns: self.tree.now_ns(), kind };
-        // Counted under the table's lock: a shutdown that closes this scope afterwards sees it.
-        let key = self
+        // Counted under the shard's lock: a shutdown that closes this scope afterwards sees it.
+        let (shard, slot) = self
             .tasks
-            .insert(entry, || self.acquire())
+            .insert(self, entry)
             .map_err(|_| SpawnError::Closed { scope: self.path.to_string() })?;
-        Ok((TaskGuard { scope: Arc::clone(self), key }, id))
-    }
-
-    /// Removes a task: called only from [`TaskGuard`]'s drop.
-    pub(crate) fn deregister(&self, key: TaskKey) {
-        let entry = self.tasks.remove(key);
-        drop(entry);
-        self.release();
-    }
-
-    pub(crate) fn task_name_and_site(
-        &self,
-        key: TaskKey,
-    ) -> (Cow<'static, str>, Option<&'static Location<'static>>) {
-        self.tasks.with(key, |e| (e.name.clone(), Some(e.site))).unwrap_or_default()
+        Ok((TaskGuard { shard, slot }, id))
     }
 
     /// The runtime to spawn on: the tree's, else the current one.
@@ -303,6 +289,7 @@ impl ScopeInner {
 
     fn close_and_list(&self, into: &mut Vec<TaskInfo>) {
         self.aborted.store(true, Ordering::Release);
+        self.tasks.abort();
         let now = self.tree.now_ns();
         let children = self.close();
         into.extend(self.tasks.map(|e| e.info(&self.path, now, true)));

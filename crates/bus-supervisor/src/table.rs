@@ -1,20 +1,29 @@
 //! The table of one scope's live tasks.
 //!
 //! Owns: [`TaskTable`], the entries of a scope's live tasks, split over a few independently
-//! locked shards so that the thread spawning tasks and the workers ending them rarely wait for
-//! each other. Each shard is a slab with a free list: registering and deregistering cost no
-//! hashing and no search. A task's [`TaskKey`] (shard and slot) is kept by its guard.
+//! locked [`Shard`]s so that the thread spawning tasks and the workers ending them rarely wait
+//! for each other. Each shard is a slab with a free list (no hashing, no search) and is its own
+//! `Arc`: a task's guard holds its shard and slot, so registering and deregistering touch the
+//! shard's cache lines only (its lock, its reference count), not the scope's.
 //!
 //! Invariants:
 //! - A slot holds at most one entry and is reused only after its entry was removed.
 //! - Each shard carries the scope's `closed` flag, set under the shard's lock by
-//!   [`TaskTable::close`], and [`TaskTable::insert`] checks it under the same lock: once `close`
-//!   has returned, no insert can succeed.
+//!   [`TaskTable::close`], and insertion checks it under the same lock: once `close` has
+//!   returned, no insert can succeed.
+//! - A non-empty shard holds its scope (so a scope with live tasks stays alive) and counts once
+//!   in the scope's `busy` count: the shard's transitions between empty and not empty, made
+//!   under its lock, are the only times a task's registration touches the scope.
 //! - A shard that empties keeps room for at most `RETAIN` tasks; a larger burst's memory is
 //!   given back.
 
+use std::panic::Location;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use parking_lot::Mutex;
 
+use crate::scope::ScopeInner;
 use crate::task::TaskEntry;
 
 /// Shards per table (a power of two).
@@ -23,120 +32,162 @@ const SHARDS: usize = 4;
 /// back.
 const RETAIN: usize = 1 << 15;
 
-/// Where a task's entry lives.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct TaskKey {
-    shard: u8,
-    slot: u32,
-}
-
-#[derive(Default)]
-struct Shard {
+struct ShardState {
     closed: bool,
     slots: Vec<Option<TaskEntry>>,
     free: Vec<u32>,
     len: usize,
+    /// The scope, held while the shard has entries.
+    scope: Option<Arc<ScopeInner>>,
 }
 
-/// One shard on its own cache lines, so that threads working on different shards do not contend
-/// through false sharing.
-#[repr(align(128))]
-struct Padded(Mutex<Shard>);
-
-pub(crate) struct TaskTable {
-    shards: [Padded; SHARDS],
+/// One independently locked part of a scope's table.
+pub(crate) struct Shard {
+    state: Mutex<ShardState>,
+    /// The scope's abort switch, mirrored here so that a task's poll reads it from the shard
+    /// its guard already holds.
+    aborted: AtomicBool,
 }
 
 /// The table was closed: no insert.
 pub(crate) struct Closed;
 
+pub(crate) struct TaskTable {
+    shards: [Arc<Shard>; SHARDS],
+}
+
 impl TaskTable {
-    pub(crate) fn new(closed: bool) -> Self {
+    pub(crate) fn new(closed: bool, aborted: bool) -> Self {
         TaskTable {
             shards: std::array::from_fn(|_| {
-                Padded(Mutex::new(Shard { closed, ..Shard::default() }))
+                Arc::new(Shard {
+                    state: Mutex::new(ShardState {
+                        closed,
+                        slots: Vec::new(),
+                        free: Vec::new(),
+                        len: 0,
+                        scope: None,
+                    }),
+                    aborted: AtomicBool::new(aborted),
+                })
             }),
         }
     }
 
-    /// Stores `entry` unless the table is closed, and runs `counted` under the shard's lock (so
-    /// that whoever closes the table afterwards sees what `counted` did).
+    /// Stores `entry` unless the table is closed; returns its shard and slot. When the shard was
+    /// empty it takes hold of `scope` and counts in it (under the shard's lock, so that whoever
+    /// closes the table afterwards sees the count).
     pub(crate) fn insert(
         &self,
+        scope: &Arc<ScopeInner>,
         entry: TaskEntry,
-        counted: impl FnOnce(),
-    ) -> Result<TaskKey, Closed> {
-        let shard_index = (entry.id as usize) & (SHARDS - 1);
-        let mut shard = self.shards[shard_index].0.lock();
-        if shard.closed {
+    ) -> Result<(Arc<Shard>, u32), Closed> {
+        let shard = &self.shards[(entry.id as usize) & (SHARDS - 1)];
+        let mut state = shard.state.lock();
+        if state.closed {
             return Err(Closed);
         }
-        shard.len += 1;
-        let slot = match shard.free.pop() {
+        if state.len == 0 {
+            state.scope = Some(Arc::clone(scope));
+            scope.acquire();
+        }
+        state.len += 1;
+        let slot = match state.free.pop() {
             Some(slot) => {
-                shard.slots[slot as usize] = Some(entry);
+                state.slots[slot as usize] = Some(entry);
                 slot
             }
             None => {
-                shard.slots.push(Some(entry));
+                state.slots.push(Some(entry));
                 // More than 4 billion live tasks in one shard would exhaust memory first.
-                u32::try_from(shard.slots.len() - 1).unwrap_or(u32::MAX)
+                u32::try_from(state.slots.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        counted();
-        drop(shard);
-        // shard_index < SHARDS <= 256
-        Ok(TaskKey { shard: shard_index as u8, slot })
-    }
-
-    /// Removes and returns the entry at `key`.
-    pub(crate) fn remove(&self, key: TaskKey) -> Option<TaskEntry> {
-        let mut shard = self.shards[usize::from(key.shard)].0.lock();
-        let entry = shard.slots.get_mut(key.slot as usize)?.take()?;
-        shard.len -= 1;
-        if shard.len == 0 {
-            shard.slots.clear();
-            shard.free.clear();
-            // Keep the room of a moderate burst for the next one; give back the excess of a
-            // large one.
-            if shard.slots.capacity() > RETAIN {
-                shard.slots.shrink_to(RETAIN);
-                shard.free.shrink_to(RETAIN);
-            }
-        } else {
-            shard.free.push(key.slot);
-        }
-        Some(entry)
-    }
-
-    /// Reads the entry at `key`.
-    pub(crate) fn with<R>(&self, key: TaskKey, f: impl FnOnce(&TaskEntry) -> R) -> Option<R> {
-        let shard = self.shards[usize::from(key.shard)].0.lock();
-        shard.slots.get(key.slot as usize)?.as_ref().map(f)
+        drop(state);
+        Ok((Arc::clone(shard), slot))
     }
 
     /// Closes every shard.
     pub(crate) fn close(&self) {
         for shard in &self.shards {
-            shard.0.lock().closed = true;
+            shard.state.lock().closed = true;
         }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.shards[0].0.lock().closed
+        self.shards[0].state.lock().closed
+    }
+
+    /// Throws the abort switch of every shard.
+    pub(crate) fn abort(&self) {
+        for shard in &self.shards {
+            shard.aborted.store(true, Ordering::Release);
+        }
     }
 
     /// The number of entries.
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.0.lock().len).sum()
+        self.shards.iter().map(|s| s.state.lock().len).sum()
     }
 
     /// Maps every entry (shard by shard).
     pub(crate) fn map<T>(&self, mut f: impl FnMut(&TaskEntry) -> T) -> Vec<T> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            out.extend(shard.0.lock().slots.iter().flatten().map(&mut f));
+            out.extend(shard.state.lock().slots.iter().flatten().map(&mut f));
         }
         out
+    }
+}
+
+impl Shard {
+    /// Removes the entry in `slot`; when the shard empties, lets go of its scope and uncounts it.
+    pub(crate) fn remove(&self, slot: u32) {
+        let (entry, emptied) = {
+            let mut state = self.state.lock();
+            let entry = state.slots.get_mut(slot as usize).and_then(Option::take);
+            if entry.is_some() {
+                state.len -= 1;
+            }
+            let emptied = if state.len == 0 {
+                state.slots.clear();
+                state.free.clear();
+                // Keep the room of a moderate burst for the next one.
+                if state.slots.capacity() > RETAIN {
+                    state.slots.shrink_to(RETAIN);
+                    state.free.shrink_to(RETAIN);
+                }
+                state.scope.take()
+            } else {
+                if entry.is_some() {
+                    state.free.push(slot);
+                }
+                None
+            };
+            (entry, emptied)
+        };
+        drop(entry);
+        if let Some(scope) = emptied {
+            scope.release();
+        }
+    }
+
+    /// Whether the scope's abort switch was thrown (one atomic load).
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// The scope (held while the shard has entries, so while a guard of it lives).
+    pub(crate) fn scope(&self) -> Option<Arc<ScopeInner>> {
+        self.state.lock().scope.clone()
+    }
+
+    /// The name and spawn site of the entry in `slot`.
+    pub(crate) fn name_and_site(
+        &self,
+        slot: u32,
+    ) -> Option<(std::borrow::Cow<'static, str>, &'static Location<'static>)> {
+        let state = self.state.lock();
+        state.slots.get(slot as usize)?.as_ref().map(|e| (e.name.clone(), e.site))
     }
 }

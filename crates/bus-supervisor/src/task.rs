@@ -27,7 +27,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Span;
 
 use crate::error::TaskError;
-use crate::scope::ScopeInner;
+use crate::table::Shard;
 
 /// Identifies a task within one supervisor tree.
 ///
@@ -156,13 +156,13 @@ impl fmt::Display for TaskPath<'_> {
 /// The registration of one task. Dropping it removes the task from its scope's table and
 /// decrements the live counts of the scope and all its ancestors.
 pub(crate) struct TaskGuard {
-    pub(crate) scope: Arc<ScopeInner>,
-    pub(crate) key: crate::table::TaskKey,
+    pub(crate) shard: Arc<Shard>,
+    pub(crate) slot: u32,
 }
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        self.scope.deregister(self.key);
+        self.shard.remove(self.slot);
     }
 }
 
@@ -215,7 +215,7 @@ impl<F: Future> Future for Supervised<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if this.guard.scope.is_aborted() {
+        if this.guard.shard.is_aborted() {
             return Poll::Ready(Err(Ended::Aborted));
         }
         let inner = this.inner;
@@ -226,13 +226,16 @@ impl<F: Future> Future for Supervised<F> {
         match polled {
             Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
             Ok(Poll::Pending) => {
-                let scope = &this.guard.scope;
-                let waiter = this.aborted.get_or_insert_with(|| {
-                    Box::pin(scope.abort_switch().clone().cancelled_owned())
-                });
-                match waiter.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(Ended::Aborted)),
-                    Poll::Pending => Poll::Pending,
+                if this.aborted.is_none() {
+                    // The shard holds its scope while this task is registered.
+                    if let Some(scope) = this.guard.shard.scope() {
+                        *this.aborted =
+                            Some(Box::pin(scope.abort_switch().clone().cancelled_owned()));
+                    }
+                }
+                match this.aborted.as_mut().map(|waiter| waiter.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Err(Ended::Aborted)),
+                    _ => Poll::Pending,
                 }
             }
             Err(payload) => {
@@ -251,7 +254,7 @@ pub(crate) fn run_blocking<R>(
     span: Span,
     f: impl FnOnce() -> R,
 ) -> Result<R, Ended> {
-    if guard.scope.is_aborted() {
+    if guard.shard.is_aborted() {
         return Err(Ended::Aborted);
     }
     let _entered = span.enter();
@@ -263,10 +266,15 @@ pub(crate) fn run_blocking<R>(
 }
 
 fn report_panic(guard: &TaskGuard, message: &str) {
-    let (name, site) = guard.scope.task_name_and_site(guard.key);
+    let (name, site) = match guard.shard.name_and_site(guard.slot) {
+        Some((name, site)) => (name, Some(site)),
+        None => (Cow::Borrowed(""), None),
+    };
+    let scope_path =
+        guard.shard.scope().map_or_else(|| Arc::from("?"), |scope| Arc::clone(&scope.path));
     tracing::error!(
         target: "bus_supervisor",
-        path = %TaskPath { scope: &guard.scope.path, name: &name },
+        path = %TaskPath { scope: &scope_path, name: &name },
         spawned_at = %DisplaySite(site),
         panic = %message,
         "supervised task panicked"
