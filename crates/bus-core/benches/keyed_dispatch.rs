@@ -34,7 +34,7 @@ fn messages(n: usize, keys: &[Bytes]) -> Vec<Vec<Message>> {
     let mut batch = Vec::with_capacity(BATCH);
     for i in 0..n {
         batch.push(Message {
-            topic: "bench".to_owned(),
+            topic: "bench".into(),
             partition: 0,
             offset: i as i64,
             key: Some(keys[i % keys.len()].clone()),

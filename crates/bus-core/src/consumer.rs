@@ -23,6 +23,7 @@
 //! - Nothing here spawns outside the supervisor.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,9 +36,9 @@ use crate::backend::{
     Backend, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation, StartAt,
     TopicPartition,
 };
-use crate::dispatch::{DispatchConfig, KeyedDispatch, Processed};
+use crate::dispatch::{DispatchConfig, KeyedDispatch, Process, Processed};
 use crate::error::{HandlerError, SubscribeError};
-use crate::handler::{ErasedHandler, Failure};
+use crate::handler::{ErasedHandler, Failure, Invoke};
 use crate::metrics::Metrics;
 use crate::options::SubscribeOptions;
 use crate::record::{Message, Record};
@@ -84,14 +85,32 @@ pub struct SubscriptionReport {
     pub left_group: bool,
 }
 
-/// Everything a subscription's tasks share.
-struct Runtime {
+/// Everything a subscription's tasks share (the handler aside: see [`Processor`]).
+pub(crate) struct Runtime {
     backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     topic: String,
     options: SubscribeOptions,
     dead_letter_topic: String,
-    handler: ErasedHandler,
+}
+
+/// The processing of a subscription's messages, generic over its handler, so that a dispatch
+/// worker polls the handler's future in place (no boxing per message).
+pub(crate) struct Processor<I> {
+    runtime: Arc<Runtime>,
+    invoke: I,
+}
+
+impl<I: Invoke> Processor<I> {
+    pub(crate) fn new(runtime: Arc<Runtime>, invoke: I) -> Self {
+        Processor { runtime, invoke }
+    }
+}
+
+impl<I: Invoke> Process for Processor<I> {
+    fn process(&self, message: Message) -> impl Future<Output = Processed> + Send {
+        self.runtime.process(&self.invoke, message)
+    }
 }
 
 /// The list of running subscriptions a bus keeps.
@@ -228,16 +247,11 @@ pub(crate) async fn subscribe(
         topic: topic.to_owned(),
         dead_letter_topic: options.dead_letter_topic_for(topic),
         options,
-        handler,
     });
-    let process_runtime = Arc::clone(&runtime);
-    let dispatch = KeyedDispatch::start(
+    let dispatch = handler.start(
         &scope.child("dispatch"),
         DispatchConfig::from_options(&runtime.options),
-        Arc::new(move |message| {
-            let runtime = Arc::clone(&process_runtime);
-            Box::pin(async move { runtime.process(message).await })
-        }),
+        Arc::clone(&runtime),
     )?;
     let (stop, stop_rx) = watch::channel(None);
     let (report_tx, report) = watch::channel(None);
@@ -266,14 +280,16 @@ pub(crate) async fn subscribe(
 
 impl Runtime {
     /// Handles one message to the end: handler (with timeout and retries), or dead letter.
-    async fn process(&self, message: Message) -> Processed {
+    /// The handler gets a clone of the message per attempt (cheap: see `record`); the
+    /// dead-letter path, rare, is boxed so that it does not weigh on every message's future.
+    async fn process<I: Invoke>(&self, handler: &I, message: Message) -> Processed {
         let retry = &self.options.retry;
         let mut attempt: u32 = 1;
         loop {
             let outcome = match self.options.handler_timeout {
-                None => (self.handler)(message.clone()).await,
+                None => handler.invoke(message.clone()).await,
                 Some(limit) => {
-                    match tokio::time::timeout(limit, (self.handler)(message.clone())).await {
+                    match tokio::time::timeout(limit, handler.invoke(message.clone())).await {
                         Ok(outcome) => outcome,
                         Err(_) => {
                             Metrics::bump(&self.metrics.handler_timeouts);
@@ -286,12 +302,12 @@ impl Runtime {
             };
             match outcome {
                 Ok(()) => {
-                    Metrics::bump(&self.metrics.handled);
+                    self.metrics.handled.bump();
                     return Processed::Done;
                 }
                 Err(Failure::Poison(reason)) => {
                     Metrics::bump(&self.metrics.poison);
-                    return self.dead_letter(&message, "poison", &reason, attempt).await;
+                    return Box::pin(self.dead_letter(&message, "poison", &reason, attempt)).await;
                 }
                 Err(Failure::Handler(error)) => {
                     Metrics::bump(&self.metrics.handler_failures);
@@ -306,7 +322,8 @@ impl Runtime {
                         continue;
                     }
                     let reason = error.to_string();
-                    return self.dead_letter(&message, "handler-error", &reason, attempt).await;
+                    return Box::pin(self.dead_letter(&message, "handler-error", &reason, attempt))
+                        .await;
                 }
             }
         }
@@ -325,7 +342,7 @@ impl Runtime {
         let mut headers = message.headers.clone();
         headers.set(h::REASON, reason.to_owned());
         headers.set(h::ERROR, error.to_owned());
-        headers.set(h::SOURCE_TOPIC, message.topic.clone());
+        headers.set(h::SOURCE_TOPIC, message.topic.to_string());
         headers.set(h::SOURCE_PARTITION, message.partition.to_string());
         headers.set(h::SOURCE_OFFSET, message.offset.to_string());
         headers.set(h::GROUP, self.options.group.clone());

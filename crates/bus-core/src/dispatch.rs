@@ -85,6 +85,22 @@ pub enum Processed {
 /// message is abandoned by [`KeyedDispatch::drain`].
 pub type ProcessFn = Arc<dyn Fn(Message) -> BoxFuture<'static, Processed> + Send + Sync>;
 
+/// What a dispatch runs for each message, on a worker: a [`ProcessFn`] (one boxed future per
+/// message), or a type of its own started with [`KeyedDispatch::start_with`], whose futures the
+/// workers poll in place. The future is dropped if the message is abandoned by
+/// [`KeyedDispatch::drain`]; a panic while creating or polling it is caught (the message stays
+/// uncommitted).
+pub trait Process: Send + Sync + 'static {
+    /// Processes one message.
+    fn process(&self, message: Message) -> impl Future<Output = Processed> + Send;
+}
+
+impl Process for ProcessFn {
+    fn process(&self, message: Message) -> impl Future<Output = Processed> + Send {
+        self(message)
+    }
+}
+
 /// How a [`KeyedDispatch`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DispatchConfig {
@@ -237,11 +253,26 @@ impl KeyedDispatch {
         config: DispatchConfig,
         process: ProcessFn,
     ) -> Result<KeyedDispatch, SpawnError> {
+        KeyedDispatch::start_with(scope, config, process)
+    }
+
+    /// As [`KeyedDispatch::start`], with a [`Process`] of any type: its futures are polled in
+    /// place by the workers, not boxed.
+    ///
+    /// # Errors
+    ///
+    /// As for [`KeyedDispatch::start`].
+    #[track_caller]
+    pub fn start_with<P: Process>(
+        scope: &Scope,
+        config: DispatchConfig,
+        process: P,
+    ) -> Result<KeyedDispatch, SpawnError> {
         let config = config.normalized();
+        let process = Arc::new(process);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(config)),
             config,
-            process,
             hasher: FxBuildHasher,
             work: Notify::new(),
             room: Notify::new(),
@@ -252,7 +283,9 @@ impl KeyedDispatch {
         let dispatch = KeyedDispatch { handle: Arc::new(Handle { shared: Arc::clone(&shared) }) };
         for i in 0..config.concurrency {
             // On error `dispatch` drops, which closes it, so the workers already started exit.
-            scope.spawn(format!("worker-{i}"), worker(Arc::clone(&shared), i))?.detach();
+            scope
+                .spawn(format!("worker-{i}"), worker(Arc::clone(&shared), Arc::clone(&process), i))?
+                .detach();
         }
         Ok(dispatch)
     }
@@ -488,7 +521,6 @@ impl KeyedDispatch {
 struct Shared {
     state: Mutex<State>,
     config: DispatchConfig,
-    process: ProcessFn,
     hasher: FxBuildHasher,
     /// Idle workers wait here for ready messages.
     work: Notify,
@@ -1118,7 +1150,7 @@ enum Next {
 
 /// A worker: takes ready messages one at a time until the dispatch closes or the scope is
 /// cancelled.
-async fn worker(shared: Arc<Shared>, index: usize) {
+async fn worker<P: Process>(shared: Arc<Shared>, process: Arc<P>, index: usize) {
     let Some(ctl) = shared.workers.get(index) else {
         return;
     };
@@ -1166,7 +1198,7 @@ async fn worker(shared: Arc<Shared>, index: usize) {
                 check_scope = true;
             }
             Next::Run(Job { slot, msg, seq }) => {
-                let (finish, was_pending) = run(&shared.process, msg, ctl, seq).await;
+                let (finish, was_pending) = run(&*process, msg, ctl, seq).await;
                 finished = Some((slot, finish));
                 unchecked += 1;
                 check_scope = was_pending || unchecked >= SCOPE_CHECK_EVERY;
@@ -1179,10 +1211,11 @@ async fn worker(shared: Arc<Shared>, index: usize) {
 
 /// Processes one message; drops its future when the worker's job `seq` is abandoned; catches
 /// panics. Also tells whether the future was ever pending.
-async fn run(process: &ProcessFn, msg: Message, ctl: &WorkerCtl, seq: u64) -> (Finish, bool) {
-    let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| process(msg))) else {
+async fn run<P: Process>(process: &P, msg: Message, ctl: &WorkerCtl, seq: u64) -> (Finish, bool) {
+    let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| process.process(msg))) else {
         return (Finish::Panicked, false);
     };
+    let future = pin!(future);
     let mut future = CatchUnwind { future, pending: false };
     let finish = tokio::select! {
         // Polled first: a future ready at once never touches the abandon watch.
@@ -1198,12 +1231,12 @@ async fn run(process: &ProcessFn, msg: Message, ctl: &WorkerCtl, seq: u64) -> (F
 
 /// Polls a processing future, turning a panic into an error and noting whether it was ever
 /// pending.
-struct CatchUnwind {
-    future: BoxFuture<'static, Processed>,
+struct CatchUnwind<'a, F> {
+    future: Pin<&'a mut F>,
     pending: bool,
 }
 
-impl Future for CatchUnwind {
+impl<F: Future<Output = Processed>> Future for CatchUnwind<'_, F> {
     type Output = Result<Processed, ()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -1,7 +1,12 @@
 //! Handler traits: what a subscription calls for each message.
 //!
 //! Owns: [`Handler`] (raw messages), [`EnvelopeHandler`] (decoded envelopes), their blanket
-//! implementations for closures, and the type-erased form the consumer runtime stores.
+//! implementations for closures, the runtime's view of either (`Invoke`) and the type-erased
+//! form the bus passes to the consumer runtime (`ErasedHandler`).
+//!
+//! Invariant: the handler's type is erased once per subscription, not per message: the erased
+//! form starts the subscription's keyed dispatch with a processor generic over the handler, so
+//! a handler's future is polled in place on a dispatch worker, never boxed.
 //!
 //! Closures work as handlers: `|message: Message| async move { …; Ok(()) }`. A closure's
 //! returned future must own what it uses (clone shared state into it), since it may run while
@@ -10,7 +15,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::backend::BoxFuture;
+use bus_supervisor::{Scope, SpawnError};
+
+use crate::consumer::{Processor, Runtime};
+use crate::dispatch::{DispatchConfig, KeyedDispatch};
 use crate::envelope::Envelope;
 use crate::error::HandlerError;
 use crate::record::Message;
@@ -57,28 +65,67 @@ pub(crate) enum Failure {
     Poison(String),
 }
 
-/// A handler with its type erased: what the consumer runtime stores.
-pub(crate) type ErasedHandler =
-    Arc<dyn Fn(Message) -> BoxFuture<'static, Result<(), Failure>> + Send + Sync>;
+/// A handler as the consumer runtime calls it: raw or envelope, with decoding failures as
+/// [`Failure::Poison`].
+pub(crate) trait Invoke: Send + Sync + 'static {
+    /// Handles one message (one attempt).
+    fn invoke(&self, message: Message) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// A raw-message handler.
+pub(crate) struct Raw<H>(H);
+
+impl<H: Handler> Invoke for Raw<H> {
+    fn invoke(&self, message: Message) -> impl Future<Output = Result<(), Failure>> + Send {
+        let handled = self.0.handle(message);
+        async move { handled.await.map_err(Failure::Handler) }
+    }
+}
+
+/// An envelope handler: decodes first.
+pub(crate) struct Envelopes<H>(H);
+
+impl<H: EnvelopeHandler> Invoke for Envelopes<H> {
+    async fn invoke(&self, message: Message) -> Result<(), Failure> {
+        let envelope = Envelope::from_message(&message)
+            .map_err(|e| Failure::Poison(format!("not a valid envelope: {e}")))?;
+        self.0.handle(envelope).await.map_err(Failure::Handler)
+    }
+}
+
+/// How a subscription's dispatch is started: the handler's type erased once.
+type StartDispatch = Box<
+    dyn FnOnce(&Scope, DispatchConfig, Arc<Runtime>) -> Result<KeyedDispatch, SpawnError> + Send,
+>;
+
+/// A handler with its type erased: what the bus hands to the consumer runtime, which starts the
+/// subscription's keyed dispatch with it.
+pub(crate) struct ErasedHandler(StartDispatch);
+
+impl ErasedHandler {
+    fn new<I: Invoke>(invoke: I) -> Self {
+        ErasedHandler(Box::new(move |scope, config, runtime| {
+            KeyedDispatch::start_with(scope, config, Processor::new(runtime, invoke))
+        }))
+    }
+
+    /// Starts the dispatch workers in `scope`, processing with `runtime` and this handler.
+    pub(crate) fn start(
+        self,
+        scope: &Scope,
+        config: DispatchConfig,
+        runtime: Arc<Runtime>,
+    ) -> Result<KeyedDispatch, SpawnError> {
+        (self.0)(scope, config, runtime)
+    }
+}
 
 /// Erases a raw-message handler.
 pub(crate) fn erase<H: Handler>(handler: H) -> ErasedHandler {
-    let handler = Arc::new(handler);
-    Arc::new(move |message| {
-        let handler = Arc::clone(&handler);
-        Box::pin(async move { handler.handle(message).await.map_err(Failure::Handler) })
-    })
+    ErasedHandler::new(Raw(handler))
 }
 
 /// Erases an envelope handler: decoding failures become [`Failure::Poison`].
 pub(crate) fn erase_envelope<H: EnvelopeHandler>(handler: H) -> ErasedHandler {
-    let handler = Arc::new(handler);
-    Arc::new(move |message: Message| {
-        let handler = Arc::clone(&handler);
-        Box::pin(async move {
-            let envelope = Envelope::from_message(&message)
-                .map_err(|e| Failure::Poison(format!("not a valid envelope: {e}")))?;
-            handler.handle(envelope).await.map_err(Failure::Handler)
-        })
-    })
+    ErasedHandler::new(Envelopes(handler))
 }

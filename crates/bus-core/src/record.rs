@@ -3,8 +3,16 @@
 //! Owns: [`Record`], [`Message`], [`Headers`] and [`Header`]. These are the backend-neutral
 //! shapes every backend maps to its wire format; nothing here knows about Kafka's encoding.
 //!
-//! Invariant: header names keep their case and order as given (Kafka allows repeated names);
-//! lookups by name ignore ASCII case, as the Go SDK's did.
+//! Invariants:
+//! - Header names keep their case and order as given (Kafka allows repeated names); lookups by
+//!   name ignore ASCII case, as the Go SDK's did.
+//! - Cloning a [`Message`] allocates nothing: its topic is an `Arc<str>`, its key and value are
+//!   `Bytes`, and its [`Headers`] share one list (copied on write by `push` and `set`; no
+//!   allocation at all when there are none). The consumer runtime clones a message for every
+//!   handler attempt.
+
+use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -19,30 +27,39 @@ pub struct Header {
 }
 
 /// The ordered headers of a record or message. Names may repeat; lookups ignore ASCII case.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<Header>);
+///
+/// Cheap to clone: the list is shared and copied on write (`push`, `set`); an empty list holds
+/// no allocation.
+#[derive(Clone, Default)]
+pub struct Headers(Option<Arc<Vec<Header>>>);
 
 impl Headers {
     /// No headers.
     pub fn new() -> Self {
-        Headers(Vec::new())
+        Headers(None)
+    }
+
+    /// The list, for writing: unshared first (copied if another clone holds it).
+    fn list_mut(&mut self) -> &mut Vec<Header> {
+        Arc::make_mut(self.0.get_or_insert_with(Default::default))
     }
 
     /// Appends a header (a repeated name is kept, as Kafka allows).
     pub fn push(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
-        self.0.push(Header { name: name.into(), value: value.into() });
+        self.list_mut().push(Header { name: name.into(), value: value.into() });
     }
 
     /// Sets a header: replaces every header with this name (ignoring ASCII case) by one.
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
         let name = name.into();
-        self.0.retain(|h| !h.name.eq_ignore_ascii_case(&name));
-        self.0.push(Header { name, value: value.into() });
+        let list = self.list_mut();
+        list.retain(|h| !h.name.eq_ignore_ascii_case(&name));
+        list.push(Header { name, value: value.into() });
     }
 
     /// The first value under `name`, ignoring ASCII case.
     pub fn get(&self, name: &str) -> Option<&Bytes> {
-        self.0.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| &h.value)
+        self.as_slice().iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| &h.value)
     }
 
     /// The first value under `name` as UTF-8 text, when it is valid UTF-8.
@@ -52,23 +69,50 @@ impl Headers {
 
     /// Iterates over the headers in order.
     pub fn iter(&self) -> impl Iterator<Item = &Header> {
-        self.0.iter()
+        self.as_slice().iter()
+    }
+
+    /// The headers in order.
+    pub fn as_slice(&self) -> &[Header] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// The number of headers.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_slice().len()
     }
 
     /// Whether there are no headers.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_slice().is_empty()
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Headers {}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Headers").field(&self.as_slice()).finish()
+    }
+}
+
+impl From<Vec<Header>> for Headers {
+    fn from(list: Vec<Header>) -> Self {
+        if list.is_empty() { Headers(None) } else { Headers(Some(Arc::new(list))) }
     }
 }
 
 impl FromIterator<(String, Bytes)> for Headers {
     fn from_iter<T: IntoIterator<Item = (String, Bytes)>>(iter: T) -> Self {
-        Headers(iter.into_iter().map(|(name, value)| Header { name, value }).collect())
+        Headers::from(
+            iter.into_iter().map(|(name, value)| Header { name, value }).collect::<Vec<_>>(),
+        )
     }
 }
 
@@ -77,7 +121,7 @@ impl<'a> IntoIterator for &'a Headers {
     type IntoIter = std::slice::Iter<'a, Header>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.as_slice().iter()
     }
 }
 
@@ -145,11 +189,12 @@ impl Record {
     }
 }
 
-/// A consumed message: a record as stored, with its partition and offset.
+/// A consumed message: a record as stored, with its partition and offset. Cloning it allocates
+/// nothing (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    /// The topic it was read from.
-    pub topic: String,
+    /// The topic it was read from (shared by the messages of a partition).
+    pub topic: Arc<str>,
     /// The partition it was read from.
     pub partition: i32,
     /// Its offset in the partition.

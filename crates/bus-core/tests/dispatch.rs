@@ -25,7 +25,7 @@ const TOPIC: &str = "orders";
 
 fn message(partition: i32, offset: i64, key: Option<&str>) -> Message {
     Message {
-        topic: TOPIC.to_owned(),
+        topic: TOPIC.into(),
         partition,
         offset,
         key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),

@@ -186,11 +186,12 @@ impl TopicLog {
     /// Appends `record` to `partition` (which exists, and the bytes fit: the caller checked),
     /// returning its offset, and wakes the partition's readers.
     pub(crate) fn append(&mut self, record: &Record, partition: i32, size: usize) -> Option<i64> {
+        let topic = Arc::clone(&self.name);
         let log = usize::try_from(partition).ok().and_then(|p| self.partitions.get_mut(p))?;
         let offset = log.end();
         log.records.push_back(Stored {
             message: Message {
-                topic: record.topic.clone(),
+                topic,
                 partition,
                 offset,
                 key: record.key.clone(),

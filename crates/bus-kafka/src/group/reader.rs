@@ -124,7 +124,7 @@ impl KafkaReader {
                     next = r.offset + 1;
                     let record = r.record;
                     batch.push(Message {
-                        topic: self.topic.clone(),
+                        topic: Arc::clone(&self.partition.topic),
                         partition: self.partition.partition,
                         offset: r.offset,
                         key: record.key.map(Bytes::from),
