@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: the gate every change passes, and what `.ci/run` calls.
 //!
-//! Owns the order of the checks: formatting, clippy (warnings are errors), cargo-deny (licenses,
+//! Owns the order of the checks: formatting, clippy (warnings are errors), rustdoc (broken links
+//! are errors), cargo-deny (licenses,
 //! bans, sources; the advisory database cannot be fetched on these machines), every test against
 //! a broker, then the leak scenarios. The first failure stops the run.
 
@@ -28,6 +29,15 @@ pub(crate) fn run() -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+    }
+    {
+        let _step = Step::new("doc");
+        // Every public item is documented (a lint) and every doc link resolves (here).
+        run_command(
+            cargo()
+                .args(["doc", "--workspace", "--no-deps", "--quiet"])
+                .env("RUSTDOCFLAGS", "-D warnings"),
+        )?;
     }
     deny()?;
     {
