@@ -668,22 +668,39 @@ impl FetchLoop {
     }
 }
 
-/// Hands `batch` to `dispatch` in chunks no larger than `chunk` (the in-flight bound), each
-/// waiting for room. False when the loop must stop.
+/// Hands `batch` to `dispatch` in chunks no larger than `chunk`, each waiting for room. Each
+/// message is moved once (into its chunk). False when the loop must stop.
 async fn submit_in_chunks(
     dispatch: &KeyedDispatch,
     token: &bus_supervisor::CancellationToken,
     chunk: usize,
-    mut batch: Vec<Message>,
+    batch: Vec<Message>,
 ) -> bool {
-    while !batch.is_empty() {
-        let rest = batch.split_off(batch.len().min(chunk.max(1)));
-        tokio::select! {
-            biased;
-            () = token.cancelled() => return false,
-            submitted = dispatch.submit(batch) => if submitted.is_err() { return false },
-        }
-        batch = rest;
+    let chunk = chunk.max(1);
+    if batch.len() <= chunk {
+        return submit(dispatch, token, batch).await;
     }
-    true
+    let mut rest = batch.into_iter();
+    loop {
+        let part: Vec<Message> = rest.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            return true;
+        }
+        if !submit(dispatch, token, part).await {
+            return false;
+        }
+    }
+}
+
+/// Hands one chunk to `dispatch`, waiting for room. False when the loop must stop.
+async fn submit(
+    dispatch: &KeyedDispatch,
+    token: &bus_supervisor::CancellationToken,
+    part: Vec<Message>,
+) -> bool {
+    tokio::select! {
+        biased;
+        () = token.cancelled() => false,
+        submitted = dispatch.submit(part) => submitted.is_ok(),
+    }
 }

@@ -1,6 +1,7 @@
 //! A small Kafka connection for the group plane: TCP framing, correlation ids, request and
 //! response headers, ApiVersions negotiation and per-request timeouts, on the `kafka-protocol`
-//! crate's message types.
+//! crate's message types. The coordinator links and the partition readers (Metadata,
+//! ListOffsets, Fetch) use it.
 //!
 //! Owns: [`Connection`] (one TCP stream to one broker, one request at a time), the [`Api`] trait
 //! (which request types the group plane sends, and the versions it implements for each) and
@@ -15,15 +16,18 @@
 //! - The version used for an API is the highest that both we and the broker support, as learnt
 //!   from the broker's ApiVersions answer when the connection was opened; an API with no common
 //!   version fails with [`RequestError::Unsupported`] before anything is sent.
+//! - A response is read into one buffer of its size (not zeroed first); decoded fields of type
+//!   `Bytes` (a Fetch response's records) are slices of it, not copies.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
     OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, RequestHeader, ResponseHeader,
     SyncGroupRequest, SyncGroupResponse,
 };
@@ -74,6 +78,11 @@ api!(HeartbeatRequest, HeartbeatResponse, Heartbeat, "Heartbeat", 0, 4);
 api!(LeaveGroupRequest, LeaveGroupResponse, LeaveGroup, "LeaveGroup", 0, 5);
 api!(OffsetCommitRequest, OffsetCommitResponse, OffsetCommit, "OffsetCommit", 2, 9);
 api!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, "OffsetFetch", 1, 9);
+// The partition readers: leader lookup, start offsets, records (topics by name: v12 is the
+// last Fetch version that names them; v13+ name topics by id).
+api!(MetadataRequest, MetadataResponse, Metadata, "Metadata", 1, 9);
+api!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, "ListOffsets", 1, 7);
+api!(FetchRequest, FetchResponse, Fetch, "Fetch", 4, 12);
 
 /// A request to a broker that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -316,10 +325,15 @@ impl Connection {
             .ok()
             .filter(|s| *s >= 4 && *s <= MAX_RESPONSE_BYTES)
             .ok_or_else(|| io(format!("invalid response size {size}")))?;
-        let mut body = vec![0u8; size];
-        stream.read_exact(&mut body).await.map_err(|e| io(format!("read: {e}")))?;
+        let mut body = BytesMut::with_capacity(size);
+        while body.len() < size {
+            let read = stream.read_buf(&mut body).await.map_err(|e| io(format!("read: {e}")))?;
+            if read == 0 {
+                return Err(io("read: the broker closed the connection".into()));
+            }
+        }
         self.in_flight = false;
-        Ok(Bytes::from(body))
+        Ok(body.freeze())
     }
 
     /// Learns the broker's versions (ApiVersions, falling back to the version it offers when it

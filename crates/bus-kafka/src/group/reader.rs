@@ -1,37 +1,58 @@
-//! Reading one assigned partition: the [`PartitionReader`] over rskafka's partition client.
+//! Reading one assigned partition: the [`PartitionReader`] on our own Fetch requests.
 //!
-//! Owns: [`KafkaReader`].
+//! Owns: [`KafkaReader`] (a partition's position and its connection to the partition's leader)
+//! and the leader lookup (Metadata through the bootstrap brokers).
 //!
 //! Invariants:
 //! - The position (the next offset to return) advances only when a batch is returned, so
-//!   dropping a pending `next_batch` loses no record (cancel-safe). Resolving `Earliest` or
-//!   `Latest` fixes the position once; it is not re-resolved.
-//! - Records below the position (rskafka returns whole compressed batches) are skipped; the
-//!   records returned are in offset order, each above the last returned.
+//!   dropping a pending `next_batch` loses no record (cancel-safe); a request dropped half-way
+//!   leaves its connection poisoned, and the next fetch opens a new one. Resolving `Earliest`
+//!   or `Latest` fixes the position once; it is not re-resolved.
+//! - Records below the position (a batch is returned whole) are skipped; the records returned
+//!   are in offset order, each above the last returned (see `batch`).
 //! - A fetch answered with OFFSET_OUT_OF_RANGE, or with nothing from a position above both the
 //!   high watermark and the partition's end offset (brokers that do not report the error),
 //!   resets the position to the partition's earliest offset (logged), as
 //!   `auto.offset.reset = earliest` does.
 //! - Each fetch asks for at most `consumer.fetch_max_bytes` (and the caller's `max_bytes`) and
-//!   lets the broker wait at most `consumer.fetch_max_wait` for records.
+//!   lets the broker wait at most `consumer.fetch_max_wait` for records; it reads committed
+//!   records only (isolation level read_committed, as before on rskafka).
+//! - One connection per reader, to the partition's leader as the bootstrap brokers' metadata
+//!   names it; a leadership error or any failed request drops it, and the next fetch looks the
+//!   leader up again.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use bus_core::Message;
 use bus_core::backend::{BoxFuture, GroupError, PartitionReader, StartAt, TopicPartition};
-use bus_core::{Headers, Message};
-use bytes::Bytes;
-use rskafka::client::error::{Error as RsError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, PartitionClient};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, MetadataRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
 
+use super::batch;
+use super::connection::Connection;
 use crate::client::KafkaClient;
+
+/// OFFSET_OUT_OF_RANGE.
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+/// Read committed records only (the isolation level rskafka used before).
+const READ_COMMITTED: i8 = 1;
+/// ListOffsets' timestamp for the earliest offset.
+const EARLIEST: i64 = -2;
+/// ListOffsets' timestamp for the end offset.
+const LATEST: i64 = -1;
 
 /// Reads one partition of a Kafka topic (returned by the member's `open`).
 pub(crate) struct KafkaReader {
     client: Arc<KafkaClient>,
     group: String,
     partition: TopicPartition,
-    topic: String,
-    partition_client: Option<Arc<PartitionClient>>,
+    topic: TopicName,
+    connection: Option<Connection>,
     position: StartAt,
 }
 
@@ -45,7 +66,7 @@ impl std::fmt::Debug for KafkaReader {
 }
 
 impl KafkaReader {
-    /// A reader of `partition` from `start` (the partition client and the start offset are
+    /// A reader of `partition` from `start` (the leader's connection and the start offset are
     /// resolved on the first fetch, where failures are retried by the caller).
     pub(crate) fn new(
         client: Arc<KafkaClient>,
@@ -53,115 +74,193 @@ impl KafkaReader {
         partition: TopicPartition,
         start: StartAt,
     ) -> Self {
-        let topic = partition.topic.to_string();
-        KafkaReader { client, group, partition, topic, partition_client: None, position: start }
+        let topic = TopicName(StrBytes::from_string(partition.topic.to_string()));
+        KafkaReader { client, group, partition, topic, connection: None, position: start }
     }
 
     fn error(&self, what: &str, error: impl std::fmt::Display) -> GroupError {
         GroupError::retriable(&self.group, format!("`{}`: {what}: {error}", self.partition))
     }
 
-    async fn partition_client(&mut self) -> Result<Arc<PartitionClient>, GroupError> {
-        if let Some(client) = &self.partition_client {
-            return Ok(Arc::clone(client));
-        }
-        let client = self
-            .client
-            .partition(&self.topic, self.partition.partition)
+    /// The connection to the partition's leader, opened (after a Metadata lookup) when there is
+    /// none or the last one failed.
+    async fn connection(&mut self) -> Result<&mut Connection, GroupError> {
+        if !self.connection.as_ref().is_some_and(Connection::is_usable) {
+            self.connection = None;
+            let config = self.client.config();
+            let connection = leader(
+                &config.bootstrap,
+                &config.client_id,
+                config.request_timeout,
+                &self.topic,
+                self.partition.partition,
+            )
             .await
             .map_err(|e| self.error("cannot reach the partition's leader", e))?;
-        self.partition_client = Some(Arc::clone(&client));
-        Ok(client)
+            self.connection = Some(connection);
+        }
+        self.connection.as_mut().ok_or_else(|| {
+            GroupError::retriable(&self.group, format!("`{}`: no connection", self.partition))
+        })
+    }
+
+    /// The partition's offset at `timestamp` (`EARLIEST` or `LATEST`), from its leader.
+    async fn list_offset(&mut self, timestamp: i64) -> Result<i64, GroupError> {
+        let timeout = self.client.config().request_timeout;
+        let mut wanted = ListOffsetsPartition::default();
+        wanted.partition_index = self.partition.partition;
+        wanted.current_leader_epoch = -1;
+        wanted.timestamp = timestamp;
+        let mut topic = ListOffsetsTopic::default();
+        topic.name = self.topic.clone();
+        topic.partitions = vec![wanted];
+        let mut request = ListOffsetsRequest::default();
+        request.replica_id = (-1).into();
+        request.isolation_level = READ_COMMITTED;
+        request.topics = vec![topic];
+        let which = if timestamp == EARLIEST { "earliest" } else { "latest" };
+        let connection = self.connection().await?;
+        let sent = match connection.version::<ListOffsetsRequest>() {
+            Ok(version) => connection.send(&request, version, timeout).await,
+            Err(e) => Err(e),
+        };
+        let response = sent.map_err(|e| {
+            self.connection = None;
+            self.error(&format!("cannot list the {which} offset"), e)
+        })?;
+        let answer = response
+            .topics
+            .iter()
+            .filter(|t| t.name == self.topic)
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == self.partition.partition);
+        match answer {
+            Some(p) if p.error_code == 0 => Ok(p.offset),
+            Some(p) => {
+                let code = p.error_code;
+                self.connection = None;
+                Err(self.error(&format!("cannot list the {which} offset"), code_name(code)))
+            }
+            None => Err(self.error(
+                &format!("cannot list the {which} offset"),
+                "the answer names no such partition",
+            )),
+        }
     }
 
     /// The position as an offset, resolving `Earliest` / `Latest` once.
-    async fn offset(&mut self, client: &PartitionClient) -> Result<i64, GroupError> {
-        let at = match self.position {
+    async fn offset(&mut self) -> Result<i64, GroupError> {
+        let timestamp = match self.position {
             StartAt::Offset(offset) => return Ok(offset),
-            StartAt::Earliest => OffsetAt::Earliest,
-            StartAt::Latest => OffsetAt::Latest,
+            StartAt::Earliest => EARLIEST,
+            StartAt::Latest => LATEST,
         };
-        let offset = client
-            .get_offset(at)
-            .await
-            .map_err(|e| self.error(&format!("cannot list the {:?} offset", self.position), e))?;
+        let offset = self.list_offset(timestamp).await?;
         tracing::debug!(partition = %self.partition, start = ?self.position, offset, "start offset resolved");
         self.position = StartAt::Offset(offset);
         Ok(offset)
     }
 
     async fn fetch(&mut self, max_bytes: usize) -> Result<Vec<Message>, GroupError> {
-        let client = self.partition_client().await?;
-        let offset = self.offset(&client).await?;
+        let offset = self.offset().await?;
         let consumer = &self.client.config().consumer;
-        let limit = max_bytes.min(consumer.fetch_max_bytes).max(1);
-        // rskafka sends `end - 1` as the maximum.
-        let end = i32::try_from(limit).unwrap_or(i32::MAX - 1).saturating_add(1);
-        let wait = i32::try_from(consumer.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
-        match client.fetch_records(offset, 1..end, wait).await {
-            Ok((records, high_watermark)) if records.is_empty() && offset > high_watermark => {
-                // Past the end. Kafka answers OFFSET_OUT_OF_RANGE here; some brokers (nisshi
-                // 0.8.1, docs/BROKER.md) answer an empty batch and would stall the reader for
-                // good. Confirm with the partition's end offset (a high watermark can lag for a
-                // moment after a leader change) before resetting.
-                let latest = client
-                    .get_offset(OffsetAt::Latest)
-                    .await
-                    .map_err(|e| self.error("cannot list the latest offset", e))?;
-                if offset > latest {
-                    self.reset_to_earliest(&client, offset, "beyond the end of the partition").await
-                } else {
-                    Ok(Vec::new())
-                }
-            }
-            Ok((records, _high_watermark)) => {
-                let mut batch = Vec::with_capacity(records.len());
-                let mut next = offset;
-                for r in records {
-                    if r.offset < next {
-                        continue;
-                    }
-                    next = r.offset + 1;
-                    let record = r.record;
-                    batch.push(Message {
-                        topic: Arc::clone(&self.partition.topic),
-                        partition: self.partition.partition,
-                        offset: r.offset,
-                        key: record.key.map(Bytes::from),
-                        value: record.value.map(Bytes::from).unwrap_or_default(),
-                        headers: record
-                            .headers
-                            .into_iter()
-                            .map(|(name, value)| (name, Bytes::from(value)))
-                            .collect::<Headers>(),
-                        timestamp: record.timestamp,
-                    });
-                }
-                self.position = StartAt::Offset(next);
-                Ok(batch)
-            }
-            Err(RsError::ServerError {
-                protocol_error: ProtocolError::OffsetOutOfRange, ..
-            }) => {
-                self.reset_to_earliest(&client, offset, "out of range (OFFSET_OUT_OF_RANGE)").await
-            }
-            Err(e) => Err(self.error(&format!("fetch at offset {offset} failed"), e)),
+        let limit =
+            i32::try_from(max_bytes.min(consumer.fetch_max_bytes).max(1)).unwrap_or(i32::MAX);
+        let wait = consumer.fetch_max_wait;
+        let timeout = wait + self.client.config().request_timeout;
+        let mut wanted = FetchPartition::default();
+        wanted.partition = self.partition.partition;
+        wanted.current_leader_epoch = -1;
+        wanted.fetch_offset = offset;
+        wanted.last_fetched_epoch = -1;
+        wanted.log_start_offset = -1;
+        wanted.partition_max_bytes = limit;
+        let mut topic = FetchTopic::default();
+        topic.topic = self.topic.clone();
+        topic.partitions = vec![wanted];
+        let mut request = FetchRequest::default();
+        request.replica_id = (-1).into();
+        request.max_wait_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        request.min_bytes = 1;
+        request.max_bytes = limit;
+        request.isolation_level = READ_COMMITTED;
+        request.session_id = 0;
+        request.session_epoch = -1;
+        request.topics = vec![topic];
+        let connection = self.connection().await?;
+        let sent = match connection.version::<FetchRequest>() {
+            Ok(version) => connection.send(&request, version, timeout).await,
+            Err(e) => Err(e),
+        };
+        let response = sent.map_err(|e| {
+            self.connection = None;
+            self.error(&format!("fetch at offset {offset} failed"), e)
+        })?;
+        if response.error_code != 0 {
+            self.connection = None;
+            return Err(self.error(
+                &format!("fetch at offset {offset} failed"),
+                code_name(response.error_code),
+            ));
         }
+        let answer = response
+            .responses
+            .into_iter()
+            .filter(|t| t.topic == self.topic)
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == self.partition.partition);
+        let Some(answer) = answer else {
+            return Err(self.error(
+                &format!("fetch at offset {offset} failed"),
+                "the answer names no such partition",
+            ));
+        };
+        match answer.error_code {
+            0 => {}
+            OFFSET_OUT_OF_RANGE => {
+                return self.reset_to_earliest(offset, "out of range (OFFSET_OUT_OF_RANGE)").await;
+            }
+            code => {
+                // Not the leader any more, unknown partition, fenced epoch…: look the leader
+                // up again on the next fetch.
+                self.connection = None;
+                return Err(
+                    self.error(&format!("fetch at offset {offset} failed"), code_name(code))
+                );
+            }
+        }
+        let decoded = match &answer.records {
+            Some(records) => {
+                batch::decode(records, &self.partition.topic, self.partition.partition, offset)
+                    .map_err(|e| self.error(&format!("fetch at offset {offset}"), e))?
+            }
+            None => batch::Decoded::default(),
+        };
+        if decoded.next.is_none() && offset > answer.high_watermark {
+            // Past the end. Kafka answers OFFSET_OUT_OF_RANGE here; some brokers (nisshi
+            // 0.8.1, docs/BROKER.md) answer an empty batch and would stall the reader for
+            // good. Confirm with the partition's end offset (a high watermark can lag for a
+            // moment after a leader change) before resetting.
+            let latest = self.list_offset(LATEST).await?;
+            return if offset > latest {
+                self.reset_to_earliest(offset, "beyond the end of the partition").await
+            } else {
+                Ok(Vec::new())
+            };
+        }
+        if let Some(next) = decoded.next {
+            self.position = StartAt::Offset(next.max(offset));
+        }
+        Ok(decoded.messages)
     }
-}
 
-impl KafkaReader {
     /// Moves the position to the partition's earliest offset (logged): `offset` is `why`.
     async fn reset_to_earliest(
         &mut self,
-        client: &PartitionClient,
         offset: i64,
         why: &str,
     ) -> Result<Vec<Message>, GroupError> {
-        let earliest = client
-            .get_offset(OffsetAt::Earliest)
-            .await
-            .map_err(|e| self.error("cannot list the earliest offset", e))?;
+        let earliest = self.list_offset(EARLIEST).await?;
         tracing::warn!(
             group = %self.group, partition = %self.partition, offset, earliest,
             "offset {why}; resetting to the earliest offset"
@@ -175,4 +274,74 @@ impl PartitionReader for KafkaReader {
     fn next_batch(&mut self, max_bytes: usize) -> BoxFuture<'_, Result<Vec<Message>, GroupError>> {
         Box::pin(self.fetch(max_bytes))
     }
+}
+
+/// A Kafka error code's name.
+fn code_name(code: i16) -> String {
+    ResponseError::try_from_code(code)
+        .map_or_else(|| format!("error code {code}"), |e| format!("{e} (error {code})"))
+}
+
+/// Connects to the leader of `topic`/`partition`: asks the bootstrap brokers in turn (Metadata)
+/// and keeps the connection of the one asked when it is the leader itself.
+async fn leader(
+    bootstrap: &[String],
+    client_id: &str,
+    timeout: Duration,
+    topic: &TopicName,
+    partition: i32,
+) -> Result<Connection, String> {
+    let mut last = "no bootstrap broker configured".to_owned();
+    for address in bootstrap {
+        let mut connection = match Connection::open(address, client_id, timeout).await {
+            Ok(connection) => connection,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        match leader_of(&mut connection, timeout, topic, partition).await {
+            Ok(leader) if leader == connection.broker() => return Ok(connection),
+            Ok(leader) => {
+                return Connection::open(&leader, client_id, timeout)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The leader of `topic`/`partition` as the broker behind `connection` sees it: `host:port`.
+async fn leader_of(
+    connection: &mut Connection,
+    timeout: Duration,
+    topic: &TopicName,
+    partition: i32,
+) -> Result<String, String> {
+    let version = connection.version::<MetadataRequest>().map_err(|e| e.to_string())?;
+    let mut wanted = MetadataRequestTopic::default();
+    wanted.name = Some(topic.clone());
+    let mut request = MetadataRequest::default();
+    request.topics = Some(vec![wanted]);
+    request.allow_auto_topic_creation = false;
+    let response = connection.send(&request, version, timeout).await.map_err(|e| e.to_string())?;
+    let found = response.topics.iter().find(|t| t.name.as_ref() == Some(topic));
+    let Some(found) = found else {
+        return Err(format!("broker {}: the topic is not in its metadata", connection.broker()));
+    };
+    if found.error_code != 0 {
+        return Err(format!("metadata: {}", code_name(found.error_code)));
+    }
+    let Some(p) = found.partitions.iter().find(|p| p.partition_index == partition) else {
+        return Err("metadata: no such partition".to_owned());
+    };
+    if p.leader_id.0 < 0 {
+        return Err(format!("metadata: no leader ({})", code_name(p.error_code)));
+    }
+    let Some(broker) = response.brokers.iter().find(|b| b.node_id == p.leader_id) else {
+        return Err(format!("metadata: the leader ({}) is not among the brokers", p.leader_id.0));
+    };
+    Ok(format!("{}:{}", broker.host.as_str(), broker.port))
 }
