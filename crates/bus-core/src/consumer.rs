@@ -280,25 +280,51 @@ pub(crate) async fn subscribe(
 
 impl Runtime {
     /// Handles one message to the end: handler (with timeout and retries), or dead letter.
-    /// The handler gets a clone of the message per attempt (cheap: see `record`); the
-    /// dead-letter path, rare, is boxed so that it does not weigh on every message's future.
+    /// The handler gets a clone of the message per attempt (cheap: see `record`).
+    ///
+    /// The first attempt without a timeout is polled in place; everything else (a timeout,
+    /// retries with their backoff, dead letters) is boxed, so that the future every message
+    /// costs stays small (it is moved into place on the worker for each message).
     async fn process<I: Invoke>(&self, handler: &I, message: Message) -> Processed {
+        if self.options.handler_timeout.is_some() {
+            return Box::pin(self.attempts(handler, message, 1, None)).await;
+        }
+        match handler.invoke(message.clone()).await {
+            Ok(()) => {
+                self.metrics.handled.bump();
+                Processed::Done
+            }
+            Err(failure) => Box::pin(self.attempts(handler, message, 1, Some(failure))).await,
+        }
+    }
+
+    /// The attempts of `message` from `attempt` on (the outcome of `attempt` given when it was
+    /// made already): handler with timeout, retries with backoff, dead letter.
+    async fn attempts<I: Invoke>(
+        &self,
+        handler: &I,
+        message: Message,
+        mut attempt: u32,
+        mut made: Option<Failure>,
+    ) -> Processed {
         let retry = &self.options.retry;
-        let mut attempt: u32 = 1;
         loop {
-            let outcome = match self.options.handler_timeout {
-                None => handler.invoke(message.clone()).await,
-                Some(limit) => {
-                    match tokio::time::timeout(limit, handler.invoke(message.clone())).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => {
-                            Metrics::bump(&self.metrics.handler_timeouts);
-                            Err(Failure::Handler(HandlerError::new(format!(
-                                "handler timed out after {limit:?}"
-                            ))))
+            let outcome = match made.take() {
+                Some(failure) => Err(failure),
+                None => match self.options.handler_timeout {
+                    None => handler.invoke(message.clone()).await,
+                    Some(limit) => {
+                        match tokio::time::timeout(limit, handler.invoke(message.clone())).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => {
+                                Metrics::bump(&self.metrics.handler_timeouts);
+                                Err(Failure::Handler(HandlerError::new(format!(
+                                    "handler timed out after {limit:?}"
+                                ))))
+                            }
                         }
                     }
-                }
+                },
             };
             match outcome {
                 Ok(()) => {
@@ -307,7 +333,7 @@ impl Runtime {
                 }
                 Err(Failure::Poison(reason)) => {
                     Metrics::bump(&self.metrics.poison);
-                    return Box::pin(self.dead_letter(&message, "poison", &reason, attempt)).await;
+                    return self.dead_letter(&message, "poison", &reason, attempt).await;
                 }
                 Err(Failure::Handler(error)) => {
                     Metrics::bump(&self.metrics.handler_failures);
@@ -322,8 +348,7 @@ impl Runtime {
                         continue;
                     }
                     let reason = error.to_string();
-                    return Box::pin(self.dead_letter(&message, "handler-error", &reason, attempt))
-                        .await;
+                    return self.dead_letter(&message, "handler-error", &reason, attempt).await;
                 }
             }
         }

@@ -28,9 +28,18 @@
 //! - **Abandonment.** A drain marks the running messages of its partitions abandoned and
 //!   signals their workers (a per-worker control carrying the job's sequence number, so a late
 //!   signal never hits the next job); the worker drops the future and the offset stays pending.
-//! - One mutex guards the state; `submit` takes it once per batch, a worker once per message
-//!   (finishing one and taking the next under the same lock). A message whose future is ready
-//!   at its first poll costs no other shared write (no token clone, no waiter registration).
+//! - **Claims.** A worker takes (claims) up to `MAX_CLAIM` ready messages at once, but only
+//!   while messages complete at their first poll; after one that was pending it claims one at a
+//!   time. A claimed message counts as running (its key stays taken, a drain waits for it). A
+//!   worker whose message turns out pending hands its other claims back before it waits: to the
+//!   front of the ready queue in order, or, when their partition is being drained or the
+//!   dispatch closed, discarded (uncommitted; counted in that drain's report); a claim a drain
+//!   abandoned in the meantime ends abandoned. So a slow handler never holds other messages
+//!   back, and no claim outlives a wait.
+//! - One mutex guards the state; `submit` takes it once per batch, a worker once per claim
+//!   (recording the messages it finished and claiming the next under the same lock). A message
+//!   whose future is ready at its first poll costs no lock of its own and no other shared write
+//!   (no token clone, no waiter registration).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -69,6 +78,9 @@ const MAX_KEPT_KEY_CAPACITY: usize = 1024;
 /// A busy worker looks at its scope's token (a lock inside the token) after this many messages
 /// that completed at their first poll; after any other message it looks every time.
 const SCOPE_CHECK_EVERY: u32 = 32;
+
+/// The most ready messages a worker claims at once (while they complete at their first poll).
+const MAX_CLAIM: usize = 16;
 
 /// What processing did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -400,7 +412,8 @@ impl KeyedDispatch {
             wake.run(shared);
             mask
         };
-        if !shared.wait_stopped(&guard.parts, deadline).await {
+        let stopped = shared.wait_stopped(&guard.parts, deadline).await;
+        if !stopped {
             let signals;
             (report.abandoned_offsets, signals) = shared.state.lock().abandon(&mask);
             report.abandoned = report.abandoned_offsets.len();
@@ -420,6 +433,13 @@ impl KeyedDispatch {
                     .sum();
             }
         }
+        let mut st = shared.state.lock();
+        for &p in &guard.parts {
+            if let Some(part) = st.parts[p].as_mut() {
+                report.discarded += std::mem::take(&mut part.late_discarded);
+            }
+        }
+        drop(st);
         report
     }
 
@@ -676,6 +696,8 @@ enum SlotState {
     Waiting,
     /// In the ready queue.
     Ready,
+    /// Claimed by a worker, not started or started and not yet seen pending.
+    Claimed,
     /// On a worker.
     Running,
     /// On a worker, abandoned by a drain: its future is being dropped.
@@ -716,6 +738,8 @@ struct Part {
     running: usize,
     /// Drains in progress on it.
     draining: usize,
+    /// Claims discarded while a drain was waiting (added to that drain's report).
+    late_discarded: usize,
     /// Forgotten: no longer found by lookups; freed once nothing refers to it.
     forgotten: bool,
 }
@@ -828,6 +852,7 @@ impl State {
             in_flight: 0,
             running: 0,
             draining: 0,
+            late_discarded: 0,
             forgotten: false,
         };
         let p = match self.free_parts.pop() {
@@ -983,25 +1008,81 @@ impl State {
         }
     }
 
-    /// Takes the next ready message for worker `worker`.
-    fn take(&mut self, worker: usize) -> Option<Job> {
-        while let Some(s) = self.ready.pop_front() {
+    /// Claims up to `want` ready messages for worker `worker`, appended to `claims`.
+    fn claim(&mut self, worker: usize, want: usize, claims: &mut VecDeque<Job>) {
+        while claims.len() < want {
+            let Some(s) = self.ready.pop_front() else {
+                return;
+            };
             let slot = &mut self.slots[s];
             let Some(msg) = slot.msg.take() else {
                 continue;
             };
             let seq = self.next_seq;
             self.next_seq += 1;
-            slot.state = SlotState::Running;
+            slot.state = SlotState::Claimed;
             slot.worker = worker;
             slot.seq = seq;
             if let Some(part) = self.parts[slot.part].as_mut() {
                 part.running += 1;
             }
             self.stats.running += 1;
-            return Some(Job { slot: s, msg, seq });
+            claims.push_back(Job { slot: s, msg, seq });
         }
-        None
+    }
+
+    /// A claimed message was seen pending: it is now running (a drain can abandon it through
+    /// its worker's control). False when a drain abandoned it in the meantime.
+    fn start(&mut self, s: usize) -> bool {
+        let slot = &mut self.slots[s];
+        match slot.state {
+            SlotState::Claimed => {
+                slot.state = SlotState::Running;
+                true
+            }
+            SlotState::Running => true,
+            _ => false,
+        }
+    }
+
+    /// Takes back a worker's claims (not started), in order: to the front of the ready queue;
+    /// discarded when the dispatch is closed or their partition drained (counted for the
+    /// drain); ended as abandoned when a drain abandoned them.
+    fn unclaim(&mut self, claims: &mut VecDeque<Job>, wake: &mut Wake) {
+        while let Some(Job { slot: s, msg, .. }) = claims.pop_back() {
+            let (p, k) = (self.slots[s].part, self.slots[s].key);
+            if self.slots[s].state == SlotState::Abandoned {
+                self.finish(s, Finish::Abandoned, wake);
+                continue;
+            }
+            self.stats.running -= 1;
+            let draining = match self.parts[p].as_mut() {
+                Some(part) => {
+                    part.running -= 1;
+                    if part.running == 0 && part.draining > 0 {
+                        wake.drained = true;
+                    }
+                    part.draining > 0
+                }
+                None => false,
+            };
+            if self.closed || draining {
+                if draining && let Some(part) = self.parts[p].as_mut() {
+                    part.late_discarded += 1;
+                }
+                self.drop_queued(s);
+                if k != NIL {
+                    self.advance_key(k);
+                }
+                wake.room |= self.room_for_head();
+            } else {
+                let slot = &mut self.slots[s];
+                slot.msg = Some(msg);
+                slot.state = SlotState::Ready;
+                slot.worker = NIL;
+                self.ready.push_front(s);
+            }
+        }
     }
 
     /// Records how a running message ended.
@@ -1128,9 +1209,13 @@ impl State {
         let mut abandoned = Vec::new();
         let mut signals = Vec::new();
         for slot in &mut self.slots {
-            if slot.state == SlotState::Running && mask.get(slot.part).copied().unwrap_or(false) {
+            let on_worker = matches!(slot.state, SlotState::Running | SlotState::Claimed);
+            if on_worker && mask.get(slot.part).copied().unwrap_or(false) {
+                // A claim is not waited on: its worker sees the state when it next locks.
+                if slot.state == SlotState::Running {
+                    signals.push((slot.worker, slot.seq));
+                }
                 slot.state = SlotState::Abandoned;
-                signals.push((slot.worker, slot.seq));
                 if let Some(part) = &self.parts[slot.part] {
                     abandoned.push((part.tp.clone(), slot.offset));
                 }
@@ -1142,98 +1227,154 @@ impl State {
     }
 }
 
-enum Next {
-    Run(Job),
-    Sleep,
-    Exit,
-}
-
-/// A worker: takes ready messages one at a time until the dispatch closes or the scope is
-/// cancelled.
+/// A worker: claims ready messages and runs them one at a time until the dispatch closes or
+/// the scope is cancelled.
 async fn worker<P: Process>(shared: Arc<Shared>, process: Arc<P>, index: usize) {
     let Some(ctl) = shared.workers.get(index) else {
         return;
     };
-    let mut finished: Option<(usize, Finish)> = None;
+    let concurrency = shared.config.concurrency;
+    // Claimed and not started, in order; ended and not yet recorded.
+    let mut claims: VecDeque<Job> = VecDeque::with_capacity(MAX_CLAIM);
+    let mut finished: Vec<(usize, Finish)> = Vec::with_capacity(MAX_CLAIM);
+    // Claims to take at the next lock: one after a message that was pending.
+    let mut burst = 1;
     // Look at the scope's token at the first turn, after sleeping, after a message that was
     // pending and every SCOPE_CHECK_EVERY messages otherwise.
     let mut check_scope = true;
     let mut unchecked = 0_u32;
     loop {
-        let cancelled = check_scope && shared.scope_token.is_cancelled();
-        if check_scope {
-            unchecked = 0;
-        }
-        let mut wake = Wake::default();
-        let notified = shared.work.notified();
-        let mut notified = pin!(notified);
-        let next = {
-            let mut st = shared.state.lock();
-            if let Some((slot, finish)) = finished.take() {
-                st.finish(slot, finish, &mut wake);
+        if claims.is_empty() || check_scope {
+            let cancelled = check_scope && shared.scope_token.is_cancelled();
+            if check_scope {
+                unchecked = 0;
+                check_scope = false;
             }
-            if st.closed || cancelled {
-                Next::Exit
-            } else if let Some(job) = st.take(index) {
-                if !st.ready.is_empty() && st.sleepers > 0 {
-                    st.sleepers -= 1;
-                    wake.workers += 1;
+            let mut wake = Wake::default();
+            let notified = shared.work.notified();
+            let mut notified = pin!(notified);
+            let next = {
+                let mut st = shared.state.lock();
+                for (slot, finish) in finished.drain(..) {
+                    st.finish(slot, finish, &mut wake);
                 }
-                Next::Run(job)
-            } else {
-                // Registered before the lock is released, so a notify_one cannot be missed.
-                notified.as_mut().enable();
-                st.sleepers += 1;
-                Next::Sleep
+                if st.closed || cancelled {
+                    st.unclaim(&mut claims, &mut wake);
+                    Next::Exit
+                } else {
+                    if claims.is_empty() {
+                        let want = burst.min(st.ready.len() / concurrency).max(1);
+                        st.claim(index, want, &mut claims);
+                    }
+                    // What is left ready goes to a sleeping worker (which passes the rest on
+                    // when it claims).
+                    if !st.ready.is_empty() && st.sleepers > 0 {
+                        st.sleepers -= 1;
+                        wake.workers += 1;
+                    }
+                    if claims.is_empty() {
+                        // Registered before the lock is released, so a notify_one cannot be
+                        // missed.
+                        notified.as_mut().enable();
+                        st.sleepers += 1;
+                        Next::Sleep
+                    } else {
+                        Next::Run
+                    }
+                }
+            };
+            wake.run(&shared);
+            match next {
+                Next::Exit => return,
+                Next::Sleep => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = shared.scope_token.cancelled() => {}
+                    }
+                    check_scope = true;
+                    continue;
+                }
+                Next::Run => {}
+            }
+        }
+        let Some(Job { slot, msg, seq }) = claims.pop_front() else {
+            continue;
+        };
+        let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| process.process(msg))) else {
+            finished.push((slot, Finish::Panicked));
+            continue;
+        };
+        // The future is dropped at the end of this block (an abandoned one too), before the
+        // message's end is recorded.
+        let finish = {
+            let mut future = CatchUnwind { future: pin!(future) };
+            // The first poll in place: most messages end here.
+            let first =
+                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx))).await;
+            match first {
+                Poll::Ready(result) => {
+                    burst = MAX_CLAIM;
+                    unchecked += 1;
+                    check_scope = unchecked >= SCOPE_CHECK_EVERY;
+                    Finish::of(result)
+                }
+                Poll::Pending => {
+                    // Before waiting: record what ended, hand the other claims back, and make
+                    // this one abandonable (unless a drain abandoned it already).
+                    burst = 1;
+                    check_scope = true;
+                    let mut wake = Wake::default();
+                    let started = {
+                        let mut st = shared.state.lock();
+                        for (slot, finish) in finished.drain(..) {
+                            st.finish(slot, finish, &mut wake);
+                        }
+                        st.unclaim(&mut claims, &mut wake);
+                        // What this worker leaves ready goes to a sleeping one (which passes
+                        // the rest on when it claims).
+                        if !st.ready.is_empty() && st.sleepers > 0 {
+                            st.sleepers -= 1;
+                            wake.workers += 1;
+                        }
+                        st.start(slot)
+                    };
+                    wake.run(&shared);
+                    if started {
+                        tokio::select! {
+                            biased;
+                            result = &mut future => Finish::of(result),
+                            () = ctl.abandoned(seq) => Finish::Abandoned,
+                        }
+                    } else {
+                        Finish::Abandoned
+                    }
+                }
             }
         };
-        wake.run(&shared);
-        match next {
-            Next::Exit => return,
-            Next::Sleep => {
-                tokio::select! {
-                    () = &mut notified => {}
-                    () = shared.scope_token.cancelled() => {}
-                }
-                check_scope = true;
-            }
-            Next::Run(Job { slot, msg, seq }) => {
-                let (finish, was_pending) = run(&*process, msg, ctl, seq).await;
-                finished = Some((slot, finish));
-                unchecked += 1;
-                check_scope = was_pending || unchecked >= SCOPE_CHECK_EVERY;
-                // A processor that is always ready must not starve the runtime's other tasks.
-                tokio::task::consume_budget().await;
-            }
+        finished.push((slot, finish));
+        // A processor that is always ready must not starve the runtime's other tasks.
+        tokio::task::consume_budget().await;
+    }
+}
+
+enum Next {
+    Run,
+    Sleep,
+    Exit,
+}
+
+impl Finish {
+    fn of(result: Result<Processed, ()>) -> Finish {
+        match result {
+            Ok(processed) => Finish::Processed(processed),
+            Err(()) => Finish::Panicked,
         }
     }
 }
 
-/// Processes one message; drops its future when the worker's job `seq` is abandoned; catches
-/// panics. Also tells whether the future was ever pending.
-async fn run<P: Process>(process: &P, msg: Message, ctl: &WorkerCtl, seq: u64) -> (Finish, bool) {
-    let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| process.process(msg))) else {
-        return (Finish::Panicked, false);
-    };
-    let future = pin!(future);
-    let mut future = CatchUnwind { future, pending: false };
-    let finish = tokio::select! {
-        // Polled first: a future ready at once never touches the abandon watch.
-        biased;
-        result = &mut future => match result {
-            Ok(processed) => Finish::Processed(processed),
-            Err(()) => Finish::Panicked,
-        },
-        () = ctl.abandoned(seq) => Finish::Abandoned,
-    };
-    (finish, future.pending)
-}
-
-/// Polls a processing future, turning a panic into an error and noting whether it was ever
-/// pending.
+/// Polls a processing future, turning a panic into an error.
 struct CatchUnwind<'a, F> {
     future: Pin<&'a mut F>,
-    pending: bool,
 }
 
 impl<F: Future<Output = Processed>> Future for CatchUnwind<'_, F> {
@@ -1243,10 +1384,7 @@ impl<F: Future<Output = Processed>> Future for CatchUnwind<'_, F> {
         let future = &mut self.future;
         match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
             Ok(Poll::Ready(processed)) => Poll::Ready(Ok(processed)),
-            Ok(Poll::Pending) => {
-                self.pending = true;
-                Poll::Pending
-            }
+            Ok(Poll::Pending) => Poll::Pending,
             Err(_) => Poll::Ready(Err(())),
         }
     }

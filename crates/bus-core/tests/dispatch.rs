@@ -675,3 +675,111 @@ async fn stress_on_a_multi_thread_runtime() {
     scope.shutdown(Duration::from_secs(5)).await.unwrap();
     assert_eq!(scope.live(), 0);
 }
+
+/// A processor whose message at `stuck` never finishes; the others finish at once.
+fn stuck_at(stuck: i64, dropped: &Arc<AtomicBool>) -> ProcessFn {
+    let dropped = Arc::clone(dropped);
+    processor(move |m| {
+        let dropped = Arc::clone(&dropped);
+        async move {
+            if m.offset == stuck {
+                let _flag = DropFlag(dropped);
+                std::future::pending::<()>().await;
+            }
+            Processed::Done
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pending_message_hands_the_other_claims_to_idle_workers() {
+    // Workers claim several messages while they finish at once; the one that blocks must not
+    // hold the rest back: the other worker runs them.
+    let supervisor = Supervisor::new("test");
+    let dropped = Arc::new(AtomicBool::new(false));
+    let dispatch =
+        KeyedDispatch::start(supervisor.root(), config(2, true, 1000), stuck_at(3, &dropped))
+            .unwrap();
+    dispatch.submit(unkeyed(0, 0..200)).await.unwrap();
+    wait_until("all but the stuck one processed", Duration::from_secs(1), || {
+        dispatch.processed() == 199
+    })
+    .await;
+    assert_eq!(dispatch.running(), 1);
+    assert_eq!(dispatch.in_flight(), 1);
+    assert_eq!(dispatch.committable(&tp(0)), Some(3));
+    let report = dispatch.drain(&[tp(0)], Instant::now() + Duration::from_millis(50)).await;
+    assert_eq!((report.discarded, report.abandoned), (0, 1));
+    assert!(dropped.load(Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_one_worker_the_claims_behind_a_pending_message_stay_queued_for_the_drain() {
+    let supervisor = Supervisor::new("test");
+    let dropped = Arc::new(AtomicBool::new(false));
+    let dispatch =
+        KeyedDispatch::start(supervisor.root(), config(1, true, 1000), stuck_at(3, &dropped))
+            .unwrap();
+    dispatch.submit(unkeyed(0, 0..10)).await.unwrap();
+    wait_until("0..3 processed", Duration::from_secs(1), || dispatch.processed() == 3).await;
+    assert_eq!(dispatch.running(), 1, "only the stuck one: the others were handed back");
+    let report = dispatch.drain(&[tp(0)], Instant::now() + Duration::from_millis(50)).await;
+    assert_eq!(report.discarded, 6, "4..10 were queued");
+    assert_eq!(report.abandoned_offsets, vec![(tp(0), 3)]);
+    assert_eq!(dispatch.committable(&tp(0)), Some(3));
+    assert_eq!(dispatch.in_flight(), 0);
+    assert_eq!(dispatch.stats().discarded, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_while_claims_are_held_accounts_for_every_message() {
+    // One worker with fast messages yields now and then (the runtime's budget) while it holds
+    // claims; a drain starting then must still account for each message exactly once:
+    // processed, discarded (queued, or claimed and handed back during the drain) or abandoned.
+    // A message that yields once (`hiccup`) shifts where the claims fall.
+    for hiccup in 1..18 {
+        for stuck in 120..140 {
+            let supervisor = Supervisor::new("test");
+            let dropped = Arc::new(AtomicBool::new(false));
+            let process = {
+                let dropped = Arc::clone(&dropped);
+                processor(move |m| {
+                    let dropped = Arc::clone(&dropped);
+                    async move {
+                        if m.offset == hiccup {
+                            tokio::task::yield_now().await;
+                        }
+                        if m.offset == stuck {
+                            let _flag = DropFlag(dropped);
+                            std::future::pending::<()>().await;
+                        }
+                        Processed::Done
+                    }
+                })
+            };
+            let dispatch =
+                KeyedDispatch::start(supervisor.root(), config(1, true, 1000), process).unwrap();
+            dispatch.submit(unkeyed(0, 0..300)).await.unwrap();
+            // Let the worker run until it yields (it may hold claims then).
+            tokio::task::yield_now().await;
+            let report = dispatch.drain(&[tp(0)], Instant::now() + Duration::from_millis(50)).await;
+            let stats = dispatch.stats();
+            let case = format!("hiccup {hiccup}, stuck {stuck}: {report:?} {stats:?}");
+            assert_eq!(
+                stats.processed as usize + report.discarded + report.abandoned,
+                300,
+                "{case}"
+            );
+            assert_eq!(stats.discarded as usize, report.discarded, "{case}");
+            assert!(report.abandoned <= 1, "{case}");
+            if report.abandoned == 1 {
+                assert_eq!(report.abandoned_offsets, vec![(tp(0), stuck)], "{case}");
+                assert!(dropped.load(Ordering::SeqCst), "{case}");
+            }
+            let processed = i64::try_from(stats.processed).unwrap();
+            assert_eq!(dispatch.committable(&tp(0)), Some(processed), "{case}");
+            assert_eq!(dispatch.in_flight(), 0, "{case}");
+            assert_eq!(dispatch.running(), 0, "{case}");
+        }
+    }
+}
