@@ -1,7 +1,14 @@
 //! `cargo xtask bench`: benchmarks run side by side with their peers, printed as tables and,
 //! with `--record`, written to `docs/BENCHMARKS.md` between markers that name the benchmark.
+//!
+//! The consume benchmark runs against a nisshi of its own (in-memory, started for the run on a
+//! free port and stopped afterwards, so that a long-lived broker's growth does not weigh on it),
+//! unless `KAFKA_BOOTSTRAP` names a broker to use.
 
-use std::process::Command;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 
@@ -15,6 +22,10 @@ pub(crate) enum Which {
     /// The Kafka producer against rdkafka's (vendored librdkafka) on the same broker: 1,000,000
     /// records of 100 bytes, 1,000 keys, 6 partitions, acks all (package `bus-bench`).
     Produce,
+    /// Group consume against rdkafka's BaseConsumer on the same broker and records (1,000,000
+    /// records of 100 bytes, 6 partitions, no-op handler), and keyed dispatch with 1 ms handlers
+    /// over 1,000 keys (package `bus-bench`, a private nisshi).
+    Consume,
 }
 
 impl Which {
@@ -22,6 +33,7 @@ impl Which {
         match self {
             Which::Supervisor => "supervisor",
             Which::Produce => "produce",
+            Which::Consume => "consume",
         }
     }
 
@@ -43,6 +55,19 @@ impl Which {
                     "--",
                 ]
             }
+            Which::Consume => {
+                vec![
+                    "run",
+                    "--release",
+                    "-p",
+                    "bus-bench",
+                    "--features",
+                    "peer",
+                    "--bin",
+                    "consume-bench",
+                    "--",
+                ]
+            }
         }
     }
 }
@@ -52,13 +77,32 @@ pub(crate) fn run(which: Which, record: bool) -> Result<()> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // The produce benchmark needs a broker, and cmake and the curl headers to build librdkafka.
     let mut broker = None;
-    if let Which::Produce = which {
-        crate::peer::ensure_rdkafka_build_deps()?;
-        let running = crate::broker::ensure_running()?;
-        args.extend(["--bootstrap".to_owned(), running.bootstrap.clone()]);
+    let mut private = None;
+    match which {
+        Which::Supervisor => {}
+        Which::Produce => {
+            crate::peer::ensure_rdkafka_build_deps()?;
+            let running = crate::broker::ensure_running()?;
+            args.extend(["--bootstrap".to_owned(), running.bootstrap.clone()]);
+            broker = Some(running);
+        }
+        Which::Consume => {
+            crate::peer::ensure_rdkafka_build_deps()?;
+            let bootstrap = match std::env::var(crate::broker::BOOTSTRAP_VAR) {
+                Ok(bootstrap) if !bootstrap.trim().is_empty() => bootstrap,
+                _ => {
+                    let started = PrivateBroker::start()?;
+                    let bootstrap = started.bootstrap.clone();
+                    private = Some(started);
+                    bootstrap
+                }
+            };
+            args.extend(["--bootstrap".to_owned(), bootstrap]);
+        }
+    }
+    if !matches!(which, Which::Supervisor) {
         // Progress (building librdkafka takes minutes the first time; each round's figures).
         command.stderr(std::process::Stdio::inherit());
-        broker = Some(running);
     }
     command.args(&args).current_dir(crate::workspace_root());
     eprintln!("$ cargo {}", args.join(" "));
@@ -66,6 +110,7 @@ pub(crate) fn run(which: Which, record: bool) -> Result<()> {
     if broker.as_ref().is_some_and(|b| b.started_here) {
         crate::broker::stop()?;
     }
+    drop(private);
     let output = output?;
     if !output.status.success() {
         return Err(format!(
@@ -134,4 +179,69 @@ fn write_section(name: &str, body: &str) -> Result<()> {
         _ => format!("{}\n{replacement}\n", text.trim_end()),
     };
     std::fs::write(&path, updated).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// A nisshi started for one benchmark run (in-memory storage, a free loopback port, its own
+/// working directory under `target/`); stopped (killed and waited for) when dropped.
+struct PrivateBroker {
+    bootstrap: String,
+    child: Child,
+}
+
+impl PrivateBroker {
+    fn start() -> Result<PrivateBroker> {
+        let nisshi = crate::tools::ensure(&crate::tools::NISSHI)?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no free port: {e}"))?;
+        let bootstrap = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{bootstrap}");
+        let workdir: PathBuf = crate::workspace_root().join("target").join("bench-broker");
+        std::fs::create_dir_all(&workdir)
+            .map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
+        let log_path = workdir.join("broker.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let mut command = Command::new(&nisshi);
+        command
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://nisshi/"])
+            .current_dir(&workdir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        eprintln!("$ {} (a broker of its own for this benchmark)", crate::cmd::describe(&command));
+        let child =
+            command.spawn().map_err(|e| format!("cannot start {}: {e}", nisshi.display()))?;
+        let mut broker = PrivateBroker { bootstrap, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                return Err(format!(
+                    "the benchmark's broker exited at start ({status}); see {}",
+                    log_path.display()
+                ));
+            }
+            if crate::broker::probe(&broker.bootstrap).is_ok() {
+                eprintln!("benchmark broker at {}", broker.bootstrap);
+                return Ok(broker);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the benchmark's broker did not answer within 60 s; see {}",
+                    log_path.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
