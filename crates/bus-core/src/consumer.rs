@@ -694,38 +694,26 @@ impl FetchLoop {
 }
 
 /// Hands `batch` to `dispatch` in chunks no larger than `chunk`, each waiting for room. Each
-/// message is moved once (into its chunk). False when the loop must stop.
+/// message is moved once, from the batch into its dispatch slot. False when the loop must
+/// stop.
 async fn submit_in_chunks(
     dispatch: &KeyedDispatch,
     token: &bus_supervisor::CancellationToken,
     chunk: usize,
     batch: Vec<Message>,
 ) -> bool {
-    let chunk = chunk.max(1);
-    if batch.len() <= chunk {
-        return submit(dispatch, token, batch).await;
-    }
     let mut rest = batch.into_iter();
-    loop {
-        let part: Vec<Message> = rest.by_ref().take(chunk).collect();
-        if part.is_empty() {
-            return true;
-        }
-        if !submit(dispatch, token, part).await {
-            return false;
+    while rest.len() > 0 {
+        let need = rest.len().min(chunk.max(1));
+        tokio::select! {
+            biased;
+            () = token.cancelled() => return false,
+            submitted = dispatch.submit_from(&mut rest, need) => {
+                if submitted.is_err() {
+                    return false;
+                }
+            }
         }
     }
-}
-
-/// Hands one chunk to `dispatch`, waiting for room. False when the loop must stop.
-async fn submit(
-    dispatch: &KeyedDispatch,
-    token: &bus_supervisor::CancellationToken,
-    part: Vec<Message>,
-) -> bool {
-    tokio::select! {
-        biased;
-        () = token.cancelled() => false,
-        submitted = dispatch.submit(part) => submitted.is_ok(),
-    }
+    true
 }

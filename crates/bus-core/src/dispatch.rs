@@ -11,10 +11,11 @@
 //!   wait in the key's chain in submission order. The next one becomes ready only when the
 //!   previous one has ended (done, retained, abandoned, panicked) or was discarded. Keys are
 //!   global to the dispatch, so a key seen in two partitions is serialised across both.
-//! - **Bounded.** `in_flight` (queued + running) never exceeds `max_in_flight`, except by one
-//!   batch larger than the bound, admitted alone when nothing else is in flight. `submit` is the
-//!   only way in: it admits a whole batch or nothing, and waits (first come, first served) for
-//!   room.
+//! - **Bounded.** `in_flight` (queued + running, and admitted messages not yet enqueued) never
+//!   exceeds `max_in_flight`, except by one batch larger than the bound, admitted alone when
+//!   nothing else is in flight. `submit` is the only way in: it admits a whole batch or nothing,
+//!   and waits (first come, first served) for room; an admitted batch is enqueued
+//!   `ENQUEUE_PIECE` messages per lock, so that workers are not held up by a long one.
 //! - **Commit safety.** A message's offset is in its partition's [`CommitTracker`] before the
 //!   message can run, and is marked done only when processing returned [`Processed::Done`].
 //!   Discarded, abandoned, retained and panicked messages stay pending, so the committable
@@ -36,7 +37,7 @@
 //!   dispatch closed, discarded (uncommitted; counted in that drain's report); a claim a drain
 //!   abandoned in the meantime ends abandoned. So a slow handler never holds other messages
 //!   back, and no claim outlives a wait.
-//! - One mutex guards the state; `submit` takes it once per batch, a worker once per claim
+//! - One mutex guards the state; `submit` takes it once per piece, a worker once per claim
 //!   (recording the messages it finished and claiming the next under the same lock). A message
 //!   whose future is ready at its first poll costs no lock of its own and no other shared write
 //!   (no token clone, no waiter registration).
@@ -81,6 +82,9 @@ const SCOPE_CHECK_EVERY: u32 = 32;
 
 /// The most ready messages a worker claims at once (while they complete at their first poll).
 const MAX_CLAIM: usize = 16;
+
+/// Messages a submission enqueues per lock.
+const ENQUEUE_PIECE: usize = 64;
 
 /// What processing did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,8 +326,27 @@ impl KeyedDispatch {
     ///
     /// The batch back when the dispatch is closed or its scope cancelled.
     pub async fn submit(&self, batch: Vec<Message>) -> Result<(), SubmitError> {
-        let shared = &*self.handle.shared;
         let need = batch.len();
+        let mut source = batch.into_iter();
+        match self.submit_from(&mut source, need).await {
+            Ok(()) => Ok(()),
+            // Refused before anything was taken: the batch comes back whole.
+            Err(Closed) => Err(SubmitError { batch: source.collect() }),
+        }
+    }
+
+    /// [`KeyedDispatch::submit`] of the next `need` messages of `source` (the fetch loop hands
+    /// a fetched batch over in chunks this way, moving each message once, into its slot).
+    /// Nothing is taken from `source` unless the chunk is admitted; once admitted, all `need`
+    /// are taken (those that find the dispatch closed half-way are dropped, counted as
+    /// discarded).
+    pub(crate) async fn submit_from(
+        &self,
+        source: &mut std::vec::IntoIter<Message>,
+        need: usize,
+    ) -> Result<(), Closed> {
+        let shared = &*self.handle.shared;
+        let need = need.min(source.len());
         let mut ticket = Ticket { shared, id: None };
         loop {
             let notified = shared.room.notified();
@@ -333,8 +356,7 @@ impl KeyedDispatch {
             {
                 let mut st = shared.state.lock();
                 if st.closed || cancelled {
-                    drop(st);
-                    return Err(SubmitError { batch });
+                    return Err(Closed);
                 }
                 if need == 0 {
                     return Ok(());
@@ -348,12 +370,8 @@ impl KeyedDispatch {
                         st.admit.pop_front();
                         st.head_woken = false;
                     }
-                    let pushed = st.enqueue_batch(batch, &shared.hasher);
-                    let mut wake = Wake { workers: pushed.min(st.sleepers), ..Wake::default() };
-                    st.sleepers -= wake.workers;
-                    wake.room = st.room_for_head();
-                    drop(st);
-                    wake.run(shared);
+                    st.incoming += need;
+                    enqueue_in_pieces(shared, st, source, need);
                     return Ok(());
                 }
                 match ticket.id {
@@ -517,7 +535,8 @@ impl KeyedDispatch {
 
     /// Messages accepted and not finished (queued or running).
     pub fn in_flight(&self) -> usize {
-        self.handle.shared.state.lock().in_flight
+        let st = self.handle.shared.state.lock();
+        st.in_flight + st.incoming
     }
 
     /// Messages running now.
@@ -533,7 +552,62 @@ impl KeyedDispatch {
     /// All counters at once.
     pub fn stats(&self) -> DispatchStats {
         let st = self.handle.shared.state.lock();
-        DispatchStats { in_flight: st.in_flight, ..st.stats }
+        DispatchStats { in_flight: st.in_flight + st.incoming, ..st.stats }
+    }
+}
+
+/// Refused: the dispatch is closed or its scope cancelled.
+#[derive(Debug)]
+pub(crate) struct Closed;
+
+/// Enqueues `need` admitted messages (already counted in `incoming`) from `source`,
+/// `ENQUEUE_PIECE` per lock, waking workers as messages become ready. The lock is released
+/// between pieces, so that workers finishing and claiming messages do not wait for a whole
+/// batch. Messages that find the dispatch closed are dropped (counted as discarded).
+fn enqueue_in_pieces<'a>(
+    shared: &'a Shared,
+    mut st: parking_lot::MutexGuard<'a, State>,
+    source: &mut std::vec::IntoIter<Message>,
+    need: usize,
+) {
+    let mut left = need;
+    loop {
+        let mut pushed = 0;
+        for _ in 0..left.min(ENQUEUE_PIECE) {
+            let Some(msg) = source.next() else {
+                break;
+            };
+            st.incoming -= 1;
+            left -= 1;
+            pushed += usize::from(st.enqueue(msg, &shared.hasher));
+        }
+        if source.len() == 0 && left > 0 {
+            // Fewer messages than admitted (not expected): release the rest of the room.
+            st.incoming -= left;
+            left = 0;
+        }
+        let mut wake = Wake { workers: pushed.min(st.sleepers), ..Wake::default() };
+        st.sleepers -= wake.workers;
+        if left == 0 {
+            wake.room = st.room_for_head();
+            drop(st);
+            wake.run(shared);
+            return;
+        }
+        drop(st);
+        wake.run(shared);
+        st = shared.state.lock();
+        if st.closed {
+            st.incoming -= left;
+            st.stats.discarded += left as u64;
+            for _ in 0..left {
+                drop(source.next());
+            }
+            let wake = Wake { room: st.room_for_head(), ..Wake::default() };
+            drop(st);
+            wake.run(shared);
+            return;
+        }
     }
 }
 
@@ -764,6 +838,8 @@ struct State {
     closed: bool,
     /// Messages accepted and not finished.
     in_flight: usize,
+    /// Messages admitted and not yet enqueued (a submission between pieces).
+    incoming: usize,
     slots: Vec<Slot>,
     free_slot: usize,
     keys: Vec<KeyEntry>,
@@ -794,6 +870,7 @@ impl State {
             ordering_by_key: config.ordering_by_key,
             closed: false,
             in_flight: 0,
+            incoming: 0,
             slots: Vec::new(),
             free_slot: NIL,
             keys: Vec::new(),
@@ -813,7 +890,8 @@ impl State {
     }
 
     fn fits(&self, need: usize) -> bool {
-        self.in_flight == 0 || self.in_flight + need <= self.max_in_flight
+        let used = self.in_flight + self.incoming;
+        used == 0 || used + need <= self.max_in_flight
     }
 
     /// Whether to wake the submitters because the head one now fits (once per wake-up).
@@ -936,15 +1014,6 @@ impl State {
         let keys = &self.keys;
         self.key_index.insert_unique(hash, k, |&k| keys[k].hash);
         (k, false)
-    }
-
-    /// Accepts a batch; returns the number of messages made ready.
-    fn enqueue_batch(&mut self, batch: Vec<Message>, hasher: &FxBuildHasher) -> usize {
-        let mut ready = 0;
-        for msg in batch {
-            ready += usize::from(self.enqueue(msg, hasher));
-        }
-        ready
     }
 
     /// Accepts one message; true when it was made ready.

@@ -56,7 +56,7 @@ pub(crate) fn decode(
     partition: i32,
     from: i64,
 ) -> Result<Decoded, String> {
-    let mut decoded = Decoded::default();
+    let mut decoded = Decoded { messages: Vec::with_capacity(count_records(records)), next: None };
     let mut at = 0;
     while records.len() - at >= 12 {
         let base_offset = i64::from_be_bytes(array(records, at)?);
@@ -80,6 +80,25 @@ pub(crate) fn decode(
         at = end;
     }
     Ok(decoded)
+}
+
+/// The records in the complete batches of `records` (from their headers, unchecked), to size
+/// the output once.
+fn count_records(records: &[u8]) -> usize {
+    let mut count = 0_usize;
+    let mut at = 0;
+    while let (Ok(length), Ok(n)) = (array::<4>(records, at + 8), array::<4>(records, at + 57)) {
+        let Some(end) = usize::try_from(i32::from_be_bytes(length))
+            .ok()
+            .and_then(|l| (at + 12).checked_add(l))
+            .filter(|&end| end <= records.len() && end >= at + BATCH_HEADER_BYTES)
+        else {
+            break;
+        };
+        count = count.saturating_add(usize::try_from(i32::from_be_bytes(n)).unwrap_or(0));
+        at = end;
+    }
+    count.min(records.len() / 8)
 }
 
 /// The fixed part of one record batch.

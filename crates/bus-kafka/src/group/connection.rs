@@ -247,9 +247,28 @@ impl Connection {
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response, RequestError> {
+        let (response, _frame) = self.send_into(request, version, timeout, BytesMut::new()).await?;
+        Ok(response)
+    }
+
+    /// [`Connection::send`], reading the response into `buffer` (cleared first; grown when
+    /// too small), and returning the response frame too: a caller that keeps it can take its
+    /// memory back (`Bytes::try_into_mut`) once nothing decoded from it is referenced any more.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Connection::send`].
+    pub(crate) async fn send_into<R: Api>(
+        &mut self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+        buffer: BytesMut,
+    ) -> Result<(R::Response, Bytes), RequestError> {
         let frame = self.frame(request, version)?;
         let correlation = self.correlation;
-        let response = match tokio::time::timeout(timeout, self.exchange(R::NAME, frame)).await {
+        let exchange = self.exchange(R::NAME, frame, buffer);
+        let response = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 self.poison();
@@ -265,11 +284,19 @@ impl Connection {
                 });
             }
         };
-        let decoded = decode::<R>(response, version, correlation);
-        decoded.map_err(|reason| {
-            self.poison();
-            RequestError::Protocol { broker: self.broker.clone(), api: R::NAME, version, reason }
-        })
+        let decoded = decode::<R>(response.clone(), version, correlation);
+        match decoded {
+            Ok(decoded) => Ok((decoded, response)),
+            Err(reason) => {
+                self.poison();
+                Err(RequestError::Protocol {
+                    broker: self.broker.clone(),
+                    api: R::NAME,
+                    version,
+                    reason,
+                })
+            }
+        }
     }
 
     /// Closes the stream for good.
@@ -308,9 +335,14 @@ impl Connection {
         Ok(buf.freeze())
     }
 
-    /// Writes one frame and reads one response frame. Marks the connection in flight for the
-    /// duration, so a dropped future leaves it poisoned.
-    async fn exchange(&mut self, api: &'static str, frame: Bytes) -> Result<Bytes, RequestError> {
+    /// Writes one frame and reads one response frame into `body` (cleared first). Marks the
+    /// connection in flight for the duration, so a dropped future leaves it poisoned.
+    async fn exchange(
+        &mut self,
+        api: &'static str,
+        frame: Bytes,
+        mut body: BytesMut,
+    ) -> Result<Bytes, RequestError> {
         let io = |reason: String| RequestError::Io { broker: self.broker.clone(), api, reason };
         if self.in_flight {
             self.stream = None;
@@ -325,9 +357,16 @@ impl Connection {
             .ok()
             .filter(|s| *s >= 4 && *s <= MAX_RESPONSE_BYTES)
             .ok_or_else(|| io(format!("invalid response size {size}")))?;
-        let mut body = BytesMut::with_capacity(size);
+        body.clear();
+        body.reserve(size);
+        // Read exactly `size` bytes: never into the next response (there is none in flight,
+        // but the limit keeps the framing exact).
         while body.len() < size {
-            let read = stream.read_buf(&mut body).await.map_err(|e| io(format!("read: {e}")))?;
+            let want = size - body.len();
+            let read = stream
+                .read_buf(&mut (&mut body).limit(want))
+                .await
+                .map_err(|e| io(format!("read: {e}")))?;
             if read == 0 {
                 return Err(io("read: the broker closed the connection".into()));
             }
@@ -346,23 +385,27 @@ impl Connection {
         for _ in 0..2 {
             let frame = self.frame(&request, version)?;
             let correlation = self.correlation;
-            let body =
-                match tokio::time::timeout(timeout, self.exchange("ApiVersions", frame)).await {
-                    Ok(Ok(body)) => body,
-                    Ok(Err(e)) => {
-                        self.poison();
-                        return Err(e);
-                    }
-                    Err(_) => {
-                        self.poison();
-                        return Err(RequestError::Timeout {
-                            broker: self.broker.clone(),
-                            api: "ApiVersions",
-                            version,
-                            timeout,
-                        });
-                    }
-                };
+            let body = match tokio::time::timeout(
+                timeout,
+                self.exchange("ApiVersions", frame, BytesMut::new()),
+            )
+            .await
+            {
+                Ok(Ok(body)) => body,
+                Ok(Err(e)) => {
+                    self.poison();
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.poison();
+                    return Err(RequestError::Timeout {
+                        broker: self.broker.clone(),
+                        api: "ApiVersions",
+                        version,
+                        timeout,
+                    });
+                }
+            };
             let protocol = |reason: String| RequestError::Protocol {
                 broker: self.broker.clone(),
                 api: "ApiVersions",

@@ -20,12 +20,18 @@
 //! - One connection per reader, to the partition's leader as the bootstrap brokers' metadata
 //!   names it; a leadership error or any failed request drops it, and the next fetch looks the
 //!   leader up again.
+//! - Response memory is reused: the reader keeps its last `KEPT_FRAMES` Fetch responses and
+//!   reads the next one into the first whose messages have all been dropped (its memory is
+//!   then no longer shared), rather than into fresh pages each time. So a reader holds at most
+//!   that many responses of memory beyond what its messages in flight still reference.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::Message;
 use bus_core::backend::{BoxFuture, GroupError, PartitionReader, StartAt, TopicPartition};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -45,6 +51,8 @@ const READ_COMMITTED: i8 = 1;
 const EARLIEST: i64 = -2;
 /// ListOffsets' timestamp for the end offset.
 const LATEST: i64 = -1;
+/// Fetch responses kept for their memory.
+const KEPT_FRAMES: usize = 3;
 
 /// Reads one partition of a Kafka topic (returned by the member's `open`).
 pub(crate) struct KafkaReader {
@@ -54,6 +62,8 @@ pub(crate) struct KafkaReader {
     topic: TopicName,
     connection: Option<Connection>,
     position: StartAt,
+    /// The last responses, oldest first: their memory is reused once unshared.
+    frames: VecDeque<Bytes>,
 }
 
 impl std::fmt::Debug for KafkaReader {
@@ -75,7 +85,15 @@ impl KafkaReader {
         start: StartAt,
     ) -> Self {
         let topic = TopicName(StrBytes::from_string(partition.topic.to_string()));
-        KafkaReader { client, group, partition, topic, connection: None, position: start }
+        KafkaReader {
+            client,
+            group,
+            partition,
+            topic,
+            connection: None,
+            position: start,
+            frames: VecDeque::with_capacity(KEPT_FRAMES + 1),
+        }
     }
 
     fn error(&self, what: &str, error: impl std::fmt::Display) -> GroupError {
@@ -187,15 +205,20 @@ impl KafkaReader {
         request.session_id = 0;
         request.session_epoch = -1;
         request.topics = vec![topic];
+        let buffer = self.spare_buffer();
         let connection = self.connection().await?;
         let sent = match connection.version::<FetchRequest>() {
-            Ok(version) => connection.send(&request, version, timeout).await,
+            Ok(version) => connection.send_into(&request, version, timeout, buffer).await,
             Err(e) => Err(e),
         };
-        let response = sent.map_err(|e| {
+        let (response, frame) = sent.map_err(|e| {
             self.connection = None;
             self.error(&format!("fetch at offset {offset} failed"), e)
         })?;
+        self.frames.push_back(frame);
+        if self.frames.len() > KEPT_FRAMES {
+            self.frames.pop_front();
+        }
         if response.error_code != 0 {
             self.connection = None;
             return Err(self.error(
@@ -252,6 +275,21 @@ impl KafkaReader {
             self.position = StartAt::Offset(next.max(offset));
         }
         Ok(decoded.messages)
+    }
+
+    /// The memory of a kept response nothing references any more (taken out of the kept ones),
+    /// or a new buffer.
+    fn spare_buffer(&mut self) -> BytesMut {
+        for _ in 0..self.frames.len() {
+            let Some(frame) = self.frames.pop_front() else {
+                break;
+            };
+            match frame.try_into_mut() {
+                Ok(buffer) => return buffer,
+                Err(frame) => self.frames.push_back(frame),
+            }
+        }
+        BytesMut::new()
     }
 
     /// Moves the position to the partition's earliest offset (logged): `offset` is `why`.
