@@ -586,7 +586,12 @@ fn enqueue_in_pieces<'a>(
             st.incoming -= left;
             left = 0;
         }
-        let mut wake = Wake { workers: pushed.min(st.sleepers), ..Wake::default() };
+        // While messages finish at their first poll, a woken worker claims up to MAX_CLAIM of
+        // them (and wakes another if more are left): waking one per message would mostly
+        // wake workers that find nothing.
+        let per_worker = if st.fast { MAX_CLAIM } else { 1 };
+        let mut wake =
+            Wake { workers: pushed.div_ceil(per_worker).min(st.sleepers), ..Wake::default() };
         st.sleepers -= wake.workers;
         if left == 0 {
             wake.room = st.room_for_head();
@@ -853,6 +858,9 @@ struct State {
     last_part: usize,
     /// Workers waiting for work, registered with `work` and not yet notified.
     sleepers: usize,
+    /// The last message a worker reported finished at its first poll (workers claim several
+    /// at once then).
+    fast: bool,
     /// Submitters waiting for room, in arrival order: ticket and batch size.
     admit: VecDeque<(u64, usize)>,
     next_ticket: u64,
@@ -881,6 +889,7 @@ impl State {
             free_parts: Vec::new(),
             last_part: NIL,
             sleepers: 0,
+            fast: false,
             admit: VecDeque::new(),
             next_ticket: 0,
             head_woken: false,
@@ -1327,6 +1336,7 @@ async fn worker<P: Process>(shared: Arc<Shared>, process: Arc<P>, index: usize) 
                 for (slot, finish) in finished.drain(..) {
                     st.finish(slot, finish, &mut wake);
                 }
+                st.fast = burst > 1;
                 if st.closed || cancelled {
                     st.unclaim(&mut claims, &mut wake);
                     Next::Exit
@@ -1395,6 +1405,7 @@ async fn worker<P: Process>(shared: Arc<Shared>, process: Arc<P>, index: usize) 
                     let mut wake = Wake::default();
                     let started = {
                         let mut st = shared.state.lock();
+                        st.fast = false;
                         for (slot, finish) in finished.drain(..) {
                             st.finish(slot, finish, &mut wake);
                         }
