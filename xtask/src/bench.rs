@@ -17,7 +17,8 @@ use crate::Result;
 /// The benchmarks.
 #[derive(ValueEnum, Clone, Copy)]
 pub(crate) enum Which {
-    /// Spawn-and-join overhead of bus-supervisor against bare tokio::spawn and TaskTracker.
+    /// Spawn-and-join overhead of bus-supervisor against bare tokio::spawn and TaskTracker: wall
+    /// and CPU time, and instructions per task counted by callgrind (valgrind).
     Supervisor,
     /// The Kafka producer against rdkafka's (vendored librdkafka) on the same broker: 1,000,000
     /// records of 100 bytes, 1,000 keys, 6 partitions, acks all (package `bus-bench`).
@@ -36,90 +37,13 @@ impl Which {
             Which::Consume => "consume",
         }
     }
-
-    fn command(self) -> Vec<&'static str> {
-        match self {
-            Which::Supervisor => {
-                vec!["bench", "-p", "bus-supervisor", "--bench", "spawn_overhead"]
-            }
-            Which::Produce => {
-                vec![
-                    "run",
-                    "--release",
-                    "-p",
-                    "bus-bench",
-                    "--features",
-                    "peer",
-                    "--bin",
-                    "produce-bench",
-                    "--",
-                ]
-            }
-            Which::Consume => {
-                vec![
-                    "run",
-                    "--release",
-                    "-p",
-                    "bus-bench",
-                    "--features",
-                    "peer",
-                    "--bin",
-                    "consume-bench",
-                    "--",
-                ]
-            }
-        }
-    }
 }
 
 pub(crate) fn run(which: Which, record: bool) -> Result<()> {
-    let mut args: Vec<String> = which.command().into_iter().map(str::to_owned).collect();
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    // The produce benchmark needs a broker, and cmake and the curl headers to build librdkafka.
-    let mut broker = None;
-    let mut private = None;
-    match which {
-        Which::Supervisor => {}
-        Which::Produce => {
-            crate::peer::ensure_rdkafka_build_deps()?;
-            let running = crate::broker::ensure_running()?;
-            args.extend(["--bootstrap".to_owned(), running.bootstrap.clone()]);
-            broker = Some(running);
-        }
-        Which::Consume => {
-            crate::peer::ensure_rdkafka_build_deps()?;
-            let bootstrap = match std::env::var(crate::broker::BOOTSTRAP_VAR) {
-                Ok(bootstrap) if !bootstrap.trim().is_empty() => bootstrap,
-                _ => {
-                    let started = PrivateBroker::start()?;
-                    let bootstrap = started.bootstrap.clone();
-                    private = Some(started);
-                    bootstrap
-                }
-            };
-            args.extend(["--bootstrap".to_owned(), bootstrap]);
-        }
-    }
-    if !matches!(which, Which::Supervisor) {
-        // Progress (building librdkafka takes minutes the first time; each round's figures).
-        command.stderr(std::process::Stdio::inherit());
-    }
-    command.args(&args).current_dir(crate::workspace_root());
-    eprintln!("$ cargo {}", args.join(" "));
-    let output = command.output().map_err(|e| format!("cannot run cargo: {e}"));
-    if broker.as_ref().is_some_and(|b| b.started_here) {
-        crate::broker::stop()?;
-    }
-    drop(private);
-    let output = output?;
-    if !output.status.success() {
-        return Err(format!(
-            "the benchmark failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    let table = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let table = match which {
+        Which::Supervisor => supervisor()?,
+        Which::Produce | Which::Consume => against_broker(which)?,
+    };
     println!("{table}");
     if record {
         let section = format!(
@@ -132,6 +56,155 @@ pub(crate) fn run(which: Which, record: bool) -> Result<()> {
         eprintln!("recorded in docs/BENCHMARKS.md");
     }
     Ok(())
+}
+
+/// The supervisor benchmark: wall and CPU time in a burst and in windows on a 2-worker runtime,
+/// then instructions per task counted by callgrind (the figure this shared machine's load does
+/// not move).
+fn supervisor() -> Result<String> {
+    let bench = ["bench", "-p", "bus-supervisor", "--bench", "spawn_overhead"];
+    let mut tables = Vec::new();
+    for (step, extra) in [(1, &[][..]), (2, &["--window", "1000"][..])] {
+        eprintln!(
+            "supervisor benchmark {step}/3: {}",
+            if extra.is_empty() { "burst" } else { "windows" }
+        );
+        let mut command = cargo();
+        command.args(bench).arg("--").args(extra).current_dir(crate::workspace_root());
+        tables.push(stdout_of(&mut command)?);
+    }
+    eprintln!("supervisor benchmark 3/3: instructions under callgrind");
+    tables.push(instructions(&bench)?);
+    Ok(tables.join("\n\n"))
+}
+
+/// Tasks per instruction-counting run, and the window they are spawned and joined in.
+const COUNTED_TASKS: u64 = 20_000;
+
+/// Instructions per task of each variant on a current-thread runtime, counted by callgrind: the
+/// count of a run of three rounds minus that of a run of one round (start-up, warm-up and exit
+/// cancel out), over the tasks of the two extra rounds.
+fn instructions(bench: &[&str]) -> Result<String> {
+    crate::tools::ensure_debian_packages(
+        "counting instructions",
+        &[("valgrind", crate::tools::runs("valgrind", "--version"))],
+    )?;
+    let exe = bench_executable(bench)?;
+    let tasks = COUNTED_TASKS.to_string();
+    let count = |variant: &str, rounds: &str| -> Result<u64> {
+        let mut command = Command::new("valgrind");
+        command
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(&exe)
+            .args(["--only", variant, "--workers", "0", "--window", "1000"])
+            .args(["--tasks", &tasks, "--rounds", rounds]);
+        let output = command.output().map_err(|e| format!("cannot run valgrind: {e}"))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            return Err(format!("callgrind failed ({}):\n{stderr}", output.status));
+        }
+        stderr
+            .lines()
+            .find_map(|l| l.split_once("Collected :").map(|(_, n)| n.trim().to_owned()))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("no instruction count in callgrind's output:\n{stderr}"))
+    };
+    let mut per_task = Vec::new();
+    for variant in ["bare", "tracker", "supervisor"] {
+        let (one, three) = (count(variant, "1")?, count(variant, "3")?);
+        per_task.push(three.saturating_sub(one) as f64 / (2 * COUNTED_TASKS) as f64);
+    }
+    let [bare, tracker, supervisor] = per_task[..] else {
+        return Err("three variants expected".into());
+    };
+    Ok(format!(
+        "instructions: {COUNTED_TASKS} empty tasks spawned and joined 1000 at a time on a \
+         current-thread runtime, counted by callgrind (runs of 3 rounds minus runs of 1)\n\n\
+         | variant | instructions per task | ratio |\n\
+         |---|---:|---:|\n\
+         | bare `tokio::spawn`, handles awaited | {bare:.0} | 1.00 |\n\
+         | `tokio_util::task::TaskTracker` | {tracker:.0} | {:.2} |\n\
+         | `bus_supervisor::Scope::spawn`, handles awaited | {supervisor:.0} | {:.2} |\n\n\
+         supervisor / bare: {:.2} instructions (target <= 1.50)",
+        tracker / bare,
+        supervisor / bare,
+        supervisor / bare
+    ))
+}
+
+/// Builds the benchmark and returns its executable (from cargo's `Executable` line).
+fn bench_executable(bench: &[&str]) -> Result<PathBuf> {
+    let output = cargo()
+        .args(bench)
+        .arg("--no-run")
+        .current_dir(crate::workspace_root())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!("building the benchmark failed:\n{stderr}"));
+    }
+    stderr
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Executable "))
+        .find_map(|l| l.rsplit_once('(').and_then(|(_, p)| p.strip_suffix(')')))
+        .map(|p| crate::workspace_root().join(p))
+        .ok_or_else(|| format!("no executable in cargo's output:\n{stderr}"))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Runs a command, returning its trimmed stdout; its stderr shows as progress.
+fn stdout_of(command: &mut Command) -> Result<String> {
+    command.stderr(Stdio::inherit());
+    eprintln!("$ {}", crate::cmd::describe(command));
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", crate::cmd::describe(command)))?;
+    if !output.status.success() {
+        return Err(format!("the benchmark failed ({})", output.status));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// The Kafka benchmarks: built with the rdkafka peer, run against the shared broker
+/// (produce) or one of their own (consume).
+fn against_broker(which: Which) -> Result<String> {
+    let bin = if matches!(which, Which::Produce) { "produce-bench" } else { "consume-bench" };
+    let mut command = cargo();
+    command
+        .args(["run", "--release", "-p", "bus-bench", "--features", "peer", "--bin", bin, "--"])
+        .current_dir(crate::workspace_root());
+    // Both need cmake and the curl headers to build librdkafka.
+    crate::peer::ensure_rdkafka_build_deps()?;
+    let mut broker = None;
+    let mut private = None;
+    let bootstrap = match std::env::var(crate::broker::BOOTSTRAP_VAR) {
+        Ok(bootstrap) if !bootstrap.trim().is_empty() => bootstrap,
+        // The producer runs against the shared broker (started if need be, stopped after).
+        _ if matches!(which, Which::Produce) => {
+            let running = crate::broker::ensure_running()?;
+            let bootstrap = running.bootstrap.clone();
+            broker = Some(running);
+            bootstrap
+        }
+        _ => {
+            let started = PrivateBroker::start()?;
+            let bootstrap = started.bootstrap.clone();
+            private = Some(started);
+            bootstrap
+        }
+    };
+    command.args(["--bootstrap", &bootstrap]);
+    // Progress shows (building librdkafka takes minutes the first time; each round's figures).
+    let output = stdout_of(&mut command);
+    if broker.as_ref().is_some_and(|b| b.started_here) {
+        crate::broker::stop()?;
+    }
+    drop(private);
+    output
 }
 
 fn today() -> String {

@@ -58,10 +58,6 @@ pub(crate) fn ensure_python() -> Result<PathBuf> {
     Ok(python)
 }
 
-fn has(program: &str, arg: &str) -> bool {
-    Command::new(program).arg(arg).output().is_ok_and(|o| o.status.success())
-}
-
 fn curl_header() -> bool {
     [
         "/usr/include/curl/curl.h",
@@ -76,24 +72,11 @@ fn curl_header() -> bool {
 /// headers (librdkafka 2.12 includes `curl/curl.h` even with its curl feature off). Installs
 /// them with apt-get when missing and running as root; otherwise says what to install.
 pub(crate) fn ensure_rdkafka_build_deps() -> Result<()> {
-    let missing: Vec<&str> =
-        [("cmake", has("cmake", "--version")), ("libcurl4-openssl-dev", curl_header())]
-            .into_iter()
-            .filter(|(_, present)| !present)
-            .map(|(package, _)| package)
-            .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
-    if !root {
-        return Err(format!(
-            "building the rdkafka peer needs {}: install with `sudo apt-get install -y {}`",
-            missing.join(" and "),
-            missing.join(" ")
-        ));
-    }
-    eprintln!("building the rdkafka peer needs {}; installing with apt-get", missing.join(" and "));
-    crate::cmd::run(Command::new("apt-get").arg("update"))?;
-    crate::cmd::run(Command::new("apt-get").args(["install", "-y"]).args(&missing))
+    crate::tools::ensure_debian_packages(
+        "building the rdkafka peer",
+        &[
+            ("cmake", crate::tools::runs("cmake", "--version")),
+            ("libcurl4-openssl-dev", curl_header()),
+        ],
+    )
 }

@@ -1,4 +1,5 @@
-//! Pinned tools installed on first use: cargo-deny and the nisshi broker.
+//! Pinned tools installed on first use: cargo-deny and the nisshi broker; Debian packages a
+//! command needs (installed with apt-get as root, otherwise named).
 //!
 //! Owns: finding a tool (on the PATH or in cargo's bin directory) and installing it with
 //! `cargo install` when missing, showing progress. A tool installed once is reused.
@@ -90,4 +91,31 @@ pub(crate) fn ensure(tool: &Tool) -> Result<PathBuf> {
         eprintln!("installed: {version}");
     }
     Ok(found)
+}
+
+/// Makes sure the Debian packages `purpose` needs are present: each is given with whether it
+/// is already there. Installs the missing ones with apt-get when running as root; otherwise
+/// says what to install.
+pub(crate) fn ensure_debian_packages(purpose: &str, packages: &[(&str, bool)]) -> Result<()> {
+    let missing: Vec<&str> =
+        packages.iter().filter(|(_, present)| !present).map(|(package, _)| *package).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if !root {
+        return Err(format!(
+            "{purpose} needs {}: install with `sudo apt-get install -y {}`",
+            missing.join(" and "),
+            missing.join(" ")
+        ));
+    }
+    eprintln!("{purpose} needs {}; installing with apt-get", missing.join(" and "));
+    crate::cmd::run(Command::new("apt-get").arg("update"))?;
+    crate::cmd::run(Command::new("apt-get").args(["install", "-y"]).args(&missing))
+}
+
+/// Whether `program arg` runs and succeeds (a quick presence check, e.g. `--version`).
+pub(crate) fn runs(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).output().is_ok_and(|o| o.status.success())
 }
