@@ -27,6 +27,9 @@ pub(crate) enum Which {
     /// records of 100 bytes, 6 partitions, no-op handler), and keyed dispatch with 1 ms handlers
     /// over 1,000 keys (package `bus-bench`, a private nisshi).
     Consume,
+    /// bus-core alone: the in-memory bus's publish and consume throughput against a plain mpsc
+    /// channel, and the keyed dispatch with 1 ms handlers over 1,000 keys and with a no-op one.
+    Core,
 }
 
 impl Which {
@@ -35,6 +38,7 @@ impl Which {
             Which::Supervisor => "supervisor",
             Which::Produce => "produce",
             Which::Consume => "consume",
+            Which::Core => "core",
         }
     }
 }
@@ -42,6 +46,7 @@ impl Which {
 pub(crate) fn run(which: Which, record: bool) -> Result<()> {
     let table = match which {
         Which::Supervisor => supervisor()?,
+        Which::Core => core()?,
         Which::Produce | Which::Consume => against_broker(which)?,
     };
     println!("{table}");
@@ -75,6 +80,19 @@ fn supervisor() -> Result<String> {
     }
     eprintln!("supervisor benchmark 3/3: instructions under callgrind");
     tables.push(instructions(&bench)?);
+    Ok(tables.join("\n\n"))
+}
+
+/// bus-core's benchmarks: the in-memory bus, then the keyed dispatch.
+fn core() -> Result<String> {
+    let mut tables = Vec::new();
+    for (step, bench) in [(1, "in_memory"), (2, "keyed_dispatch")] {
+        eprintln!("bus-core benchmark {step}/2: {bench}");
+        let mut command = cargo();
+        command.args(["bench", "-p", "bus-core", "--bench", bench]);
+        command.current_dir(crate::workspace_root());
+        tables.push(stdout_of(&mut command)?);
+    }
     Ok(tables.join("\n\n"))
 }
 
