@@ -183,7 +183,7 @@ fn main() {
 
     if !only_noop {
         println!(
-            "## Keyed dispatch, {KEYS} keys, handler = `tokio::time::sleep(1 ms)`, \
+            "Keyed dispatch, {KEYS} keys, handler = `tokio::time::sleep(1 ms)`, \
              {WORKER_THREADS} runtime threads, max_in_flight {}\n",
             defaults.max_in_flight
         );
@@ -227,7 +227,7 @@ fn main() {
     }
 
     println!(
-        "\n## No-op processor, batches of {BATCH}, {WORKER_THREADS} runtime threads, \
+        "\nNo-op processor, batches of {BATCH}, {WORKER_THREADS} runtime threads, \
          concurrency {}, max_in_flight {}\n",
         defaults.concurrency, defaults.max_in_flight
     );
