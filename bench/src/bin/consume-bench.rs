@@ -21,48 +21,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use bus_bench::{
+    AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, librdkafka_version, median, process_cpu,
+};
 use bus_core::{HandlerError, Message, Record, SubscribeOptions};
 use bus_kafka::{Admin, KafkaConfig};
 use bytes::Bytes;
-
-const PARTITIONS: i32 = 6;
-const AGGREGATES: usize = 1_000;
-const VALUE_BYTES: usize = 100;
-
-/// One client's measurement.
-#[derive(Debug, Clone, Copy)]
-struct Phase {
-    /// First record to last record.
-    seconds: f64,
-    /// Subscribing to the first record.
-    join_seconds: f64,
-    /// Process CPU from subscribing to the last record.
-    cpu_seconds: f64,
-    records: usize,
-}
-
-impl Phase {
-    fn rate(&self) -> f64 {
-        self.records as f64 / self.seconds
-    }
-    fn cpu_us_per_msg(&self) -> f64 {
-        self.cpu_seconds * 1e6 / self.records as f64
-    }
-}
-
-/// This process's user + system CPU time, from `/proc/self/stat` (clock ticks of 10 ms).
-fn process_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn fail(message: &str) -> ! {
-    eprintln!("consume-bench: {message}");
-    std::process::exit(1);
-}
 
 /// Writes `records` records (keys over [`AGGREGATES`] aggregates) to `topic` with the bus.
 async fn fill(bootstrap: &str, topic: &str, records: usize) {
@@ -203,16 +167,6 @@ fn rdkafka_phase(_bootstrap: &str, _topic: &str, _records: usize, _group: &str) 
     fail("built without the rdkafka peer: build with `--features peer`")
 }
 
-#[cfg(not(feature = "peer"))]
-fn librdkafka_version() -> String {
-    "not built".into()
-}
-
-#[cfg(feature = "peer")]
-fn librdkafka_version() -> String {
-    rdkafka::util::get_rdkafka_version().1
-}
-
 #[cfg(feature = "peer")]
 fn rdkafka_phase(bootstrap: &str, topic: &str, records: usize, group: &str) -> Phase {
     use rdkafka::config::ClientConfig;
@@ -343,11 +297,6 @@ async fn keyed_phase(bootstrap: &str, topic: &str, records: usize, concurrency: 
         keyed.nominal() / keyed.actual * 100.0
     );
     keyed
-}
-
-fn median(mut phases: Vec<Phase>) -> Phase {
-    phases.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    phases[phases.len() / 2]
 }
 
 fn main() {

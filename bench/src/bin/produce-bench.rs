@@ -13,6 +13,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bus_bench::{
+    AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, key, librdkafka_version, median, process_cpu,
+};
 use bus_core::Record;
 use bus_kafka::{Admin, KafkaConfig};
 use bytes::Bytes;
@@ -22,45 +25,6 @@ use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 #[cfg(feature = "peer")]
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-
-const PARTITIONS: i32 = 6;
-const AGGREGATES: usize = 1_000;
-const VALUE_BYTES: usize = 100;
-
-/// One client's measurement.
-#[derive(Debug, Clone, Copy)]
-struct Phase {
-    seconds: f64,
-    cpu_seconds: f64,
-    records: usize,
-}
-
-impl Phase {
-    fn rate(&self) -> f64 {
-        self.records as f64 / self.seconds
-    }
-    fn mb_per_s(&self) -> f64 {
-        (self.records * VALUE_BYTES) as f64 / self.seconds / 1e6
-    }
-    fn cpu_us_per_msg(&self) -> f64 {
-        self.cpu_seconds * 1e6 / self.records as f64
-    }
-}
-
-/// This process's user + system CPU time, from `/proc/self/stat` (clock ticks of 10 ms).
-fn process_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the `)`.
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn key(i: usize) -> String {
-    format!("aggregate-{}", i % AGGREGATES)
-}
 
 #[cfg(feature = "peer")]
 struct Counting {
@@ -88,16 +52,6 @@ fn rdkafka_phase(_bootstrap: &str, _topic: &str, _records: usize, _keys: &[Strin
     fail(
         "built without the rdkafka peer: run `cargo xtask bench produce` (it passes --features peer)",
     )
-}
-
-#[cfg(not(feature = "peer"))]
-fn librdkafka_version() -> String {
-    "not built".into()
-}
-
-#[cfg(feature = "peer")]
-fn librdkafka_version() -> String {
-    rdkafka::util::get_rdkafka_version().1
 }
 
 #[cfg(feature = "peer")]
@@ -150,7 +104,7 @@ fn rdkafka_phase(bootstrap: &str, topic: &str, records: usize, keys: &[String]) 
             ctx.failed.load(Ordering::Relaxed)
         ));
     }
-    Phase { seconds, cpu_seconds, records }
+    Phase { seconds, join_seconds: 0.0, cpu_seconds, records }
 }
 
 async fn bus_phase(bootstrap: &str, topic: &str, records: usize, keys: &[Bytes]) -> Phase {
@@ -189,17 +143,7 @@ async fn bus_phase(bootstrap: &str, topic: &str, records: usize, keys: &[Bytes])
     if let Err(e) = bus.shutdown(Duration::from_secs(30)).await {
         fail(&format!("bus shutdown: {e}"));
     }
-    Phase { seconds, cpu_seconds, records }
-}
-
-fn fail(message: &str) -> ! {
-    eprintln!("produce-bench: {message}");
-    std::process::exit(1);
-}
-
-fn median(mut phases: Vec<Phase>) -> Phase {
-    phases.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    phases[phases.len() / 2]
+    Phase { seconds, join_seconds: 0.0, cpu_seconds, records }
 }
 
 fn main() {
