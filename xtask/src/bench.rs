@@ -5,10 +5,8 @@
 //! free port and stopped afterwards, so that a long-lived broker's growth does not weigh on it),
 //! unless `KAFKA_BOOTSTRAP` names a broker to use.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 
@@ -281,52 +279,12 @@ struct PrivateBroker {
 
 impl PrivateBroker {
     fn start() -> Result<PrivateBroker> {
-        let nisshi = crate::tools::ensure(&crate::tools::NISSHI)?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| format!("no free port: {e}"))?;
-        let bootstrap = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{bootstrap}");
-        let workdir: PathBuf = crate::workspace_root().join("target").join("bench-broker");
-        std::fs::create_dir_all(&workdir)
-            .map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
-        let log_path = workdir.join("broker.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-        let log_err = log.try_clone().map_err(|e| e.to_string())?;
-        let mut command = Command::new(&nisshi);
-        command
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://nisshi/"])
-            .current_dir(&workdir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        eprintln!("$ {} (a broker of its own for this benchmark)", crate::cmd::describe(&command));
-        let child =
-            command.spawn().map_err(|e| format!("cannot start {}: {e}", nisshi.display()))?;
-        let mut broker = PrivateBroker { bootstrap, child };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = broker.child.try_wait() {
-                return Err(format!(
-                    "the benchmark's broker exited at start ({status}); see {}",
-                    log_path.display()
-                ));
-            }
-            if crate::broker::probe(&broker.bootstrap).is_ok() {
-                eprintln!("benchmark broker at {}", broker.bootstrap);
-                return Ok(broker);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "the benchmark's broker did not answer within 60 s; see {}",
-                    log_path.display()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let workdir = crate::workspace_root().join("target").join("bench-broker");
+        let log = workdir.join("broker.log");
+        eprintln!("starting a broker of its own for this benchmark");
+        let (child, bootstrap) = crate::broker::launch(&workdir, &log, false)?;
+        eprintln!("benchmark broker at {bootstrap}");
+        Ok(PrivateBroker { bootstrap, child })
     }
 }
 

@@ -14,8 +14,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
@@ -135,10 +135,56 @@ fn free_port() -> Result<u16> {
     listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
-fn log_tail() -> String {
-    let text = std::fs::read_to_string(log_file()).unwrap_or_default();
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Starts a nisshi (installed on first use) on a free loopback port with in-memory storage,
+/// working in `workdir` and writing its output to `log`; returns it once it answers, with its
+/// address. `detached` puts it in a process group of its own (it outlives a Ctrl-C of the
+/// command that started it). The caller owns the process: it is not recorded anywhere.
+pub(crate) fn launch(workdir: &Path, log: &Path, detached: bool) -> Result<(Child, String)> {
+    let nisshi = tools::ensure(&tools::NISSHI)?;
+    let port = free_port()?;
+    let bootstrap = format!("127.0.0.1:{port}");
+    let url = format!("tcp://{bootstrap}");
+    std::fs::create_dir_all(workdir)
+        .map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
+    let out =
+        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut command = Command::new(&nisshi);
+    command
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://nisshi/"])
+        .current_dir(workdir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    if detached {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    eprintln!("$ {}", crate::cmd::describe(&command));
+    let mut child =
+        command.spawn().map_err(|e| format!("cannot start {}: {e}", nisshi.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the broker exited at start ({status}):\n{}", log_tail(log)));
+        }
+        if probe(&bootstrap).is_ok() {
+            return Ok((child, bootstrap));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the broker did not answer within 60 s:\n{}", log_tail(log)));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Returns a broker that answers: the one named by `KAFKA_BOOTSTRAP`, the one already recorded,
@@ -159,48 +205,10 @@ pub(crate) fn ensure_running() -> Result<Broker> {
         // Stale record: the process is gone (a reboot, a kill). Forget it.
         let _ = std::fs::remove_file(env_file());
     }
-    let nisshi = tools::ensure(&tools::NISSHI)?;
-    let port = free_port()?;
-    let bootstrap = format!("127.0.0.1:{port}");
-    let url = format!("tcp://{bootstrap}");
     let workdir = crate::workspace_root().join("target").join("broker");
-    std::fs::create_dir_all(&workdir)
-        .map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
-    let log =
-        std::fs::File::create(log_file()).map_err(|e| format!("cannot create broker log: {e}"))?;
-    let log_err = log.try_clone().map_err(|e| e.to_string())?;
-    let mut command = Command::new(&nisshi);
-    command
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://nisshi/"])
-        .current_dir(&workdir)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err);
-    {
-        // Its own process group: a Ctrl-C meant for a test run does not kill it half-way.
-        use std::os::unix::process::CommandExt;
-        command.process_group(0);
-    }
-    eprintln!("$ {}", crate::cmd::describe(&command));
-    let mut child =
-        command.spawn().map_err(|e| format!("cannot start {}: {e}", nisshi.display()))?;
+    // Its own process group: a Ctrl-C meant for a test run does not kill it half-way.
+    let (child, bootstrap) = launch(&workdir, &log_file(), true)?;
     let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("the broker exited at start ({status}):\n{}", log_tail()));
-        }
-        if probe(&bootstrap).is_ok() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("the broker did not answer within 60 s:\n{}", log_tail()));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
     std::fs::write(
         env_file(),
         format!(
