@@ -29,20 +29,9 @@ import sys
 import threading
 import time
 
-try:
-    import confluent_kafka
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-except ImportError:
-    sys.stderr.write(
-        "the peer client is missing: install it with `python3 -m venv target/peer-venv && "
-        "target/peer-venv/bin/pip install confluent-kafka==2.16.1` "
-        "(`cargo xtask test` does this by itself)\n"
-    )
-    sys.exit(3)
+from peer_common import text, version  # exits 3 when confluent-kafka is missing
 
-
-def text(b):
-    return None if b is None else b.decode("utf-8", errors="replace")
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 
 def consume(args):
@@ -171,14 +160,7 @@ def main():
     elif args.command == "commit":
         commit(args)
     else:
-        print(
-            json.dumps(
-                {
-                    "confluent_kafka": confluent_kafka.version()[0],
-                    "librdkafka": confluent_kafka.libversion()[0],
-                }
-            )
-        )
+        version()
 
 
 if __name__ == "__main__":

@@ -22,20 +22,9 @@ import argparse
 import json
 import sys
 
-try:
-    import confluent_kafka
-    from confluent_kafka import Consumer, Producer, TopicPartition
-except ImportError:
-    sys.stderr.write(
-        "the peer client is missing: install it with `python3 -m venv target/peer-venv && "
-        "target/peer-venv/bin/pip install confluent-kafka==2.16.1` "
-        "(`cargo xtask test` does this by itself)\n"
-    )
-    sys.exit(3)
+from peer_common import text, version  # exits 3 when confluent-kafka is missing
 
-
-def text(b):
-    return None if b is None else b.decode("utf-8", errors="replace")
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 
 def read(args):
@@ -113,13 +102,6 @@ def partition(args):
     if left or errors:
         raise SystemExit(f"probe delivery failed: {left} left, errors {errors[:5]}")
     json.dump({"partitions": placed}, sys.stdout)
-
-
-def version(_args):
-    json.dump(
-        {"confluent_kafka": confluent_kafka.__version__, "librdkafka": confluent_kafka.libversion()[0]},
-        sys.stdout,
-    )
 
 
 def main():
