@@ -72,6 +72,27 @@ async fn revoked(member: &dyn GroupMember) -> Revocation {
     }
 }
 
+/// Two members `a` and `b` of `group` on `topic` (of `partitions` partitions), with their settled
+/// assignments: `a` may first be given every partition alone, then give them up to the rebalance
+/// `b`'s join starts.
+async fn two_members(
+    backend: &MemoryBackend,
+    supervisor: &Supervisor,
+    group: &str,
+    topic: &str,
+    partitions: usize,
+) -> (Box<dyn GroupMember>, Vec<TopicPartition>, Box<dyn GroupMember>, Vec<TopicPartition>) {
+    let a = join(backend, supervisor, group, &[topic]).await;
+    let b = join(backend, supervisor, group, &[topic]).await;
+    let mut a_parts = assigned(&*a).await;
+    if a_parts.len() == partitions {
+        revoked(&*a).await.complete();
+        a_parts = assigned(&*a).await;
+    }
+    let b_parts = assigned(&*b).await;
+    (a, a_parts, b, b_parts)
+}
+
 /// Polls `fut` once with the task's real context.
 async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
@@ -311,15 +332,7 @@ async fn two_groups_each_see_every_record() {
 async fn two_members_split_the_partitions() {
     let (sup, backend) = backend(MemoryConfig::default());
     backend.create_topic("orders", 6).unwrap();
-    let a = join(&backend, &sup, "g", &["orders"]).await;
-    let b = join(&backend, &sup, "g", &["orders"]).await;
-    // `a` may see a first assignment alone, then a rebalance; settle on the final one.
-    let mut a_parts = assigned(&*a).await;
-    if a_parts.len() == 6 {
-        revoked(&*a).await.complete();
-        a_parts = assigned(&*a).await;
-    }
-    let b_parts = assigned(&*b).await;
+    let (_a, a_parts, _b, b_parts) = two_members(&backend, &sup, "g", "orders", 6).await;
     assert_eq!((a_parts.len(), b_parts.len()), (3, 3));
     assert_partitioned(&[&a_parts, &b_parts], &all_partitions("orders", 6));
     assert_eq!(backend.members("g").len(), 2);
@@ -387,14 +400,7 @@ async fn a_join_revokes_everyone_first_then_reassigns() {
 async fn a_leaving_member_hands_its_partitions_over() {
     let (sup, backend) = backend(MemoryConfig::default());
     backend.create_topic("orders", 4).unwrap();
-    let a = join(&backend, &sup, "g", &["orders"]).await;
-    let b = join(&backend, &sup, "g", &["orders"]).await;
-    let mut a1 = assigned(&*a).await;
-    if a1.len() == 4 {
-        revoked(&*a).await.complete();
-        a1 = assigned(&*a).await;
-    }
-    let b1 = assigned(&*b).await;
+    let (a, a1, b, b1) = two_members(&backend, &sup, "g", "orders", 4).await;
     assert_eq!((a1.len(), b1.len()), (2, 2));
 
     b.leave().await.unwrap();
@@ -478,14 +484,7 @@ async fn commit_and_committed_round_trip() {
 async fn a_commit_by_a_non_owner_is_rejected() {
     let (sup, backend) = backend(MemoryConfig::default());
     backend.create_topic("orders", 4).unwrap();
-    let a = join(&backend, &sup, "g", &["orders"]).await;
-    let b = join(&backend, &sup, "g", &["orders"]).await;
-    let mut a1 = assigned(&*a).await;
-    if a1.len() == 4 {
-        revoked(&*a).await.complete();
-        a1 = assigned(&*a).await;
-    }
-    let b1 = assigned(&*b).await;
+    let (a, a1, _b, b1) = two_members(&backend, &sup, "g", "orders", 4).await;
     let err = a.commit(&[(b1[0].clone(), 0)]).await.unwrap_err();
     assert!(err.retriable, "{err}");
     assert_eq!(err.group, "g");
