@@ -39,6 +39,20 @@ async fn member(broker: &OwnBroker, topic: &str, group: &str, log: &Log) -> Even
     bus
 }
 
+/// A private broker with 20 rounds of records, and a member that has handled them.
+async fn started(name: &str) -> (OwnBroker, Source, Log, EventBus) {
+    let broker = OwnBroker::start();
+    let topic = bus_tests::unique(name);
+    let group = bus_tests::unique(&format!("{name}-g"));
+    let mut source = Source::at(&broker.bootstrap(), &topic, PARTITIONS, KEYS).await;
+    let log = Log::default();
+    source.rounds(20).await;
+    let bus = member(&broker, &topic, &group, &log).await;
+    let produced = source.produced();
+    wait_for("the first records", DEADLINE, || log.distinct().is_superset(&produced)).await;
+    (broker, source, log, bus)
+}
+
 async fn finish(bus: EventBus, log: &Log, source: &Source) {
     let produced = source.produced();
     wait_for("every record", DEADLINE * 2, || log.distinct().is_superset(&produced)).await;
@@ -56,15 +70,7 @@ async fn finish(bus: EventBus, log: &Log, source: &Source) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_rides_out_a_coordinator_restart() {
-    let mut broker = OwnBroker::start();
-    let topic = bus_tests::unique("group-fault-restart");
-    let group = bus_tests::unique("group-fault-restart-g");
-    let mut source = Source::at(&broker.bootstrap(), &topic, PARTITIONS, KEYS).await;
-    let log = Log::default();
-    source.rounds(20).await;
-    let bus = member(&broker, &topic, &group, &log).await;
-    let produced = source.produced();
-    wait_for("the first records", DEADLINE, || log.distinct().is_superset(&produced)).await;
+    let (mut broker, mut source, log, bus) = started("group-fault-restart").await;
 
     broker.restart();
     source.rounds(20).await;
@@ -73,15 +79,7 @@ async fn a_member_rides_out_a_coordinator_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cut_off_past_its_session_gives_up_its_partitions_and_rejoins() {
-    let mut broker = OwnBroker::start();
-    let topic = bus_tests::unique("group-fault-cut");
-    let group = bus_tests::unique("group-fault-cut-g");
-    let mut source = Source::at(&broker.bootstrap(), &topic, PARTITIONS, KEYS).await;
-    let log = Log::default();
-    source.rounds(20).await;
-    let bus = member(&broker, &topic, &group, &log).await;
-    let produced = source.produced();
-    wait_for("the first records", DEADLINE, || log.distinct().is_superset(&produced)).await;
+    let (mut broker, mut source, log, bus) = started("group-fault-cut").await;
     let rebalances = bus.metrics().rebalances;
 
     broker.stop();
