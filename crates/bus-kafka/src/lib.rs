@@ -15,8 +15,10 @@
 mod backend;
 mod client;
 mod config;
+mod connection;
 mod error;
 mod group;
+mod leader;
 mod producer;
 
 use std::sync::Arc;

@@ -1,11 +1,13 @@
-//! A small Kafka connection for the group plane: TCP framing, correlation ids, request and
+//! Our own Kafka connection, shared by both planes: TCP framing, correlation ids, request and
 //! response headers, ApiVersions negotiation and per-request timeouts, on the `kafka-protocol`
-//! crate's message types. The coordinator links and the partition readers (Metadata,
-//! ListOffsets, Fetch) use it.
+//! crate's message types. The producer's partition loops (Metadata, Produce), the group plane's
+//! coordinator links (the group APIs) and its partition readers (Metadata, ListOffsets, Fetch)
+//! all use it.
 //!
 //! Owns: [`Connection`] (one TCP stream to one broker, one request at a time), the [`Api`] trait
-//! (which request types the group plane sends, and the versions it implements for each) and
-//! [`RequestError`] (a failed request, naming the broker and the API).
+//! (every request type this crate sends, and the versions it implements for each),
+//! [`RequestError`] (a failed request, naming the broker and the API; each plane classifies it
+//! its own way) and [`code_name`] (a Kafka error code's name, for messages).
 //!
 //! Invariants:
 //! - One request is in flight at a time; its response is matched by correlation id.
@@ -13,29 +15,39 @@
 //!   future is dropped before the response is read leaves the connection *poisoned*: the stream
 //!   is closed and never read or written again (a half-written request or half-read response
 //!   would desynchronise the framing). Callers open a new connection.
+//! - Every exchange is bounded by the caller's timeout (connecting and ApiVersions by the one
+//!   given to [`Connection::open`]); nothing here waits without a bound.
 //! - The version used for an API is the highest that both we and the broker support, as learnt
 //!   from the broker's ApiVersions answer when the connection was opened; an API with no common
-//!   version fails with [`RequestError::Unsupported`] before anything is sent.
-//! - A response is read into one buffer of its size (not zeroed first); decoded fields of type
-//!   `Bytes` (a Fetch response's records) are slices of it, not copies.
+//!   version fails with [`RequestError::Unsupported`] before anything is sent. ApiVersions itself
+//!   is tried in v3 first; a broker that does not support it answers in v0 (listing the versions
+//!   it does support), and the request is repeated in a version it offers.
+//! - A request is encoded into one buffer sized up front (fields of type `Bytes`, such as a
+//!   Produce request's record batch, are passed in by reference count, not copied before
+//!   encoding). A response is read into one buffer of its size (not zeroed first), at most
+//!   `MAX_RESPONSE_BYTES`; decoded fields of type `Bytes` (a Fetch response's records) are
+//!   slices of it, not copies.
+//! - No task is spawned here: the caller's future drives every read and write.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
     FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
     ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, RequestHeader, ResponseHeader,
-    SyncGroupRequest, SyncGroupResponse,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The largest response accepted (a sanity bound against a corrupt size prefix).
+/// The largest response accepted (a sanity bound against a corrupt size prefix; a Fetch
+/// response is at most `consumer.fetch_max_bytes` of records plus its framing).
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 /// The ApiVersions version tried first (the broker answers in v0 when it does not support it).
@@ -44,7 +56,7 @@ const API_VERSIONS_VERSION: i16 = 3;
 /// UNSUPPORTED_VERSION.
 const UNSUPPORTED_VERSION: i16 = 35;
 
-/// A request type of the group plane and the versions we implement for it.
+/// A request type this crate sends and the versions we implement for it.
 pub(crate) trait Api: Encodable + HeaderVersion {
     /// The API key.
     const KEY: ApiKey;
@@ -71,6 +83,7 @@ macro_rules! api {
 }
 
 api!(ApiVersionsRequest, ApiVersionsResponse, ApiVersions, "ApiVersions", 0, 4);
+// The group plane's coordinator links.
 api!(FindCoordinatorRequest, FindCoordinatorResponse, FindCoordinator, "FindCoordinator", 0, 6);
 api!(JoinGroupRequest, JoinGroupResponse, JoinGroup, "JoinGroup", 0, 9);
 api!(SyncGroupRequest, SyncGroupResponse, SyncGroup, "SyncGroup", 0, 5);
@@ -78,11 +91,13 @@ api!(HeartbeatRequest, HeartbeatResponse, Heartbeat, "Heartbeat", 0, 4);
 api!(LeaveGroupRequest, LeaveGroupResponse, LeaveGroup, "LeaveGroup", 0, 5);
 api!(OffsetCommitRequest, OffsetCommitResponse, OffsetCommit, "OffsetCommit", 2, 9);
 api!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, "OffsetFetch", 1, 9);
-// The partition readers: leader lookup, start offsets, records (topics by name: v12 is the
-// last Fetch version that names them; v13+ name topics by id).
+// Leader lookup (both planes), start offsets and records (the partition readers: topics by
+// name; v12 is the last Fetch version that names them, v13+ name topics by id).
 api!(MetadataRequest, MetadataResponse, Metadata, "Metadata", 1, 9);
 api!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, "ListOffsets", 1, 7);
 api!(FetchRequest, FetchResponse, Fetch, "Fetch", 4, 12);
+// The producer (v3 is the first with record batches v2; v9 the last before topic ids).
+api!(ProduceRequest, ProduceResponse, Produce, "Produce", 3, 9);
 
 /// A request to a broker that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,7 +110,8 @@ pub(crate) enum RequestError {
         /// Why.
         reason: String,
     },
-    /// Reading or writing the stream failed, or the connection was closed.
+    /// Reading or writing the stream failed, the connection was closed, or the response's size
+    /// prefix is invalid.
     #[error("broker {broker}: {api} failed: {reason}")]
     Io {
         /// The broker's address.
@@ -117,7 +133,7 @@ pub(crate) enum RequestError {
         /// The timeout.
         timeout: Duration,
     },
-    /// The request could not be encoded or the response decoded.
+    /// The response could not be decoded, or does not answer the request (correlation id).
     #[error("broker {broker}: {api} v{version}: {reason}")]
     Protocol {
         /// The broker's address.
@@ -128,6 +144,30 @@ pub(crate) enum RequestError {
         version: i16,
         /// Why.
         reason: String,
+    },
+    /// The request could not be encoded in the version chosen (nothing was sent).
+    #[error("broker {broker}: {api} v{version}: cannot encode the request: {reason}")]
+    Encode {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// The version.
+        version: i16,
+        /// Why.
+        reason: String,
+    },
+    /// The request is larger than a frame can carry (nothing was sent).
+    #[error("broker {broker}: {api} v{version}: the request ({size} bytes) is too large")]
+    TooLarge {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// The version.
+        version: i16,
+        /// The request's encoded size.
+        size: usize,
     },
     /// The broker supports no version of the API that we implement.
     #[error(
@@ -147,6 +187,12 @@ pub(crate) enum RequestError {
     },
 }
 
+/// A Kafka error code's name, for messages: `NAME (error N)`.
+pub(crate) fn code_name(code: i16) -> String {
+    ResponseError::try_from_code(code)
+        .map_or_else(|| format!("error code {code}"), |e| format!("{e} (error {code})"))
+}
+
 /// A connection to one broker. See the module documentation for its invariants.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -161,7 +207,8 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Opens a connection to `broker` (`host:port`) and negotiates versions with ApiVersions.
+    /// Opens a connection to `broker` (`host:port`) and negotiates versions with ApiVersions,
+    /// each step bounded by `timeout`.
     ///
     /// # Errors
     ///
@@ -239,16 +286,19 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`RequestError::Io`], [`RequestError::Timeout`] or [`RequestError::Protocol`]; each
-    /// poisons the connection.
+    /// [`RequestError::Io`], [`RequestError::Timeout`] or [`RequestError::Protocol`], each of
+    /// which poisons the connection; [`RequestError::Encode`] or [`RequestError::TooLarge`]
+    /// when the request cannot be framed (nothing is sent).
     pub(crate) async fn send<R: Api>(
         &mut self,
         request: &R,
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response, RequestError> {
-        let (response, _frame) = self.send_into(request, version, timeout, BytesMut::new()).await?;
-        Ok(response)
+        let frame = self.frame(request, version)?;
+        let correlation = self.correlation;
+        let body = self.round_trip(R::NAME, version, frame, timeout, BytesMut::new()).await?;
+        self.decode::<R>(body, version, correlation)
     }
 
     /// [`Connection::send`], reading the response into `buffer` (cleared first; grown when
@@ -267,36 +317,9 @@ impl Connection {
     ) -> Result<(R::Response, Bytes), RequestError> {
         let frame = self.frame(request, version)?;
         let correlation = self.correlation;
-        let exchange = self.exchange(R::NAME, frame, buffer);
-        let response = match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                self.poison();
-                return Err(error);
-            }
-            Err(_) => {
-                self.poison();
-                return Err(RequestError::Timeout {
-                    broker: self.broker.clone(),
-                    api: R::NAME,
-                    version,
-                    timeout,
-                });
-            }
-        };
-        let decoded = decode::<R>(response.clone(), version, correlation);
-        match decoded {
-            Ok(decoded) => Ok((decoded, response)),
-            Err(reason) => {
-                self.poison();
-                Err(RequestError::Protocol {
-                    broker: self.broker.clone(),
-                    api: R::NAME,
-                    version,
-                    reason,
-                })
-            }
-        }
+        let body = self.round_trip(R::NAME, version, frame, timeout, buffer).await?;
+        let response = self.decode::<R>(body.clone(), version, correlation)?;
+        Ok((response, body))
     }
 
     /// Closes the stream for good.
@@ -304,7 +327,8 @@ impl Connection {
         self.stream = None;
     }
 
-    /// Encodes `request` with its header and size prefix, under a new correlation id.
+    /// Encodes `request` with its header and size prefix, under a new correlation id, into one
+    /// buffer of the size they need.
     fn frame<R: Api>(&mut self, request: &R, version: i16) -> Result<Bytes, RequestError> {
         self.correlation = self.correlation.wrapping_add(1);
         let mut header = RequestHeader::default();
@@ -312,27 +336,56 @@ impl Connection {
         header.request_api_version = version;
         header.correlation_id = self.correlation;
         header.client_id = Some(self.client_id.clone());
-        let mut buf = BytesMut::with_capacity(256);
-        buf.put_i32(0);
-        let encoded = header
-            .encode(&mut buf, R::header_version(version))
-            .and_then(|()| request.encode(&mut buf, version));
-        if let Err(e) = encoded {
-            return Err(RequestError::Protocol {
-                broker: self.broker.clone(),
-                api: R::NAME,
-                version,
-                reason: format!("cannot encode the request: {e}"),
-            });
-        }
-        let size = i32::try_from(buf.len() - 4).map_err(|_| RequestError::Protocol {
+        let header_version = R::header_version(version);
+        let encode = |reason: String| RequestError::Encode {
             broker: self.broker.clone(),
             api: R::NAME,
             version,
-            reason: "the request is too large".into(),
+            reason,
+        };
+        let size = header
+            .compute_size(header_version)
+            .and_then(|h| request.compute_size(version).map(|r| h + r))
+            .map_err(|e| encode(e.to_string()))?;
+        let mut buf = BytesMut::with_capacity(4 + size);
+        buf.put_i32(0);
+        header
+            .encode(&mut buf, header_version)
+            .and_then(|()| request.encode(&mut buf, version))
+            .map_err(|e| encode(e.to_string()))?;
+        // The prefix says what was written (the size computed above only sized the buffer).
+        let written = buf.len() - 4;
+        let prefix = i32::try_from(written).map_err(|_| RequestError::TooLarge {
+            broker: self.broker.clone(),
+            api: R::NAME,
+            version,
+            size: written,
         })?;
-        buf[0..4].copy_from_slice(&size.to_be_bytes());
+        buf[0..4].copy_from_slice(&prefix.to_be_bytes());
         Ok(buf.freeze())
+    }
+
+    /// Writes `frame` and reads its response into `buffer` within `timeout`; poisons the
+    /// connection on any failure.
+    async fn round_trip(
+        &mut self,
+        api: &'static str,
+        version: i16,
+        frame: Bytes,
+        timeout: Duration,
+        buffer: BytesMut,
+    ) -> Result<Bytes, RequestError> {
+        match tokio::time::timeout(timeout, self.exchange(api, frame, buffer)).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(error)) => {
+                self.poison();
+                Err(error)
+            }
+            Err(_) => {
+                self.poison();
+                Err(RequestError::Timeout { broker: self.broker.clone(), api, version, timeout })
+            }
+        }
     }
 
     /// Writes one frame and reads one response frame into `body` (cleared first). Marks the
@@ -375,44 +428,57 @@ impl Connection {
         Ok(body.freeze())
     }
 
-    /// Learns the broker's versions (ApiVersions, falling back to the version it offers when it
-    /// does not support ours).
+    /// Decodes a response frame: header (checking the correlation id), then body. Poisons the
+    /// connection when it cannot.
+    fn decode<R: Api>(
+        &mut self,
+        mut body: Bytes,
+        version: i16,
+        correlation: i32,
+    ) -> Result<R::Response, RequestError> {
+        let decoded = ResponseHeader::decode(&mut body, R::Response::header_version(version))
+            .map_err(|e| format!("cannot decode the response header: {e}"))
+            .and_then(|header| {
+                if header.correlation_id == correlation {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "correlation id {} does not match the request's {correlation}",
+                        header.correlation_id
+                    ))
+                }
+            })
+            .and_then(|()| {
+                R::Response::decode(&mut body, version)
+                    .map_err(|e| format!("cannot decode the response: {e}"))
+            });
+        decoded.map_err(|reason| {
+            self.poison();
+            RequestError::Protocol { broker: self.broker.clone(), api: R::NAME, version, reason }
+        })
+    }
+
+    /// Learns the broker's versions: ApiVersions in v3, repeated in the version the broker
+    /// offers when it answers UNSUPPORTED_VERSION, or in v0 when its answer cannot be decoded
+    /// in the version asked (a whole frame was read: the stream is still in step). On any
+    /// error the connection is dropped by [`Connection::open`], never handed out.
     async fn negotiate(&mut self, timeout: Duration) -> Result<(), RequestError> {
         let mut request = ApiVersionsRequest::default();
         request.client_software_name = StrBytes::from_static_str("bus-kafka");
         request.client_software_version = StrBytes::from_static_str(env!("CARGO_PKG_VERSION"));
         let mut version = API_VERSIONS_VERSION;
-        for _ in 0..2 {
+        for _ in 0..3 {
             let frame = self.frame(&request, version)?;
             let correlation = self.correlation;
-            let body = match tokio::time::timeout(
-                timeout,
-                self.exchange("ApiVersions", frame, BytesMut::new()),
-            )
-            .await
-            {
-                Ok(Ok(body)) => body,
-                Ok(Err(e)) => {
-                    self.poison();
-                    return Err(e);
-                }
-                Err(_) => {
-                    self.poison();
-                    return Err(RequestError::Timeout {
-                        broker: self.broker.clone(),
-                        api: "ApiVersions",
-                        version,
-                        timeout,
-                    });
-                }
-            };
+            let mut body =
+                self.round_trip("ApiVersions", version, frame, timeout, BytesMut::new()).await?;
             let protocol = |reason: String| RequestError::Protocol {
                 broker: self.broker.clone(),
                 api: "ApiVersions",
                 version,
                 reason,
             };
-            let mut body = body;
+            // ApiVersions responses always carry a v0 header (so that any client can read one).
             let header = ResponseHeader::decode(&mut body, 0)
                 .map_err(|e| protocol(format!("cannot decode the response header: {e}")))?;
             if header.correlation_id != correlation {
@@ -424,8 +490,14 @@ impl Connection {
             let error_code = body.get(0..2).map_or(0, |b| i16::from_be_bytes([b[0], b[1]]));
             // An unsupported version is answered in v0, listing the versions it does support.
             let decode_version = if error_code == UNSUPPORTED_VERSION { 0 } else { version };
-            let response = ApiVersionsResponse::decode(&mut body, decode_version)
-                .map_err(|e| protocol(format!("cannot decode the response: {e}")))?;
+            let response = match ApiVersionsResponse::decode(&mut body, decode_version) {
+                Ok(response) => response,
+                Err(_) if version > 0 => {
+                    version = 0;
+                    continue;
+                }
+                Err(e) => return Err(protocol(format!("cannot decode the response: {e}"))),
+            };
             if response.error_code == UNSUPPORTED_VERSION {
                 let offered = response
                     .api_keys
@@ -436,7 +508,7 @@ impl Connection {
                 continue;
             }
             if response.error_code != 0 {
-                return Err(protocol(format!("error code {}", response.error_code)));
+                return Err(protocol(code_name(response.error_code)));
             }
             self.versions = response
                 .api_keys
@@ -452,30 +524,4 @@ impl Connection {
             reason: "the broker rejected every ApiVersions version offered".into(),
         })
     }
-
-    /// The versions negotiated for the group plane's APIs (for logs and reports).
-    pub(crate) fn negotiated(&self) -> Vec<(&'static str, Option<i16>)> {
-        vec![
-            ("FindCoordinator", self.version::<FindCoordinatorRequest>().ok()),
-            ("JoinGroup", self.version::<JoinGroupRequest>().ok()),
-            ("SyncGroup", self.version::<SyncGroupRequest>().ok()),
-            ("Heartbeat", self.version::<HeartbeatRequest>().ok()),
-            ("LeaveGroup", self.version::<LeaveGroupRequest>().ok()),
-            ("OffsetCommit", self.version::<OffsetCommitRequest>().ok()),
-            ("OffsetFetch", self.version::<OffsetFetchRequest>().ok()),
-        ]
-    }
-}
-
-/// Decodes a response frame: header (checking the correlation id), then body.
-fn decode<R: Api>(mut body: Bytes, version: i16, correlation: i32) -> Result<R::Response, String> {
-    let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
-        .map_err(|e| format!("cannot decode the response header: {e}"))?;
-    if header.correlation_id != correlation {
-        return Err(format!(
-            "correlation id {} does not match the request's {correlation}",
-            header.correlation_id
-        ));
-    }
-    R::Response::decode(&mut body, version).map_err(|e| format!("cannot decode the response: {e}"))
 }
