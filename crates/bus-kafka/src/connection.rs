@@ -525,3 +525,217 @@ impl Connection {
         })
     }
 }
+
+/// A scripted broker for unit tests: one accepted stream, read and answered frame by frame.
+#[cfg(test)]
+pub(crate) mod test_broker {
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::{
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A listener on a free local port, and its address.
+    pub(crate) async fn listen() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        (listener, address)
+    }
+
+    /// Reads one request frame: its header (decoded for `R`'s header version at the version it
+    /// names) and the body that follows it.
+    pub(crate) async fn read<R: HeaderVersion>(stream: &mut TcpStream) -> (RequestHeader, Bytes) {
+        let size = stream.read_i32().await.unwrap();
+        let mut frame = vec![0; usize::try_from(size).unwrap()];
+        stream.read_exact(&mut frame).await.unwrap();
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let mut body = Bytes::from(frame);
+        let header = RequestHeader::decode(&mut body, R::header_version(version)).unwrap();
+        (header, body)
+    }
+
+    /// Writes a response frame: a header for `correlation` in `header_version`, then
+    /// `response` encoded in `version`.
+    pub(crate) async fn write<M: Encodable>(
+        stream: &mut TcpStream,
+        correlation: i32,
+        header_version: i16,
+        response: &M,
+        version: i16,
+    ) {
+        let mut header = ResponseHeader::default();
+        header.correlation_id = correlation;
+        let mut frame = BytesMut::new();
+        header.encode(&mut frame, header_version).unwrap();
+        response.encode(&mut frame, version).unwrap();
+        stream.write_i32(i32::try_from(frame.len()).unwrap()).await.unwrap();
+        stream.write_all(&frame).await.unwrap();
+    }
+
+    /// An ApiVersions answer listing `keys` as (API, lowest, highest).
+    pub(crate) fn versions(error_code: i16, keys: &[(ApiKey, i16, i16)]) -> ApiVersionsResponse {
+        let mut response = ApiVersionsResponse::default();
+        response.error_code = error_code;
+        response.api_keys = keys
+            .iter()
+            .map(|&(key, min, max)| {
+                let mut version = ApiVersion::default();
+                version.api_key = key as i16;
+                version.min_version = min;
+                version.max_version = max;
+                version
+            })
+            .collect();
+        response
+    }
+
+    /// Accepts one connection and answers its ApiVersions request (in the version asked)
+    /// with `keys`; returns the stream for the test's next steps.
+    pub(crate) async fn accept(listener: &TcpListener, keys: &[(ApiKey, i16, i16)]) -> TcpStream {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (header, _) = read::<ApiVersionsRequest>(&mut stream).await;
+        let response = versions(0, keys);
+        let version = header.request_api_version;
+        write(&mut stream, header.correlation_id, 0, &response, version).await;
+        stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_broker::{accept, listen, read, versions, write};
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn an_unsupported_api_versions_version_is_retried_in_the_one_the_broker_offers() {
+        let (listener, address) = listen().await;
+        let broker = async {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (first, _) = read::<ApiVersionsRequest>(&mut stream).await;
+            assert_eq!(first.request_api_version, API_VERSIONS_VERSION);
+            // As Kafka does: UNSUPPORTED_VERSION, in v0, listing what it supports.
+            let refusal = versions(UNSUPPORTED_VERSION, &[(ApiKey::ApiVersions, 0, 2)]);
+            write(&mut stream, first.correlation_id, 0, &refusal, 0).await;
+            let (second, _) = read::<ApiVersionsRequest>(&mut stream).await;
+            assert_eq!(second.request_api_version, 2);
+            let keys =
+                [(ApiKey::ApiVersions, 0, 2), (ApiKey::Produce, 0, 7), (ApiKey::Fetch, 0, 16)];
+            write(&mut stream, second.correlation_id, 0, &versions(0, &keys), 2).await;
+            stream
+        };
+        let (connection, _stream) =
+            tokio::join!(Connection::open(&address, "test", SECOND), broker);
+        let connection = connection.unwrap();
+        // The highest common version: the broker's for Produce, ours for Fetch.
+        assert_eq!(connection.version::<ProduceRequest>(), Ok(7));
+        assert_eq!(connection.version::<FetchRequest>(), Ok(12));
+        assert!(matches!(
+            connection.version::<MetadataRequest>(),
+            Err(RequestError::Unsupported { theirs, .. }) if theirs == "none"
+        ));
+        assert!(connection.is_usable());
+    }
+
+    #[tokio::test]
+    async fn an_api_versions_answer_undecodable_in_the_version_asked_is_retried_in_v0() {
+        let (listener, address) = listen().await;
+        let broker = async {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (first, _) = read::<ApiVersionsRequest>(&mut stream).await;
+            // A whole frame, but only an error code: not an ApiVersions v3 answer.
+            stream.write_i32(6).await.unwrap();
+            stream.write_i32(first.correlation_id).await.unwrap();
+            stream.write_i16(0).await.unwrap();
+            let (second, _) = read::<ApiVersionsRequest>(&mut stream).await;
+            assert_eq!(second.request_api_version, 0);
+            let keys = [(ApiKey::ApiVersions, 0, 0), (ApiKey::Produce, 2, 5)];
+            write(&mut stream, second.correlation_id, 0, &versions(0, &keys), 0).await;
+            stream
+        };
+        let (connection, _stream) =
+            tokio::join!(Connection::open(&address, "test", SECOND), broker);
+        let connection = connection.unwrap();
+        assert_eq!(connection.version::<ProduceRequest>(), Ok(5));
+    }
+
+    #[tokio::test]
+    async fn a_request_not_answered_in_time_poisons_the_connection() {
+        let (listener, address) = listen().await;
+        let keys = [(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 12)];
+        let (connection, mut stream) =
+            tokio::join!(Connection::open(&address, "test", SECOND), accept(&listener, &keys));
+        let mut connection = connection.unwrap();
+        let request = MetadataRequest::default();
+        let version = connection.version::<MetadataRequest>().unwrap();
+        assert_eq!(version, 9);
+        let silent = async {
+            let (header, _) = read::<MetadataRequest>(&mut stream).await;
+            assert_eq!(header.request_api_version, 9);
+        };
+        let (sent, ()) =
+            tokio::join!(connection.send(&request, version, Duration::from_millis(50)), silent);
+        assert!(matches!(sent, Err(RequestError::Timeout { api: "Metadata", .. })), "{sent:?}");
+        assert!(!connection.is_usable());
+        // Never written to again.
+        let again = connection.send(&request, version, SECOND).await;
+        assert!(matches!(again, Err(RequestError::Io { .. })), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_poisons_the_connection() {
+        let (listener, address) = listen().await;
+        let keys = [(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 12)];
+        let (connection, mut stream) =
+            tokio::join!(Connection::open(&address, "test", SECOND), accept(&listener, &keys));
+        let mut connection = connection.unwrap();
+        let request = MetadataRequest::default();
+        tokio::select! {
+            biased;
+            sent = connection.send(&request, 9, SECOND) => panic!("answered: {sent:?}"),
+            _ = read::<MetadataRequest>(&mut stream) => {}
+        }
+        // The request was written, its answer never read.
+        assert!(!connection.is_usable());
+    }
+
+    #[tokio::test]
+    async fn a_mismatched_or_oversized_answer_poisons_the_connection() {
+        let (listener, address) = listen().await;
+        let keys = [(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 12)];
+        for case in ["correlation", "size"] {
+            let (connection, mut stream) =
+                tokio::join!(Connection::open(&address, "test", SECOND), accept(&listener, &keys));
+            let mut connection = connection.unwrap();
+            let broker = async {
+                let (header, _) = read::<MetadataRequest>(&mut stream).await;
+                if case == "size" {
+                    let size = i32::try_from(MAX_RESPONSE_BYTES + 1).unwrap();
+                    stream.write_i32(size).await.unwrap();
+                } else {
+                    let response = MetadataResponse::default();
+                    let header_version = MetadataResponse::header_version(9);
+                    write(&mut stream, header.correlation_id + 1, header_version, &response, 9)
+                        .await;
+                }
+            };
+            let request = MetadataRequest::default();
+            let (sent, ()) = tokio::join!(connection.send(&request, 9, SECOND), broker);
+            match case {
+                "size" => assert!(
+                    matches!(&sent, Err(RequestError::Io { reason, .. }) if reason.contains("size")),
+                    "{sent:?}"
+                ),
+                _ => assert!(
+                    matches!(&sent, Err(RequestError::Protocol { reason, .. }) if reason.contains("correlation")),
+                    "{sent:?}"
+                ),
+            }
+            assert!(!connection.is_usable(), "{case}");
+        }
+    }
+}

@@ -136,3 +136,84 @@ async fn leader_of(
         format!("{host}:{}", broker.port)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::{ApiKey, BrokerId, MetadataResponse};
+    use kafka_protocol::protocol::{HeaderVersion, StrBytes};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::connection::test_broker::{accept, listen, read, write};
+
+    const KEYS: [(ApiKey, i16, i16); 2] = [(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 12)];
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// Answers one Metadata request on `stream`: partition 0 of `t` led by `leader`, among
+    /// brokers 1 and 2 at `addresses`; `leader_error` for the partition.
+    async fn answer(stream: &mut TcpStream, addresses: [&str; 2], leader: i32, leader_error: i16) {
+        let (header, _) = read::<MetadataRequest>(stream).await;
+        let version = header.request_api_version;
+        let mut partition = MetadataResponsePartition::default();
+        partition.partition_index = 0;
+        partition.leader_id = BrokerId(leader);
+        partition.error_code = leader_error;
+        let mut topic = MetadataResponseTopic::default();
+        topic.name = Some(TopicName(StrBytes::from_static_str("t")));
+        topic.partitions = vec![partition];
+        let mut response = MetadataResponse::default();
+        response.topics = vec![topic];
+        for (id, address) in (1..).zip(addresses) {
+            let (host, port) = address.rsplit_once(':').unwrap();
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(id);
+            broker.host = StrBytes::from_string(host.to_owned());
+            broker.port = port.parse().unwrap();
+            response.brokers.push(broker);
+        }
+        let header_version = MetadataResponse::header_version(version);
+        write(stream, header.correlation_id, header_version, &response, version).await;
+    }
+
+    #[tokio::test]
+    async fn the_bootstrap_connection_is_kept_when_it_leads_and_the_leader_dialled_when_not() {
+        let (first, first_address) = listen().await;
+        let (second, second_address) = listen().await;
+        let addresses = [first_address.as_str(), second_address.as_str()];
+        let bootstrap = vec![first_address.clone()];
+        let topic = TopicName(StrBytes::from_static_str("t"));
+
+        // Broker 1 (the bootstrap) leads: its connection is the one returned.
+        let broker = async {
+            let mut stream = accept(&first, &KEYS).await;
+            answer(&mut stream, addresses, 1, 0).await;
+            stream
+        };
+        let (found, _stream) = tokio::join!(leader(&bootstrap, "test", TIMEOUT, &topic, 0), broker);
+        let found = found.unwrap();
+        assert_eq!(found.broker(), first_address);
+        assert!(found.is_usable());
+
+        // Broker 2 leads: a new connection to it.
+        let brokers = async {
+            let mut stream = accept(&first, &KEYS).await;
+            answer(&mut stream, addresses, 2, 0).await;
+            accept(&second, &KEYS).await
+        };
+        let (found, _stream) =
+            tokio::join!(leader(&bootstrap, "test", TIMEOUT, &topic, 0), brokers);
+        assert_eq!(found.unwrap().broker(), second_address);
+
+        // No leader (LEADER_NOT_AVAILABLE): the code, for the caller to classify.
+        let broker = async {
+            let mut stream = accept(&first, &KEYS).await;
+            answer(&mut stream, addresses, -1, 5).await;
+            stream
+        };
+        let (found, _stream) = tokio::join!(leader(&bootstrap, "test", TIMEOUT, &topic, 0), broker);
+        assert!(matches!(found, Err(LeaderError::Code { code: 5, partition: 0, .. })));
+    }
+}
