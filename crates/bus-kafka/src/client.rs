@@ -1,7 +1,11 @@
-//! The data-plane client: rskafka for metadata, topic creation, produce and fetch.
+//! The bus's rskafka client: metadata (topic partition counts) and topic creation. Produce and
+//! fetch do not go through it: the producer and the partition readers speak Kafka themselves on
+//! the `kafka-protocol` crate (see `connection`).
 //!
-//! Owns: [`KafkaClient`] (the shared rskafka client with a cache of partition clients and topic
-//! partition counts) and [`Admin`] (ensure-topic for users and tests).
+//! Owns: [`KafkaClient`] (the shared rskafka client with a cache of topic partition counts, and
+//! of rskafka partition clients for callers outside the bus, such as the workspace's group
+//! tests, which produce their records through rskafka independently of the bus's producer) and
+//! [`Admin`] (ensure-topic for users and tests).
 //!
 //! Invariants:
 //! - One rskafka `Client` per bus; partition clients are created once per partition and shared.
@@ -21,7 +25,7 @@ use rskafka::client::{Client, ClientBuilder};
 use crate::config::KafkaConfig;
 use crate::error::KafkaError;
 
-/// The shared data-plane client of one bus.
+/// The shared rskafka client of one bus (metadata, topic creation).
 pub struct KafkaClient {
     client: Client,
     config: Arc<KafkaConfig>,
@@ -143,7 +147,9 @@ impl KafkaClient {
         Ok(())
     }
 
-    /// The (shared) client of one partition.
+    /// The (shared) rskafka client of one partition. The bus itself does not use it (its
+    /// producer and readers have connections of their own); it serves callers that want to
+    /// produce or fetch through rskafka, such as the workspace's group tests.
     ///
     /// # Errors
     ///
@@ -176,7 +182,8 @@ impl KafkaClient {
     }
 
     /// Forgets the cached client of one partition, so that the next [`KafkaClient::partition`]
-    /// looks its leader up again and connects afresh (after a retriable produce or fetch error).
+    /// looks its leader up again and connects afresh (after a retriable produce or fetch error
+    /// through it).
     pub fn invalidate_partition(&self, topic: &str, partition: i32) {
         self.partitions.lock().remove(&(topic.to_owned(), partition));
     }
@@ -184,11 +191,11 @@ impl KafkaClient {
 
 /// rskafka's retry policy for every request of this client. rskafka retries connection errors,
 /// leader moves and unknown partitions inside each call, and by default does so forever
-/// (`deadline: None`): a produce or metadata call to an unreachable broker would never return.
-/// Bounded here by half of `request_timeout` of backoff in total (doubling from 100 ms, at most
-/// 1 s per wait), so that a call gives up with its real cause (connection refused, leader not
-/// available) before a caller's `request_timeout` cuts it short; the callers retry further on
-/// their own terms (the producer up to `producer.delivery_timeout`).
+/// (`deadline: None`): a metadata call (or a partition client's produce) to an unreachable
+/// broker would never return. Bounded here by half of `request_timeout` of backoff in total
+/// (doubling from 100 ms, at most 1 s per wait), so that a call gives up with its real cause
+/// (connection refused, leader not available) before a caller's `request_timeout` cuts it
+/// short; the callers retry further on their own terms.
 fn backoff(config: &KafkaConfig) -> rskafka::BackoffConfig {
     let deadline = config.request_timeout / 2;
     rskafka::BackoffConfig {

@@ -1,5 +1,7 @@
-//! The Kafka backend of the event bus: rskafka produce and fetch loops per partition, consumer
-//! groups on the `kafka-protocol` crate, every task in the bus's supervised tree.
+//! The Kafka backend of the event bus: a batching produce loop per partition, consumer groups
+//! and their partition readers (Fetch), all speaking Kafka on the `kafka-protocol` crate over
+//! connections of our own; rskafka serves metadata and topic creation. Every task is in the
+//! bus's supervised tree.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,8 +17,10 @@
 mod backend;
 mod client;
 mod config;
+mod connection;
 mod error;
 mod group;
+mod leader;
 mod producer;
 
 use std::sync::Arc;

@@ -9,17 +9,20 @@
 //! - A link only sends to the address the locator holds; after [`Link::coordinator_moved`] the
 //!   next request finds the coordinator again (FindCoordinator) and opens a new connection.
 //! - A link never reuses a connection on which a request failed or was cancelled (see
-//!   [`Connection`]).
+//!   [`Connection`], the crate's connection shared with the producer).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::FindCoordinatorRequest;
+use kafka_protocol::messages::{
+    FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+};
 use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
 
-use super::connection::{Api, Connection, RequestError};
+use crate::connection::{Api, Connection, RequestError};
 
 /// COORDINATOR_LOAD_IN_PROGRESS.
 pub(crate) const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
@@ -268,7 +271,7 @@ impl Link {
                 Ok(connection) => {
                     tracing::debug!(
                         group = %self.locator.group(), coordinator = %address,
-                        versions = ?connection.negotiated(), "connected to the coordinator"
+                        versions = ?negotiated(&connection), "connected to the coordinator"
                     );
                     self.connection = Some(connection);
                 }
@@ -307,4 +310,17 @@ impl Link {
             }
         }
     }
+}
+
+/// The versions negotiated on `connection` for the group plane's APIs (for logs and reports).
+fn negotiated(connection: &Connection) -> [(&'static str, Option<i16>); 7] {
+    [
+        ("FindCoordinator", connection.version::<FindCoordinatorRequest>().ok()),
+        ("JoinGroup", connection.version::<JoinGroupRequest>().ok()),
+        ("SyncGroup", connection.version::<SyncGroupRequest>().ok()),
+        ("Heartbeat", connection.version::<HeartbeatRequest>().ok()),
+        ("LeaveGroup", connection.version::<LeaveGroupRequest>().ok()),
+        ("OffsetCommit", connection.version::<OffsetCommitRequest>().ok()),
+        ("OffsetFetch", connection.version::<OffsetFetchRequest>().ok()),
+    ]
 }

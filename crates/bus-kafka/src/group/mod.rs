@@ -1,16 +1,16 @@
 //! The group plane: Kafka consumer-group membership (the classic protocol, protocol type
 //! `consumer`, eager rebalance) and the partition readers (Fetch), on the `kafka-protocol`
-//! crate over our own connections.
+//! crate over our own connections (the crate's `connection`, shared with the producer).
 //!
 //! Owns: [`join`] (the backend's entry point) and the submodules:
-//! - `connection` — framing, correlation ids, ApiVersions negotiation, timeouts;
 //! - `batch` — record batches of a Fetch response decoded into messages (zero-copy);
 //! - `coordinator` — FindCoordinator, the coordinator links, the classification of errors;
 //! - `codec` — the subscription and assignment formats of the `consumer` protocol;
 //! - `assignor` — `range` and `roundrobin`, as the Java client computes them;
 //! - `member` — the [`GroupMember`] and its `coordinator` and `heartbeat` tasks;
-//! - `reader` — the [`bus_core::backend::PartitionReader`] of an assigned partition (leader
-//!   lookup, ListOffsets, Fetch on a connection of its own).
+//! - `reader` — the [`bus_core::backend::PartitionReader`] of an assigned partition
+//!   (ListOffsets and Fetch on a connection of its own to the leader the crate's `leader`
+//!   lookup finds).
 //!
 //! Invariants: every task of a member runs in its join request's scope; a member's topics exist
 //! (created when missing and auto-creation is on) before it joins.
@@ -18,7 +18,6 @@
 mod assignor;
 mod batch;
 mod codec;
-mod connection;
 mod coordinator;
 mod member;
 mod reader;

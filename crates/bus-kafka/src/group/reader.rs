@@ -1,7 +1,7 @@
 //! Reading one assigned partition: the [`PartitionReader`] on our own Fetch requests.
 //!
-//! Owns: [`KafkaReader`] (a partition's position and its connection to the partition's leader)
-//! and the leader lookup (Metadata through the bootstrap brokers).
+//! Owns: [`KafkaReader`] (a partition's position and its connection to the partition's leader,
+//! found with the crate's `leader` lookup).
 //!
 //! Invariants:
 //! - The position (the next offset to return) advances only when a batch is returned, so
@@ -27,21 +27,19 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bus_core::Message;
 use bus_core::backend::{BoxFuture, GroupError, PartitionReader, StartAt, TopicPartition};
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, MetadataRequest, TopicName};
+use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::batch;
-use super::connection::Connection;
 use crate::client::KafkaClient;
+use crate::connection::{Connection, code_name};
+use crate::leader::leader;
 
 /// OFFSET_OUT_OF_RANGE.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
@@ -312,74 +310,4 @@ impl PartitionReader for KafkaReader {
     fn next_batch(&mut self, max_bytes: usize) -> BoxFuture<'_, Result<Vec<Message>, GroupError>> {
         Box::pin(self.fetch(max_bytes))
     }
-}
-
-/// A Kafka error code's name.
-fn code_name(code: i16) -> String {
-    ResponseError::try_from_code(code)
-        .map_or_else(|| format!("error code {code}"), |e| format!("{e} (error {code})"))
-}
-
-/// Connects to the leader of `topic`/`partition`: asks the bootstrap brokers in turn (Metadata)
-/// and keeps the connection of the one asked when it is the leader itself.
-async fn leader(
-    bootstrap: &[String],
-    client_id: &str,
-    timeout: Duration,
-    topic: &TopicName,
-    partition: i32,
-) -> Result<Connection, String> {
-    let mut last = "no bootstrap broker configured".to_owned();
-    for address in bootstrap {
-        let mut connection = match Connection::open(address, client_id, timeout).await {
-            Ok(connection) => connection,
-            Err(e) => {
-                last = e.to_string();
-                continue;
-            }
-        };
-        match leader_of(&mut connection, timeout, topic, partition).await {
-            Ok(leader) if leader == connection.broker() => return Ok(connection),
-            Ok(leader) => {
-                return Connection::open(&leader, client_id, timeout)
-                    .await
-                    .map_err(|e| e.to_string());
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-/// The leader of `topic`/`partition` as the broker behind `connection` sees it: `host:port`.
-async fn leader_of(
-    connection: &mut Connection,
-    timeout: Duration,
-    topic: &TopicName,
-    partition: i32,
-) -> Result<String, String> {
-    let version = connection.version::<MetadataRequest>().map_err(|e| e.to_string())?;
-    let mut wanted = MetadataRequestTopic::default();
-    wanted.name = Some(topic.clone());
-    let mut request = MetadataRequest::default();
-    request.topics = Some(vec![wanted]);
-    request.allow_auto_topic_creation = false;
-    let response = connection.send(&request, version, timeout).await.map_err(|e| e.to_string())?;
-    let found = response.topics.iter().find(|t| t.name.as_ref() == Some(topic));
-    let Some(found) = found else {
-        return Err(format!("broker {}: the topic is not in its metadata", connection.broker()));
-    };
-    if found.error_code != 0 {
-        return Err(format!("metadata: {}", code_name(found.error_code)));
-    }
-    let Some(p) = found.partitions.iter().find(|p| p.partition_index == partition) else {
-        return Err("metadata: no such partition".to_owned());
-    };
-    if p.leader_id.0 < 0 {
-        return Err(format!("metadata: no leader ({})", code_name(p.error_code)));
-    }
-    let Some(broker) = response.brokers.iter().find(|b| b.node_id == p.leader_id) else {
-        return Err(format!("metadata: the leader ({}) is not among the brokers", p.leader_id.0));
-    };
-    Ok(format!("{}:{}", broker.host.as_str(), broker.port))
 }

@@ -4,9 +4,10 @@
 //! Owns: [`Producer`] (what the backend calls: `send`, `flush`, `close`, `health`), the topic
 //! registry (partition counts and the partition loops, spawned lazily on a partition's first
 //! record), the byte buffer and the flush procedure. The loops themselves are in `partition`,
-//! the record-batch encoding in `encode`, the connection to a partition's leader (Metadata,
-//! Produce on kafka-protocol) in `conn`, health in `health`. rskafka serves only metadata and
-//! topic creation (`KafkaClient::partition_count`).
+//! the record-batch encoding in `encode`, the Produce request and the classification of its
+//! failures in `produce` (on the crate's shared [`crate::connection::Connection`] and leader
+//! lookup), health in `health`. rskafka serves only metadata and topic creation
+//! (`KafkaClient::partition_count`).
 //!
 //! Invariants:
 //! - Every record accepted by [`Producer::send`] resolves its delivery future exactly once: the
@@ -22,10 +23,10 @@
 //! - No task is started except through the producer's scope; every loop ends when the scope is
 //!   cancelled.
 
-mod conn;
 mod encode;
 mod health;
 mod partition;
+mod produce;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -25,12 +25,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bus_core::{Delivery, PublishError};
+use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::conn::{self, Conn, Failure};
+use super::produce::{self, Failure};
 use super::{Entry, PartitionState, Release, Shared, encode};
+use crate::connection::Connection;
 
 /// The cap of the doubling retry backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -53,7 +55,7 @@ pub(super) async fn run(
         carry: VecDeque::new(),
         last_error: None,
         conn: None,
-        wire_topic: StrBytes::from_string(state_topic),
+        wire_topic: TopicName(StrBytes::from_string(state_topic)),
     };
     tokio::select! {
         biased;
@@ -78,9 +80,9 @@ struct Batcher {
     /// The last produce error, for records that expire waiting behind a failing batch.
     last_error: Option<String>,
     /// The connection to the partition's leader, kept between successful requests.
-    conn: Option<Conn>,
+    conn: Option<Connection>,
     /// The topic's name as the protocol encodes it.
-    wire_topic: StrBytes,
+    wire_topic: TopicName,
 }
 
 enum Outcome {
@@ -360,23 +362,24 @@ impl Batcher {
             }
         };
         let count = self.batch.len();
-        let timeout_ms = i32::try_from(config.request_timeout.as_millis()).unwrap_or(i32::MAX);
         let (state, slot, wire_topic) = (&self.state, &mut self.conn, &self.wire_topic);
+        // Each request (connecting, the leader lookup, the produce) is bounded by
+        // `request_timeout` on its own; the whole attempt by `budget` (at most that, and at most
+        // what is left of the delivery timeout) below.
         let produce = async move {
             let mut conn = match slot.take() {
                 Some(conn) if conn.is_usable() => conn,
-                _ => {
-                    conn::leader(
-                        &config.bootstrap,
-                        &config.client_id,
-                        &state.topic,
-                        state.partition,
-                    )
-                    .await?
-                }
+                _ => produce::leader(config, wire_topic, state.partition).await?,
             };
-            let base_offset =
-                conn.produce(wire_topic, state.partition, batch, count, timeout_ms).await?;
+            let base_offset = produce::produce(
+                &mut conn,
+                wire_topic,
+                state.partition,
+                batch,
+                count,
+                config.request_timeout,
+            )
+            .await?;
             *slot = Some(conn);
             Ok::<i64, Failure>(base_offset)
         };

@@ -1,0 +1,741 @@
+//! Our own Kafka connection, shared by both planes: TCP framing, correlation ids, request and
+//! response headers, ApiVersions negotiation and per-request timeouts, on the `kafka-protocol`
+//! crate's message types. The producer's partition loops (Metadata, Produce), the group plane's
+//! coordinator links (the group APIs) and its partition readers (Metadata, ListOffsets, Fetch)
+//! all use it.
+//!
+//! Owns: [`Connection`] (one TCP stream to one broker, one request at a time), the [`Api`] trait
+//! (every request type this crate sends, and the versions it implements for each),
+//! [`RequestError`] (a failed request, naming the broker and the API; each plane classifies it
+//! its own way) and [`code_name`] (a Kafka error code's name, for messages).
+//!
+//! Invariants:
+//! - One request is in flight at a time; its response is matched by correlation id.
+//! - A request that fails in any way (I/O, timeout, undecodable or mismatched response) or whose
+//!   future is dropped before the response is read leaves the connection *poisoned*: the stream
+//!   is closed and never read or written again (a half-written request or half-read response
+//!   would desynchronise the framing). Callers open a new connection.
+//! - Every exchange is bounded by the caller's timeout (connecting and ApiVersions by the one
+//!   given to [`Connection::open`]); nothing here waits without a bound.
+//! - The version used for an API is the highest that both we and the broker support, as learnt
+//!   from the broker's ApiVersions answer when the connection was opened; an API with no common
+//!   version fails with [`RequestError::Unsupported`] before anything is sent. ApiVersions itself
+//!   is tried in v3 first; a broker that does not support it answers in v0 (listing the versions
+//!   it does support), and the request is repeated in a version it offers.
+//! - A request is encoded into one buffer sized up front (fields of type `Bytes`, such as a
+//!   Produce request's record batch, are passed in by reference count, not copied before
+//!   encoding). A response is read into one buffer of its size (not zeroed first), at most
+//!   `MAX_RESPONSE_BYTES`; decoded fields of type `Bytes` (a Fetch response's records) are
+//!   slices of it, not copies.
+//! - No task is spawned here: the caller's future drives every read and write.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, SyncGroupRequest, SyncGroupResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The largest response accepted (a sanity bound against a corrupt size prefix; a Fetch
+/// response is at most `consumer.fetch_max_bytes` of records plus its framing).
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The ApiVersions version tried first (the broker answers in v0 when it does not support it).
+const API_VERSIONS_VERSION: i16 = 3;
+
+/// UNSUPPORTED_VERSION.
+const UNSUPPORTED_VERSION: i16 = 35;
+
+/// A request type this crate sends and the versions we implement for it.
+pub(crate) trait Api: Encodable + HeaderVersion {
+    /// The API key.
+    const KEY: ApiKey;
+    /// The API's name, for errors and logs.
+    const NAME: &'static str;
+    /// The lowest version we implement.
+    const MIN: i16;
+    /// The highest version we implement.
+    const MAX: i16;
+    /// The response type.
+    type Response: Decodable + HeaderVersion;
+}
+
+macro_rules! api {
+    ($request:ty, $response:ty, $key:ident, $name:literal, $min:literal, $max:literal) => {
+        impl Api for $request {
+            const KEY: ApiKey = ApiKey::$key;
+            const NAME: &'static str = $name;
+            const MIN: i16 = $min;
+            const MAX: i16 = $max;
+            type Response = $response;
+        }
+    };
+}
+
+api!(ApiVersionsRequest, ApiVersionsResponse, ApiVersions, "ApiVersions", 0, 4);
+// The group plane's coordinator links.
+api!(FindCoordinatorRequest, FindCoordinatorResponse, FindCoordinator, "FindCoordinator", 0, 6);
+api!(JoinGroupRequest, JoinGroupResponse, JoinGroup, "JoinGroup", 0, 9);
+api!(SyncGroupRequest, SyncGroupResponse, SyncGroup, "SyncGroup", 0, 5);
+api!(HeartbeatRequest, HeartbeatResponse, Heartbeat, "Heartbeat", 0, 4);
+api!(LeaveGroupRequest, LeaveGroupResponse, LeaveGroup, "LeaveGroup", 0, 5);
+api!(OffsetCommitRequest, OffsetCommitResponse, OffsetCommit, "OffsetCommit", 2, 9);
+api!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, "OffsetFetch", 1, 9);
+// Leader lookup (both planes), start offsets and records (the partition readers: topics by
+// name; v12 is the last Fetch version that names them, v13+ name topics by id).
+api!(MetadataRequest, MetadataResponse, Metadata, "Metadata", 1, 9);
+api!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, "ListOffsets", 1, 7);
+api!(FetchRequest, FetchResponse, Fetch, "Fetch", 4, 12);
+// The producer (v3 is the first with record batches v2; v9 the last before topic ids).
+api!(ProduceRequest, ProduceResponse, Produce, "Produce", 3, 9);
+
+/// A request to a broker that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RequestError {
+    /// The TCP connection could not be opened.
+    #[error("cannot connect to broker {broker}: {reason}")]
+    Connect {
+        /// The broker's address.
+        broker: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing the stream failed, the connection was closed, or the response's size
+    /// prefix is invalid.
+    #[error("broker {broker}: {api} failed: {reason}")]
+    Io {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// No response within the request's timeout.
+    #[error("broker {broker}: {api} v{version} got no response within {timeout:?}")]
+    Timeout {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// The version sent.
+        version: i16,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The response could not be decoded, or does not answer the request (correlation id).
+    #[error("broker {broker}: {api} v{version}: {reason}")]
+    Protocol {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// The version.
+        version: i16,
+        /// Why.
+        reason: String,
+    },
+    /// The request could not be encoded in the version chosen (nothing was sent).
+    #[error("broker {broker}: {api} v{version}: cannot encode the request: {reason}")]
+    Encode {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// The version.
+        version: i16,
+        /// Why.
+        reason: String,
+    },
+    /// The request is larger than a frame can carry (nothing was sent).
+    #[error("broker {broker}: {api} v{version}: the request ({size} bytes) is too large")]
+    TooLarge {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// The version.
+        version: i16,
+        /// The request's encoded size.
+        size: usize,
+    },
+    /// The broker supports no version of the API that we implement.
+    #[error(
+        "broker {broker} does not support {api} in a version we implement (ours: v{ours_min}-v{ours_max}, its: {theirs})"
+    )]
+    Unsupported {
+        /// The broker's address.
+        broker: String,
+        /// The API.
+        api: &'static str,
+        /// The lowest version we implement.
+        ours_min: i16,
+        /// The highest version we implement.
+        ours_max: i16,
+        /// The broker's range, or "none".
+        theirs: String,
+    },
+}
+
+/// A Kafka error code's name, for messages: `NAME (error N)`.
+pub(crate) fn code_name(code: i16) -> String {
+    ResponseError::try_from_code(code)
+        .map_or_else(|| format!("error code {code}"), |e| format!("{e} (error {code})"))
+}
+
+/// A connection to one broker. See the module documentation for its invariants.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    broker: String,
+    client_id: StrBytes,
+    stream: Option<TcpStream>,
+    /// A request was started and not finished: the stream is unusable.
+    in_flight: bool,
+    correlation: i32,
+    /// The broker's supported versions, by API key.
+    versions: HashMap<i16, (i16, i16)>,
+}
+
+impl Connection {
+    /// Opens a connection to `broker` (`host:port`) and negotiates versions with ApiVersions,
+    /// each step bounded by `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Connect`] when the TCP connection fails or times out; the errors of
+    /// [`Connection::send`] for the ApiVersions exchange.
+    pub(crate) async fn open(
+        broker: &str,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<Connection, RequestError> {
+        let connect = tokio::time::timeout(timeout, TcpStream::connect(broker)).await;
+        let stream = match connect {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                return Err(RequestError::Connect {
+                    broker: broker.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(RequestError::Connect {
+                    broker: broker.to_owned(),
+                    reason: format!("no connection within {timeout:?}"),
+                });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut connection = Connection {
+            broker: broker.to_owned(),
+            client_id: StrBytes::from_string(client_id.to_owned()),
+            stream: Some(stream),
+            in_flight: false,
+            correlation: 0,
+            versions: HashMap::new(),
+        };
+        connection.negotiate(timeout).await?;
+        Ok(connection)
+    }
+
+    /// The broker's address.
+    pub(crate) fn broker(&self) -> &str {
+        &self.broker
+    }
+
+    /// Whether the connection can still be used (not poisoned or closed).
+    pub(crate) fn is_usable(&self) -> bool {
+        self.stream.is_some() && !self.in_flight
+    }
+
+    /// The version `R` is sent in: the highest both sides support.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Unsupported`] when there is none.
+    pub(crate) fn version<R: Api>(&self) -> Result<i16, RequestError> {
+        let theirs = self.versions.get(&(R::KEY as i16)).copied();
+        let unsupported = |theirs: String| RequestError::Unsupported {
+            broker: self.broker.clone(),
+            api: R::NAME,
+            ours_min: R::MIN,
+            ours_max: R::MAX,
+            theirs,
+        };
+        let Some((min, max)) = theirs else {
+            return Err(unsupported("none".into()));
+        };
+        let version = R::MAX.min(max);
+        if version < R::MIN.max(min) {
+            return Err(unsupported(format!("v{min}-v{max}")));
+        }
+        Ok(version)
+    }
+
+    /// Sends `request` in `version` and waits up to `timeout` for its response.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Io`], [`RequestError::Timeout`] or [`RequestError::Protocol`], each of
+    /// which poisons the connection; [`RequestError::Encode`] or [`RequestError::TooLarge`]
+    /// when the request cannot be framed (nothing is sent).
+    pub(crate) async fn send<R: Api>(
+        &mut self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, RequestError> {
+        let frame = self.frame(request, version)?;
+        let correlation = self.correlation;
+        let body = self.round_trip(R::NAME, version, frame, timeout, BytesMut::new()).await?;
+        self.decode::<R>(body, version, correlation)
+    }
+
+    /// [`Connection::send`], reading the response into `buffer` (cleared first; grown when
+    /// too small), and returning the response frame too: a caller that keeps it can take its
+    /// memory back (`Bytes::try_into_mut`) once nothing decoded from it is referenced any more.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Connection::send`].
+    pub(crate) async fn send_into<R: Api>(
+        &mut self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+        buffer: BytesMut,
+    ) -> Result<(R::Response, Bytes), RequestError> {
+        let frame = self.frame(request, version)?;
+        let correlation = self.correlation;
+        let body = self.round_trip(R::NAME, version, frame, timeout, buffer).await?;
+        let response = self.decode::<R>(body.clone(), version, correlation)?;
+        Ok((response, body))
+    }
+
+    /// Closes the stream for good.
+    fn poison(&mut self) {
+        self.stream = None;
+    }
+
+    /// Encodes `request` with its header and size prefix, under a new correlation id, into one
+    /// buffer of the size they need.
+    fn frame<R: Api>(&mut self, request: &R, version: i16) -> Result<Bytes, RequestError> {
+        self.correlation = self.correlation.wrapping_add(1);
+        let mut header = RequestHeader::default();
+        header.request_api_key = R::KEY as i16;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation;
+        header.client_id = Some(self.client_id.clone());
+        let header_version = R::header_version(version);
+        let encode = |reason: String| RequestError::Encode {
+            broker: self.broker.clone(),
+            api: R::NAME,
+            version,
+            reason,
+        };
+        let size = header
+            .compute_size(header_version)
+            .and_then(|h| request.compute_size(version).map(|r| h + r))
+            .map_err(|e| encode(e.to_string()))?;
+        let mut buf = BytesMut::with_capacity(4 + size);
+        buf.put_i32(0);
+        header
+            .encode(&mut buf, header_version)
+            .and_then(|()| request.encode(&mut buf, version))
+            .map_err(|e| encode(e.to_string()))?;
+        // The prefix says what was written (the size computed above only sized the buffer).
+        let written = buf.len() - 4;
+        let prefix = i32::try_from(written).map_err(|_| RequestError::TooLarge {
+            broker: self.broker.clone(),
+            api: R::NAME,
+            version,
+            size: written,
+        })?;
+        buf[0..4].copy_from_slice(&prefix.to_be_bytes());
+        Ok(buf.freeze())
+    }
+
+    /// Writes `frame` and reads its response into `buffer` within `timeout`; poisons the
+    /// connection on any failure.
+    async fn round_trip(
+        &mut self,
+        api: &'static str,
+        version: i16,
+        frame: Bytes,
+        timeout: Duration,
+        buffer: BytesMut,
+    ) -> Result<Bytes, RequestError> {
+        match tokio::time::timeout(timeout, self.exchange(api, frame, buffer)).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(error)) => {
+                self.poison();
+                Err(error)
+            }
+            Err(_) => {
+                self.poison();
+                Err(RequestError::Timeout { broker: self.broker.clone(), api, version, timeout })
+            }
+        }
+    }
+
+    /// Writes one frame and reads one response frame into `body` (cleared first). Marks the
+    /// connection in flight for the duration, so a dropped future leaves it poisoned.
+    async fn exchange(
+        &mut self,
+        api: &'static str,
+        frame: Bytes,
+        mut body: BytesMut,
+    ) -> Result<Bytes, RequestError> {
+        let io = |reason: String| RequestError::Io { broker: self.broker.clone(), api, reason };
+        if self.in_flight {
+            self.stream = None;
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(io("the connection is closed (an earlier request on it failed)".into()));
+        };
+        self.in_flight = true;
+        stream.write_all(&frame).await.map_err(|e| io(format!("write: {e}")))?;
+        let size = stream.read_i32().await.map_err(|e| io(format!("read: {e}")))?;
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|s| *s >= 4 && *s <= MAX_RESPONSE_BYTES)
+            .ok_or_else(|| io(format!("invalid response size {size}")))?;
+        body.clear();
+        body.reserve(size);
+        // Read exactly `size` bytes: never into the next response (there is none in flight,
+        // but the limit keeps the framing exact).
+        while body.len() < size {
+            let want = size - body.len();
+            let read = stream
+                .read_buf(&mut (&mut body).limit(want))
+                .await
+                .map_err(|e| io(format!("read: {e}")))?;
+            if read == 0 {
+                return Err(io("read: the broker closed the connection".into()));
+            }
+        }
+        self.in_flight = false;
+        Ok(body.freeze())
+    }
+
+    /// Decodes a response frame: header (checking the correlation id), then body. Poisons the
+    /// connection when it cannot.
+    fn decode<R: Api>(
+        &mut self,
+        mut body: Bytes,
+        version: i16,
+        correlation: i32,
+    ) -> Result<R::Response, RequestError> {
+        let decoded = ResponseHeader::decode(&mut body, R::Response::header_version(version))
+            .map_err(|e| format!("cannot decode the response header: {e}"))
+            .and_then(|header| {
+                if header.correlation_id == correlation {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "correlation id {} does not match the request's {correlation}",
+                        header.correlation_id
+                    ))
+                }
+            })
+            .and_then(|()| {
+                R::Response::decode(&mut body, version)
+                    .map_err(|e| format!("cannot decode the response: {e}"))
+            });
+        decoded.map_err(|reason| {
+            self.poison();
+            RequestError::Protocol { broker: self.broker.clone(), api: R::NAME, version, reason }
+        })
+    }
+
+    /// Learns the broker's versions: ApiVersions in v3, repeated in the version the broker
+    /// offers when it answers UNSUPPORTED_VERSION, or in v0 when its answer cannot be decoded
+    /// in the version asked (a whole frame was read: the stream is still in step). On any
+    /// error the connection is dropped by [`Connection::open`], never handed out.
+    async fn negotiate(&mut self, timeout: Duration) -> Result<(), RequestError> {
+        let mut request = ApiVersionsRequest::default();
+        request.client_software_name = StrBytes::from_static_str("bus-kafka");
+        request.client_software_version = StrBytes::from_static_str(env!("CARGO_PKG_VERSION"));
+        let mut version = API_VERSIONS_VERSION;
+        for _ in 0..3 {
+            let frame = self.frame(&request, version)?;
+            let correlation = self.correlation;
+            let mut body =
+                self.round_trip("ApiVersions", version, frame, timeout, BytesMut::new()).await?;
+            let protocol = |reason: String| RequestError::Protocol {
+                broker: self.broker.clone(),
+                api: "ApiVersions",
+                version,
+                reason,
+            };
+            // ApiVersions responses always carry a v0 header (so that any client can read one).
+            let header = ResponseHeader::decode(&mut body, 0)
+                .map_err(|e| protocol(format!("cannot decode the response header: {e}")))?;
+            if header.correlation_id != correlation {
+                return Err(protocol(format!(
+                    "correlation id {} does not match the request's {correlation}",
+                    header.correlation_id
+                )));
+            }
+            let error_code = body.get(0..2).map_or(0, |b| i16::from_be_bytes([b[0], b[1]]));
+            // An unsupported version is answered in v0, listing the versions it does support.
+            let decode_version = if error_code == UNSUPPORTED_VERSION { 0 } else { version };
+            let response = match ApiVersionsResponse::decode(&mut body, decode_version) {
+                Ok(response) => response,
+                Err(_) if version > 0 => {
+                    version = 0;
+                    continue;
+                }
+                Err(e) => return Err(protocol(format!("cannot decode the response: {e}"))),
+            };
+            if response.error_code == UNSUPPORTED_VERSION {
+                let offered = response
+                    .api_keys
+                    .iter()
+                    .find(|k| k.api_key == ApiKey::ApiVersions as i16)
+                    .map_or(0, |k| k.max_version);
+                version = offered.min(API_VERSIONS_VERSION);
+                continue;
+            }
+            if response.error_code != 0 {
+                return Err(protocol(code_name(response.error_code)));
+            }
+            self.versions = response
+                .api_keys
+                .iter()
+                .map(|k| (k.api_key, (k.min_version, k.max_version)))
+                .collect();
+            return Ok(());
+        }
+        Err(RequestError::Protocol {
+            broker: self.broker.clone(),
+            api: "ApiVersions",
+            version,
+            reason: "the broker rejected every ApiVersions version offered".into(),
+        })
+    }
+}
+
+/// A scripted broker for unit tests: one accepted stream, read and answered frame by frame.
+#[cfg(test)]
+pub(crate) mod test_broker {
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::{
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A listener on a free local port, and its address.
+    pub(crate) async fn listen() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        (listener, address)
+    }
+
+    /// Reads one request frame: its header (decoded for `R`'s header version at the version it
+    /// names) and the body that follows it.
+    pub(crate) async fn read<R: HeaderVersion>(stream: &mut TcpStream) -> (RequestHeader, Bytes) {
+        let size = stream.read_i32().await.unwrap();
+        let mut frame = vec![0; usize::try_from(size).unwrap()];
+        stream.read_exact(&mut frame).await.unwrap();
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let mut body = Bytes::from(frame);
+        let header = RequestHeader::decode(&mut body, R::header_version(version)).unwrap();
+        (header, body)
+    }
+
+    /// Writes a response frame: a header for `correlation` in `header_version`, then
+    /// `response` encoded in `version`.
+    pub(crate) async fn write<M: Encodable>(
+        stream: &mut TcpStream,
+        correlation: i32,
+        header_version: i16,
+        response: &M,
+        version: i16,
+    ) {
+        let mut header = ResponseHeader::default();
+        header.correlation_id = correlation;
+        let mut frame = BytesMut::new();
+        header.encode(&mut frame, header_version).unwrap();
+        response.encode(&mut frame, version).unwrap();
+        stream.write_i32(i32::try_from(frame.len()).unwrap()).await.unwrap();
+        stream.write_all(&frame).await.unwrap();
+    }
+
+    /// An ApiVersions answer listing `keys` as (API, lowest, highest).
+    pub(crate) fn versions(error_code: i16, keys: &[(ApiKey, i16, i16)]) -> ApiVersionsResponse {
+        let mut response = ApiVersionsResponse::default();
+        response.error_code = error_code;
+        response.api_keys = keys
+            .iter()
+            .map(|&(key, min, max)| {
+                let mut version = ApiVersion::default();
+                version.api_key = key as i16;
+                version.min_version = min;
+                version.max_version = max;
+                version
+            })
+            .collect();
+        response
+    }
+
+    /// Accepts one connection and answers its ApiVersions request (in the version asked)
+    /// with `keys`; returns the stream for the test's next steps.
+    pub(crate) async fn accept(listener: &TcpListener, keys: &[(ApiKey, i16, i16)]) -> TcpStream {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (header, _) = read::<ApiVersionsRequest>(&mut stream).await;
+        let response = versions(0, keys);
+        let version = header.request_api_version;
+        write(&mut stream, header.correlation_id, 0, &response, version).await;
+        stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_broker::{accept, listen, read, versions, write};
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn an_unsupported_api_versions_version_is_retried_in_the_one_the_broker_offers() {
+        let (listener, address) = listen().await;
+        let broker = async {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (first, _) = read::<ApiVersionsRequest>(&mut stream).await;
+            assert_eq!(first.request_api_version, API_VERSIONS_VERSION);
+            // As Kafka does: UNSUPPORTED_VERSION, in v0, listing what it supports.
+            let refusal = versions(UNSUPPORTED_VERSION, &[(ApiKey::ApiVersions, 0, 2)]);
+            write(&mut stream, first.correlation_id, 0, &refusal, 0).await;
+            let (second, _) = read::<ApiVersionsRequest>(&mut stream).await;
+            assert_eq!(second.request_api_version, 2);
+            let keys =
+                [(ApiKey::ApiVersions, 0, 2), (ApiKey::Produce, 0, 7), (ApiKey::Fetch, 0, 16)];
+            write(&mut stream, second.correlation_id, 0, &versions(0, &keys), 2).await;
+            stream
+        };
+        let (connection, _stream) =
+            tokio::join!(Connection::open(&address, "test", SECOND), broker);
+        let connection = connection.unwrap();
+        // The highest common version: the broker's for Produce, ours for Fetch.
+        assert_eq!(connection.version::<ProduceRequest>(), Ok(7));
+        assert_eq!(connection.version::<FetchRequest>(), Ok(12));
+        assert!(matches!(
+            connection.version::<MetadataRequest>(),
+            Err(RequestError::Unsupported { theirs, .. }) if theirs == "none"
+        ));
+        assert!(connection.is_usable());
+    }
+
+    #[tokio::test]
+    async fn an_api_versions_answer_undecodable_in_the_version_asked_is_retried_in_v0() {
+        let (listener, address) = listen().await;
+        let broker = async {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (first, _) = read::<ApiVersionsRequest>(&mut stream).await;
+            // A whole frame, but only an error code: not an ApiVersions v3 answer.
+            stream.write_i32(6).await.unwrap();
+            stream.write_i32(first.correlation_id).await.unwrap();
+            stream.write_i16(0).await.unwrap();
+            let (second, _) = read::<ApiVersionsRequest>(&mut stream).await;
+            assert_eq!(second.request_api_version, 0);
+            let keys = [(ApiKey::ApiVersions, 0, 0), (ApiKey::Produce, 2, 5)];
+            write(&mut stream, second.correlation_id, 0, &versions(0, &keys), 0).await;
+            stream
+        };
+        let (connection, _stream) =
+            tokio::join!(Connection::open(&address, "test", SECOND), broker);
+        let connection = connection.unwrap();
+        assert_eq!(connection.version::<ProduceRequest>(), Ok(5));
+    }
+
+    #[tokio::test]
+    async fn a_request_not_answered_in_time_poisons_the_connection() {
+        let (listener, address) = listen().await;
+        let keys = [(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 12)];
+        let (connection, mut stream) =
+            tokio::join!(Connection::open(&address, "test", SECOND), accept(&listener, &keys));
+        let mut connection = connection.unwrap();
+        let request = MetadataRequest::default();
+        let version = connection.version::<MetadataRequest>().unwrap();
+        assert_eq!(version, 9);
+        let silent = async {
+            let (header, _) = read::<MetadataRequest>(&mut stream).await;
+            assert_eq!(header.request_api_version, 9);
+        };
+        let (sent, ()) =
+            tokio::join!(connection.send(&request, version, Duration::from_millis(50)), silent);
+        assert!(matches!(sent, Err(RequestError::Timeout { api: "Metadata", .. })), "{sent:?}");
+        assert!(!connection.is_usable());
+        // Never written to again.
+        let again = connection.send(&request, version, SECOND).await;
+        assert!(matches!(again, Err(RequestError::Io { .. })), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_poisons_the_connection() {
+        let (listener, address) = listen().await;
+        let keys = [(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 12)];
+        let (connection, mut stream) =
+            tokio::join!(Connection::open(&address, "test", SECOND), accept(&listener, &keys));
+        let mut connection = connection.unwrap();
+        let request = MetadataRequest::default();
+        tokio::select! {
+            biased;
+            sent = connection.send(&request, 9, SECOND) => panic!("answered: {sent:?}"),
+            _ = read::<MetadataRequest>(&mut stream) => {}
+        }
+        // The request was written, its answer never read.
+        assert!(!connection.is_usable());
+    }
+
+    #[tokio::test]
+    async fn a_mismatched_or_oversized_answer_poisons_the_connection() {
+        let (listener, address) = listen().await;
+        let keys = [(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 12)];
+        for case in ["correlation", "size"] {
+            let (connection, mut stream) =
+                tokio::join!(Connection::open(&address, "test", SECOND), accept(&listener, &keys));
+            let mut connection = connection.unwrap();
+            let broker = async {
+                let (header, _) = read::<MetadataRequest>(&mut stream).await;
+                if case == "size" {
+                    let size = i32::try_from(MAX_RESPONSE_BYTES + 1).unwrap();
+                    stream.write_i32(size).await.unwrap();
+                } else {
+                    let response = MetadataResponse::default();
+                    let header_version = MetadataResponse::header_version(9);
+                    write(&mut stream, header.correlation_id + 1, header_version, &response, 9)
+                        .await;
+                }
+            };
+            let request = MetadataRequest::default();
+            let (sent, ()) = tokio::join!(connection.send(&request, 9, SECOND), broker);
+            match case {
+                "size" => assert!(
+                    matches!(&sent, Err(RequestError::Io { reason, .. }) if reason.contains("size")),
+                    "{sent:?}"
+                ),
+                _ => assert!(
+                    matches!(&sent, Err(RequestError::Protocol { reason, .. }) if reason.contains("correlation")),
+                    "{sent:?}"
+                ),
+            }
+            assert!(!connection.is_usable(), "{case}");
+        }
+    }
+}

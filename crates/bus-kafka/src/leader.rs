@@ -1,0 +1,219 @@
+//! Finding a partition's leader and connecting to it, for both planes: the producer's
+//! partition loops and the group plane's partition readers.
+//!
+//! Owns: [`leader`] (Metadata for one topic-partition through the bootstrap brokers, then a
+//! connection to the leader it names) and [`LeaderError`] (why no leader connection could be
+//! had, structured so that each plane can classify it its own way).
+//!
+//! Invariants:
+//! - The bootstrap brokers are asked in their configured order; one that cannot be reached or
+//!   whose answer names no leader is passed over for the next, and the last failure is
+//!   reported. The first answer that names a leader decides.
+//! - The connection to the bootstrap broker asked is kept (not reopened) when it is the leader
+//!   itself; otherwise it is dropped and a new one is opened to the leader.
+//! - Every connection and request is bounded by the caller's timeout; nothing is retried here
+//!   (callers retry on their own terms, with a fresh lookup).
+//! - The topic is not created: Metadata is sent with `allow_auto_topic_creation = false`.
+
+use std::time::Duration;
+
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{MetadataRequest, TopicName};
+
+use crate::connection::{Connection, RequestError, code_name};
+
+/// Why no connection to a partition's leader could be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum LeaderError {
+    /// A connection or the Metadata request failed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The metadata answers an error code for the topic or the partition (and names no leader).
+    #[error("topic `{topic}` partition {partition}: metadata: {}", code_name(*code))]
+    Code {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The Kafka error code.
+        code: i16,
+    },
+    /// The metadata lacks the topic, the partition, or a reachable leader.
+    #[error("topic `{topic}` partition {partition}: metadata: {reason}")]
+    Missing {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// What is missing.
+        reason: String,
+    },
+}
+
+/// Connects to the leader of `topic`/`partition`: asks the `bootstrap` brokers in turn
+/// (Metadata) and keeps the connection of the one asked when it is the leader itself. Every
+/// connection and request is bounded by `timeout`.
+///
+/// # Errors
+///
+/// The last failure met: [`LeaderError::Request`] when a broker cannot be reached or its
+/// answer read, [`LeaderError::Code`] or [`LeaderError::Missing`] when the metadata names no
+/// leader.
+pub(crate) async fn leader(
+    bootstrap: &[String],
+    client_id: &str,
+    timeout: Duration,
+    topic: &TopicName,
+    partition: i32,
+) -> Result<Connection, LeaderError> {
+    let mut last = LeaderError::Missing {
+        topic: topic.0.to_string(),
+        partition,
+        reason: "no bootstrap broker configured".into(),
+    };
+    for address in bootstrap {
+        let mut connection = match Connection::open(address, client_id, timeout).await {
+            Ok(connection) => connection,
+            Err(e) => {
+                last = e.into();
+                continue;
+            }
+        };
+        match leader_of(&mut connection, timeout, topic, partition).await {
+            Ok(leader) if leader == connection.broker() => return Ok(connection),
+            Ok(leader) => return Ok(Connection::open(&leader, client_id, timeout).await?),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The leader of `topic`/`partition` as the broker behind `connection` sees it: `host:port`
+/// (`[host]:port` for an IPv6 address).
+async fn leader_of(
+    connection: &mut Connection,
+    timeout: Duration,
+    topic: &TopicName,
+    partition: i32,
+) -> Result<String, LeaderError> {
+    let version = connection.version::<MetadataRequest>()?;
+    let mut wanted = MetadataRequestTopic::default();
+    wanted.name = Some(topic.clone());
+    let mut request = MetadataRequest::default();
+    request.topics = Some(vec![wanted]);
+    request.allow_auto_topic_creation = false;
+    let response = connection.send(&request, version, timeout).await?;
+    let missing =
+        |reason: String| LeaderError::Missing { topic: topic.0.to_string(), partition, reason };
+    let code = |code: i16| LeaderError::Code { topic: topic.0.to_string(), partition, code };
+    let found = response.topics.iter().find(|t| t.name.as_ref() == Some(topic));
+    let Some(found) = found else {
+        return Err(missing(format!(
+            "the topic is not in broker {}'s answer",
+            connection.broker()
+        )));
+    };
+    if found.error_code != 0 {
+        return Err(code(found.error_code));
+    }
+    let Some(p) = found.partitions.iter().find(|p| p.partition_index == partition) else {
+        return Err(missing("no such partition".into()));
+    };
+    if p.leader_id.0 < 0 {
+        return Err(if p.error_code != 0 {
+            code(p.error_code)
+        } else {
+            missing(format!("no leader (leader id {})", p.leader_id.0))
+        });
+    }
+    let Some(broker) = response.brokers.iter().find(|b| b.node_id == p.leader_id) else {
+        return Err(missing(format!("the leader ({}) is not among the brokers", p.leader_id.0)));
+    };
+    let host = broker.host.as_str();
+    Ok(if host.contains(':') {
+        format!("[{host}]:{}", broker.port)
+    } else {
+        format!("{host}:{}", broker.port)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::{ApiKey, BrokerId, MetadataResponse};
+    use kafka_protocol::protocol::{HeaderVersion, StrBytes};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::connection::test_broker::{accept, listen, read, write};
+
+    const KEYS: [(ApiKey, i16, i16); 2] = [(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 12)];
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// Answers one Metadata request on `stream`: partition 0 of `t` led by `leader`, among
+    /// brokers 1 and 2 at `addresses`; `leader_error` for the partition.
+    async fn answer(stream: &mut TcpStream, addresses: [&str; 2], leader: i32, leader_error: i16) {
+        let (header, _) = read::<MetadataRequest>(stream).await;
+        let version = header.request_api_version;
+        let mut partition = MetadataResponsePartition::default();
+        partition.partition_index = 0;
+        partition.leader_id = BrokerId(leader);
+        partition.error_code = leader_error;
+        let mut topic = MetadataResponseTopic::default();
+        topic.name = Some(TopicName(StrBytes::from_static_str("t")));
+        topic.partitions = vec![partition];
+        let mut response = MetadataResponse::default();
+        response.topics = vec![topic];
+        for (id, address) in (1..).zip(addresses) {
+            let (host, port) = address.rsplit_once(':').unwrap();
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(id);
+            broker.host = StrBytes::from_string(host.to_owned());
+            broker.port = port.parse().unwrap();
+            response.brokers.push(broker);
+        }
+        let header_version = MetadataResponse::header_version(version);
+        write(stream, header.correlation_id, header_version, &response, version).await;
+    }
+
+    #[tokio::test]
+    async fn the_bootstrap_connection_is_kept_when_it_leads_and_the_leader_dialled_when_not() {
+        let (first, first_address) = listen().await;
+        let (second, second_address) = listen().await;
+        let addresses = [first_address.as_str(), second_address.as_str()];
+        let bootstrap = vec![first_address.clone()];
+        let topic = TopicName(StrBytes::from_static_str("t"));
+
+        // Broker 1 (the bootstrap) leads: its connection is the one returned.
+        let broker = async {
+            let mut stream = accept(&first, &KEYS).await;
+            answer(&mut stream, addresses, 1, 0).await;
+            stream
+        };
+        let (found, _stream) = tokio::join!(leader(&bootstrap, "test", TIMEOUT, &topic, 0), broker);
+        let found = found.unwrap();
+        assert_eq!(found.broker(), first_address);
+        assert!(found.is_usable());
+
+        // Broker 2 leads: a new connection to it.
+        let brokers = async {
+            let mut stream = accept(&first, &KEYS).await;
+            answer(&mut stream, addresses, 2, 0).await;
+            accept(&second, &KEYS).await
+        };
+        let (found, _stream) =
+            tokio::join!(leader(&bootstrap, "test", TIMEOUT, &topic, 0), brokers);
+        assert_eq!(found.unwrap().broker(), second_address);
+
+        // No leader (LEADER_NOT_AVAILABLE): the code, for the caller to classify.
+        let broker = async {
+            let mut stream = accept(&first, &KEYS).await;
+            answer(&mut stream, addresses, -1, 5).await;
+            stream
+        };
+        let (found, _stream) = tokio::join!(leader(&bootstrap, "test", TIMEOUT, &topic, 0), broker);
+        assert!(matches!(found, Err(LeaderError::Code { code: 5, partition: 0, .. })));
+    }
+}
