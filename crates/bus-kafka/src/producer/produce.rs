@@ -160,14 +160,7 @@ pub(super) async fn produce(
 
 #[cfg(test)]
 mod tests {
-    use kafka_protocol::messages::produce_response::{
-        PartitionProduceResponse, TopicProduceResponse,
-    };
-    use kafka_protocol::messages::{ApiKey, ProduceResponse};
-    use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
-
     use super::*;
-    use crate::connection::test_broker::{accept, listen, read, write};
 
     fn kind(failure: &Failure) -> &'static str {
         match failure {
@@ -251,62 +244,5 @@ mod tests {
         assert_eq!(kind(&Failure::of_leader(&denied)), "final");
         let refused = LeaderError::Request(retried[0].clone());
         assert_eq!(kind(&Failure::of_leader(&refused)), "retry");
-    }
-
-    #[tokio::test]
-    async fn produce_sends_the_batch_as_is_and_reads_its_partition_answer() {
-        let (listener, address) = listen().await;
-        let keys = [(ApiKey::ApiVersions, 0, 3), (ApiKey::Produce, 0, 11)];
-        let timeout = Duration::from_secs(2);
-        let (connection, mut stream) =
-            tokio::join!(Connection::open(&address, "test", timeout), accept(&listener, &keys));
-        let mut connection = connection.unwrap();
-        let topic = TopicName(StrBytes::from_static_str("t"));
-        let batch = Bytes::from_static(b"a record batch, opaque to the request");
-        // The broker's answers, in turn: stored at 42; a leader move; a batch too large.
-        let answers = [(0, 42, None), (6, -1, Some("moved")), (10, -1, None)];
-        let broker = async {
-            for (error_code, base_offset, message) in answers {
-                let (header, mut body) = read::<ProduceRequest>(&mut stream).await;
-                let version = header.request_api_version;
-                assert_eq!(version, 9, "the highest common version");
-                let request = ProduceRequest::decode(&mut body, version).unwrap();
-                assert_eq!(request.acks, -1);
-                assert_eq!(request.timeout_ms, 2000);
-                let data = &request.topic_data[0];
-                assert_eq!(data.name, topic);
-                assert_eq!(data.partition_data[0].index, 3);
-                assert_eq!(data.partition_data[0].records.as_ref(), Some(&batch));
-                let mut partition = PartitionProduceResponse::default();
-                partition.index = 3;
-                partition.error_code = error_code;
-                partition.base_offset = base_offset;
-                partition.error_message = message.map(StrBytes::from_static_str);
-                let mut answer = TopicProduceResponse::default();
-                answer.name = topic.clone();
-                answer.partition_responses = vec![partition];
-                let mut response = ProduceResponse::default();
-                response.responses = vec![answer];
-                let header_version = ProduceResponse::header_version(version);
-                write(&mut stream, header.correlation_id, header_version, &response, version).await;
-            }
-        };
-        let client = async {
-            let mut results = Vec::new();
-            for _ in 0..answers.len() {
-                results.push(produce(&mut connection, &topic, 3, batch.clone(), 2, timeout).await);
-            }
-            results
-        };
-        let (results, ()) = tokio::join!(client, broker);
-        assert_eq!(results[0], Ok(42));
-        assert!(
-            matches!(&results[1], Err(Failure::Retriable(m)) if m.contains("partition 3") && m.ends_with(": moved")),
-            "{:?}",
-            results[1]
-        );
-        assert!(matches!(&results[2], Err(Failure::TooLarge(_))), "{:?}", results[2]);
-        // Error codes are answers, not transport failures: the connection stays usable.
-        assert!(connection.is_usable());
     }
 }
