@@ -12,12 +12,14 @@
 //! 2. end-to-end latency, send call to the consumer's receipt, per record: the send instant
 //!    (nanoseconds since a process-wide epoch) is in the value; the bus's handler
 //!    (`EventBus::subscribe`, defaults) and rdkafka's `BaseConsumer` poll loop subtract it
-//!    from their receive instant. Each client's consumer is in the group, with its partitions
+//!    from their receive instant. Both consumers let the broker hold a fetch up to 500 ms (both
+//!    clients' default). Each client's consumer is in the group, with its partitions
 //!    assigned and read (a warm-up record on every partition received), before timing starts;
 //! 3. shutdown time after phase 2: the bus's `shutdown` against rdkafka's consumer
 //!    `unsubscribe` and close plus its producer's `flush` (see [`rdkafka_e2e`]).
 //!
-//! Usage: `latency-bench --bootstrap HOST:PORT [--rate R] [--seconds S] [--rounds N]`. Build
+//! Usage: `latency-bench --bootstrap HOST:PORT [--rate R] [--seconds S] [--rounds N]
+//! [--fetch-wait-ms W]`. Build
 //! with `--features peer` for the rdkafka side. Each round runs both clients (alternating which
 //! goes first) on fresh topics; the tables show the median over rounds of each figure.
 
@@ -723,12 +725,13 @@ fn print_tables(pace: Pace, rounds: usize, ours: &[Round], theirs: &[Round]) {
     println!(
         "{} records/s of {VALUE_BYTES} bytes for {:.0} s ({} records), sent in ticks of {} ms, \
          keys over {AGGREGATES} aggregates, {PARTITIONS} partitions, acks all, linger {LINGER_MS} \
-         ms, fresh topics; each percentile the median of {rounds} round(s), clients alternating \
+         ms, consumers' fetch wait {} ms, fresh topics; each percentile the median of {rounds} round(s), clients alternating \
          first.\n",
         pace.rate,
         pace.seconds(),
         pace.records,
-        TICK.as_millis()
+        TICK.as_millis(),
+        FETCH_WAIT_MS.load(Ordering::Relaxed)
     );
     println!("| latency | client | p50 | p99 | p99.9 | max |");
     println!("|---|---|---:|---:|---:|---:|");
