@@ -1,9 +1,9 @@
 //! `cargo xtask bench`: benchmarks run side by side with their peers, printed as tables and,
 //! with `--record`, written to `docs/BENCHMARKS.md` between markers that name the benchmark.
 //!
-//! The consume and latency benchmarks run against a nisshi of its own (in-memory, started for the run on a
-//! free port and stopped afterwards, so that a long-lived broker's growth does not weigh on it),
-//! unless `KAFKA_BOOTSTRAP` names a broker to use.
+//! The consume and latency benchmarks run against a nisshi of their own (in-memory, started for
+//! the run on a free port and stopped afterwards, so that a long-lived broker's growth does not
+//! weigh on them), unless `KAFKA_BOOTSTRAP` names a broker to use.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

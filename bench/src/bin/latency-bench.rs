@@ -725,8 +725,8 @@ fn print_tables(pace: Pace, rounds: usize, ours: &[Round], theirs: &[Round]) {
     println!(
         "{} records/s of {VALUE_BYTES} bytes for {:.0} s ({} records), sent in ticks of {} ms, \
          keys over {AGGREGATES} aggregates, {PARTITIONS} partitions, acks all, linger {LINGER_MS} \
-         ms, consumers' fetch wait {} ms, fresh topics; each percentile the median of {rounds} round(s), clients alternating \
-         first.\n",
+         ms, consumers' fetch wait {} ms, fresh topics; each percentile the median of {rounds} \
+         round(s), clients alternating first.\n",
         pace.rate,
         pace.seconds(),
         pace.records,
