@@ -16,7 +16,7 @@
 //!    clients' default). Each client's consumer is in the group, with its partitions
 //!    assigned and read (a warm-up record on every partition received), before timing starts;
 //! 3. shutdown time after phase 2: the bus's `shutdown` against rdkafka's consumer
-//!    `unsubscribe` and close plus its producer's `flush` (see [`rdkafka_e2e`]).
+//!    `unsubscribe`, close and destroy plus its producer's `flush` (see [`rdkafka_e2e`]).
 //!
 //! Usage: `latency-bench --bootstrap HOST:PORT [--rate R] [--seconds S] [--rounds N]
 //! [--fetch-wait-ms W]`. Build
@@ -545,10 +545,10 @@ fn rdkafka_produce(bootstrap: &str, topic: &str, pace: Pace, keys: &[String]) ->
 /// End-to-end latency of rdkafka and its shutdown: its own producer (as in phase 1) writes to
 /// a `BaseConsumer` in a group (auto commit on, `fetch.wait.max.ms` 500 as the bus's
 /// `consumer.fetch_max_wait`) polled by a thread of its own. The shutdown is the consumer's
-/// `unsubscribe`, then its drop (`rd_kafka_consumer_close`: the final auto commit and the
-/// group's leave, served until closed; then `rd_kafka_destroy`, which joins librdkafka's
-/// threads), then the producer's `flush` and drop. Clean means the flush returned `Ok` with no
-/// delivery failed.
+/// `unsubscribe`, then its close (`rd_kafka_consumer_close_queue`: the final auto commit and the
+/// group's leave, polled in steps of 1 ms until `closed`), then its drop (`rd_kafka_destroy`,
+/// which joins librdkafka's threads), then the producer's `flush` and drop. Clean means the
+/// close and the flush returned `Ok` with no delivery failed.
 #[cfg(feature = "peer")]
 fn rdkafka_e2e(bootstrap: &str, topic: &str, group: &str, pace: Pace, keys: &[String]) -> Consumed {
     use std::sync::atomic::AtomicBool;
@@ -605,21 +605,32 @@ fn rdkafka_e2e(bootstrap: &str, topic: &str, group: &str, pace: Pace, keys: &[St
     let started = Instant::now();
     consumer.unsubscribe();
     let unsubscribed = started.elapsed();
-    drop(consumer);
+    // Closed by hand, served in steps of 1 ms: the crate's `Drop` would poll in steps of 100 ms
+    // and add up to that to librdkafka's close.
+    let closing = consumer.close_queue();
+    while closing.is_ok() && !consumer.closed() {
+        consumer.poll(Duration::from_millis(1));
+    }
     let closed = started.elapsed();
+    drop(consumer);
+    let destroyed = started.elapsed();
     let flushed = producer.flush(Duration::from_secs(30));
     let failed = producer.context().failed.load(Ordering::Relaxed);
     drop(producer);
     let shutdown = started.elapsed().as_secs_f64();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     eprintln!(
-        "  rdkafka shutdown: unsubscribe {:.1} ms, consumer close and destroy {:.1} ms, producer \
-         flush and destroy {:.1} ms",
+        "  rdkafka shutdown: unsubscribe {:.1} ms, consumer close {:.1} ms, consumer destroy \
+         {:.1} ms, producer flush and destroy {:.1} ms",
         ms(unsubscribed),
         ms(closed - unsubscribed),
-        shutdown * 1e3 - ms(closed)
+        ms(destroyed - closed),
+        shutdown * 1e3 - ms(destroyed)
     );
-    let clean = flushed.is_ok() && failed == 0;
+    if let Err(e) = &closing {
+        eprintln!("  rdkafka close: {e}");
+    }
+    let clean = closing.is_ok() && flushed.is_ok() && failed == 0;
     eprintln!(
         "  rdkafka e2e: joined in {join:.1} s, paced, last tick {:.1} ms late; shutdown {:.0} ms{}",
         late.as_secs_f64() * 1e3,
@@ -767,14 +778,14 @@ fn print_tables(pace: Pace, rounds: usize, ours: &[Round], theirs: &[Round]) {
     let (bus_down, peer_down) = (median(ours, |r| r.shutdown), median(theirs, |r| r.shutdown));
     println!(
         "| bus-kafka | `EventBus::shutdown(30 s)`: stop fetching, drain handlers, commit, leave \
-         the group, flush the producer, join every task | {:.0} ms | {} | {:.1} s |",
+         the group, flush the producer, join every task | {:.1} ms | {} | {:.1} s |",
         bus_down * 1e3,
         clean(ours),
         median(ours, |r| r.join)
     );
     println!(
-        "| rdkafka | consumer `unsubscribe`, drop (close: final auto commit, leave the group; \
-         destroy), producer `flush` and drop | {:.0} ms | {} | {:.1} s |",
+        "| rdkafka | consumer `unsubscribe`, close (final auto commit, leave the group), drop \
+         (destroy), producer `flush` and drop | {:.1} ms | {} | {:.1} s |",
         peer_down * 1e3,
         clean(theirs),
         median(theirs, |r| r.join)
