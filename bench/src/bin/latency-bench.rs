@@ -8,7 +8,9 @@
 //!
 //! 1. produce latency, send call to acknowledgement, per record: the bus's delivery futures
 //!    polled by a `FuturesUnordered` task as they resolve; rdkafka's `BaseProducer` delivery
-//!    callback, served by a thread blocked in `poll` (woken by each delivery report event);
+//!    callback, served by a thread blocked in `poll` (woken by each delivery report event).
+//!    Then the same at 200 records/s ("lone records"): every record is a batch of its own, so
+//!    the figure is the linger as each client's timer keeps it plus the round trip;
 //! 2. end-to-end latency, send call to the consumer's receipt, per record: the send instant
 //!    (nanoseconds since a process-wide epoch) is in the value; the bus's handler
 //!    (`EventBus::subscribe`, defaults) and rdkafka's `BaseConsumer` poll loop subtract it
@@ -18,8 +20,8 @@
 //! 3. shutdown time after phase 2: the bus's `shutdown` against rdkafka's consumer
 //!    `unsubscribe`, close and destroy plus its producer's `flush` (see [`rdkafka_e2e`]).
 //!
-//! Usage: `latency-bench --bootstrap HOST:PORT [--rate R] [--seconds S] [--rounds N]
-//! [--fetch-wait-ms W]`. Build
+//! Usage: `latency-bench --bootstrap HOST:PORT [--rate R] [--lone-rate L] [--seconds S]
+//! [--rounds N] [--fetch-wait-ms W]`. Build
 //! with `--features peer` for the rdkafka side. Each round runs both clients (alternating which
 //! goes first) on fresh topics; the tables show the median over rounds of each figure.
 
@@ -158,6 +160,8 @@ fn median_of(mut values: Vec<f64>) -> f64 {
 #[derive(Debug, Clone, Copy)]
 struct Round {
     produce: Latency,
+    /// Produce latency of records sent alone (a batch each).
+    lone: Latency,
     e2e: Latency,
     /// The consumer's group join (subscribe to the warm-up records received), seconds.
     join: f64,
@@ -643,6 +647,7 @@ fn rdkafka_e2e(bootstrap: &str, topic: &str, group: &str, pace: Pace, keys: &[St
 fn main() {
     let mut bootstrap = None;
     let mut rate = 20_000usize;
+    let mut lone_rate = 200usize;
     let mut seconds = 5.0f64;
     let mut rounds = 3usize;
     let mut args = std::env::args().skip(1);
@@ -650,6 +655,9 @@ fn main() {
         match arg.as_str() {
             "--bootstrap" => bootstrap = args.next(),
             "--rate" => rate = args.next().and_then(|v| v.parse().ok()).unwrap_or(rate).max(1),
+            "--lone-rate" => {
+                lone_rate = args.next().and_then(|v| v.parse().ok()).unwrap_or(lone_rate).max(1)
+            }
             "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seconds),
             "--fetch-wait-ms" => {
                 if let Some(ms) = args.next().and_then(|v| v.parse().ok()) {
@@ -664,6 +672,7 @@ fn main() {
     }
     let bootstrap = bootstrap.unwrap_or_else(|| fail("--bootstrap HOST:PORT is required"));
     let pace = Pace { rate, records: ((rate as f64 * seconds) as usize).max(1) };
+    let lone = Pace { rate: lone_rate, records: ((lone_rate as f64 * seconds) as usize).max(1) };
     let _ = epoch();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -681,7 +690,7 @@ fn main() {
         let topic =
             |client: &str, phase: &str| format!("bench-latency-{client}-{phase}-{run_id}-{round}");
         for client in ["bus", "rdkafka"] {
-            for phase in ["produce", "e2e"] {
+            for phase in ["produce", "lone", "e2e"] {
                 let topic = topic(client, phase);
                 runtime
                     .block_on(admin.ensure_topic(&topic, PARTITIONS))
@@ -692,21 +701,23 @@ fn main() {
             eprintln!("round {round}: bus");
             let produce =
                 bus_produce(&runtime, &bootstrap, &topic("bus", "produce"), pace, &key_bytes);
+            let lone = bus_produce(&runtime, &bootstrap, &topic("bus", "lone"), lone, &key_bytes);
             let group = format!("bench-latency-bus-{run_id}-{round}");
             let Consumed { e2e, join, shutdown, clean } =
                 bus_e2e(&runtime, &bootstrap, &topic("bus", "e2e"), &group, pace, &key_bytes);
-            report(&produce, &e2e);
-            ours.push(Round { produce, e2e, join, shutdown, clean });
+            report(&produce, &lone, &e2e);
+            ours.push(Round { produce, lone, e2e, join, shutdown, clean });
         };
         let run_rdkafka = |theirs: &mut Vec<Round>| {
             eprintln!("round {round}: rdkafka");
             let produce =
                 rdkafka_produce(&bootstrap, &topic("rdkafka", "produce"), pace, &key_strings);
+            let lone = rdkafka_produce(&bootstrap, &topic("rdkafka", "lone"), lone, &key_strings);
             let group = format!("bench-latency-rdkafka-{run_id}-{round}");
             let Consumed { e2e, join, shutdown, clean } =
                 rdkafka_e2e(&bootstrap, &topic("rdkafka", "e2e"), &group, pace, &key_strings);
-            report(&produce, &e2e);
-            theirs.push(Round { produce, e2e, join, shutdown, clean });
+            report(&produce, &lone, &e2e);
+            theirs.push(Round { produce, lone, e2e, join, shutdown, clean });
         };
         if round % 2 == 0 {
             run_bus(&mut ours);
@@ -716,19 +727,19 @@ fn main() {
             run_bus(&mut ours);
         }
     }
-    print_tables(pace, rounds, &ours, &theirs);
+    print_tables(pace, lone, rounds, &ours, &theirs);
 }
 
 /// One client's round on stderr.
-fn report(produce: &Latency, e2e: &Latency) {
+fn report(produce: &Latency, lone: &Latency, e2e: &Latency) {
     let ms = |l: &Latency| {
         let [p50, p99, p999, max] = l.figures();
         format!("p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms")
     };
-    eprintln!("  produce {}\n  e2e     {}", ms(produce), ms(e2e));
+    eprintln!("  produce {}\n  lone    {}\n  e2e     {}", ms(produce), ms(lone), ms(e2e));
 }
 
-fn print_tables(pace: Pace, rounds: usize, ours: &[Round], theirs: &[Round]) {
+fn print_tables(pace: Pace, lone: Pace, rounds: usize, ours: &[Round], theirs: &[Round]) {
     let librdkafka = librdkafka_version();
     let bus_name = "bus-kafka (`publish_nowait`; `subscribe`, defaults)";
     let rdkafka_name =
@@ -737,19 +748,24 @@ fn print_tables(pace: Pace, rounds: usize, ours: &[Round], theirs: &[Round]) {
         "{} records/s of {VALUE_BYTES} bytes for {:.0} s ({} records), sent in ticks of {} ms, \
          keys over {AGGREGATES} aggregates, {PARTITIONS} partitions, acks all, linger {LINGER_MS} \
          ms, consumers' fetch wait {} ms, fresh topics; each percentile the median of {rounds} \
-         round(s), clients alternating first.\n",
+         round(s), clients alternating first. Lone records: the produce phase at {} records/s \
+         ({} records), so that each record is a batch of its own (what the linger alone costs).\n",
         pace.rate,
         pace.seconds(),
         pace.records,
         TICK.as_millis(),
-        FETCH_WAIT_MS.load(Ordering::Relaxed)
+        FETCH_WAIT_MS.load(Ordering::Relaxed),
+        lone.rate,
+        lone.records
     );
     println!("| latency | client | p50 | p99 | p99.9 | max |");
     println!("|---|---|---:|---:|---:|---:|");
     let produce = |rounds: &[Round]| rounds.iter().map(|r| r.produce).collect::<Vec<_>>();
+    let lone = |rounds: &[Round]| rounds.iter().map(|r| r.lone).collect::<Vec<_>>();
     let e2e = |rounds: &[Round]| rounds.iter().map(|r| r.e2e).collect::<Vec<_>>();
     let phases = [
         ("produce: send to acknowledgement", produce(ours), produce(theirs)),
+        ("produce, lone records", lone(ours), lone(theirs)),
         ("end to end: send to consumer's receipt", e2e(ours), e2e(theirs)),
     ];
     for (caption, bus, peer) in phases {
