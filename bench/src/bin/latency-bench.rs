@@ -305,7 +305,11 @@ fn bus_produce(
     if let Err(e) = runtime.block_on(bus.shutdown(Duration::from_secs(30))) {
         fail(&format!("bus shutdown: {e}"));
     }
-    eprintln!("  bus produce: paced, last tick {:.1} ms late", late.as_secs_f64() * 1e3);
+    eprintln!(
+        "  bus produce at {} records/s: last tick {:.1} ms late",
+        pace.rate,
+        late.as_secs_f64() * 1e3
+    );
     Latency::of(latencies)
 }
 
@@ -542,7 +546,11 @@ fn rdkafka_produce(bootstrap: &str, topic: &str, pace: Pace, keys: &[String]) ->
             ctx.failed.load(Ordering::Relaxed)
         ));
     }
-    eprintln!("  rdkafka produce: paced, last tick {:.1} ms late", late.as_secs_f64() * 1e3);
+    eprintln!(
+        "  rdkafka produce at {} records/s: last tick {:.1} ms late",
+        pace.rate,
+        late.as_secs_f64() * 1e3
+    );
     Latency::of(latencies)
 }
 
