@@ -21,9 +21,9 @@
 //!    `unsubscribe`, close and destroy plus its producer's `flush` (see [`rdkafka_e2e`]).
 //!
 //! Usage: `latency-bench --bootstrap HOST:PORT [--rate R] [--lone-rate L] [--seconds S]
-//! [--rounds N] [--fetch-wait-ms W]`. Build
-//! with `--features peer` for the rdkafka side. Each round runs both clients (alternating which
-//! goes first) on fresh topics; the tables show the median over rounds of each figure.
+//! [--rounds N] [--fetch-wait-ms W]`. Build with `--features peer` for the rdkafka side. Each
+//! round runs both clients (alternating which goes first) on fresh topics; the tables show the
+//! median over rounds of each figure.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
