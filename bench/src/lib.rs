@@ -3,8 +3,8 @@
 //!
 //! Owns: [`Phase`] (one client's run: wall time, join time, process CPU, records) and its
 //! median, [`process_cpu`] (this process's user + system CPU time), the workload constants and
-//! keys. The benchmarks themselves are the binaries (`produce-bench`, `consume-bench`), run by
-//! `cargo xtask bench`.
+//! keys. The benchmarks themselves are the binaries (`produce-bench`, `consume-bench`,
+//! `latency-bench`), run by `cargo xtask bench`.
 
 /// Partitions of every benchmark topic.
 pub const PARTITIONS: i32 = 6;

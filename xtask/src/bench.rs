@@ -1,9 +1,9 @@
 //! `cargo xtask bench`: benchmarks run side by side with their peers, printed as tables and,
 //! with `--record`, written to `docs/BENCHMARKS.md` between markers that name the benchmark.
 //!
-//! The consume benchmark runs against a nisshi of its own (in-memory, started for the run on a
-//! free port and stopped afterwards, so that a long-lived broker's growth does not weigh on it),
-//! unless `KAFKA_BOOTSTRAP` names a broker to use.
+//! The consume and latency benchmarks run against a nisshi of their own (in-memory, started for
+//! the run on a free port and stopped afterwards, so that a long-lived broker's growth does not
+//! weigh on them), unless `KAFKA_BOOTSTRAP` names a broker to use.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -25,6 +25,10 @@ pub(crate) enum Which {
     /// records of 100 bytes, 6 partitions, no-op handler), and keyed dispatch with 1 ms handlers
     /// over 1,000 keys (package `bus-bench`, a private nisshi).
     Consume,
+    /// Latency at a fixed rate (20,000 records/s) against rdkafka on the same broker: produce
+    /// (send to acknowledgement), end to end (send to consumer), and shutdown time (package
+    /// `bus-bench`, a private nisshi).
+    Latency,
     /// bus-core alone: the in-memory bus's publish and consume throughput against a plain mpsc
     /// channel, and the keyed dispatch with 1 ms handlers over 1,000 keys and with a no-op one.
     Core,
@@ -36,6 +40,7 @@ impl Which {
             Which::Supervisor => "supervisor",
             Which::Produce => "produce",
             Which::Consume => "consume",
+            Which::Latency => "latency",
             Which::Core => "core",
         }
     }
@@ -45,7 +50,7 @@ pub(crate) fn run(which: Which, record: bool) -> Result<()> {
     let table = match which {
         Which::Supervisor => supervisor()?,
         Which::Core => core()?,
-        Which::Produce | Which::Consume => against_broker(which)?,
+        Which::Produce | Which::Consume | Which::Latency => against_broker(which)?,
     };
     println!("{table}");
     if record {
@@ -186,14 +191,18 @@ fn stdout_of(command: &mut Command) -> Result<String> {
 }
 
 /// The Kafka benchmarks: built with the rdkafka peer, run against the shared broker
-/// (produce) or one of their own (consume).
+/// (produce) or one of their own (consume, latency).
 fn against_broker(which: Which) -> Result<String> {
-    let bin = if matches!(which, Which::Produce) { "produce-bench" } else { "consume-bench" };
+    let bin = match which {
+        Which::Produce => "produce-bench",
+        Which::Latency => "latency-bench",
+        _ => "consume-bench",
+    };
     let mut command = cargo();
     command
         .args(["run", "--release", "-p", "bus-bench", "--features", "peer", "--bin", bin, "--"])
         .current_dir(crate::workspace_root());
-    // Both need cmake and the curl headers to build librdkafka.
+    // All need cmake and the curl headers to build librdkafka.
     crate::peer::ensure_rdkafka_build_deps()?;
     let mut broker = None;
     let mut private = None;
