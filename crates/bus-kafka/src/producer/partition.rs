@@ -16,6 +16,10 @@
 //! - A fail-back request (a flush past its deadline) is honoured at once, in flight or not: the
 //!   produce in progress is dropped and the entries below `fail_through` are failed back with
 //!   `NotAcknowledgedAtShutdown`.
+//! - A batch waits at most its linger (as Kafka's `linger.ms` promises), give or take the
+//!   runtime's scheduling: tokio's timer fires on the millisecond tick after its deadline's, so
+//!   the wait aims one tick early ([`TIMER_TICK`]) and may end up to a tick short, never a tick
+//!   long.
 //! - The loop ends when the producer's scope is cancelled; whatever it still holds is failed
 //!   back (and an entry dropped by an abort fails itself back from its `Drop`).
 
@@ -36,6 +40,10 @@ use crate::connection::Connection;
 
 /// The cap of the doubling retry backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The granularity of tokio's timer: a sleep ends on the first millisecond tick after its
+/// deadline, about a tick late (a 1 ms sleep takes about 2 ms). The linger aims this much early.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 
 /// Runs the loop until the producer's scope is cancelled.
 pub(super) async fn run(
@@ -138,7 +146,10 @@ impl Batcher {
                 }
             }
             // Linger: wait for more records, unless a full batch is queued already.
-            let linger_end = self.batch.first().map_or_else(Instant::now, |e| e.accepted + linger);
+            let linger_end = self
+                .batch
+                .first()
+                .map_or_else(Instant::now, |e| e.accepted + linger.saturating_sub(TIMER_TICK));
             if self.batch_bytes < max_bytes
                 && self.batch_bytes + self.state.queued_bytes.load(Ordering::Acquire) < max_bytes
                 && Instant::now() < linger_end
