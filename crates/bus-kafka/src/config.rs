@@ -48,8 +48,8 @@ impl Default for TopicConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProducerConfig {
-    /// How long, at most, a partition's batch waits for more records before it is sent. The
-    /// runtime's timer counts in milliseconds, so the wait may end up to 1 ms sooner.
+    /// How long a partition's batch waits for more records before it is sent (to within the
+    /// runtime timer's 1 ms tick).
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
     /// The largest batch, in bytes as encoded (estimated from above: keys, values, headers and

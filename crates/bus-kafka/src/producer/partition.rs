@@ -16,10 +16,9 @@
 //! - A fail-back request (a flush past its deadline) is honoured at once, in flight or not: the
 //!   produce in progress is dropped and the entries below `fail_through` are failed back with
 //!   `NotAcknowledgedAtShutdown`.
-//! - A batch waits at most its linger (as Kafka's `linger.ms` promises), give or take the
-//!   runtime's scheduling: tokio's timer fires on the millisecond tick after its deadline's, so
-//!   the wait aims one tick early ([`TIMER_TICK`]) and may end up to a tick short, never a tick
-//!   long.
+//! - A batch waits for its linger to within the timer's millisecond tick either way: tokio's
+//!   timer ends a sleep on a tick after its deadline (about a tick late on average), so the
+//!   wait aims one tick ([`TIMER_TICK`]) early; a 1 ms linger waits about 1 ms, not 2.
 //! - The loop ends when the producer's scope is cancelled; whatever it still holds is failed
 //!   back (and an entry dropped by an abort fails itself back from its `Drop`).
 
@@ -146,10 +145,9 @@ impl Batcher {
                 }
             }
             // Linger: wait for more records, unless a full batch is queued already.
-            let linger_end = self
-                .batch
-                .first()
-                .map_or_else(Instant::now, |e| e.accepted + linger.saturating_sub(TIMER_TICK));
+            let linger_end = self.batch.first().map_or_else(Instant::now, |e| e.accepted + linger);
+            // Aimed a tick early: the timer ends the sleep about a tick after its deadline.
+            let wake_at = linger_end.checked_sub(TIMER_TICK).unwrap_or(linger_end);
             if self.batch_bytes < max_bytes
                 && self.batch_bytes + self.state.queued_bytes.load(Ordering::Acquire) < max_bytes
                 && Instant::now() < linger_end
@@ -158,7 +156,7 @@ impl Batcher {
                     biased;
                     () = self.state.fail_back.notified() => continue,
                     () = self.state.batch_full.notified() => {}
-                    () = tokio::time::sleep_until(linger_end) => {}
+                    () = tokio::time::sleep_until(wake_at) => {}
                 }
             }
             self.fill(max_bytes);
