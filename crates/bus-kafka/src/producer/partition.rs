@@ -25,6 +25,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use bus_core::{Delivery, PublishError};
@@ -36,6 +37,9 @@ use tokio::time::Instant;
 use super::produce::{self, Failure};
 use super::{Entry, PartitionState, Release, Shared, encode};
 use crate::connection::Connection;
+
+/// Entries taken from the channel at a time when filling a batch.
+const RECV_CHUNK: usize = 256;
 
 /// The cap of the doubling retry backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -159,7 +163,7 @@ impl Batcher {
                     () = tokio::time::sleep_until(wake_at) => {}
                 }
             }
-            self.fill(max_bytes);
+            self.fill(max_bytes).await;
             self.deliver().await;
         }
     }
@@ -174,23 +178,49 @@ impl Batcher {
     }
 
     /// Takes queued entries into the batch up to `max_bytes` (a lone record larger than that is
-    /// sent alone).
-    fn fill(&mut self, max_bytes: usize) {
-        loop {
-            let entry = match self.carry.pop_front() {
-                Some(entry) => entry,
-                None => {
-                    let Ok(entry) = self.rx.try_recv() else { break };
-                    self.received += 1;
-                    self.take_queued(entry.size);
-                    entry
-                }
-            };
+    /// sent alone): the carried ones first, then the channel's, received in chunks straight
+    /// into the batch (each entry moved once); what does not fit is carried to the next batch.
+    async fn fill(&mut self, max_bytes: usize) {
+        while let Some(entry) = self.carry.pop_front() {
             if !self.batch.is_empty() && self.batch_bytes + encode::estimate(&entry) > max_bytes {
                 self.carry.push_front(entry);
-                break;
+                return;
             }
             self.push(entry);
+        }
+        loop {
+            let start = self.batch.len();
+            // What the channel holds now, without waiting (0: empty or closed).
+            let got = std::future::poll_fn(|cx| {
+                Poll::Ready(match self.rx.poll_recv_many(cx, &mut self.batch, RECV_CHUNK) {
+                    Poll::Ready(n) => n,
+                    Poll::Pending => 0,
+                })
+            })
+            .await;
+            if got == 0 {
+                return;
+            }
+            self.received += got as u64;
+            let mut queued = 0;
+            let mut overflow = None;
+            for (i, entry) in self.batch.iter().enumerate().skip(start) {
+                queued += entry.size;
+                if overflow.is_none() {
+                    let estimate = encode::estimate(entry);
+                    if i > 0 && self.batch_bytes + estimate > max_bytes {
+                        overflow = Some(i);
+                    } else {
+                        self.batch_bytes += estimate;
+                    }
+                }
+            }
+            self.take_queued(queued);
+            if let Some(i) = overflow {
+                // In order, ahead of anything carried (nothing is: the carry was emptied).
+                self.carry.extend(self.batch.drain(i..));
+                return;
+            }
         }
     }
 
