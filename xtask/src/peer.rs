@@ -44,6 +44,15 @@ pub(crate) fn ensure_python() -> Result<PathBuf> {
         "the test peer {CONFLUENT_KAFKA} is not installed; installing it into {}",
         venv().display()
     );
+    // Debian's python3 makes virtual environments only with python3-venv (ensurepip).
+    let ensurepip = Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    crate::tools::ensure_debian_packages(
+        "the tests' Python peer",
+        &[("python3", crate::tools::runs("python3", "--version")), ("python3-venv", ensurepip)],
+    )?;
     crate::cmd::run(Command::new("python3").args(["-m", "venv"]).arg(venv())).map_err(|e| {
         format!("{e}: the tests need Python 3 with venv (Debian: apt-get install -y python3-venv)")
     })?;
