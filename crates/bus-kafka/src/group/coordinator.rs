@@ -92,10 +92,14 @@ impl Failure {
     }
 
     /// Classifies a transport failure: the connection is gone, so is our idea of the
-    /// coordinator (as the Java client marks the coordinator unknown on a disconnect).
+    /// coordinator (as the Java client marks the coordinator unknown on a disconnect). A request
+    /// we cannot send at all (no common version, not encodable, too large to frame) would fail
+    /// the same way again: fatal.
     pub(crate) fn from_request(error: &RequestError) -> Failure {
         match error {
-            RequestError::Unsupported { .. } => Failure::Fatal(error.to_string()),
+            RequestError::Unsupported { .. }
+            | RequestError::Encode { .. }
+            | RequestError::TooLarge { .. } => Failure::Fatal(error.to_string()),
             _ => Failure::Coordinator(error.to_string()),
         }
     }
