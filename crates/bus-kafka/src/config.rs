@@ -9,6 +9,9 @@ use std::time::Duration;
 use bus_core::{ConfigError, Partitioner};
 use serde::{Deserialize, Serialize};
 
+/// The largest `consumer.fetch_max_bytes`: a Fetch response is read into memory whole, and
+/// responses over twice this are refused as corrupt.
+pub const MAX_FETCH_BYTES: usize = 128 * 1024 * 1024;
 /// Record-batch compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -98,7 +101,8 @@ pub struct ConsumerConfig {
     /// How often a member heartbeats (at most a third of the session timeout).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// Bytes asked for per fetch and partition (bounded prefetch).
+    /// Bytes asked for per fetch and partition (bounded prefetch); at most
+    /// [`MAX_FETCH_BYTES`].
     pub fetch_max_bytes: usize,
     /// How long the broker may hold a fetch waiting for records.
     #[serde(with = "humantime_serde")]
@@ -232,8 +236,11 @@ impl KafkaConfig {
                 "must be greater than zero and at most a third of consumer.session_timeout",
             ));
         }
-        if c.fetch_max_bytes == 0 {
-            return Err(ConfigError::new("consumer.fetch_max_bytes", "must be at least 1"));
+        if c.fetch_max_bytes == 0 || c.fetch_max_bytes > MAX_FETCH_BYTES {
+            return Err(ConfigError::new(
+                "consumer.fetch_max_bytes",
+                format!("must be between 1 and {MAX_FETCH_BYTES} (128 MiB)"),
+            ));
         }
         if c.assignors.is_empty() {
             return Err(ConfigError::new("consumer.assignors", "name at least one assignor"));

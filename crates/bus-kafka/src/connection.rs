@@ -48,7 +48,7 @@ use tokio::net::TcpStream;
 
 /// The largest response accepted (a sanity bound against a corrupt size prefix; a Fetch
 /// response is at most `consumer.fetch_max_bytes` of records plus its framing).
-const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+const MAX_RESPONSE_BYTES: usize = 2 * crate::config::MAX_FETCH_BYTES;
 
 /// The ApiVersions version tried first (the broker answers in v0 when it does not support it).
 const API_VERSIONS_VERSION: i16 = 3;

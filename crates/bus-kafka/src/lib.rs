@@ -29,7 +29,9 @@ use bus_core::EventBus;
 
 pub use backend::KafkaBackend;
 pub use client::{Admin, KafkaClient};
-pub use config::{Compression, ConsumerConfig, KafkaConfig, ProducerConfig, TopicConfig};
+pub use config::{
+    Compression, ConsumerConfig, KafkaConfig, MAX_FETCH_BYTES, ProducerConfig, TopicConfig,
+};
 pub use error::KafkaError;
 
 /// Connects to the cluster and returns an event bus on it. The bus's tasks live under
