@@ -76,6 +76,35 @@ pub fn process_cpu() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The runtime every benchmark runs its clients on: multi-thread, 2 workers (the machine's
+/// cores).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&format!("runtime: {e}")))
+}
+
+/// An admin client on `bootstrap` (to create the benchmark's topics).
+pub fn admin(runtime: &tokio::runtime::Runtime, bootstrap: &str) -> bus_kafka::Admin {
+    runtime
+        .block_on(bus_kafka::Admin::connect(bus_kafka::KafkaConfig::new(bootstrap)))
+        .unwrap_or_else(|e| fail(&format!("admin: {e}")))
+}
+
+/// Parses a count of at least 1 (a command-line value).
+///
+/// # Errors
+///
+/// When `text` is not a whole number of at least 1.
+pub fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}` is not a whole number of at least 1")),
+    }
+}
+
 /// Prints `message` prefixed with the program's name and exits with status 1.
 pub fn fail(message: &str) -> ! {
     let program = std::env::args().next().unwrap_or_default();

@@ -25,8 +25,9 @@ use bus_bench::{
     AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, librdkafka_version, median, process_cpu,
 };
 use bus_core::{HandlerError, Message, Record, SubscribeOptions};
-use bus_kafka::{Admin, KafkaConfig};
+use bus_kafka::KafkaConfig;
 use bytes::Bytes;
+use clap::Parser;
 
 /// Writes `records` records (keys over [`AGGREGATES`] aggregates) to `topic` with the bus.
 async fn fill(bootstrap: &str, topic: &str, records: usize) {
@@ -299,40 +300,35 @@ async fn keyed_phase(bootstrap: &str, topic: &str, records: usize, concurrency: 
     keyed
 }
 
+/// Group consume through the bus against rdkafka's consumer, and keyed dispatch with 1 ms
+/// handlers, on one broker, in one process.
+#[derive(Parser)]
+struct Args {
+    /// The broker, `host:port`.
+    #[arg(long)]
+    bootstrap: String,
+    /// Records in the topic each client reads per round.
+    #[arg(long, default_value_t = 1_000_000, value_parser = bus_bench::positive)]
+    records: usize,
+    /// Rounds (each runs both clients, alternating which goes first).
+    #[arg(long, default_value_t = 5, value_parser = bus_bench::positive)]
+    rounds: usize,
+    /// Records of the keyed-dispatch phase.
+    #[arg(long, default_value_t = 20_000, value_parser = bus_bench::positive)]
+    keyed_records: usize,
+    /// One phase alone, for profiling (no table).
+    #[arg(long, value_parser = ["bus", "rdkafka", "keyed"])]
+    only: Option<String>,
+    /// An already filled topic of `--records` records to read (for profiling the consume
+    /// phase alone).
+    #[arg(long)]
+    topic: Option<String>,
+}
+
 fn main() {
-    let mut bootstrap = None;
-    let mut records = 1_000_000usize;
-    let mut rounds = 5usize;
-    let mut keyed_records = 20_000usize;
-    let mut only = None;
-    // An already filled topic (for profiling the consume phase alone).
-    let mut existing: Option<String> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--bootstrap" => bootstrap = args.next(),
-            "--records" => records = args.next().and_then(|v| v.parse().ok()).unwrap_or(records),
-            "--keyed-records" => {
-                keyed_records = args.next().and_then(|v| v.parse().ok()).unwrap_or(keyed_records)
-            }
-            "--rounds" => {
-                rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds).max(1)
-            }
-            // `--only bus`, `--only rdkafka` or `--only keyed` (no table).
-            "--only" => only = args.next(),
-            "--topic" => existing = args.next(),
-            other => fail(&format!("unknown argument `{other}`")),
-        }
-    }
-    let bootstrap = bootstrap.unwrap_or_else(|| fail("--bootstrap HOST:PORT is required"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
-    let admin = runtime
-        .block_on(Admin::connect(KafkaConfig::new(&bootstrap)))
-        .unwrap_or_else(|e| fail(&format!("admin: {e}")));
+    let Args { bootstrap, records, rounds, keyed_records, only, topic: existing } = Args::parse();
+    let runtime = bus_bench::runtime();
+    let admin = bus_bench::admin(&runtime, &bootstrap);
     let run_id = std::process::id();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let throughput = only.as_deref().is_none_or(|o| o == "bus" || o == "rdkafka");

@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 
 use bus_bench::{AGGREGATES, PARTITIONS, VALUE_BYTES, fail, key, librdkafka_version};
 use bus_core::{DeliveryFuture, HandlerError, Message, Record, SubscribeOptions};
-use bus_kafka::{Admin, KafkaConfig};
+use bus_kafka::KafkaConfig;
 use bytes::Bytes;
+use clap::Parser;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::runtime::Runtime;
@@ -652,46 +653,41 @@ fn rdkafka_e2e(bootstrap: &str, topic: &str, group: &str, pace: Pace, keys: &[St
     Consumed { e2e: Latency::of(slots.latencies()), join, shutdown, clean }
 }
 
+/// Produce and end-to-end latency at a paced rate, and shutdown time, of the bus and rdkafka, on
+/// one broker, in one process.
+#[derive(Parser)]
+struct Args {
+    /// The broker, `host:port`.
+    #[arg(long)]
+    bootstrap: String,
+    /// Records per second offered, paced in 1 ms ticks.
+    #[arg(long, default_value_t = 20_000, value_parser = bus_bench::positive)]
+    rate: usize,
+    /// Records per second of the lone-records phase (each record a batch of its own).
+    #[arg(long, default_value_t = 200, value_parser = bus_bench::positive)]
+    lone_rate: usize,
+    /// Seconds each paced phase lasts.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Rounds (each runs both clients, alternating which goes first).
+    #[arg(long, default_value_t = 3, value_parser = bus_bench::positive)]
+    rounds: usize,
+    /// How long the consumers let the broker hold a fetch, in milliseconds (both clients'
+    /// default: 500).
+    #[arg(long, default_value_t = 500)]
+    fetch_wait_ms: u64,
+}
+
 fn main() {
-    let mut bootstrap = None;
-    let mut rate = 20_000usize;
-    let mut lone_rate = 200usize;
-    let mut seconds = 5.0f64;
-    let mut rounds = 3usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--bootstrap" => bootstrap = args.next(),
-            "--rate" => rate = args.next().and_then(|v| v.parse().ok()).unwrap_or(rate).max(1),
-            "--lone-rate" => {
-                lone_rate = args.next().and_then(|v| v.parse().ok()).unwrap_or(lone_rate).max(1)
-            }
-            "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seconds),
-            "--fetch-wait-ms" => {
-                if let Some(ms) = args.next().and_then(|v| v.parse().ok()) {
-                    FETCH_WAIT_MS.store(ms, Ordering::Relaxed);
-                }
-            }
-            "--rounds" => {
-                rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds).max(1)
-            }
-            other => fail(&format!("unknown argument `{other}`")),
-        }
-    }
-    let bootstrap = bootstrap.unwrap_or_else(|| fail("--bootstrap HOST:PORT is required"));
+    let Args { bootstrap, rate, lone_rate, seconds, rounds, fetch_wait_ms } = Args::parse();
+    FETCH_WAIT_MS.store(fetch_wait_ms, Ordering::Relaxed);
     let pace = Pace { rate, records: ((rate as f64 * seconds) as usize).max(1) };
     let lone = Pace { rate: lone_rate, records: ((lone_rate as f64 * seconds) as usize).max(1) };
     let _ = epoch();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    let runtime = bus_bench::runtime();
     let key_strings: Vec<String> = (0..AGGREGATES).map(key).collect();
     let key_bytes: Vec<Bytes> = key_strings.iter().map(|k| Bytes::from(k.clone())).collect();
-    let admin = runtime
-        .block_on(Admin::connect(KafkaConfig::new(&bootstrap)))
-        .unwrap_or_else(|e| fail(&format!("admin: {e}")));
+    let admin = bus_bench::admin(&runtime, &bootstrap);
     let run_id = std::process::id();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..rounds {

@@ -17,8 +17,9 @@ use bus_bench::{
     AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, key, librdkafka_version, median, process_cpu,
 };
 use bus_core::Record;
-use bus_kafka::{Admin, KafkaConfig};
+use bus_kafka::KafkaConfig;
 use bytes::Bytes;
+use clap::Parser;
 #[cfg(feature = "peer")]
 use rdkafka::ClientContext;
 #[cfg(feature = "peer")]
@@ -146,35 +147,29 @@ async fn bus_phase(bootstrap: &str, topic: &str, records: usize, keys: &[Bytes])
     Phase { seconds, join_seconds: 0.0, cpu_seconds, records }
 }
 
+/// The bus's Kafka producer against rdkafka's, on one broker, in one process.
+#[derive(Parser)]
+struct Args {
+    /// The broker, `host:port`.
+    #[arg(long)]
+    bootstrap: String,
+    /// Records each client produces per round.
+    #[arg(long, default_value_t = 1_000_000, value_parser = bus_bench::positive)]
+    records: usize,
+    /// Rounds (each runs both clients, alternating which goes first).
+    #[arg(long, default_value_t = 5, value_parser = bus_bench::positive)]
+    rounds: usize,
+    /// One client alone, for profiling (no table).
+    #[arg(long, value_parser = ["bus", "rdkafka"])]
+    only: Option<String>,
+}
+
 fn main() {
-    let mut bootstrap = None;
-    let mut records = 1_000_000usize;
-    let mut rounds = 5usize;
-    let mut only = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--bootstrap" => bootstrap = args.next(),
-            "--records" => records = args.next().and_then(|v| v.parse().ok()).unwrap_or(records),
-            "--rounds" => {
-                rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(rounds).max(1)
-            }
-            // For profiling one client alone: `--only bus` or `--only rdkafka` (no table).
-            "--only" => only = args.next(),
-            other => fail(&format!("unknown argument `{other}`")),
-        }
-    }
-    let bootstrap = bootstrap.unwrap_or_else(|| fail("--bootstrap HOST:PORT is required"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    let Args { bootstrap, records, rounds, only } = Args::parse();
+    let runtime = bus_bench::runtime();
     let key_strings: Vec<String> = (0..AGGREGATES).map(key).collect();
     let key_bytes: Vec<Bytes> = key_strings.iter().map(|k| Bytes::from(k.clone())).collect();
-    let admin = runtime
-        .block_on(Admin::connect(KafkaConfig::new(&bootstrap)))
-        .unwrap_or_else(|e| fail(&format!("admin: {e}")));
+    let admin = bus_bench::admin(&runtime, &bootstrap);
     let run_id = std::process::id();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
