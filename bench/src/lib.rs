@@ -13,10 +13,13 @@ pub const AGGREGATES: usize = 1_000;
 /// Bytes of every record's value.
 pub const VALUE_BYTES: usize = 100;
 
-/// The key of the `i`-th record.
+/// The workload's keys, one per aggregate, as text (for rdkafka) and as `Bytes` (for the bus):
+/// record `i` has key `i % AGGREGATES`.
 #[must_use]
-pub fn key(i: usize) -> String {
-    format!("aggregate-{}", i % AGGREGATES)
+pub fn keys() -> (Vec<String>, Vec<bytes::Bytes>) {
+    let text: Vec<String> = (0..AGGREGATES).map(|i| format!("aggregate-{i}")).collect();
+    let bytes = text.iter().map(|k| bytes::Bytes::from(k.clone())).collect();
+    (text, bytes)
 }
 
 /// One client's measurement.

@@ -35,7 +35,7 @@ async fn fill(bootstrap: &str, topic: &str, records: usize) {
         .await
         .unwrap_or_else(|e| fail(&format!("bus: {e}")));
     let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
-    let keys: Vec<Bytes> = (0..AGGREGATES).map(|i| Bytes::from(format!("aggregate-{i}"))).collect();
+    let (_, keys) = bus_bench::keys();
     let mut pending = std::collections::VecDeque::new();
     for i in 0..records {
         let record = Record::new(topic, value.clone()).with_key(keys[i % AGGREGATES].clone());

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bus_bench::{AGGREGATES, PARTITIONS, VALUE_BYTES, fail, key, librdkafka_version};
+use bus_bench::{AGGREGATES, PARTITIONS, VALUE_BYTES, fail, librdkafka_version};
 use bus_core::{DeliveryFuture, HandlerError, Message, Record, SubscribeOptions};
 use bus_kafka::KafkaConfig;
 use bytes::Bytes;
@@ -685,8 +685,7 @@ fn main() {
     let lone = Pace { rate: lone_rate, records: ((lone_rate as f64 * seconds) as usize).max(1) };
     let _ = epoch();
     let runtime = bus_bench::runtime();
-    let key_strings: Vec<String> = (0..AGGREGATES).map(key).collect();
-    let key_bytes: Vec<Bytes> = key_strings.iter().map(|k| Bytes::from(k.clone())).collect();
+    let (key_strings, key_bytes) = bus_bench::keys();
     let admin = bus_bench::admin(&runtime, &bootstrap);
     let run_id = std::process::id();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bus_bench::{
-    AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, key, librdkafka_version, median, process_cpu,
+    AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, librdkafka_version, median, process_cpu,
 };
 use bus_core::Record;
 use bus_kafka::KafkaConfig;
@@ -167,8 +167,7 @@ struct Args {
 fn main() {
     let Args { bootstrap, records, rounds, only } = Args::parse();
     let runtime = bus_bench::runtime();
-    let key_strings: Vec<String> = (0..AGGREGATES).map(key).collect();
-    let key_bytes: Vec<Bytes> = key_strings.iter().map(|k| Bytes::from(k.clone())).collect();
+    let (key_strings, key_bytes) = bus_bench::keys();
     let admin = bus_bench::admin(&runtime, &bootstrap);
     let run_id = std::process::id();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());

@@ -468,7 +468,8 @@ async fn parallelism(config: DispatchConfig, messages: Vec<Message>) -> usize {
     let dispatch = KeyedDispatch::start(supervisor.root(), config, gated(&gate, &gauge)).unwrap();
     let n = messages.len() as u64;
     dispatch.submit(messages).await.unwrap();
-    // Let the runtime go idle: whatever can start has started.
+    // An idle barrier, not a timed wait: on the paused clock (every caller's) this sleep ends
+    // only once no task can make progress, so whatever can start has started.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let running = gauge.now();
     assert_eq!(dispatch.running(), running);

@@ -178,7 +178,9 @@ async fn restarts_outside_the_window_do_not_count() {
             }
         })
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Five failures 2 s apart, then the healthy sixth run (virtual time).
+    let sixth = common::eventually(Duration::from_secs(30), || runs.load(Ordering::SeqCst) >= 6);
+    assert!(sixth.await, "only {} runs", runs.load(Ordering::SeqCst));
     assert_eq!(runs.load(Ordering::SeqCst), 6);
     assert!(supervisor.failure().is_none());
     assert!(!monitor.is_finished());

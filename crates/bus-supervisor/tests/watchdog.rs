@@ -27,20 +27,24 @@ fn blocked_worker_scenario(watchdog: bool) -> mpsc::Receiver<String> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let address = listener.local_addr().unwrap();
             let (release, blocked) = mpsc::channel::<()>();
+            let (entered, blocking) = tokio::sync::oneshot::channel::<()>();
             supervisor
                 .root()
                 .spawn("blocks-after-read", async move {
                     let (mut socket, _) = listener.accept().await.unwrap();
                     let mut byte = [0u8; 1];
                     socket.read_exact(&mut byte).await.unwrap();
+                    let _ = entered.send(());
                     let _ = blocked.recv(); // blocks the worker that the I/O woke
                 })
                 .unwrap()
                 .detach();
             let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
             client.write_all(b"x").await.unwrap();
-            // Timers and I/O must still work while that worker is blocked.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            blocking.await.unwrap(); // the task is about to block its worker
+            // Timers must still fire while that worker is blocked (if they do not, this never
+            // returns and the caller's deadline fails the test).
+            tokio::time::sleep(Duration::from_millis(50)).await;
             let error = supervisor.shutdown(Duration::from_millis(100)).await.unwrap_err();
             let named = error.stuck.iter().map(|t| t.path.clone()).collect::<Vec<_>>().join(",");
             release.send(()).unwrap();

@@ -309,17 +309,10 @@ mod tests {
 
     use super::*;
 
+    use crate::producer::encode::put_varint;
+
     /// A record to encode: key, value, headers, timestamp delta.
     type Spec<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, Vec<(&'a str, &'a [u8])>, i64);
-
-    fn put_varint(buf: &mut BytesMut, value: i64) {
-        let mut z = ((value << 1) ^ (value >> 63)) as u64;
-        while z >= 0x80 {
-            buf.put_u8((z as u8) | 0x80);
-            z >>= 7;
-        }
-        buf.put_u8(z as u8);
-    }
 
     fn put_bytes(buf: &mut BytesMut, bytes: Option<&[u8]>) {
         match bytes {

@@ -149,7 +149,7 @@ fn write_records(
 }
 
 /// Kafka's zig-zag varint (varlong for 64 bits; a varint is the same for values in i32 range).
-fn put_varint(buf: &mut BytesMut, value: i64) {
+pub(crate) fn put_varint(buf: &mut BytesMut, value: i64) {
     let mut z = ((value << 1) ^ (value >> 63)) as u64;
     while z >= 0x80 {
         buf.put_u8((z as u8) | 0x80);

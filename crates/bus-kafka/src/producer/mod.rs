@@ -23,7 +23,7 @@
 //! - No task is started except through the producer's scope; every loop ends when the scope is
 //!   cancelled.
 
-mod encode;
+pub(crate) mod encode;
 mod health;
 mod partition;
 mod produce;

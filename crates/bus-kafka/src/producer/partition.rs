@@ -455,27 +455,30 @@ impl Batcher {
             .last_error
             .clone()
             .unwrap_or_else(|| "the record waited in the partition's queue too long".into());
-        let mut failed = 0;
+        self.fail_timed_out(expired, attempts, &last_error, now);
+    }
+
+    /// Fails the first `count` entries of the batch, in order, with
+    /// [`PublishError::DeliveryTimeout`].
+    fn fail_timed_out(&mut self, count: usize, attempts: u32, last_error: &str, now: Instant) {
         let shared = Arc::clone(&self.shared);
         let mut release = Release::new(&shared.buffer);
         let partition = self.state.partition;
-        for entry in self.batch.drain(..expired) {
+        for entry in self.batch.drain(..count) {
             self.batch_bytes -= encode::estimate(&entry);
             let elapsed = now.saturating_duration_since(entry.accepted);
-            let last_error = last_error.clone();
             entry.resolve(&mut release, |topic| {
                 Err(PublishError::DeliveryTimeout {
                     topic,
                     partition,
                     attempts,
                     elapsed,
-                    last_error,
+                    last_error: last_error.to_owned(),
                 })
             });
-            failed += 1;
         }
         drop(release);
-        self.shared.resolved(&self.state, 0, failed);
+        self.shared.resolved(&self.state, 0, count as u64);
     }
 
     /// Fails the whole batch: the next attempt could not start before the oldest record's
@@ -489,26 +492,7 @@ impl Batcher {
             last_error = %last_error, records = self.batch.len(),
             "produce failed past the delivery timeout; failing the batch back"
         );
-        let failed = self.batch.len() as u64;
-        let shared = Arc::clone(&self.shared);
-        let mut release = Release::new(&shared.buffer);
-        let partition = self.state.partition;
-        for entry in self.batch.drain(..) {
-            let elapsed = now.saturating_duration_since(entry.accepted);
-            let last_error = last_error.clone();
-            entry.resolve(&mut release, |topic| {
-                Err(PublishError::DeliveryTimeout {
-                    topic,
-                    partition,
-                    attempts,
-                    elapsed,
-                    last_error,
-                })
-            });
-        }
-        drop(release);
-        self.batch_bytes = 0;
-        self.shared.resolved(&self.state, 0, failed);
+        self.fail_timed_out(self.batch.len(), attempts, &last_error, now);
     }
 
     fn reject(&mut self, reason: &str) {
