@@ -381,7 +381,7 @@ impl BusInner {
         // 5. Abort what remains and wait for it.
         let remaining = deadline.saturating_duration_since(Instant::now());
         let tasks = self.supervisor.shutdown(remaining).await;
-        let report = |tasks: bus_supervisor::ShutdownReport| ShutdownReport {
+        let report = |tasks: bus_supervisor::ScopeShutdownReport| ShutdownReport {
             elapsed: started.elapsed(),
             flushed: first_flush.flushed + second_flush.flushed,
             failed: first_flush.failed + second_flush.failed,
@@ -418,7 +418,7 @@ pub struct ShutdownReport {
     /// Each subscription's report.
     pub subscriptions: Vec<SubscriptionReport>,
     /// The supervisor's report: every task stopped.
-    pub tasks: bus_supervisor::ShutdownReport,
+    pub tasks: bus_supervisor::ScopeShutdownReport,
 }
 
 impl std::fmt::Display for ShutdownReport {
@@ -459,7 +459,7 @@ pub struct ShutdownError {
     pub report: Box<ShutdownReport>,
     /// The tasks still alive (path, spawn site, age).
     pub stuck: Vec<TaskInfo>,
-    tasks: bus_supervisor::ShutdownError,
+    tasks: bus_supervisor::ScopeShutdownError,
 }
 
 impl ShutdownError {

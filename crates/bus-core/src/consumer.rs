@@ -27,7 +27,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_supervisor::{Scope, ShutdownError as TasksShutdownError};
+use bus_supervisor::{Scope, ScopeShutdownError as TasksShutdownError};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -142,7 +142,7 @@ impl SubscriptionControl {
     pub(crate) async fn stop(
         &self,
         deadline: Instant,
-    ) -> (SubscriptionReport, Result<bus_supervisor::ShutdownReport, TasksShutdownError>) {
+    ) -> (SubscriptionReport, Result<bus_supervisor::ScopeShutdownReport, TasksShutdownError>) {
         self.stop.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(deadline);
@@ -183,7 +183,7 @@ pub struct UnsubscribeReport {
     /// The subscription's own report.
     pub subscription: SubscriptionReport,
     /// Its tasks' shutdown.
-    pub tasks: bus_supervisor::ShutdownReport,
+    pub tasks: bus_supervisor::ScopeShutdownReport,
 }
 
 impl Subscription {
@@ -208,7 +208,7 @@ impl Subscription {
     ///
     /// # Errors
     ///
-    /// The supervisor's [`bus_supervisor::ShutdownError`] naming tasks that would not stop.
+    /// The supervisor's [`bus_supervisor::ScopeShutdownError`] naming tasks that would not stop.
     pub async fn unsubscribe(
         self,
         timeout: Duration,

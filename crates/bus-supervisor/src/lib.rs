@@ -61,8 +61,8 @@
 //! - **Shutdown.** [`Scope::shutdown`] closes the scope, shuts children down newest first within
 //!   the parent's deadline, cancels, waits, aborts at the deadline, waits for the aborted tasks
 //!   and reports. It returns `Ok` only when the live count is zero; otherwise a
-//!   [`ShutdownError`] names each task still alive (path, spawn site, age). It is idempotent and
-//!   every concurrent caller gets the same result.
+//!   [`ScopeShutdownError`] names each task still alive (path, spawn site, age). It is
+//!   idempotent and every concurrent caller gets the same result.
 //! - **Drop.** Dropping a [`Supervisor`] without shutting it down cancels and aborts its tree.
 //! - **Restarts.** [`Scope::supervise`] runs a child with an OTP-style [`ChildSpec`]: permanent,
 //!   transient or temporary; restart intensity with backoff; escalation upwards when exceeded.
@@ -95,7 +95,7 @@ pub use restart::{
     SupervisionOutcome,
 };
 pub use scope::Scope;
-pub use shutdown::{JoinTimeout, ShutdownError, ShutdownReport};
+pub use shutdown::{JoinTimeout, ScopeShutdownError, ScopeShutdownReport};
 pub use snapshot::{ScopeSnapshot, Snapshot};
 pub use supervisor::{Supervisor, SupervisorBuilder};
 pub use task::{TaskHandle, TaskId, TaskInfo, TaskKind, TaskState};

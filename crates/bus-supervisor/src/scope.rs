@@ -34,7 +34,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::error::SpawnError;
 use crate::restart::{Escalation, SupervisionEvent};
-use crate::shutdown::{JoinTimeout, Outcome, ShutdownError, ShutdownReport};
+use crate::shutdown::{JoinTimeout, Outcome, ScopeShutdownError, ScopeShutdownReport};
 use crate::snapshot::ScopeSnapshot;
 use crate::table::TaskTable;
 use crate::task::{
@@ -519,10 +519,13 @@ impl Scope {
     ///
     /// # Errors
     ///
-    /// [`ShutdownError`] when tasks are still alive after the abort grace: a task blocking its
-    /// thread inside `poll`, or a blocking closure. It names each one; [`ShutdownError::wait`]
+    /// [`ScopeShutdownError`] when tasks are still alive after the abort grace: a task blocking its
+    /// thread inside `poll`, or a blocking closure. It names each one; [`ScopeShutdownError::wait`]
     /// waits for them to end.
-    pub async fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, ShutdownError> {
+    pub async fn shutdown(
+        &self,
+        timeout: Duration,
+    ) -> Result<ScopeShutdownReport, ScopeShutdownError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let outcome = Arc::clone(&self.inner).shutdown_until(deadline).await;
         outcome.into_result(self)

@@ -1,7 +1,7 @@
 //! Shutting a subtree down against a deadline, and what it reports.
 //!
-//! Owns: the shutdown procedure and its outcome types [`ShutdownReport`], [`ShutdownError`],
-//! [`JoinTimeout`].
+//! Owns: the shutdown procedure and its outcome types [`ScopeShutdownReport`],
+//! [`ScopeShutdownError`], [`JoinTimeout`].
 //!
 //! The procedure, for a scope and a deadline:
 //! 1. close the scope to new tasks (children created from now on are born closed);
@@ -25,7 +25,7 @@ use crate::task::TaskInfo;
 
 /// What a completed shutdown did. Returned only when the subtree's live count reached zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShutdownReport {
+pub struct ScopeShutdownReport {
     /// The path of the scope that was shut down.
     pub path: String,
     /// Time from the start of the shutdown to its end.
@@ -36,12 +36,12 @@ pub struct ShutdownReport {
     /// aborted at the deadline. They did end.
     pub aborted: Vec<TaskInfo>,
     /// The reports of the children, in the order they were shut down (newest first).
-    pub children: Vec<ShutdownReport>,
+    pub children: Vec<ScopeShutdownReport>,
     /// The escalation that failed this scope, if one did.
     pub failure: Option<Escalation>,
 }
 
-impl ShutdownReport {
+impl ScopeShutdownReport {
     /// Every task aborted at the deadline in the whole subtree.
     pub fn all_aborted(&self) -> Vec<&TaskInfo> {
         let mut all: Vec<&TaskInfo> = self.aborted.iter().collect();
@@ -53,7 +53,7 @@ impl ShutdownReport {
 
     /// Whether every task stopped on cancellation, with no abort needed anywhere in the subtree.
     pub fn is_graceful(&self) -> bool {
-        self.aborted.is_empty() && self.children.iter().all(ShutdownReport::is_graceful)
+        self.aborted.is_empty() && self.children.iter().all(ScopeShutdownReport::is_graceful)
     }
 
     fn render(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
@@ -85,13 +85,13 @@ impl ShutdownReport {
         self.live_at_start > 0
             || !self.aborted.is_empty()
             || self.failure.is_some()
-            || self.children.iter().any(ShutdownReport::is_eventful)
+            || self.children.iter().any(ScopeShutdownReport::is_eventful)
     }
 }
 
 /// Renders the subtree as indented lines, one per scope that had tasks to stop (empty scopes are
 /// left out), with every aborted task named.
-impl fmt::Display for ShutdownReport {
+impl fmt::Display for ScopeShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.render(f, 0)
     }
@@ -102,17 +102,17 @@ impl fmt::Display for ShutdownReport {
 /// closures, which cannot be aborted).
 ///
 /// The shutdown is not complete. When the stuck tasks end on their own the count does reach zero;
-/// [`ShutdownError::wait`] waits for that.
+/// [`ScopeShutdownError::wait`] waits for that.
 #[derive(Debug, Clone)]
-pub struct ShutdownError {
+pub struct ScopeShutdownError {
     /// What the shutdown did up to the point it gave up.
-    pub report: Box<ShutdownReport>,
+    pub report: Box<ScopeShutdownReport>,
     /// Every task still alive, with path, spawn site and age.
     pub stuck: Vec<TaskInfo>,
     pub(crate) scope: Scope,
 }
 
-impl ShutdownError {
+impl ScopeShutdownError {
     /// Waits up to `timeout` for the stuck tasks (and anything else left in the subtree) to end.
     ///
     /// # Errors
@@ -123,7 +123,7 @@ impl ShutdownError {
     }
 }
 
-impl fmt::Display for ShutdownError {
+impl fmt::Display for ScopeShutdownError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -138,9 +138,9 @@ impl fmt::Display for ShutdownError {
     }
 }
 
-impl std::error::Error for ShutdownError {}
+impl std::error::Error for ScopeShutdownError {}
 
-/// Tasks still alive when a [`Scope::join`] (or [`ShutdownError::wait`]) timed out.
+/// Tasks still alive when a [`Scope::join`] (or [`ScopeShutdownError::wait`]) timed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinTimeout {
     /// The scope that was waited on.
@@ -165,21 +165,24 @@ impl std::error::Error for JoinTimeout {}
 /// handle to the scope (that would be a reference cycle); the handle is added per caller.
 #[derive(Clone)]
 pub(crate) enum Outcome {
-    Clean(ShutdownReport),
-    Stuck { report: ShutdownReport, stuck: Vec<TaskInfo> },
+    Clean(ScopeShutdownReport),
+    Stuck { report: ScopeShutdownReport, stuck: Vec<TaskInfo> },
 }
 
 impl Outcome {
-    pub(crate) fn into_result(self, scope: &Scope) -> Result<ShutdownReport, ShutdownError> {
+    pub(crate) fn into_result(
+        self,
+        scope: &Scope,
+    ) -> Result<ScopeShutdownReport, ScopeShutdownError> {
         match self {
             Outcome::Clean(report) => Ok(report),
             Outcome::Stuck { report, stuck } => {
-                Err(ShutdownError { report: Box::new(report), stuck, scope: scope.clone() })
+                Err(ScopeShutdownError { report: Box::new(report), stuck, scope: scope.clone() })
             }
         }
     }
 
-    fn report(&self) -> &ShutdownReport {
+    fn report(&self) -> &ScopeShutdownReport {
         match self {
             Outcome::Clean(report) | Outcome::Stuck { report, .. } => report,
         }
@@ -220,7 +223,7 @@ impl ScopeInner {
             self.wait_idle_until(deadline + self.tree.abort_grace).await;
         }
 
-        let report = ShutdownReport {
+        let report = ScopeShutdownReport {
             path: self.path.to_string(),
             elapsed: started.elapsed(),
             live_at_start,

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 
 use crate::restart::{Escalation, SupervisionEvent};
 use crate::scope::{Scope, ScopeInner, Tree};
-use crate::shutdown::{ShutdownError, ShutdownReport};
+use crate::shutdown::{ScopeShutdownError, ScopeShutdownReport};
 use crate::snapshot::Snapshot;
 use crate::watchdog::Watchdog;
 
@@ -123,8 +123,11 @@ impl Supervisor {
     ///
     /// # Errors
     ///
-    /// [`ShutdownError`] naming every task that would not stop.
-    pub async fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, ShutdownError> {
+    /// [`ScopeShutdownError`] naming every task that would not stop.
+    pub async fn shutdown(
+        &self,
+        timeout: Duration,
+    ) -> Result<ScopeShutdownReport, ScopeShutdownError> {
         self.root.shutdown(timeout).await
     }
 
