@@ -17,7 +17,7 @@ mod producer_support;
 
 use std::time::Duration;
 
-use bus_core::EventBus;
+use bus_kafka::EventBus;
 use group_support::{
     DEADLINE, Log, Source, check_order, config_at, handler, note, options, wait_for,
 };

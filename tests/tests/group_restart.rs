@@ -14,7 +14,7 @@ mod group_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bus_core::backend::TopicPartition;
+use bus_kafka::TopicPartition;
 use group_support::{DEADLINE, Handled, Log, Source, committed, config, note, subscribe, wait_for};
 
 const PARTITIONS: i32 = 6;

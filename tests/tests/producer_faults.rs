@@ -13,9 +13,9 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-use bus_core::backend::Health;
-use bus_core::{PublishError, Record};
+use bus_kafka::Health;
 use bus_kafka::{Admin, KafkaConfig};
+use bus_kafka::{PublishError, Record};
 use producer_support::OwnBroker;
 use tokio::time::Instant;
 

@@ -10,8 +10,8 @@ mod producer_support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bus_core::{Envelope, Partitioner, PublishError, Record};
 use bus_kafka::Admin;
+use bus_kafka::{Envelope, Partitioner, PublishError, Record};
 use producer_support::peer;
 use serde_json::json;
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bus_core::SubscribeOptions;
 use bus_core::dispatch::{DispatchConfig, KeyedDispatch, ProcessFn, Processed};
-use bus_core::record::{Headers, Message};
+use bus_core::{Headers, Message};
 use bus_supervisor::Supervisor;
 use bytes::Bytes;
 

@@ -1,8 +1,11 @@
-//! The interface a backend implements: publishing records and taking part in consumer groups.
+//! The backend-author interface: what a new transport implements and what it calls. Services
+//! do not need anything here; they use the crate's front page.
 //!
 //! Owns: the traits [`Backend`], [`GroupMember`], [`PartitionReader`] and the types that cross
-//! them ([`TopicPartition`], [`JoinRequest`], [`MemberEvent`], [`Revocation`], [`StartAt`],
-//! [`FlushReport`], [`Health`], [`GroupError`]).
+//! them ([`JoinRequest`], [`MemberEvent`], [`Revocation`], [`StartAt`], [`FlushReport`],
+//! [`GroupError`]); [`supervisor`] and [`bus`], which assemble an [`EventBus`] on a backend. It
+//! also re-exports what a backend calls: the delivery channel ([`delivery_channel`],
+//! [`DeliverySender`]) and the partitioning helpers ([`UnkeyedSpreader`], [`PartitionError`]).
 //!
 //! What is shared by every backend (keyed dispatch, retries, dead letters, offset tracking,
 //! commit scheduling, the shutdown order) lives once in the bus's consumer runtime; a backend
@@ -20,44 +23,45 @@
 //!   the [`Revocation`] is completed (eager rebalance: the runtime first stops reading, drains and
 //!   commits the revoked partitions).
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bus_supervisor::Scope;
+use bus_supervisor::{Scope, Supervisor};
 use tokio::sync::oneshot;
 
+pub use crate::delivery::{DeliverySender, delivery_channel};
+pub use crate::partition::{PartitionError, UnkeyedSpreader};
+
+use crate::bus::EventBus;
 use crate::delivery::DeliveryFuture;
 use crate::error::{PublishError, SubscribeError};
+use crate::health::Health;
 use crate::options::OffsetReset;
+// Crate-internal only: the public path of these is the crate root.
+pub(crate) use crate::record::TopicPartition;
 use crate::record::{Message, Record};
+
+/// How often a bus's supervisor wakes the runtime (see [`supervisor`]).
+const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A new supervisor for a bus: root scope `bus`, with the runtime watchdog on, because a bus
+/// runs foreign code (handlers) that might block its thread. A backend creates its scopes under
+/// `supervisor.root()` and hands the supervisor to [`bus`].
+pub fn supervisor() -> Supervisor {
+    Supervisor::builder("bus").runtime_watchdog(WATCHDOG_INTERVAL).build()
+}
+
+/// An event bus on `backend`. The backend's tasks must live in `supervisor`'s tree (made by
+/// [`supervisor`], their scopes created under its root); the bus takes ownership of the
+/// supervisor, and its subscriptions live under `bus/consumer`.
+pub fn bus(supervisor: Supervisor, backend: Arc<dyn Backend>) -> EventBus {
+    EventBus::assemble(supervisor, backend, None)
+}
 
 /// A boxed, sendable future: what the backend traits return, so that they can be used as trait
 /// objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A partition of a topic.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicPartition {
-    /// The topic.
-    pub topic: Arc<str>,
-    /// The partition.
-    pub partition: i32,
-}
-
-impl TopicPartition {
-    /// Partition `partition` of `topic`.
-    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
-        TopicPartition { topic: topic.into(), partition }
-    }
-}
-
-impl fmt::Display for TopicPartition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.topic, self.partition)
-    }
-}
 
 /// Where a reader starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,20 +172,6 @@ pub struct FlushReport {
     pub flushed: usize,
     /// Records failed back to their callers (not acknowledged by the deadline).
     pub failed: usize,
-}
-
-/// A backend's state as seen by `health`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Health {
-    /// Working.
-    Ready,
-    /// Working with trouble (a broker unreachable, retries in progress).
-    Degraded {
-        /// What is wrong.
-        reason: String,
-    },
-    /// Shut down (or shutting down).
-    Closed,
 }
 
 /// A transport for the event bus. See the module documentation for the contracts.

@@ -18,16 +18,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bus_supervisor::{Scope, Snapshot, Supervisor, TaskInfo};
+use bus_supervisor::{
+    JoinTimeout, Scope, ScopeShutdownError, ScopeShutdownReport, Snapshot, Supervisor, TaskInfo,
+};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Health};
+use crate::backend::Backend;
 use crate::consumer::{self, Registry, Subscription, SubscriptionReport};
 use crate::delivery::{Delivery, DeliveryFuture};
 use crate::envelope::Envelope;
 use crate::error::{ConfigError, PublishError, SubscribeError};
-use crate::handler::{self, EnvelopeHandler, Handler};
+use crate::handler::{EnvelopeHandler, Handler};
+use crate::health::Health;
 use crate::memory::{MemoryBackend, MemoryConfig};
 use crate::metrics::{Gauges, Metrics, MetricsSnapshot};
 use crate::options::SubscribeOptions;
@@ -89,21 +92,11 @@ impl std::fmt::Debug for EventBus {
     }
 }
 
-/// How often a bus's supervisor wakes the runtime (see [`EventBus::supervisor`]).
-const WATCHDOG_INTERVAL: Duration = Duration::from_millis(100);
-
 impl EventBus {
-    /// A new supervisor for a bus: root scope `bus`, with the runtime watchdog on, because a
-    /// bus runs foreign code (handlers) that might block its thread; backends create their
-    /// scopes under it and hand it to [`EventBus::with_backend`].
-    pub fn supervisor() -> Supervisor {
-        Supervisor::builder("bus").runtime_watchdog(WATCHDOG_INTERVAL).build()
-    }
-
     /// A bus on the in-memory backend with its default configuration. Call it inside a tokio
     /// runtime (with timers enabled).
     pub fn in_memory() -> EventBus {
-        let supervisor = Self::supervisor();
+        let supervisor = crate::backend::supervisor();
         match MemoryBackend::new(supervisor.root().child("memory"), MemoryConfig::default()) {
             Ok(backend) => Self::assemble(supervisor, backend.clone(), Some(backend)),
             // The default configuration is valid; this arm exists so that nothing can panic.
@@ -117,18 +110,13 @@ impl EventBus {
     ///
     /// A [`ConfigError`] naming the field out of range.
     pub fn in_memory_with(config: MemoryConfig) -> Result<EventBus, ConfigError> {
-        let supervisor = Self::supervisor();
+        let supervisor = crate::backend::supervisor();
         let backend = MemoryBackend::new(supervisor.root().child("memory"), config)?;
         Ok(Self::assemble(supervisor, backend.clone(), Some(backend)))
     }
 
-    /// A bus on another backend. The backend's tasks must live in `supervisor`'s tree (create it
-    /// with a scope from `supervisor.root()`); the bus takes ownership of the supervisor.
-    pub fn with_backend(supervisor: Supervisor, backend: Arc<dyn Backend>) -> EventBus {
-        Self::assemble(supervisor, backend, None)
-    }
-
-    fn assemble(
+    /// The bus on `backend`, owning `supervisor` (see [`crate::backend::bus`]).
+    pub(crate) fn assemble(
         supervisor: Supervisor,
         backend: Arc<dyn Backend>,
         memory: Option<Arc<MemoryBackend>>,
@@ -223,7 +211,7 @@ impl EventBus {
         options: SubscribeOptions,
         handler: H,
     ) -> Result<Subscription, SubscribeError> {
-        self.subscribe_erased(topic, options, handler::erase(handler)).await
+        self.subscribe_erased(topic, options, consumer::erase(handler)).await
     }
 
     /// Subscribes an envelope handler: messages are decoded and validated first; those that are
@@ -238,14 +226,14 @@ impl EventBus {
         options: SubscribeOptions,
         handler: H,
     ) -> Result<Subscription, SubscribeError> {
-        self.subscribe_erased(topic, options, handler::erase_envelope(handler)).await
+        self.subscribe_erased(topic, options, consumer::erase_envelope(handler)).await
     }
 
     async fn subscribe_erased(
         &self,
         topic: &str,
         options: SubscribeOptions,
-        handler: handler::ErasedHandler,
+        handler: consumer::ErasedHandler,
     ) -> Result<Subscription, SubscribeError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(SubscribeError::Closed);
@@ -381,7 +369,7 @@ impl BusInner {
         // 5. Abort what remains and wait for it.
         let remaining = deadline.saturating_duration_since(Instant::now());
         let tasks = self.supervisor.shutdown(remaining).await;
-        let report = |tasks: bus_supervisor::ScopeShutdownReport| ShutdownReport {
+        let report = |tasks: ScopeShutdownReport| ShutdownReport {
             elapsed: started.elapsed(),
             flushed: first_flush.flushed + second_flush.flushed,
             failed: first_flush.failed + second_flush.failed,
@@ -418,7 +406,7 @@ pub struct ShutdownReport {
     /// Each subscription's report.
     pub subscriptions: Vec<SubscriptionReport>,
     /// The supervisor's report: every task stopped.
-    pub tasks: bus_supervisor::ScopeShutdownReport,
+    pub tasks: ScopeShutdownReport,
 }
 
 impl std::fmt::Display for ShutdownReport {
@@ -459,7 +447,7 @@ pub struct ShutdownError {
     pub report: Box<ShutdownReport>,
     /// The tasks still alive (path, spawn site, age).
     pub stuck: Vec<TaskInfo>,
-    tasks: bus_supervisor::ScopeShutdownError,
+    tasks: ScopeShutdownError,
 }
 
 impl ShutdownError {
@@ -467,8 +455,8 @@ impl ShutdownError {
     ///
     /// # Errors
     ///
-    /// [`bus_supervisor::JoinTimeout`] naming what is still alive.
-    pub async fn wait(&self, timeout: Duration) -> Result<(), bus_supervisor::JoinTimeout> {
+    /// [`JoinTimeout`] naming what is still alive.
+    pub async fn wait(&self, timeout: Duration) -> Result<(), JoinTimeout> {
         self.tasks.wait(timeout).await
     }
 }

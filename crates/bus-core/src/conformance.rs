@@ -61,6 +61,7 @@ macro_rules! conformance_suite {
             fetch_backpressure_bounds_in_flight,
             groups_each_get_everything_and_members_split,
             unsubscribe_stops_delivery,
+            dropped_subscription_keeps_consuming,
             shutdown_reports_and_leaves_nothing,
             concurrent_shutdown_callers_get_one_report,
             closed_bus_refuses_work,
@@ -564,6 +565,37 @@ pub async fn unsubscribe_stops_delivery(h: &impl Harness) {
     bus.shutdown(PATIENCE).await.expect("clean shutdown");
 }
 
+/// Dropping a [`Subscription`](crate::Subscription) handle detaches it: it keeps consuming,
+/// and the bus's shutdown stops it (committing and leaving its group) and reports it.
+pub async fn dropped_subscription_keeps_consuming(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "detached", 2).await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let sub = bus
+        .subscribe(&topic, options("detached"), move |_m: Message| {
+            let count = c.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    let scope = sub.scope().clone();
+    drop(sub);
+    publish_all(&bus, vec![keyed(&topic, "a", "1".into()), keyed(&topic, "b", "2".into())]).await;
+    eventually("both handled after the handle was dropped", || count.load(Ordering::SeqCst) == 2)
+        .await;
+    assert!(scope.live() > 0, "the detached subscription's tasks still run");
+    assert_eq!(bus.metrics().subscriptions, 1);
+    let report = bus.shutdown(PATIENCE).await.expect("clean shutdown");
+    assert_eq!(report.subscriptions.len(), 1, "{report}");
+    assert_eq!(report.subscriptions[0].topic, topic);
+    assert!(report.subscriptions[0].left_group, "{report}");
+    assert_eq!(scope.live(), 0);
+}
+
 /// Shutdown reports what it did and returns only when no task of the bus is left.
 pub async fn shutdown_reports_and_leaves_nothing(h: &impl Harness) {
     let bus = h.bus().await;
@@ -625,5 +657,5 @@ pub async fn closed_bus_refuses_work(h: &impl Harness) {
     let refused =
         bus.subscribe(&topic, options("closed"), |_m: Message| async { Ok(()) }).await.err();
     assert!(matches!(refused, Some(SubscribeError::Closed)), "{refused:?}");
-    assert_eq!(bus.health(), crate::backend::Health::Closed);
+    assert_eq!(bus.health(), crate::Health::Closed);
 }

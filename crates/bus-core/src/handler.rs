@@ -1,24 +1,16 @@
 //! Handler traits: what a subscription calls for each message.
 //!
 //! Owns: [`Handler`] (raw messages), [`EnvelopeHandler`] (decoded envelopes), their blanket
-//! implementations for closures, the runtime's view of either (`Invoke`) and the type-erased
-//! form the bus passes to the consumer runtime (`ErasedHandler`).
-//!
-//! Invariant: the handler's type is erased once per subscription, not per message: the erased
-//! form starts the subscription's keyed dispatch with a processor generic over the handler, so
-//! a handler's future is polled in place on a dispatch worker, never boxed.
+//! implementations for closures, and the runtime's view of either (`Invoke`, with decoding
+//! failures as poison). The consumer runtime erases a handler's type once per subscription
+//! (`consumer::process`); nothing here knows about the runtime.
 //!
 //! Closures work as handlers: `|message: Message| async move { …; Ok(()) }`. A closure's
 //! returned future must own what it uses (clone shared state into it), since it may run while
 //! the closure handles the next message.
 
 use std::future::Future;
-use std::sync::Arc;
 
-use bus_supervisor::{Scope, SpawnError};
-
-use crate::consumer::{Processor, Runtime};
-use crate::dispatch::{DispatchConfig, KeyedDispatch};
 use crate::envelope::Envelope;
 use crate::error::HandlerError;
 use crate::record::Message;
@@ -73,7 +65,7 @@ pub(crate) trait Invoke: Send + Sync + 'static {
 }
 
 /// A raw-message handler.
-pub(crate) struct Raw<H>(H);
+pub(crate) struct Raw<H>(pub(crate) H);
 
 impl<H: Handler> Invoke for Raw<H> {
     fn invoke(&self, message: Message) -> impl Future<Output = Result<(), Failure>> + Send {
@@ -83,7 +75,7 @@ impl<H: Handler> Invoke for Raw<H> {
 }
 
 /// An envelope handler: decodes first.
-pub(crate) struct Envelopes<H>(H);
+pub(crate) struct Envelopes<H>(pub(crate) H);
 
 impl<H: EnvelopeHandler> Invoke for Envelopes<H> {
     async fn invoke(&self, message: Message) -> Result<(), Failure> {
@@ -91,41 +83,4 @@ impl<H: EnvelopeHandler> Invoke for Envelopes<H> {
             .map_err(|e| Failure::Poison(format!("not a valid envelope: {e}")))?;
         self.0.handle(envelope).await.map_err(Failure::Handler)
     }
-}
-
-/// How a subscription's dispatch is started: the handler's type erased once.
-type StartDispatch = Box<
-    dyn FnOnce(&Scope, DispatchConfig, Arc<Runtime>) -> Result<KeyedDispatch, SpawnError> + Send,
->;
-
-/// A handler with its type erased: what the bus hands to the consumer runtime, which starts the
-/// subscription's keyed dispatch with it.
-pub(crate) struct ErasedHandler(StartDispatch);
-
-impl ErasedHandler {
-    fn new<I: Invoke>(invoke: I) -> Self {
-        ErasedHandler(Box::new(move |scope, config, runtime| {
-            KeyedDispatch::start_with(scope, config, Processor::new(runtime, invoke))
-        }))
-    }
-
-    /// Starts the dispatch workers in `scope`, processing with `runtime` and this handler.
-    pub(crate) fn start(
-        self,
-        scope: &Scope,
-        config: DispatchConfig,
-        runtime: Arc<Runtime>,
-    ) -> Result<KeyedDispatch, SpawnError> {
-        (self.0)(scope, config, runtime)
-    }
-}
-
-/// Erases a raw-message handler.
-pub(crate) fn erase<H: Handler>(handler: H) -> ErasedHandler {
-    ErasedHandler::new(Raw(handler))
-}
-
-/// Erases an envelope handler: decoding failures become [`Failure::Poison`].
-pub(crate) fn erase_envelope<H: EnvelopeHandler>(handler: H) -> ErasedHandler {
-    ErasedHandler::new(Envelopes(handler))
 }

@@ -1,5 +1,52 @@
-//! The event bus: envelope, records, handler traits, the `EventBus` API, the in-memory backend
-//! and the backend conformance suite.
+//! The event bus: publish and consume domain events with per-aggregate ordering, at-least-once
+//! delivery, retries and dead letters, on any backend, with every task in a supervised tree.
+//!
+//! This crate is the in-memory bus (the embedded default, no broker needed) and everything the
+//! backends share; a Kafka service uses `bus-kafka`, which re-exports the same front page.
+//!
+//! # The front page
+//!
+//! | what | names |
+//! |---|---|
+//! | the bus | [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`], [`ShutdownError`] |
+//! | publishing | [`Record`], [`Envelope`], [`Delivery`], [`DeliveryFuture`], [`Partitioner`] |
+//! | consuming | [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`] |
+//! | errors | [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`], [`ConfigError`] |
+//! | helpers | [`aggregate_id_of`], [`dead_letter_headers`], [`envelope`] (header names, limits) |
+//!
+//! Modules for other readers: [`memory`] (the in-memory backend's configuration and inspection,
+//! for tests), [`supervisor`] (the task tree: snapshots, leak guards, the scope-level shutdown
+//! report), [`backend`] (the interface a new transport implements), `conformance` (feature
+//! `conformance`: the behavioural suite every backend runs).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use bus_core::{Envelope, EventBus, HandlerError, SubscribeOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = EventBus::in_memory();
+//! let (seen, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! let _billing = bus
+//!     .subscribe_envelopes("orders", SubscribeOptions::new("billing"), move |e: Envelope| {
+//!         let seen = seen.clone();
+//!         async move {
+//!             seen.send(e.aggregate_id).map_err(|_| HandlerError::new("test ended"))?;
+//!             Ok(())
+//!         }
+//!     })
+//!     .await?;
+//! let placed = Envelope::new("order-1", "OrderPlaced", 1, serde_json::json!({"total": 42}))?;
+//! bus.publish_envelope("orders", &placed).await?;
+//! assert_eq!(rx.recv().await.as_deref(), Some("order-1"));
+//! let report = bus.shutdown(Duration::from_secs(5)).await?;
+//! assert_eq!(bus.live_tasks(), 0);
+//! println!("{report}");
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod backend;
 mod bus;
@@ -7,24 +54,34 @@ pub mod commit;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod consumer;
-pub mod delivery;
+mod delivery;
 pub mod dispatch;
 pub mod envelope;
-pub mod error;
+mod error;
 mod handler;
+mod health;
 pub mod memory;
 mod metrics;
-pub mod options;
-pub mod partition;
-pub mod record;
+mod options;
+mod partition;
+mod record;
 
 pub use bus::{EventBus, ShutdownError, ShutdownReport};
-pub use consumer::{Subscription, SubscriptionReport, UnsubscribeReport, dead_letter_headers};
+pub use consumer::{
+    Subscription, SubscriptionReport, UnsubscribeError, UnsubscribeReport, dead_letter_headers,
+};
 pub use delivery::{Delivery, DeliveryFuture};
 pub use envelope::{Envelope, EnvelopeError, aggregate_id_of};
 pub use error::{ConfigError, HandlerError, PublishError, SubscribeError};
 pub use handler::{EnvelopeHandler, Handler};
+pub use health::Health;
 pub use metrics::MetricsSnapshot;
 pub use options::{OffsetReset, RetryPolicy, SubscribeOptions};
-pub use partition::{PartitionError, Partitioner, UnkeyedSpreader};
-pub use record::{Header, Headers, Message, Record};
+pub use partition::Partitioner;
+pub use record::{Header, Headers, Message, Record, TopicPartition};
+
+/// The task supervisor the bus runs on (the `bus-supervisor` crate): [`EventBus::snapshot`]'s
+/// [`Snapshot`](supervisor::Snapshot), the [`ScopeShutdownReport`](supervisor::ScopeShutdownReport)
+/// inside a [`ShutdownReport`], [`LeakGuard`](supervisor::LeakGuard) for tests, and
+/// [`Scope`](supervisor::Scope) / [`Supervisor`](supervisor::Supervisor) for backends.
+pub use bus_supervisor as supervisor;

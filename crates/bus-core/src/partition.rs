@@ -1,8 +1,8 @@
 //! Key partitioners shared by every backend, compatible with the peer clients on the same topics.
 //!
 //! Owns: [`Partitioner`] (which hash maps a record key to a partition), [`UnkeyedSpreader`] (how
-//! records without a key are spread), [`PartitionError`], and the raw 32-bit hashes
-//! ([`murmur2`], [`fnv1a_32`], [`crc32`]) they are built on.
+//! records without a key are spread), [`PartitionError`], and the raw 32-bit hashes they are
+//! built on (`murmur2`, `fnv1a_32`, `crc32`; public as [`Partitioner::hash`]).
 //!
 //! Invariants:
 //! - For the same key bytes and partition count, each variant returns exactly the partition its
@@ -85,6 +85,16 @@ impl Partitioner {
         };
         // `p < n <= i32::MAX`, so the cast is lossless.
         Ok(p as i32)
+    }
+
+    /// The key's raw 32-bit hash as this partitioner's peer computes it, before the partition
+    /// is taken from it: Kafka's `Utils.murmur2`, FNV-1a (32 bit), or CRC-32 (IEEE).
+    pub fn hash(&self, key: &[u8]) -> u32 {
+        match self {
+            Partitioner::Murmur2 => murmur2(key),
+            Partitioner::Fnv1a => fnv1a_32(key),
+            Partitioner::Crc32 => crc32(key),
+        }
     }
 
     /// The partition for a record's optional key: a present key (even an empty one) is hashed
@@ -181,7 +191,7 @@ fn partition_count(partitions: i32) -> Result<u32, PartitionError> {
 /// A local transcription rather than a dependency: the one crate offering it (`murmur2` 0.1.0)
 /// has had a single release; the algorithm is 20 lines and `tests/data/partition_table.json`
 /// (from kafka-python and librdkafka) pins it.
-pub fn murmur2(key: &[u8]) -> u32 {
+pub(crate) fn murmur2(key: &[u8]) -> u32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;
@@ -222,14 +232,14 @@ pub fn murmur2(key: &[u8]) -> u32 {
 /// 32-bit FNV-1a, as Go's `hash/fnv.New32a` (offset basis `0x811c9dc5`, prime `0x01000193`).
 ///
 /// A local function: the `fnv` crate provides only the 64-bit variant, and FNV-1a is four lines.
-pub fn fnv1a_32(key: &[u8]) -> u32 {
+pub(crate) fn fnv1a_32(key: &[u8]) -> u32 {
     const OFFSET_BASIS: u32 = 0x811c_9dc5;
     const PRIME: u32 = 0x0100_0193;
     key.iter().fold(OFFSET_BASIS, |h, &b| (h ^ u32::from(b)).wrapping_mul(PRIME))
 }
 
 /// CRC-32 (IEEE 802.3, as zlib's `crc32` and librdkafka's `rd_crc32`), via `crc32fast`.
-pub fn crc32(key: &[u8]) -> u32 {
+pub(crate) fn crc32(key: &[u8]) -> u32 {
     crc32fast::hash(key)
 }
 

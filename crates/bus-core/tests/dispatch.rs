@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus_core::backend::TopicPartition;
+use bus_core::TopicPartition;
 use bus_core::dispatch::{DispatchConfig, KeyedDispatch, ProcessFn, Processed};
-use bus_core::record::{Headers, Message};
+use bus_core::{Headers, Message};
 use bus_supervisor::{LeakGuard, Scope, Supervisor};
 use bytes::Bytes;
 use parking_lot::Mutex;

@@ -7,8 +7,8 @@ use bus_core::envelope::{
     HEADER_AGGREGATE_ID, HEADER_CORRELATION_ID, HEADER_EVENT_ID, HEADER_EVENT_TYPE,
     HEADER_EVENT_VERSION, HEADER_TENANT_ID, HEADER_TRACE_ID, MAX_AGGREGATE_ID_LEN,
 };
-use bus_core::record::{Headers, Message};
 use bus_core::{Envelope, EnvelopeError, aggregate_id_of};
+use bus_core::{Headers, Message};
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::value::RawValue;

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bus_core::PublishError;
-use bus_core::SubscribeError;
 use bus_core::backend::{
-    Backend, FlushReport, GroupMember, Health, JoinRequest, MemberEvent, PartitionReader,
-    Revocation, StartAt, TopicPartition,
+    Backend, FlushReport, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation,
+    StartAt,
 };
 use bus_core::memory::{MemoryBackend, MemoryConfig, TopicError};
-use bus_core::{Message, Partitioner, Record};
+use bus_core::{
+    Health, Message, Partitioner, PublishError, Record, SubscribeError, TopicPartition,
+};
 use bus_supervisor::Supervisor;
 use tokio::time::{Instant, timeout};
 

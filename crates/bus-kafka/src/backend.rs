@@ -6,15 +6,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bus_core::backend::{Backend, BoxFuture, FlushReport, GroupMember, Health, JoinRequest};
-use bus_core::{DeliveryFuture, PublishError, Record, SubscribeError};
+use bus_core::backend::{Backend, BoxFuture, FlushReport, GroupMember, JoinRequest};
+use bus_core::{DeliveryFuture, Health, PublishError, Record, SubscribeError};
 use bus_supervisor::Scope;
 
 use crate::client::KafkaClient;
 use crate::producer::{Producer, TrySend};
 
 /// The Kafka backend of the event bus.
-pub struct KafkaBackend {
+pub(crate) struct KafkaBackend {
     client: Arc<KafkaClient>,
     producer: Producer,
     #[allow(dead_code)]
@@ -31,11 +31,6 @@ impl std::fmt::Debug for KafkaBackend {
 impl KafkaBackend {
     pub(crate) fn new(scope: Scope, client: Arc<KafkaClient>, producer: Producer) -> Self {
         KafkaBackend { client, producer, scope, closed: AtomicBool::new(false) }
-    }
-
-    /// The data-plane client.
-    pub fn client(&self) -> &Arc<KafkaClient> {
-        &self.client
     }
 }
 

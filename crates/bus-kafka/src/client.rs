@@ -2,15 +2,12 @@
 //! fetch do not go through it: the producer and the partition readers speak Kafka themselves on
 //! the `kafka-protocol` crate (see `connection`).
 //!
-//! Owns: [`KafkaClient`] (the shared rskafka client with a cache of topic partition counts, and
-//! of rskafka partition clients for callers outside the bus, such as the workspace's group
-//! tests, which produce their records through rskafka independently of the bus's producer) and
-//! [`Admin`] (ensure-topic for users and tests).
+//! Owns: `KafkaClient` (the shared rskafka client with a cache of topic partition counts).
 //!
 //! Invariants:
-//! - One rskafka `Client` per bus; partition clients are created once per partition and shared.
-//!   Dropping the last `KafkaClient` drops rskafka's connections (and the connection tasks that
-//!   rskafka starts itself, outside our supervisor: they end with the client).
+//! - One rskafka `Client` per bus. Dropping the last `KafkaClient` drops rskafka's connections
+//!   (and the connection tasks that rskafka starts itself, outside our supervisor: they end
+//!   with the client).
 //! - rskafka's internal retries are bounded (see `backoff`): no call retries forever.
 //! - `ensure_topic` is idempotent: a topic that exists with the requested partition count is
 //!   accepted; one with another count is an error naming both counts.
@@ -19,17 +16,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 
 use crate::config::KafkaConfig;
 use crate::error::KafkaError;
 
 /// The shared rskafka client of one bus (metadata, topic creation).
-pub struct KafkaClient {
+pub(crate) struct KafkaClient {
     client: Client,
     config: Arc<KafkaConfig>,
-    partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
     counts: Mutex<HashMap<String, i32>>,
 }
 
@@ -46,7 +41,7 @@ impl KafkaClient {
     ///
     /// [`KafkaError::Config`] for an invalid configuration, [`KafkaError::Connect`] when no
     /// bootstrap broker answers.
-    pub async fn connect(config: Arc<KafkaConfig>) -> Result<KafkaClient, KafkaError> {
+    pub(crate) async fn connect(config: Arc<KafkaConfig>) -> Result<KafkaClient, KafkaError> {
         config.validate()?;
         let connect = ClientBuilder::new(config.bootstrap.clone())
             .client_id(config.client_id.as_str())
@@ -62,16 +57,11 @@ impl KafkaClient {
                 bootstrap: config.bootstrap.join(","),
                 reason: e.to_string(),
             })?;
-        Ok(KafkaClient {
-            client,
-            config,
-            partitions: Mutex::new(HashMap::new()),
-            counts: Mutex::new(HashMap::new()),
-        })
+        Ok(KafkaClient { client, config, counts: Mutex::new(HashMap::new()) })
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Arc<KafkaConfig> {
+    pub(crate) fn config(&self) -> &Arc<KafkaConfig> {
         &self.config
     }
 
@@ -82,7 +72,7 @@ impl KafkaClient {
     ///
     /// [`KafkaError::UnknownTopic`] when missing and not auto-created; [`KafkaError::Topic`] when
     /// metadata or creation fails.
-    pub async fn partition_count(&self, topic: &str) -> Result<i32, KafkaError> {
+    pub(crate) async fn partition_count(&self, topic: &str) -> Result<i32, KafkaError> {
         if let Some(count) = self.counts.lock().get(topic) {
             return Ok(*count);
         }
@@ -116,7 +106,11 @@ impl KafkaClient {
     /// # Errors
     ///
     /// [`KafkaError::Topic`] when creation fails or the topic exists with another count.
-    pub async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+    pub(crate) async fn ensure_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<(), KafkaError> {
         let fail = |reason: String| KafkaError::Topic { topic: topic.to_owned(), reason };
         if let Some(existing) = self.lookup(topic).await? {
             return if existing == partitions {
@@ -146,47 +140,6 @@ impl KafkaClient {
         self.counts.lock().insert(topic.to_owned(), partitions);
         Ok(())
     }
-
-    /// The (shared) rskafka client of one partition. The bus itself does not use it (its
-    /// producer and readers have connections of their own); it serves callers that want to
-    /// produce or fetch through rskafka, such as the workspace's group tests.
-    ///
-    /// # Errors
-    ///
-    /// [`KafkaError::Partition`] when the partition's leader cannot be found.
-    pub async fn partition(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Arc<PartitionClient>, KafkaError> {
-        let key = (topic.to_owned(), partition);
-        if let Some(client) = self.partitions.lock().get(&key) {
-            return Ok(Arc::clone(client));
-        }
-        let client = self
-            .client
-            .partition_client(topic, partition, UnknownTopicHandling::Retry)
-            .await
-            .map_err(|e| KafkaError::Partition {
-                topic: topic.to_owned(),
-                partition,
-                reason: e.to_string(),
-            })?;
-        let client = Arc::new(client);
-        Ok(Arc::clone(self.partitions.lock().entry(key).or_insert(client)))
-    }
-
-    /// Forgets the cached partition count of `topic` (after a metadata change).
-    pub fn forget_topic(&self, topic: &str) {
-        self.counts.lock().remove(topic);
-    }
-
-    /// Forgets the cached client of one partition, so that the next [`KafkaClient::partition`]
-    /// looks its leader up again and connects afresh (after a retriable produce or fetch error
-    /// through it).
-    pub fn invalidate_partition(&self, topic: &str, partition: i32) {
-        self.partitions.lock().remove(&(topic.to_owned(), partition));
-    }
 }
 
 /// rskafka's retry policy for every request of this client. rskafka retries connection errors,
@@ -203,40 +156,5 @@ fn backoff(config: &KafkaConfig) -> rskafka::BackoffConfig {
         max_backoff: std::time::Duration::from_secs(1),
         base: 2.0,
         deadline: Some(deadline),
-    }
-}
-
-/// Topic administration for users and tests.
-#[derive(Debug)]
-pub struct Admin {
-    client: KafkaClient,
-}
-
-impl Admin {
-    /// Connects with `config`.
-    ///
-    /// # Errors
-    ///
-    /// As for [`KafkaClient::connect`].
-    pub async fn connect(config: KafkaConfig) -> Result<Admin, KafkaError> {
-        Ok(Admin { client: KafkaClient::connect(Arc::new(config)).await? })
-    }
-
-    /// Creates `topic` with `partitions` partitions unless it exists with that count.
-    ///
-    /// # Errors
-    ///
-    /// As for [`KafkaClient::ensure_topic`].
-    pub async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), KafkaError> {
-        self.client.ensure_topic(topic, partitions).await
-    }
-
-    /// The partition count of `topic`, `None` when it does not exist.
-    ///
-    /// # Errors
-    ///
-    /// [`KafkaError::Topic`] when the metadata request fails.
-    pub async fn partitions(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
-        self.client.lookup(topic).await
     }
 }

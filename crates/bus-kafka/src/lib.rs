@@ -1,19 +1,44 @@
-//! The Kafka backend of the event bus: a batching produce loop per partition, consumer groups
-//! and their partition readers (Fetch), all speaking Kafka on the `kafka-protocol` crate over
-//! connections of our own; rskafka serves metadata and topic creation. Every task is in the
-//! bus's supervised tree.
+//! An event bus on Kafka: publish and consume domain events with per-aggregate ordering,
+//! at-least-once delivery, retries and dead letters, with every task of the client in a
+//! supervised tree and a shutdown that is never reported complete while one of them lives.
+//!
+//! A service depends on this crate (and tokio) alone: [`connect`] returns an [`EventBus`], and
+//! everything used with it is re-exported here.
+//!
+//! | what | names |
+//! |---|---|
+//! | connecting | [`connect`], [`KafkaConfig`] ([`ProducerConfig`], [`ConsumerConfig`], [`TopicConfig`], [`Compression`]), [`Admin`], [`KafkaError`] |
+//! | the bus | [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`], [`ShutdownError`] |
+//! | publishing | [`Record`], [`Envelope`], [`Delivery`], [`DeliveryFuture`], [`Partitioner`] |
+//! | consuming | [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`] |
+//! | errors | [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`], [`ConfigError`] |
+//! | helpers | [`aggregate_id_of`], [`dead_letter_headers`], [`supervisor`] (the task tree) |
+//!
+//! Inside, the bus speaks Kafka itself on the `kafka-protocol` crate over connections of its
+//! own: a batching produce loop per partition, consumer groups (the classic protocol) and a
+//! fetch loop per assigned partition; rskafka serves metadata and topic creation.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use bus_kafka::KafkaConfig;
+//! use std::time::Duration;
+//! use bus_kafka::{Envelope, HandlerError, KafkaConfig, SubscribeOptions};
 //!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = bus_kafka::connect(KafkaConfig::new("127.0.0.1:9092")).await?;
-//! // …publish and subscribe through `bus` (a `bus_core::EventBus`)…
-//! bus.shutdown(std::time::Duration::from_secs(10)).await?;
+//! let _billing = bus
+//!     .subscribe_envelopes("orders", SubscribeOptions::new("billing"), |order: Envelope| async move {
+//!         println!("{} {} v{}", order.aggregate_id, order.event_type, order.event_version);
+//!         Ok::<(), HandlerError>(())
+//!     })
+//!     .await?;
+//! let placed = Envelope::new("order-1", "OrderPlaced", 1, serde_json::json!({"total": 42}))?;
+//! let stored = bus.publish_envelope("orders", &placed).await?;
+//! println!("stored at {}-{}@{}", stored.topic, stored.partition, stored.offset);
+//! println!("{}", bus.shutdown(Duration::from_secs(10)).await?);
 //! # Ok(())
 //! # }
 //! ```
 
+mod admin;
 mod backend;
 mod client;
 mod config;
@@ -25,28 +50,37 @@ mod producer;
 
 use std::sync::Arc;
 
-use bus_core::EventBus;
-
-pub use backend::KafkaBackend;
-pub use client::{Admin, KafkaClient};
+pub use admin::Admin;
 pub use config::{
     Compression, ConsumerConfig, KafkaConfig, MAX_FETCH_BYTES, ProducerConfig, TopicConfig,
 };
 pub use error::KafkaError;
 
+pub use bus_core::{
+    ConfigError, Delivery, DeliveryFuture, Envelope, EnvelopeError, EnvelopeHandler, EventBus,
+    Handler, HandlerError, Header, Headers, Health, Message, MetricsSnapshot, OffsetReset,
+    Partitioner, PublishError, Record, RetryPolicy, ShutdownError, ShutdownReport, SubscribeError,
+    SubscribeOptions, Subscription, SubscriptionReport, TopicPartition, UnsubscribeError,
+    UnsubscribeReport, aggregate_id_of, dead_letter_headers, supervisor,
+};
+
+use backend::KafkaBackend;
+use client::KafkaClient;
+
 /// Connects to the cluster and returns an event bus on it. The bus's tasks live under
-/// `bus/kafka` (producer, groups) and `bus/consumer` (subscriptions).
+/// `bus/kafka` (the producer's partition loops) and `bus/consumer` (subscriptions, their group
+/// members and fetch loops).
 ///
 /// # Errors
 ///
 /// [`KafkaError::Config`] naming an invalid field; [`KafkaError::Connect`] when no bootstrap
-/// broker answers.
+/// broker answers within `request_timeout`.
 pub async fn connect(config: KafkaConfig) -> Result<EventBus, KafkaError> {
     let config = Arc::new(config);
     let client = Arc::new(KafkaClient::connect(Arc::clone(&config)).await?);
-    let supervisor = EventBus::supervisor();
+    let supervisor = bus_core::backend::supervisor();
     let scope = supervisor.root().child("kafka");
     let producer = producer::Producer::start(scope.child("producer"), Arc::clone(&client))?;
     let backend = Arc::new(KafkaBackend::new(scope, client, producer));
-    Ok(EventBus::with_backend(supervisor, backend))
+    Ok(bus_core::backend::bus(supervisor, backend))
 }

@@ -14,9 +14,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::{EventBus, HandlerError, Message, SubscribeOptions, Subscription};
-use bus_kafka::{KafkaClient, KafkaConfig};
-use rskafka::client::partition::Compression;
+use bus_kafka::{
+    Admin, EventBus, HandlerError, KafkaConfig, Message, SubscribeOptions, Subscription,
+};
+use rskafka::client::partition::{Compression, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
 
 /// The deadline for anything the group does (the broker holds a new group's first JoinGroup
 /// for about 3 s; rebalances take a few heartbeats).
@@ -47,7 +49,7 @@ pub use bus_tests::{peer_python, wait_for, workspace};
 
 /// Produces keyed, versioned records through rskafka.
 pub struct Source {
-    client: KafkaClient,
+    client: Client,
     pub topic: String,
     pub partitions: i32,
     pub keys: usize,
@@ -63,8 +65,16 @@ impl Source {
 
     /// [`Source::new`] on the broker at `bootstrap`.
     pub async fn at(bootstrap: &str, topic: &str, partitions: i32, keys: usize) -> Source {
-        let client = KafkaClient::connect(Arc::new(KafkaConfig::new(bootstrap))).await.unwrap();
-        client.ensure_topic(topic, partitions).await.unwrap();
+        let admin = Admin::connect(KafkaConfig::new(bootstrap)).await.unwrap();
+        admin.ensure_topic(topic, partitions).await.unwrap();
+        let client = ClientBuilder::new(vec![bootstrap.to_owned()])
+            .backoff_config(rskafka::BackoffConfig {
+                deadline: Some(Duration::from_secs(5)),
+                ..rskafka::BackoffConfig::default()
+            })
+            .build()
+            .await
+            .unwrap();
         Source { client, topic: topic.to_owned(), partitions, keys, versions: vec![0; keys] }
     }
 
@@ -101,7 +111,11 @@ impl Source {
     async fn produce(&self, partition: i32, records: &[rskafka::record::Record]) {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let attempt = match self.client.partition(&self.topic, partition).await {
+            let client = self
+                .client
+                .partition_client(self.topic.as_str(), partition, UnknownTopicHandling::Retry)
+                .await;
+            let attempt = match client {
                 Ok(client) => client
                     .produce(records.to_vec(), Compression::NoCompression)
                     .await
@@ -117,7 +131,6 @@ impl Source {
                         "cannot produce to {}-{partition}: {error}",
                         self.topic
                     );
-                    self.client.invalidate_partition(&self.topic, partition);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -55,10 +55,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{
-    Backend, BoxFuture, FlushReport, GroupError, GroupMember, Health, JoinRequest, TopicPartition,
+    Backend, BoxFuture, FlushReport, GroupError, GroupMember, JoinRequest, TopicPartition,
 };
 use crate::delivery::{Delivery, DeliveryFuture};
 use crate::error::{ConfigError, PublishError, SubscribeError};
+use crate::health::Health;
 use crate::record::{Message, Record};
 
 pub use config::{MAX_PARTITIONS, MemoryConfig};

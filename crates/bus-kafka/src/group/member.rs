@@ -26,9 +26,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bus_core::TopicPartition;
 use bus_core::backend::{
     BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation,
-    StartAt, TopicPartition,
+    StartAt,
 };
 use bus_supervisor::CancellationToken;
 use bytes::Bytes;

@@ -28,8 +28,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bus_core::Message;
-use bus_core::backend::{BoxFuture, GroupError, PartitionReader, StartAt, TopicPartition};
+use bus_core::backend::{BoxFuture, GroupError, PartitionReader, StartAt};
+use bus_core::{Message, TopicPartition};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus_core::backend::Health;
+use bus_core::Health;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 

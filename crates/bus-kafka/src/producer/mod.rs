@@ -33,9 +33,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bus_core::backend::{FlushReport, Health};
-use bus_core::delivery::{DeliverySender, delivery_channel};
-use bus_core::{DeliveryFuture, PublishError, Record, UnkeyedSpreader};
+use bus_core::backend::{DeliverySender, FlushReport, UnkeyedSpreader, delivery_channel};
+use bus_core::{DeliveryFuture, Health, PublishError, Record};
 use bus_supervisor::Scope;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc};

@@ -1,0 +1,303 @@
+//! A subscription's control task: the one owner of its group membership, its fetch loops and
+//! its commits.
+//!
+//! Owns: `Control` (group events: assigned, revoked, dropped by the group; a fetch loop per
+//! assigned partition in its own scope; the commit schedule; the stop procedure).
+//!
+//! Invariants:
+//! - A revoked (or, at stop, every) partition's fetch loop is shut down before its handlers are
+//!   drained, and the drained partitions' offsets are committed before the revocation completes.
+//! - Only offsets the keyed dispatch reports committable are committed (the contiguous prefix of
+//!   finished messages); an offset already committed is not sent again.
+//! - Committed offsets are read before a partition's reader is opened: a partition is never
+//!   started at a guessed position.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_supervisor::{Backoff, Scope};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::backend::{GroupError, GroupMember, JoinRequest, MemberEvent, Revocation, StartAt};
+use crate::dispatch::KeyedDispatch;
+use crate::metrics::Metrics;
+use crate::record::TopicPartition;
+
+use super::SubscriptionReport;
+use super::fetch_loop::FetchLoop;
+use super::process::Runtime;
+
+/// Delay before retrying a failed group operation (a constant delay: these retries are bounded
+/// by the rebalance timeout, or repeated on the loop's next turn).
+pub(super) const RETRY: Backoff = Backoff {
+    initial: Duration::from_millis(200),
+    max: Duration::from_millis(200),
+    multiplier: 1.0,
+};
+
+/// What releasing partitions did.
+struct Released {
+    discarded: usize,
+    abandoned: Vec<(TopicPartition, i64)>,
+    committed: Vec<(TopicPartition, i64)>,
+}
+
+/// The control task's state.
+pub(super) struct Control {
+    runtime: Arc<Runtime>,
+    member: Box<dyn GroupMember>,
+    /// How the member joined, to join again when the group drops it.
+    join: JoinRequest,
+    /// The subscription's scope (a new member scope is made there on rejoin).
+    scope: Scope,
+    dispatch: KeyedDispatch,
+    fetch: Scope,
+    fetchers: HashMap<TopicPartition, Scope>,
+    last_committed: HashMap<TopicPartition, i64>,
+}
+
+impl Control {
+    pub(super) fn new(
+        runtime: Arc<Runtime>,
+        member: Box<dyn GroupMember>,
+        join: JoinRequest,
+        scope: &Scope,
+        dispatch: KeyedDispatch,
+    ) -> Self {
+        Control {
+            runtime,
+            member,
+            join,
+            scope: scope.clone(),
+            dispatch,
+            fetch: scope.child("fetch"),
+            fetchers: HashMap::new(),
+            last_committed: HashMap::new(),
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut stop: watch::Receiver<Option<Instant>>,
+        report: watch::Sender<Option<SubscriptionReport>>,
+    ) {
+        let mut tick = tokio::time::interval(self.runtime.options.commit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = loop {
+            tokio::select! {
+                biased;
+                deadline = requested_deadline(&mut stop) => break deadline,
+                event = self.member.next_event() => match event {
+                    Ok(MemberEvent::Assigned(partitions)) => self.assigned(partitions).await,
+                    Ok(MemberEvent::Revoked(revocation)) => self.revoked(revocation).await,
+                    Err(error) if error.retriable => {
+                        tracing::warn!(group = %self.runtime.options.group, %error, "group event failed; retrying");
+                        tokio::time::sleep(RETRY.delay(0)).await;
+                    }
+                    Err(error) => self.rejoin(error).await,
+                },
+                _ = tick.tick() => self.commit().await,
+            }
+        };
+        let result = self.stop(deadline).await;
+        let _ = report.send(Some(result));
+    }
+
+    async fn assigned(&mut self, partitions: Vec<TopicPartition>) {
+        if partitions.is_empty() {
+            return;
+        }
+        // The committed offsets are needed to start at the right place: retried (never guessed,
+        // which would skip or replay records) until the rebalance timeout, after which these
+        // partitions stay unread until the next assignment.
+        let give_up = Instant::now() + self.runtime.options.rebalance_timeout;
+        let committed = loop {
+            match self.member.committed(&partitions).await {
+                Ok(committed) => break committed,
+                Err(error) if error.retriable && Instant::now() < give_up => {
+                    tracing::warn!(%error, "cannot read committed offsets; retrying");
+                    tokio::time::sleep(RETRY.delay(0)).await;
+                }
+                Err(error) => {
+                    Metrics::bump(&self.runtime.metrics.group_failures);
+                    tracing::error!(
+                        ?partitions, %error,
+                        "cannot read committed offsets; these partitions stay unread until the next assignment"
+                    );
+                    return;
+                }
+            }
+        };
+        for (partition, committed) in partitions.into_iter().zip(committed) {
+            let start = committed
+                .map(StartAt::Offset)
+                .unwrap_or_else(|| self.runtime.options.auto_offset_reset.into());
+            let reader = loop {
+                match self.member.open(&partition, start).await {
+                    Ok(reader) => break Some(reader),
+                    Err(error) if error.retriable && Instant::now() < give_up => {
+                        tracing::warn!(%partition, %error, "cannot open partition; retrying");
+                        tokio::time::sleep(RETRY.delay(0)).await;
+                    }
+                    Err(error) => {
+                        Metrics::bump(&self.runtime.metrics.group_failures);
+                        tracing::error!(
+                            %partition, %error,
+                            "cannot open partition; it stays unread until the next assignment"
+                        );
+                        break None;
+                    }
+                }
+            };
+            let Some(reader) = reader else { continue };
+            let scope = self.fetch.child(partition.to_string());
+            let fetch = FetchLoop::new(
+                reader,
+                self.dispatch.clone(),
+                Arc::clone(&self.runtime.metrics),
+                scope.token(),
+                partition.clone(),
+                self.runtime.options.max_in_flight,
+            );
+            match scope.spawn("fetch", fetch.run()) {
+                Ok(handle) => {
+                    handle.detach();
+                    tracing::debug!(%partition, ?start, "partition assigned");
+                    self.fetchers.insert(partition, scope);
+                }
+                Err(error) => tracing::warn!(%partition, %error, "cannot start fetch loop"),
+            }
+        }
+    }
+
+    /// Stops reading `partitions`, drains their handlers until `deadline`, commits them and
+    /// forgets them.
+    async fn release(&mut self, partitions: &[TopicPartition], deadline: Instant) -> Released {
+        for partition in partitions {
+            if let Some(scope) = self.fetchers.remove(partition) {
+                // Fetch loops stop at once on cancellation.
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if let Err(error) = scope.shutdown(remaining).await {
+                    tracing::error!(%partition, %error, "fetch loop would not stop");
+                }
+            }
+        }
+        let drained = self.dispatch.drain(partitions, deadline).await;
+        if drained.abandoned > 0 {
+            Metrics::add(&self.runtime.metrics.abandoned, drained.abandoned as u64);
+            tracing::warn!(
+                abandoned = ?drained.abandoned_offsets,
+                "handlers abandoned at the deadline; their messages stay uncommitted"
+            );
+        }
+        let offsets: Vec<(TopicPartition, i64)> = partitions
+            .iter()
+            .filter_map(|p| self.dispatch.committable(p).map(|o| (p.clone(), o)))
+            .filter(|(p, o)| self.last_committed.get(p) != Some(o))
+            .collect();
+        self.commit_offsets(offsets).await;
+        let mut committed = Vec::new();
+        for partition in partitions {
+            self.dispatch.forget(partition);
+            if let Some(offset) = self.last_committed.remove(partition) {
+                committed.push((partition.clone(), offset));
+            }
+        }
+        committed.sort();
+        Released { discarded: drained.discarded, abandoned: drained.abandoned_offsets, committed }
+    }
+
+    /// The group dropped this member (fenced, expelled, stopped): release every partition
+    /// (their handlers drain, their commits will be refused and they are redelivered), leave,
+    /// and join again with a new member. A failed join is retried on the next turn of the loop.
+    async fn rejoin(&mut self, error: GroupError) {
+        Metrics::bump(&self.runtime.metrics.group_failures);
+        tracing::error!(group = %self.runtime.options.group, %error, "dropped by the group; joining again");
+        let partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
+        let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
+        self.release(&partitions, deadline).await;
+        let _ = self.member.leave().await;
+        let old = std::mem::replace(&mut self.join.scope, self.scope.child("member"));
+        if let Err(error) = old.shutdown(Duration::from_secs(5)).await {
+            tracing::error!(%error, "the dropped member's tasks would not stop");
+        }
+        match self.runtime.backend.join(self.join.clone()).await {
+            Ok(member) => self.member = member,
+            Err(error) => {
+                tracing::error!(%error, "joining again failed; will retry");
+                tokio::time::sleep(RETRY.delay(0)).await;
+            }
+        }
+    }
+
+    async fn revoked(&mut self, revocation: Revocation) {
+        Metrics::bump(&self.runtime.metrics.rebalances);
+        let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
+        let partitions = revocation.partitions.clone();
+        self.release(&partitions, deadline).await;
+        tracing::debug!(?partitions, "partitions revoked");
+        revocation.complete();
+    }
+
+    async fn commit(&mut self) {
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .dispatch
+            .committable_all()
+            .into_iter()
+            .filter(|(p, o)| self.fetchers.contains_key(p) && self.last_committed.get(p) != Some(o))
+            .collect();
+        self.commit_offsets(offsets).await;
+    }
+
+    async fn commit_offsets(&mut self, offsets: Vec<(TopicPartition, i64)>) {
+        if offsets.is_empty() {
+            return;
+        }
+        match self.member.commit(&offsets).await {
+            Ok(()) => {
+                Metrics::bump(&self.runtime.metrics.commits);
+                for (partition, offset) in offsets {
+                    self.last_committed.insert(partition, offset);
+                }
+            }
+            Err(error) => {
+                Metrics::bump(&self.runtime.metrics.commit_failures);
+                tracing::warn!(%error, "offset commit failed; will retry");
+            }
+        }
+    }
+
+    async fn stop(mut self, deadline: Instant) -> SubscriptionReport {
+        let partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
+        let Released { discarded, abandoned, committed } =
+            self.release(&partitions, deadline).await;
+        let left_group = match self.member.leave().await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "leaving the group failed");
+                false
+            }
+        };
+        self.dispatch.close();
+        SubscriptionReport {
+            topic: self.runtime.topic.clone(),
+            group: self.runtime.options.group.clone(),
+            discarded,
+            abandoned: abandoned.len(),
+            abandoned_offsets: abandoned,
+            committed,
+            left_group,
+        }
+    }
+}
+
+/// Waits until a stop is requested and returns its deadline (now, if the bus went away without
+/// one).
+async fn requested_deadline(stop: &mut watch::Receiver<Option<Instant>>) -> Instant {
+    match stop.wait_for(Option::is_some).await {
+        Ok(deadline) => deadline.unwrap_or_else(Instant::now),
+        Err(_) => Instant::now(),
+    }
+}

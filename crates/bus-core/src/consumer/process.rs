@@ -1,0 +1,254 @@
+//! The processing of a subscription's messages: one message handled to the end (the handler
+//! with its timeout, retries with backoff, then the dead-letter topic; poison messages at once),
+//! and the handler's type erasure.
+//!
+//! Owns: `Runtime` (what a subscription's tasks share), `Processor` (the dispatch's processing
+//! function, generic over the handler), `ErasedHandler` and [`dead_letter_headers`].
+//!
+//! Invariants:
+//! - The handler's type is erased once per subscription, not per message: the erased form
+//!   starts the subscription's keyed dispatch with a `Processor` generic over the handler, so a
+//!   handler's future is polled in place on a dispatch worker, never boxed on the first attempt.
+//! - A message ends `Done` only when its handler succeeded or it was stored in the dead-letter
+//!   topic; a failed dead-letter publish ends it `Retain` (never committed, so redelivered).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bus_supervisor::{Scope, SpawnError};
+
+use crate::backend::Backend;
+use crate::dispatch::{DispatchConfig, KeyedDispatch, Process, Processed};
+use crate::error::HandlerError;
+use crate::handler::{EnvelopeHandler, Envelopes, Failure, Handler, Invoke, Raw};
+use crate::metrics::Metrics;
+use crate::options::SubscribeOptions;
+use crate::record::{Message, Record};
+
+/// Headers added to a dead-lettered record (its key, value and own headers are kept).
+pub mod dead_letter_headers {
+    /// Why it was dead-lettered: `handler-error` or `poison`.
+    pub const REASON: &str = "X-DLQ-Reason";
+    /// The last error, as text.
+    pub const ERROR: &str = "X-DLQ-Error";
+    /// The topic it was consumed from.
+    pub const SOURCE_TOPIC: &str = "X-DLQ-Source-Topic";
+    /// The partition it was consumed from.
+    pub const SOURCE_PARTITION: &str = "X-DLQ-Source-Partition";
+    /// Its offset there.
+    pub const SOURCE_OFFSET: &str = "X-DLQ-Source-Offset";
+    /// The consumer group that gave up on it.
+    pub const GROUP: &str = "X-DLQ-Group";
+    /// Handler attempts made.
+    pub const ATTEMPTS: &str = "X-DLQ-Attempts";
+}
+
+/// Everything a subscription's tasks share (the handler aside: see [`Processor`]).
+pub(crate) struct Runtime {
+    pub(super) backend: Arc<dyn Backend>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) topic: String,
+    pub(super) options: SubscribeOptions,
+    dead_letter_topic: String,
+}
+
+/// The processing of a subscription's messages, generic over its handler, so that a dispatch
+/// worker polls the handler's future in place (no boxing per message).
+pub(crate) struct Processor<I> {
+    runtime: Arc<Runtime>,
+    invoke: I,
+}
+
+impl<I: Invoke> Processor<I> {
+    pub(crate) fn new(runtime: Arc<Runtime>, invoke: I) -> Self {
+        Processor { runtime, invoke }
+    }
+}
+
+impl<I: Invoke> Process for Processor<I> {
+    fn process(&self, message: Message) -> impl Future<Output = Processed> + Send {
+        self.runtime.process(&self.invoke, message)
+    }
+}
+
+/// How a subscription's dispatch is started: the handler's type erased once.
+type StartDispatch = Box<
+    dyn FnOnce(&Scope, DispatchConfig, Arc<Runtime>) -> Result<KeyedDispatch, SpawnError> + Send,
+>;
+
+/// A handler with its type erased: what the bus hands to the consumer runtime, which starts the
+/// subscription's keyed dispatch with it.
+pub(crate) struct ErasedHandler(StartDispatch);
+
+impl ErasedHandler {
+    fn new<I: Invoke>(invoke: I) -> Self {
+        ErasedHandler(Box::new(move |scope, config, runtime| {
+            KeyedDispatch::start_with(scope, config, Processor::new(runtime, invoke))
+        }))
+    }
+
+    /// Starts the dispatch workers in `scope`, processing with `runtime` and this handler.
+    pub(super) fn start(
+        self,
+        scope: &Scope,
+        config: DispatchConfig,
+        runtime: Arc<Runtime>,
+    ) -> Result<KeyedDispatch, SpawnError> {
+        (self.0)(scope, config, runtime)
+    }
+}
+
+/// Erases a raw-message handler.
+pub(crate) fn erase<H: Handler>(handler: H) -> ErasedHandler {
+    ErasedHandler::new(Raw(handler))
+}
+
+/// Erases an envelope handler: decoding failures become [`Failure::Poison`].
+pub(crate) fn erase_envelope<H: EnvelopeHandler>(handler: H) -> ErasedHandler {
+    ErasedHandler::new(Envelopes(handler))
+}
+
+impl Runtime {
+    pub(super) fn new(
+        backend: Arc<dyn Backend>,
+        metrics: Arc<Metrics>,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Self {
+        Runtime {
+            backend,
+            metrics,
+            topic: topic.to_owned(),
+            dead_letter_topic: options.dead_letter_topic_for(topic),
+            options,
+        }
+    }
+
+    /// Handles one message to the end: handler (with timeout and retries), or dead letter.
+    /// The handler gets a clone of the message per attempt (cheap: see `record`).
+    ///
+    /// The first attempt without a timeout is polled in place; everything else (a timeout,
+    /// retries with their backoff, dead letters) is boxed, so that the future every message
+    /// costs stays small (it is moved into place on the worker for each message).
+    async fn process<I: Invoke>(&self, handler: &I, message: Message) -> Processed {
+        if self.options.handler_timeout.is_some() {
+            return Box::pin(self.attempts(handler, message, 1, None)).await;
+        }
+        match handler.invoke(message.clone()).await {
+            Ok(()) => {
+                self.metrics.handled.bump();
+                Processed::Done
+            }
+            Err(failure) => Box::pin(self.attempts(handler, message, 1, Some(failure))).await,
+        }
+    }
+
+    /// The attempts of `message` from `attempt` on (the outcome of `attempt` given when it was
+    /// made already): handler with timeout, retries with backoff, dead letter.
+    async fn attempts<I: Invoke>(
+        &self,
+        handler: &I,
+        message: Message,
+        mut attempt: u32,
+        mut made: Option<Failure>,
+    ) -> Processed {
+        let retry = &self.options.retry;
+        loop {
+            let outcome = match made.take() {
+                Some(failure) => Err(failure),
+                None => match self.options.handler_timeout {
+                    None => handler.invoke(message.clone()).await,
+                    Some(limit) => {
+                        match tokio::time::timeout(limit, handler.invoke(message.clone())).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => {
+                                Metrics::bump(&self.metrics.handler_timeouts);
+                                Err(Failure::Handler(HandlerError::new(format!(
+                                    "handler timed out after {limit:?}"
+                                ))))
+                            }
+                        }
+                    }
+                },
+            };
+            match outcome {
+                Ok(()) => {
+                    self.metrics.handled.bump();
+                    return Processed::Done;
+                }
+                Err(Failure::Poison(reason)) => {
+                    Metrics::bump(&self.metrics.poison);
+                    return self.dead_letter(&message, "poison", &reason, attempt).await;
+                }
+                Err(Failure::Handler(error)) => {
+                    Metrics::bump(&self.metrics.handler_failures);
+                    if error.is_retryable() && attempt < retry.max_attempts {
+                        tracing::debug!(
+                            topic = %message.topic, partition = message.partition,
+                            offset = message.offset, attempt, %error, "handler failed; retrying"
+                        );
+                        tokio::time::sleep(retry.backoff(attempt)).await;
+                        Metrics::bump(&self.metrics.retries);
+                        attempt += 1;
+                        continue;
+                    }
+                    let reason = error.to_string();
+                    return self.dead_letter(&message, "handler-error", &reason, attempt).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes `message` to the dead-letter topic with the error in headers. `Done` once
+    /// stored; `Retain` (never committed, so redelivered) when that fails.
+    async fn dead_letter(
+        &self,
+        message: &Message,
+        reason: &str,
+        error: &str,
+        attempts: u32,
+    ) -> Processed {
+        use dead_letter_headers as h;
+        let mut headers = message.headers.clone();
+        headers.set(h::REASON, reason.to_owned());
+        headers.set(h::ERROR, error.to_owned());
+        headers.set(h::SOURCE_TOPIC, message.topic.to_string());
+        headers.set(h::SOURCE_PARTITION, message.partition.to_string());
+        headers.set(h::SOURCE_OFFSET, message.offset.to_string());
+        headers.set(h::GROUP, self.options.group.clone());
+        headers.set(h::ATTEMPTS, attempts.to_string());
+        let record = Record {
+            topic: self.dead_letter_topic.clone(),
+            key: message.key.clone(),
+            value: message.value.clone(),
+            headers,
+            timestamp: Some(message.timestamp),
+            partition: None,
+        };
+        let stored = match self.backend.send(record).await {
+            Ok(delivery) => delivery.await,
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(delivery) => {
+                Metrics::bump(&self.metrics.dead_lettered);
+                tracing::warn!(
+                    topic = %message.topic, partition = message.partition,
+                    offset = message.offset, dead_letter_topic = %delivery.topic,
+                    dead_letter_offset = delivery.offset, reason, error,
+                    "message dead-lettered"
+                );
+                Processed::Done
+            }
+            Err(e) => {
+                Metrics::bump(&self.metrics.dead_letter_failures);
+                tracing::error!(
+                    topic = %message.topic, partition = message.partition,
+                    offset = message.offset, dead_letter_topic = %self.dead_letter_topic,
+                    error = %e, "dead-lettering failed; the message stays uncommitted"
+                );
+                Processed::Retain
+            }
+        }
+    }
+}
