@@ -1,12 +1,12 @@
 //! Scopes: the nodes of the task tree, and spawning into them.
 //!
-//! Owns: [`Scope`] (the cloneable handle users hold) and the node behind it, private to this
-//! module: `ScopeInner` (name, path, cancellation token, abort switch, busy count, task table,
-//! children, and the record of its shutdown and failure) and the per-tree state `Tree` (task-id
-//! counter, runtime handle, supervision events, abort grace). Registration and counting happen
-//! here and nowhere else. The rest of the crate reaches a node only through `Scope`'s
-//! crate-internal methods (the node API at the end of this file), on which the shutdown
-//! procedure (`shutdown`) and restart supervision (`restart`) are built.
+//! Owns: [`Scope`] (the cloneable handle users hold), spawning, and the node behind the handle,
+//! private to this module: `ScopeInner` (name, path, cancellation token, abort switch, busy
+//! count, task table, children, and the record of its shutdown and failure) and the per-tree
+//! state `Tree` (task-id counter, runtime handle, supervision events, abort grace). The rest of
+//! the crate reaches a node only through `Scope`: its public methods and the crate-internal node
+//! API at the end of this file, on which the supervisor, the shutdown procedure (`shutdown`),
+//! restart supervision (`restart`) and the leak guard are built.
 //!
 //! Invariants:
 //! - `busy` of a scope is zero exactly when the scope and all its descendants have no registered
@@ -81,7 +81,7 @@ struct ScopeInner {
     /// Cancelled to ask the subtree's tasks to stop.
     token: CancellationToken,
     /// The abort switch: thrown to end the subtree's tasks at their next poll. The table's shards
-    /// mirror it for the tasks; this flag is what snapshots read.
+    /// mirror it for the tasks; `aborted` is what this scope's own listings read.
     abort: CancellationToken,
     aborted: AtomicBool,
     /// Whether this scope is one incarnation of a supervised child: escalations stop here.
@@ -391,46 +391,8 @@ impl Scope {
     }
 }
 
-/// The node API: what the rest of the crate (the supervisor, the shutdown procedure, restart
-/// supervision, the leak guard) may do to a scope. Everything else about a node is private.
+/// Spawning: a task is registered (entered in the table and counted) before the runtime gets it.
 impl Scope {
-    /// The root scope of a new tree named `name`, running its tasks on `runtime` (the current
-    /// runtime at each spawn when `None`).
-    pub(crate) fn new_tree(
-        name: &str,
-        runtime: Option<Handle>,
-        abort_grace: Duration,
-        event_capacity: usize,
-    ) -> Scope {
-        let (events, _) = broadcast::channel(event_capacity.max(1));
-        let tree = Arc::new(Tree {
-            next_id: AtomicU64::new(1),
-            epoch: Instant::now(),
-            runtime,
-            events,
-            abort_grace,
-        });
-        let (token, abort) = (CancellationToken::new(), CancellationToken::new());
-        let inner = ScopeInner::new(name, Arc::from(name), None, tree, token, abort, false, false);
-        Scope { inner: Arc::new(inner) }
-    }
-
-    /// A child scope that is one incarnation of a supervised child: escalations from below stop
-    /// at it.
-    pub(crate) fn supervised_child(&self, name: &str) -> Scope {
-        Scope { inner: self.inner.new_child(name, true) }
-    }
-
-    /// Whether this scope is one incarnation of a supervised child.
-    pub(crate) fn is_supervised(&self) -> bool {
-        self.inner.supervised
-    }
-
-    /// The parent scope; `None` at the root.
-    pub(crate) fn parent(&self) -> Option<Scope> {
-        self.inner.parent.clone().map(|inner| Scope { inner })
-    }
-
     /// [`Scope::spawn`] with the spawn site given.
     pub(crate) fn spawn_at<F>(
         &self,
@@ -497,6 +459,47 @@ impl Scope {
             .insert(&self.inner, entry)
             .map_err(|_| SpawnError::Closed { scope: self.path().to_owned() })?;
         Ok((guard, id))
+    }
+}
+
+/// The node API: what the rest of the crate (the supervisor, the shutdown procedure, restart
+/// supervision, the leak guard) may do to a scope. Everything else about a node is private.
+impl Scope {
+    /// The root scope of a new tree named `name`, running its tasks on `runtime` (the current
+    /// runtime at each spawn when `None`).
+    pub(crate) fn new_tree(
+        name: &str,
+        runtime: Option<Handle>,
+        abort_grace: Duration,
+        event_capacity: usize,
+    ) -> Scope {
+        let (events, _) = broadcast::channel(event_capacity.max(1));
+        let tree = Arc::new(Tree {
+            next_id: AtomicU64::new(1),
+            epoch: Instant::now(),
+            runtime,
+            events,
+            abort_grace,
+        });
+        let (token, abort) = (CancellationToken::new(), CancellationToken::new());
+        let inner = ScopeInner::new(name, Arc::from(name), None, tree, token, abort, false, false);
+        Scope { inner: Arc::new(inner) }
+    }
+
+    /// A child scope that is one incarnation of a supervised child: escalations from below stop
+    /// at it.
+    pub(crate) fn supervised_child(&self, name: &str) -> Scope {
+        Scope { inner: self.inner.new_child(name, true) }
+    }
+
+    /// Whether this scope is one incarnation of a supervised child.
+    pub(crate) fn is_supervised(&self) -> bool {
+        self.inner.supervised
+    }
+
+    /// The parent scope; `None` at the root.
+    pub(crate) fn parent(&self) -> Option<Scope> {
+        self.inner.parent.clone().map(|inner| Scope { inner })
     }
 
     /// The id the next task spawned anywhere in this tree will get; tasks with smaller ids were

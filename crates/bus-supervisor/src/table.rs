@@ -18,6 +18,9 @@
 //!   in it ([`Owner::acquire`] under the shard's lock, [`Owner::release`] when it empties): the
 //!   shard's transitions between empty and not empty are the only times a task's registration
 //!   touches the scope.
+//! - Each shard mirrors its scope's abort switch (the flag each poll reads, thrown by
+//!   [`TaskTable::abort`]; the token a waiting task waits on) and its path, so that a running
+//!   task needs nothing but its guard.
 //! - A shard that empties keeps room for at most `RETAIN` tasks; a larger burst's memory is
 //!   given back.
 
