@@ -39,7 +39,7 @@ pub struct ScopeShutdownError {
     pub report: Box<ScopeShutdownReport>,
     /// Every task still alive, with path, spawn site and age.
     pub stuck: Vec<TaskInfo>,
-    pub(crate) scope: Scope,
+    scope: Scope,
 }
 
 impl ScopeShutdownError {
