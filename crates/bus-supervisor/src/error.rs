@@ -1,10 +1,13 @@
 //! The errors of spawning and joining tasks.
 //!
-//! Owns: [`SpawnError`] (why a task could not be registered) and [`TaskError`] (how a task ended
-//! other than by returning). Shutdown's own outcome types live in `shutdown`.
+//! Owns: [`SpawnError`] (why a task could not be registered), [`TaskError`] (how a task ended
+//! other than by returning) and [`JoinTimeout`] (what was still alive when a wait for a subtree
+//! to end timed out). Shutdown's own outcome types live in `report` and `shutdown`.
 
 use std::fmt;
 use std::panic::Location;
+
+use crate::info::TaskInfo;
 
 /// Why a task could not be spawned. Nothing was registered and nothing runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,3 +76,25 @@ impl fmt::Display for TaskError {
 }
 
 impl std::error::Error for TaskError {}
+
+/// Tasks still alive when a [`Scope::join`](crate::Scope::join) (or
+/// [`ScopeShutdownError::wait`](crate::ScopeShutdownError::wait)) timed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTimeout {
+    /// The scope that was waited on.
+    pub path: String,
+    /// The tasks still alive.
+    pub still_running: Vec<TaskInfo>,
+}
+
+impl fmt::Display for JoinTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` still has {} live task(s)", self.path, self.still_running.len())?;
+        for task in &self.still_running {
+            write!(f, "\n  {task}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for JoinTimeout {}

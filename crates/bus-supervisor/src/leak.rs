@@ -11,8 +11,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::info::TaskInfo;
 use crate::scope::Scope;
-use crate::task::TaskInfo;
 
 /// Records a baseline of a scope and checks later that it returned to it.
 ///

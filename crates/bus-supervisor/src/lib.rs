@@ -78,7 +78,10 @@
 //! `#[tokio::main]` and `#[tokio::test]` do): deadlines and backoff use tokio's timers.
 
 mod error;
+mod exit;
+mod info;
 mod leak;
+mod report;
 mod restart;
 mod scope;
 mod shutdown;
@@ -88,17 +91,17 @@ mod table;
 mod task;
 mod watchdog;
 
-pub use error::{SpawnError, TaskError};
+pub use error::{JoinTimeout, SpawnError, TaskError};
+pub use exit::{Action, Escalation, Exit, SupervisionEvent};
+pub use info::{TaskId, TaskInfo, TaskKind, TaskState};
 pub use leak::{LeakGuard, LeakReport};
-pub use restart::{
-    Action, Backoff, ChildSpec, Escalation, Exit, Restart, RestartIntensity, SupervisionEvent,
-    SupervisionOutcome,
-};
+pub use report::ScopeShutdownReport;
+pub use restart::{Backoff, ChildSpec, Restart, RestartIntensity, SupervisionOutcome};
 pub use scope::Scope;
-pub use shutdown::{JoinTimeout, ScopeShutdownError, ScopeShutdownReport};
+pub use shutdown::ScopeShutdownError;
 pub use snapshot::{ScopeSnapshot, Snapshot};
 pub use supervisor::{Supervisor, SupervisorBuilder};
-pub use task::{TaskHandle, TaskId, TaskInfo, TaskKind, TaskState};
+pub use task::TaskHandle;
 
 /// Re-exported so that users can name the token type tasks watch.
 pub use tokio_util::sync::CancellationToken;

@@ -1,9 +1,11 @@
-//! Restart supervision in the manner of OTP: child specs, exits, restart intensity, backoff and
+//! Restart supervision in the manner of OTP: child specs, restart intensity, backoff and
 //! escalation.
 //!
 //! Owns: [`Scope::supervise`] and the monitor task it starts, [`ChildSpec`] (restart type,
-//! intensity, backoff, shutdown timeout), [`Exit`], [`SupervisionEvent`], [`Escalation`] and
-//! [`SupervisionOutcome`].
+//! intensity, backoff, shutdown timeout), [`SupervisionOutcome`], and escalation (failing the
+//! scopes above a child that exceeded its intensity). The monitor works through the scope's
+//! crate-internal node API (supervised child scopes, failure, the tree's events); what it
+//! publishes ([`Exit`], [`SupervisionEvent`], [`Escalation`]) is in `exit`.
 //!
 //! Each run ("incarnation") of a supervised child gets a fresh child scope, so whatever the child
 //! spawned is shut down with it before a restart: a restart never leaves the old run's tasks
@@ -25,11 +27,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::panic::Location;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{SpawnError, TaskError};
-use crate::scope::{Scope, ScopeInner};
+use crate::exit::{Action, Escalation, Exit, SupervisionEvent};
+use crate::scope::Scope;
 use crate::task::TaskHandle;
 
 /// When a supervised child is restarted after it exits.
@@ -142,102 +144,6 @@ impl ChildSpec {
     }
 }
 
-/// How one incarnation of a supervised child ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exit {
-    /// It returned `Ok(())`.
-    Completed,
-    /// It returned an error, shown here as text.
-    Failed(String),
-    /// It panicked.
-    Panicked {
-        /// The panic message.
-        message: String,
-        /// Where the child was supervised (its spawn site).
-        spawned_at: &'static Location<'static>,
-    },
-    /// It was aborted.
-    Aborted,
-    /// A child of its own exceeded its restart intensity and the failure escalated to it.
-    Escalated(Box<Escalation>),
-}
-
-impl Exit {
-    /// Whether the exit is abnormal (anything but [`Exit::Completed`]).
-    pub fn is_abnormal(&self) -> bool {
-        !matches!(self, Exit::Completed)
-    }
-}
-
-impl fmt::Display for Exit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Exit::Completed => f.write_str("completed"),
-            Exit::Failed(error) => write!(f, "failed: {error}"),
-            Exit::Panicked { message, spawned_at } => {
-                write!(f, "panicked (spawned at {spawned_at}): {message}")
-            }
-            Exit::Aborted => f.write_str("aborted"),
-            Exit::Escalated(escalation) => write!(f, "escalated: {escalation}"),
-        }
-    }
-}
-
-/// What a monitor did about an exit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// The child will be restarted after this delay.
-    Restart {
-        /// The backoff delay.
-        after: Duration,
-    },
-    /// The child is not restarted (its restart type says so); supervision ends.
-    Stop,
-    /// The restart intensity was exceeded; the failure escalates to the parent scope.
-    Escalate,
-    /// The parent scope is shutting down; supervision ends.
-    Shutdown,
-}
-
-/// One exit of a supervised child and what was done about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SupervisionEvent {
-    /// The supervised child's path.
-    pub path: String,
-    /// Which run ended: 0 for the first, 1 after the first restart, and so on.
-    pub incarnation: u32,
-    /// How it ended.
-    pub exit: Exit,
-    /// What the monitor did.
-    pub action: Action,
-}
-
-/// A supervised child exceeded its restart intensity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Escalation {
-    /// The supervised child's path.
-    pub path: String,
-    /// The restarts made within the window before giving up.
-    pub restarts: u32,
-    /// The intensity window.
-    pub within: Duration,
-    /// The exit that exceeded the intensity.
-    pub last_exit: Box<Exit>,
-}
-
-impl fmt::Display for Escalation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "`{}` exceeded {} restart(s) in {:.3}s; last exit: {}",
-            self.path,
-            self.restarts,
-            self.within.as_secs_f64(),
-            self.last_exit
-        )
-    }
-}
-
 /// How supervision of one child ended (the output of the monitor's [`TaskHandle`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SupervisionOutcome {
@@ -247,24 +153,6 @@ pub enum SupervisionOutcome {
     Escalated(Escalation),
     /// The parent scope shut down.
     ShutDown,
-}
-
-impl ScopeInner {
-    /// Fails this scope with `escalation` and carries it upwards through scopes that are not
-    /// supervised incarnations, cancelling each.
-    pub(crate) fn escalate(self: &Arc<Self>, escalation: &Escalation) {
-        let mut scope = Some(Arc::clone(self));
-        while let Some(s) = scope {
-            s.failure.lock().get_or_insert_with(|| escalation.clone());
-            s.token.cancel();
-            s.failed.notify_waiters();
-            tracing::error!(target: "bus_supervisor", scope = %s.path, %escalation, "scope failed by escalation");
-            if s.supervised {
-                break;
-            }
-            scope = s.parent.clone();
-        }
-    }
 }
 
 impl Scope {
@@ -316,7 +204,7 @@ impl Monitor {
         let mut recent: VecDeque<tokio::time::Instant> = VecDeque::new();
         let mut incarnation: u32 = 0;
         loop {
-            let child = Scope { inner: self.parent.inner.new_child(&self.name, true) };
+            let child = self.parent.supervised_child(&self.name);
             let Ok(mut handle) =
                 child.spawn_at(Cow::Borrowed(""), factory(child.clone()), self.site)
             else {
@@ -336,7 +224,11 @@ impl Monitor {
                 }),
             };
             if let Err(error) = child.shutdown(self.spec.shutdown_timeout).await {
-                tracing::error!(target: "bus_supervisor", %error, "supervised child left tasks behind");
+                tracing::error!(
+                    target: "bus_supervisor",
+                    %error,
+                    "supervised child left tasks behind"
+                );
             }
             let Some(exit) = exit else {
                 return SupervisionOutcome::ShutDown;
@@ -368,7 +260,7 @@ impl Monitor {
                     last_exit: Box::new(exit.clone()),
                 };
                 self.emit(incarnation, exit, Action::Escalate);
-                self.parent.inner.escalate(&escalation);
+                escalate(&self.parent, &escalation);
                 return SupervisionOutcome::Escalated(escalation);
             }
             recent.push_back(now);
@@ -386,16 +278,38 @@ impl Monitor {
     fn emit(&self, incarnation: u32, exit: Exit, action: Action) {
         let path = format!("{}/{}", self.parent.path(), self.name);
         if exit.is_abnormal() {
-            tracing::warn!(target: "bus_supervisor", %path, incarnation, %exit, ?action, "supervised child exited");
+            tracing::warn!(
+                target: "bus_supervisor",
+                %path, incarnation, %exit, ?action,
+                "supervised child exited"
+            );
         } else {
-            tracing::info!(target: "bus_supervisor", %path, incarnation, %exit, ?action, "supervised child exited");
+            tracing::info!(
+                target: "bus_supervisor",
+                %path, incarnation, %exit, ?action,
+                "supervised child exited"
+            );
         }
         // No receiver is fine: events are also logged.
-        let _ = self.parent.inner.tree.events.send(SupervisionEvent {
-            path,
-            incarnation,
-            exit,
-            action,
-        });
+        self.parent.publish(SupervisionEvent { path, incarnation, exit, action });
+    }
+}
+
+/// Fails `scope` with `escalation` and carries it upwards through scopes that are not supervised
+/// incarnations, cancelling each; the first supervised incarnation (whose monitor sees it as an
+/// abnormal exit) or the root ends the climb.
+fn escalate(scope: &Scope, escalation: &Escalation) {
+    let mut next = Some(scope.clone());
+    while let Some(scope) = next {
+        scope.fail(escalation);
+        tracing::error!(
+            target: "bus_supervisor",
+            scope = %scope.path(), %escalation,
+            "scope failed by escalation"
+        );
+        if scope.is_supervised() {
+            break;
+        }
+        next = scope.parent();
     }
 }

@@ -1,22 +1,26 @@
 //! Scopes: the nodes of the task tree, and spawning into them.
 //!
-//! Owns: [`Scope`] (the cloneable handle users hold), its shared state [`ScopeInner`] (name,
-//! path, cancellation token, live count, task table, children) and the per-tree state [`Tree`]
-//! (task-id counter, runtime handle, supervision events).
+//! Owns: [`Scope`] (the cloneable handle users hold), spawning, and the node behind the handle,
+//! private to this module: `ScopeInner` (name, path, cancellation token, abort switch, busy
+//! count, task table, children, and the record of its shutdown and failure) and the per-tree
+//! state `Tree` (task-id counter, runtime handle, supervision events, abort grace). The rest of
+//! the crate reaches a node only through `Scope`: its public methods and the crate-internal node
+//! API at the end of this file, on which the supervisor, the shutdown procedure (`shutdown`),
+//! restart supervision (`restart`) and the leak guard are built.
 //!
 //! Invariants:
-//! - `live` of a scope equals the number of registered tasks in the scope and all its
-//!   descendants. It is incremented, under the scope's lock, when a task is registered (before it
-//!   starts) and decremented only by [`TaskGuard`]'s drop.
+//! - `busy` of a scope is zero exactly when the scope and all its descendants have no registered
+//!   task. A task is entered in the scope's table (which counts the scope busy when the task's
+//!   shard was empty) before it starts, and leaves it only by its guard's drop.
 //! - A closed scope admits no task: the closed flag is set and read under the same lock that
 //!   registration takes, so once a shutdown has closed a scope and seen its count at zero, the
 //!   count stays at zero. A child created under a closed scope is born closed.
 //! - A scope's token is a child of its parent's token; cancelling a scope cancels its subtree and
 //!   nothing above it.
-//! - Parents hold their children weakly and children hold their parent strongly (each task's
-//!   guard holds its scope), so a scope lives while it has tasks or handles, and the tree has no
-//!   reference cycle. There is no global state: everything hangs off the [`Tree`] of one
-//!   supervisor.
+//! - Parents hold their children weakly and children hold their parent strongly (each non-empty
+//!   shard of a table holds its scope), so a scope lives while it has tasks or handles, and the
+//!   tree has no reference cycle. There is no global state: everything hangs off the `Tree` of
+//!   one supervisor.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -32,38 +36,27 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, OnceCell, broadcast};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::error::SpawnError;
-use crate::restart::{Escalation, SupervisionEvent};
-use crate::shutdown::{JoinTimeout, Outcome, ScopeShutdownError, ScopeShutdownReport};
-use crate::snapshot::ScopeSnapshot;
-use crate::table::TaskTable;
-use crate::task::{
-    Supervised, TaskEntry, TaskGuard, TaskHandle, TaskId, TaskInfo, TaskKind, TaskPath,
-    run_blocking,
-};
+use crate::error::{JoinTimeout, SpawnError};
+use crate::exit::{Escalation, SupervisionEvent};
+use crate::info::{TaskId, TaskInfo, TaskKind, TaskPath};
+use crate::report::Outcome;
+use crate::snapshot::{ScopeSnapshot, Snapshot};
+use crate::table::{Owner, TaskEntry, TaskGuard, TaskTable};
+use crate::task::{HandleParts, Supervised, TaskHandle, run_blocking};
 
 /// State shared by every scope of one supervisor tree.
-pub(crate) struct Tree {
+struct Tree {
     next_id: AtomicU64,
     /// Task start times are kept as nanoseconds since this instant.
     epoch: Instant,
     runtime: Option<Handle>,
-    pub(crate) events: broadcast::Sender<SupervisionEvent>,
-    pub(crate) abort_grace: Duration,
+    events: broadcast::Sender<SupervisionEvent>,
+    abort_grace: Duration,
 }
 
 impl Tree {
-    pub(crate) fn new(
-        runtime: Option<Handle>,
-        abort_grace: Duration,
-        event_capacity: usize,
-    ) -> Self {
-        let (events, _) = broadcast::channel(event_capacity.max(1));
-        Tree { next_id: AtomicU64::new(1), epoch: Instant::now(), runtime, events, abort_grace }
-    }
-
     /// Nanoseconds since the tree's epoch (saturating: 584 years).
-    pub(crate) fn now_ns(&self) -> u64 {
+    fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }
@@ -74,61 +67,40 @@ struct Children {
     prune_at: usize,
 }
 
-/// A value on its own cache lines: the live counter is written on every spawn and every exit and
-/// must not share a line with what tasks read.
+/// A value on its own cache lines: the busy counter is written whenever a shard fills or empties
+/// and must not share a line with what tasks read.
 #[repr(align(128))]
 struct CachePadded<T>(T);
 
-/// What a [`TaskHandle`] carries besides the join handle.
-struct HandleParts {
-    id: TaskId,
-    scope_path: Arc<str>,
-    name: Cow<'static, str>,
-    site: &'static Location<'static>,
-}
-
-impl HandleParts {
-    fn with<T>(
-        self,
-        join: tokio::task::JoinHandle<Result<T, crate::task::Ended>>,
-    ) -> TaskHandle<T> {
-        let HandleParts { id, scope_path, name, site } = self;
-        TaskHandle { join, id, scope_path, name, site }
-    }
-}
-
-/// The shared state behind a [`Scope`] handle.
-pub(crate) struct ScopeInner {
-    pub(crate) name: Box<str>,
-    pub(crate) path: Arc<str>,
-    pub(crate) parent: Option<Arc<ScopeInner>>,
-    pub(crate) tree: Arc<Tree>,
+/// The node behind a [`Scope`] handle.
+struct ScopeInner {
+    name: Box<str>,
+    path: Arc<str>,
+    parent: Option<Arc<ScopeInner>>,
+    tree: Arc<Tree>,
     /// Cancelled to ask the subtree's tasks to stop.
-    pub(crate) token: CancellationToken,
-    /// The abort switch: thrown to end the subtree's tasks at their next poll. The flag is what
-    /// every poll reads (an atomic load); the token wakes tasks that wait.
+    token: CancellationToken,
+    /// The abort switch: thrown to end the subtree's tasks at their next poll. The table's shards
+    /// mirror it for the tasks; `aborted` is what this scope's own listings read.
     abort: CancellationToken,
     aborted: AtomicBool,
     /// Whether this scope is one incarnation of a supervised child: escalations stop here.
-    pub(crate) supervised: bool,
-    /// Own live tasks plus children whose own `busy` is not zero. Zero exactly when the subtree
-    /// has no live task. Only transitions to and from zero touch the parent, so a task's
-    /// registration does not write to every ancestor.
+    supervised: bool,
+    /// Non-empty shards of the own table plus children whose own `busy` is not zero. Zero exactly
+    /// when the subtree has no live task. Only transitions to and from zero touch the parent, so
+    /// a task's registration does not write to every ancestor.
     busy: CachePadded<AtomicUsize>,
     idle: Notify,
     tasks: TaskTable,
     children: Mutex<Children>,
-    pub(crate) shutdown: OnceCell<Outcome>,
-    pub(crate) failure: Mutex<Option<Escalation>>,
-    pub(crate) failed: Notify,
+    /// The outcome of this scope's shutdown, once it ran.
+    shutdown: OnceCell<Outcome>,
+    /// The escalation that failed this scope, if one did.
+    failure: Mutex<Option<Escalation>>,
+    failed: Notify,
 }
 
 impl ScopeInner {
-    pub(crate) fn new_root(name: &str, tree: Arc<Tree>) -> Arc<Self> {
-        let (token, abort) = (CancellationToken::new(), CancellationToken::new());
-        Arc::new(Self::new(name, Arc::from(name), None, tree, token, abort, false, false))
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn new(
         name: &str,
@@ -142,12 +114,12 @@ impl ScopeInner {
     ) -> Self {
         ScopeInner {
             name: name.into(),
+            aborted: AtomicBool::new(abort.is_cancelled()),
+            tasks: TaskTable::new(closed, &abort, &path),
             path,
             parent,
             tree,
             token,
-            aborted: AtomicBool::new(abort.is_cancelled()),
-            tasks: TaskTable::new(closed, abort.is_cancelled()),
             abort,
             supervised,
             busy: CachePadded(AtomicUsize::new(0)),
@@ -159,7 +131,7 @@ impl ScopeInner {
         }
     }
 
-    pub(crate) fn new_child(self: &Arc<Self>, name: &str, supervised: bool) -> Arc<ScopeInner> {
+    fn new_child(self: &Arc<Self>, name: &str, supervised: bool) -> Arc<ScopeInner> {
         let path: Arc<str> = Arc::from(format!("{}/{}", self.path, name));
         // Holding the children lock while reading `closed`: a concurrent `close` either sees
         // this child in the list or the child is born closed.
@@ -182,13 +154,8 @@ impl ScopeInner {
         child
     }
 
-    /// The abort switch tasks wait on.
-    pub(crate) fn abort_switch(&self) -> &CancellationToken {
-        &self.abort
-    }
-
-    /// Whether the abort switch was thrown (what each poll checks: one atomic load).
-    pub(crate) fn is_aborted(&self) -> bool {
+    /// Whether the abort switch was thrown.
+    fn is_aborted(&self) -> bool {
         self.aborted.load(Ordering::Acquire)
     }
 
@@ -197,94 +164,15 @@ impl ScopeInner {
     }
 
     /// The number of live tasks in the subtree.
-    pub(crate) fn live(&self) -> usize {
+    fn live(&self) -> usize {
         let own = self.tasks.len();
         own + self.children().iter().map(|c| c.live()).sum::<usize>()
     }
 
-    pub(crate) fn is_idle(&self) -> bool {
-        self.busy.0.load(Ordering::Acquire) == 0
-    }
-
-    pub(crate) fn acquire(&self) {
-        if self.busy.0.fetch_add(1, Ordering::AcqRel) == 0
-            && let Some(parent) = &self.parent
-        {
-            parent.acquire();
-        }
-    }
-
-    pub(crate) fn release(&self) {
-        if self.busy.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
-            if let Some(parent) = &self.parent {
-                parent.release();
-            }
-        }
-    }
-
-    /// Registers a task: entered in the table and counted, atomically with respect to closing.
-    fn register(
-        self: &Arc<Self>,
-        name: Cow<'static, str>,
-        site: &'static Location<'static>,
-        kind: TaskKind,
-    ) -> Result<(TaskGuard, u64), SpawnError> {
-        let id = self.tree.next_id.fetch_add(1, Ordering::Relaxed);
-        let entry = TaskEntry { id, name, site, started_ns: self.tree.now_ns(), kind };
-        // Counted under the shard's lock: a shutdown that closes this scope afterwards sees it.
-        let (shard, slot) = self
-            .tasks
-            .insert(self, entry)
-            .map_err(|_| SpawnError::Closed { scope: self.path.to_string() })?;
-        Ok((TaskGuard { shard, slot }, id))
-    }
-
-    /// The runtime to spawn on: the tree's, else the current one.
-    fn runtime(&self) -> Result<Cow<'_, Handle>, SpawnError> {
-        match &self.tree.runtime {
-            Some(handle) => Ok(Cow::Borrowed(handle)),
-            None => Handle::try_current()
-                .map(Cow::Owned)
-                .map_err(|_| SpawnError::NoRuntime { scope: self.path.to_string() }),
-        }
-    }
-
     /// Marks the scope closed and returns its live children, oldest first.
-    pub(crate) fn close(&self) -> Vec<Arc<ScopeInner>> {
+    fn close(&self) -> Vec<Arc<ScopeInner>> {
         self.tasks.close();
         self.children()
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.tasks.is_closed()
-    }
-
-    /// Waits until the subtree has no live task or `deadline` passes; true when it has none.
-    pub(crate) async fn wait_idle_until(&self, deadline: tokio::time::Instant) -> bool {
-        loop {
-            let mut notified = pin!(self.idle.notified());
-            notified.as_mut().enable();
-            if self.is_idle() {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.is_idle();
-            }
-        }
-    }
-
-    /// Cancels the subtree's tokens, throws its abort switch (every async task ends at its next
-    /// poll; blocking closures not yet started never start) and closes every scope in it.
-    /// Returns the tasks that were alive. Blocking closures already running cannot be stopped;
-    /// they are listed all the same.
-    pub(crate) fn abort_subtree(&self) -> Vec<TaskInfo> {
-        self.token.cancel();
-        self.abort.cancel();
-        let mut aborted = Vec::new();
-        self.close_and_list(&mut aborted);
-        aborted.sort_by_key(|t| t.id);
-        aborted
     }
 
     fn close_and_list(&self, into: &mut Vec<TaskInfo>) {
@@ -292,34 +180,16 @@ impl ScopeInner {
         self.tasks.abort();
         let now = self.tree.now_ns();
         let children = self.close();
-        into.extend(self.tasks.map(|e| e.info(&self.path, now, true)));
+        into.extend(self.tasks.infos(now, true));
         for child in children {
             child.close_and_list(into);
         }
     }
 
-    /// This scope's own live tasks (not its children's), oldest first.
-    pub(crate) fn own_tasks(&self) -> Vec<TaskInfo> {
-        let now = self.tree.now_ns();
-        let aborted = self.is_aborted();
-        let mut tasks = self.tasks.map(|e| e.info(&self.path, now, aborted));
+    fn snapshot_at(&self, now: u64) -> ScopeSnapshot {
+        let mut tasks = self.tasks.infos(now, self.is_aborted());
         tasks.sort_by_key(|t| t.id);
-        tasks
-    }
-
-    /// The live tasks of the subtree, oldest first.
-    pub(crate) fn live_tasks(&self) -> Vec<TaskInfo> {
-        let mut tasks = Vec::new();
-        self.snapshot_at(self.tree.now_ns()).collect_tasks(&mut tasks);
-        tasks.sort_by_key(|t| t.id);
-        tasks
-    }
-
-    pub(crate) fn snapshot_at(&self, now: u64) -> ScopeSnapshot {
-        let aborted = self.is_aborted();
-        let mut tasks = self.tasks.map(|e| e.info(&self.path, now, aborted));
-        tasks.sort_by_key(|t| t.id);
-        let closed = self.is_closed();
+        let closed = self.tasks.is_closed();
         let children = self.children();
         let children: Vec<ScopeSnapshot> = children.iter().map(|c| c.snapshot_at(now)).collect();
         ScopeSnapshot {
@@ -329,6 +199,27 @@ impl ScopeInner {
             cancelled: self.token.is_cancelled(),
             tasks,
             children,
+        }
+    }
+}
+
+/// The table's shards count in their scope: a scope is busy while a shard of its own or a child
+/// is, and tells its parent only when that changes.
+impl Owner for ScopeInner {
+    fn acquire(&self) {
+        if self.busy.0.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(parent) = &self.parent
+        {
+            parent.acquire();
+        }
+    }
+
+    fn release(&self) {
+        if self.busy.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+            if let Some(parent) = &self.parent {
+                parent.release();
+            }
         }
     }
 }
@@ -345,7 +236,7 @@ impl ScopeInner {
 /// cancelled; those that do not are aborted at the shutdown deadline.
 #[derive(Clone)]
 pub struct Scope {
-    pub(crate) inner: Arc<ScopeInner>,
+    inner: Arc<ScopeInner>,
 }
 
 impl fmt::Debug for Scope {
@@ -400,44 +291,6 @@ impl Scope {
         self.spawn_at(name.into(), future, Location::caller())
     }
 
-    pub(crate) fn spawn_at<F>(
-        &self,
-        name: Cow<'static, str>,
-        future: F,
-        site: &'static Location<'static>,
-    ) -> Result<TaskHandle<F::Output>, SpawnError>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        let (runtime, guard, span, handle) = self.prepare(name, site, TaskKind::Async)?;
-        #[allow(clippy::disallowed_methods)] // the one place tasks are handed to the runtime
-        let join = runtime.spawn(Supervised::new(guard, span, future));
-        Ok(handle.with(join))
-    }
-
-    /// Everything a spawn needs before the runtime gets the task: the runtime, the
-    /// registration, the span carrying the task's path, and the handle's description.
-    fn prepare(
-        &self,
-        name: Cow<'static, str>,
-        site: &'static Location<'static>,
-        kind: TaskKind,
-    ) -> Result<(Cow<'_, Handle>, TaskGuard, tracing::Span, HandleParts), SpawnError> {
-        let runtime = self.inner.runtime()?;
-        let (guard, id) = self.inner.register(name.clone(), site, kind)?;
-        // A root span: a task's path says where it is; it does not belong to its spawner's span.
-        let span = tracing::info_span!(
-            target: "bus_supervisor",
-            parent: None,
-            "task",
-            path = %TaskPath { scope: &self.inner.path, name: &name },
-        );
-        let parts =
-            HandleParts { id: TaskId(id), scope_path: Arc::clone(&self.inner.path), name, site };
-        Ok((runtime, guard, span, parts))
-    }
-
     /// Runs the blocking closure `f` on the runtime's blocking pool as a task named `name`.
     ///
     /// It is registered and reported like any task. Once started it cannot be aborted: a
@@ -482,7 +335,7 @@ impl Scope {
 
     /// Whether the scope admits no more tasks (it is shutting down or shut down).
     pub fn is_closed(&self) -> bool {
-        self.inner.is_closed()
+        self.inner.tasks.is_closed()
     }
 
     /// The number of live tasks in this scope and all its descendants.
@@ -492,7 +345,7 @@ impl Scope {
 
     /// The live tasks of this scope's subtree, oldest first.
     pub fn live_tasks(&self) -> Vec<TaskInfo> {
-        self.inner.live_tasks()
+        self.snapshot().tasks()
     }
 
     /// Waits, without cancelling anything, until the subtree's live count is zero.
@@ -502,39 +355,17 @@ impl Scope {
     /// [`JoinTimeout`] naming the tasks still alive when `timeout` passes.
     pub async fn join(&self, timeout: Duration) -> Result<(), JoinTimeout> {
         let deadline = tokio::time::Instant::now() + timeout;
-        if self.inner.wait_idle_until(deadline).await {
+        if self.wait_idle_until(deadline).await {
             Ok(())
         } else {
             Err(JoinTimeout { path: self.path().to_owned(), still_running: self.live_tasks() })
         }
     }
 
-    /// Shuts the subtree down against a deadline `timeout` from now: close it to new tasks, shut
-    /// children down newest first, cancel, wait for the count to reach zero, abort what is left at
-    /// the deadline, wait for the aborted tasks to finish (up to the supervisor's abort grace),
-    /// and report.
-    ///
-    /// Idempotent: the first call runs the shutdown and every call, concurrent or later, gets the
-    /// same result (later callers' timeouts are not used).
-    ///
-    /// # Errors
-    ///
-    /// [`ScopeShutdownError`] when tasks are still alive after the abort grace: a task blocking its
-    /// thread inside `poll`, or a blocking closure. It names each one; [`ScopeShutdownError::wait`]
-    /// waits for them to end.
-    pub async fn shutdown(
-        &self,
-        timeout: Duration,
-    ) -> Result<ScopeShutdownReport, ScopeShutdownError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let outcome = Arc::clone(&self.inner).shutdown_until(deadline).await;
-        outcome.into_result(self)
-    }
-
     /// A snapshot of this scope's subtree: every live task with its path, id, spawn site, age
     /// and state. It renders as an indented tree with `Display`.
-    pub fn snapshot(&self) -> crate::Snapshot {
-        crate::Snapshot { root: self.inner.snapshot_at(self.inner.tree.now_ns()) }
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot { root: self.inner.snapshot_at(self.inner.tree.now_ns()) }
     }
 
     /// Receives the supervision events (exits, restarts, escalations) of the whole tree.
@@ -558,10 +389,200 @@ impl Scope {
             notified.await;
         }
     }
+}
+
+/// Spawning: a task is registered (entered in the table and counted) before the runtime gets it.
+impl Scope {
+    /// [`Scope::spawn`] with the spawn site given.
+    pub(crate) fn spawn_at<F>(
+        &self,
+        name: Cow<'static, str>,
+        future: F,
+        site: &'static Location<'static>,
+    ) -> Result<TaskHandle<F::Output>, SpawnError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (runtime, guard, span, handle) = self.prepare(name, site, TaskKind::Async)?;
+        #[allow(clippy::disallowed_methods)] // the one place tasks are handed to the runtime
+        let join = runtime.spawn(Supervised::new(guard, span, future));
+        Ok(handle.with(join))
+    }
+
+    /// Everything a spawn needs before the runtime gets the task: the runtime, the
+    /// registration, the span carrying the task's path, and the handle's description.
+    fn prepare(
+        &self,
+        name: Cow<'static, str>,
+        site: &'static Location<'static>,
+        kind: TaskKind,
+    ) -> Result<(Cow<'_, Handle>, TaskGuard, tracing::Span, HandleParts), SpawnError> {
+        let runtime = self.runtime()?;
+        let (guard, id) = self.register(name.clone(), site, kind)?;
+        // A root span: a task's path says where it is; it does not belong to its spawner's span.
+        let span = tracing::info_span!(
+            target: "bus_supervisor",
+            parent: None,
+            "task",
+            path = %TaskPath { scope: &self.inner.path, name: &name },
+        );
+        let parts =
+            HandleParts { id: TaskId(id), scope_path: Arc::clone(&self.inner.path), name, site };
+        Ok((runtime, guard, span, parts))
+    }
+
+    /// The runtime to spawn on: the tree's, else the current one.
+    fn runtime(&self) -> Result<Cow<'_, Handle>, SpawnError> {
+        match &self.inner.tree.runtime {
+            Some(handle) => Ok(Cow::Borrowed(handle)),
+            None => Handle::try_current()
+                .map(Cow::Owned)
+                .map_err(|_| SpawnError::NoRuntime { scope: self.path().to_owned() }),
+        }
+    }
+
+    /// Registers a task: entered in the table and counted, atomically with respect to closing.
+    fn register(
+        &self,
+        name: Cow<'static, str>,
+        site: &'static Location<'static>,
+        kind: TaskKind,
+    ) -> Result<(TaskGuard, u64), SpawnError> {
+        let tree = &self.inner.tree;
+        let id = tree.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = TaskEntry::new(id, name, site, tree.now_ns(), kind);
+        // Counted under the shard's lock: a shutdown that closes this scope afterwards sees it.
+        let guard = self
+            .inner
+            .tasks
+            .insert(&self.inner, entry)
+            .map_err(|_| SpawnError::Closed { scope: self.path().to_owned() })?;
+        Ok((guard, id))
+    }
+}
+
+/// The node API: what the rest of the crate (the supervisor, the shutdown procedure, restart
+/// supervision, the leak guard) may do to a scope. Everything else about a node is private.
+impl Scope {
+    /// The root scope of a new tree named `name`, running its tasks on `runtime` (the current
+    /// runtime at each spawn when `None`).
+    pub(crate) fn new_tree(
+        name: &str,
+        runtime: Option<Handle>,
+        abort_grace: Duration,
+        event_capacity: usize,
+    ) -> Scope {
+        let (events, _) = broadcast::channel(event_capacity.max(1));
+        let tree = Arc::new(Tree {
+            next_id: AtomicU64::new(1),
+            epoch: Instant::now(),
+            runtime,
+            events,
+            abort_grace,
+        });
+        let (token, abort) = (CancellationToken::new(), CancellationToken::new());
+        let inner = ScopeInner::new(name, Arc::from(name), None, tree, token, abort, false, false);
+        Scope { inner: Arc::new(inner) }
+    }
+
+    /// A child scope that is one incarnation of a supervised child: escalations from below stop
+    /// at it.
+    pub(crate) fn supervised_child(&self, name: &str) -> Scope {
+        Scope { inner: self.inner.new_child(name, true) }
+    }
+
+    /// Whether this scope is one incarnation of a supervised child.
+    pub(crate) fn is_supervised(&self) -> bool {
+        self.inner.supervised
+    }
+
+    /// The parent scope; `None` at the root.
+    pub(crate) fn parent(&self) -> Option<Scope> {
+        self.inner.parent.clone().map(|inner| Scope { inner })
+    }
 
     /// The id the next task spawned anywhere in this tree will get; tasks with smaller ids were
     /// spawned before this call.
     pub(crate) fn next_task_id(&self) -> u64 {
         self.inner.tree.next_id.load(Ordering::Relaxed)
+    }
+
+    /// Closes the scope to new tasks (children created from now on are born closed) and returns
+    /// its live children, oldest first.
+    pub(crate) fn close(&self) -> Vec<Scope> {
+        self.inner.close().into_iter().map(|inner| Scope { inner }).collect()
+    }
+
+    /// Cancels the scope's token (and with it the subtree's).
+    pub(crate) fn cancel(&self) {
+        self.inner.token.cancel();
+    }
+
+    /// Whether the subtree has no live task.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.inner.busy.0.load(Ordering::Acquire) == 0
+    }
+
+    /// Waits until the subtree has no live task or `deadline` passes; true when it has none.
+    pub(crate) async fn wait_idle_until(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let mut notified = pin!(self.inner.idle.notified());
+            notified.as_mut().enable();
+            if self.is_idle() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_idle();
+            }
+        }
+    }
+
+    /// This scope's own live tasks (not its children's), oldest first.
+    pub(crate) fn own_tasks(&self) -> Vec<TaskInfo> {
+        let inner = &self.inner;
+        let mut tasks = inner.tasks.infos(inner.tree.now_ns(), inner.is_aborted());
+        tasks.sort_by_key(|t| t.id);
+        tasks
+    }
+
+    /// Cancels the subtree's tokens, throws its abort switch (every async task ends at its next
+    /// poll; blocking closures not yet started never start) and closes every scope in it.
+    /// Returns the tasks that were alive, oldest first. Blocking closures already running cannot
+    /// be stopped; they are listed all the same.
+    pub(crate) fn abort_subtree(&self) -> Vec<TaskInfo> {
+        self.inner.token.cancel();
+        self.inner.abort.cancel();
+        let mut aborted = Vec::new();
+        self.inner.close_and_list(&mut aborted);
+        aborted.sort_by_key(|t| t.id);
+        aborted
+    }
+
+    /// How long a shutdown waits for aborted tasks to end.
+    pub(crate) fn abort_grace(&self) -> Duration {
+        self.inner.tree.abort_grace
+    }
+
+    /// The outcome of this scope's shutdown: `run` makes it the first time it is asked for;
+    /// every caller, concurrent or later, gets a clone of that one.
+    pub(crate) async fn shutdown_once<F>(&self, run: impl FnOnce() -> F) -> Outcome
+    where
+        F: Future<Output = Outcome>,
+    {
+        self.inner.shutdown.get_or_init(run).await.clone()
+    }
+
+    /// Fails this scope with `escalation` (the first one recorded stays), cancels it and wakes
+    /// whoever waits in [`Scope::failed`].
+    pub(crate) fn fail(&self, escalation: &Escalation) {
+        self.inner.failure.lock().get_or_insert_with(|| escalation.clone());
+        self.inner.token.cancel();
+        self.inner.failed.notify_waiters();
+    }
+
+    /// Publishes a supervision event to the tree's receivers (having none is fine).
+    pub(crate) fn publish(&self, event: SupervisionEvent) {
+        let _ = self.inner.tree.events.send(event);
     }
 }

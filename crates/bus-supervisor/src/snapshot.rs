@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::task::TaskInfo;
+use crate::info::TaskInfo;
 
 /// The live tree under a scope: every scope with its live count and every live task with its
 /// path, id, spawn site, age and state. `Display` renders it as an indented tree.
@@ -49,7 +49,7 @@ impl Snapshot {
 }
 
 impl ScopeSnapshot {
-    pub(crate) fn collect_tasks(&self, into: &mut Vec<TaskInfo>) {
+    fn collect_tasks(&self, into: &mut Vec<TaskInfo>) {
         into.extend(self.tasks.iter().cloned());
         for child in &self.children {
             child.collect_tasks(into);

@@ -11,9 +11,10 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 
-use crate::restart::{Escalation, SupervisionEvent};
-use crate::scope::{Scope, ScopeInner, Tree};
-use crate::shutdown::{ScopeShutdownError, ScopeShutdownReport};
+use crate::exit::{Escalation, SupervisionEvent};
+use crate::report::ScopeShutdownReport;
+use crate::scope::Scope;
+use crate::shutdown::ScopeShutdownError;
 use crate::snapshot::Snapshot;
 use crate::watchdog::Watchdog;
 
@@ -83,11 +84,8 @@ impl SupervisorBuilder {
             (Some(handle), Some(interval)) => Watchdog::start(handle.clone(), interval, &self.name),
             _ => None,
         };
-        let tree = std::sync::Arc::new(Tree::new(runtime, self.abort_grace, self.event_capacity));
-        Supervisor {
-            root: Scope { inner: ScopeInner::new_root(&self.name, tree) },
-            _watchdog: watchdog,
-        }
+        let root = Scope::new_tree(&self.name, runtime, self.abort_grace, self.event_capacity);
+        Supervisor { root, _watchdog: watchdog }
     }
 }
 
@@ -150,7 +148,7 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        let aborted = self.root.inner.abort_subtree();
+        let aborted = self.root.abort_subtree();
         if !aborted.is_empty() {
             tracing::warn!(
                 target: "bus_supervisor",

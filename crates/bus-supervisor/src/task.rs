@@ -1,15 +1,13 @@
-//! One supervised task: its registration, its drop guard, its handle and what is known about it.
+//! Running a registered task: the wrapper every task runs in, and the handle that awaits it.
 //!
-//! Owns: [`TaskGuard`] (the registration of a task in its scope, released on drop), the wrapper
-//! that runs every task inside its tracing span and captures panics, [`TaskHandle`] (what a
-//! caller awaits) and the descriptive types [`TaskId`], [`TaskInfo`], [`TaskKind`], [`TaskState`].
+//! Owns: the wrapper (`Supervised` for futures, `run_blocking` for closures) that runs a task
+//! inside its tracing span, captures its panics, ends it once its scope's abort switch is thrown
+//! and owns its registration; and [`TaskHandle`] (what a caller awaits).
 //!
 //! Invariants:
-//! - A task is registered (entered in its scope's table and counted in the live count of the scope
-//!   and every ancestor) *before* its future is handed to the runtime, and the [`TaskGuard`] that
-//!   holds the registration is owned by the future itself. Whether the future completes, panics,
-//!   or is dropped by an abort or a runtime shutdown, the guard is dropped with it, so the task
-//!   always leaves the count. Nothing else removes a registration.
+//! - The [`TaskGuard`] that holds a task's registration is owned by the task's future (or
+//!   closure) itself. Whether the future completes, panics, or is dropped by an abort or a
+//!   runtime shutdown, the guard is dropped with it, so the task always leaves the count.
 //! - A panic inside a task never unwinds into the runtime: it is caught at the poll boundary,
 //!   logged with the task's path and spawn site, and surfaced through [`TaskHandle`] as
 //!   [`TaskError::Panicked`].
@@ -21,150 +19,13 @@ use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Span;
 
 use crate::error::TaskError;
-use crate::table::Shard;
-
-/// Identifies a task within one supervisor tree.
-///
-/// Ids are assigned in spawn order, starting at 1, by a counter that belongs to the tree (not a
-/// global), so two supervisors in one process number their tasks independently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TaskId(pub(crate) u64);
-
-impl TaskId {
-    /// The id as a number.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)
-    }
-}
-
-/// How a task runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskKind {
-    /// A future polled by the runtime's workers. It can be aborted at any `.await`.
-    Async,
-    /// A closure on the runtime's blocking pool. Once started, it cannot be aborted: it ends only
-    /// when the closure returns.
-    Blocking,
-}
-
-/// Where a task is in its life, as the supervisor sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskState {
-    /// Running (or waiting to be polled); not asked to stop by force.
-    Running,
-    /// Aborted at a shutdown deadline (or by its handle) and not yet gone. A task that stays in
-    /// this state is blocking its thread.
-    AbortRequested,
-}
-
-/// A description of one live task: what [`Snapshot`](crate::Snapshot), shutdown errors and leak
-/// reports list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskInfo {
-    /// The task's id in its tree.
-    pub id: TaskId,
-    /// The full path: the scope's path, a slash, and the task's name.
-    pub path: String,
-    /// Where `spawn` was called.
-    pub spawned_at: &'static Location<'static>,
-    /// How long ago it was spawned.
-    pub age: Duration,
-    /// Async future or blocking closure.
-    pub kind: TaskKind,
-    /// Running, or asked to abort.
-    pub state: TaskState,
-}
-
-impl fmt::Display for TaskInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            TaskKind::Async => "async",
-            TaskKind::Blocking => "blocking",
-        };
-        let state = match self.state {
-            TaskState::Running => "running",
-            TaskState::AbortRequested => "abort requested",
-        };
-        write!(
-            f,
-            "{} [{} {kind}, {state}, age {:.3}s] spawned at {}:{}:{}",
-            self.path,
-            self.id,
-            self.age.as_secs_f64(),
-            self.spawned_at.file(),
-            self.spawned_at.line(),
-            self.spawned_at.column()
-        )
-    }
-}
-
-/// The entry a scope keeps for each of its live tasks.
-///
-/// Kept small (every live task has one): the start time is nanoseconds since the tree's epoch.
-pub(crate) struct TaskEntry {
-    pub(crate) id: u64,
-    pub(crate) name: Cow<'static, str>,
-    pub(crate) site: &'static Location<'static>,
-    pub(crate) started_ns: u64,
-    pub(crate) kind: TaskKind,
-}
-
-impl TaskEntry {
-    /// Describes the entry; `now_ns` is nanoseconds since the tree's epoch.
-    pub(crate) fn info(&self, scope_path: &str, now_ns: u64, aborted: bool) -> TaskInfo {
-        TaskInfo {
-            id: TaskId(self.id),
-            path: TaskPath { scope: scope_path, name: &self.name }.to_string(),
-            spawned_at: self.site,
-            age: Duration::from_nanos(now_ns.saturating_sub(self.started_ns)),
-            kind: self.kind,
-            state: if aborted { TaskState::AbortRequested } else { TaskState::Running },
-        }
-    }
-}
-
-/// Formats a task's path without allocating until someone asks for the text. A task with an
-/// empty name (the main task of a supervised child) has its scope's path.
-#[derive(Clone, Copy)]
-pub(crate) struct TaskPath<'a> {
-    pub(crate) scope: &'a str,
-    pub(crate) name: &'a str,
-}
-
-impl fmt::Display for TaskPath<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.name.is_empty() {
-            f.write_str(self.scope)
-        } else {
-            write!(f, "{}/{}", self.scope, self.name)
-        }
-    }
-}
-
-/// The registration of one task. Dropping it removes the task from its scope's table and
-/// decrements the live counts of the scope and all its ancestors.
-pub(crate) struct TaskGuard {
-    pub(crate) shard: Arc<Shard>,
-    pub(crate) slot: u32,
-}
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        self.shard.remove(self.slot);
-    }
-}
+use crate::info::{TaskId, TaskPath};
+use crate::table::TaskGuard;
 
 /// How a supervised task ended without producing its output.
 pub(crate) enum Ended {
@@ -215,7 +76,7 @@ impl<F: Future> Future for Supervised<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if this.guard.shard.is_aborted() {
+        if this.guard.is_aborted() {
             return Poll::Ready(Err(Ended::Aborted));
         }
         let inner = this.inner;
@@ -226,16 +87,13 @@ impl<F: Future> Future for Supervised<F> {
         match polled {
             Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
             Ok(Poll::Pending) => {
-                if this.aborted.is_none() {
-                    // The shard holds its scope while this task is registered.
-                    if let Some(scope) = this.guard.shard.scope() {
-                        *this.aborted =
-                            Some(Box::pin(scope.abort_switch().clone().cancelled_owned()));
-                    }
-                }
-                match this.aborted.as_mut().map(|waiter| waiter.as_mut().poll(cx)) {
-                    Some(Poll::Ready(())) => Poll::Ready(Err(Ended::Aborted)),
-                    _ => Poll::Pending,
+                let guard = &*this.guard;
+                let waiter = this.aborted.get_or_insert_with(|| {
+                    Box::pin(guard.abort_switch().clone().cancelled_owned())
+                });
+                match waiter.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(Ended::Aborted)),
+                    Poll::Pending => Poll::Pending,
                 }
             }
             Err(payload) => {
@@ -247,14 +105,14 @@ impl<F: Future> Future for Supervised<F> {
     }
 }
 
-/// Runs a blocking closure as a supervised task, with the same guarantees as [`run_async`]. A
+/// Runs a blocking closure as a supervised task, with the same guarantees as `Supervised`. A
 /// closure whose scope was aborted before it started is not run.
 pub(crate) fn run_blocking<R>(
     guard: TaskGuard,
     span: Span,
     f: impl FnOnce() -> R,
 ) -> Result<R, Ended> {
-    if guard.shard.is_aborted() {
+    if guard.is_aborted() {
         return Err(Ended::Aborted);
     }
     let _entered = span.enter();
@@ -266,15 +124,13 @@ pub(crate) fn run_blocking<R>(
 }
 
 fn report_panic(guard: &TaskGuard, message: &str) {
-    let (name, site) = match guard.shard.name_and_site(guard.slot) {
+    let (name, site) = match guard.name_and_site() {
         Some((name, site)) => (name, Some(site)),
         None => (Cow::Borrowed(""), None),
     };
-    let scope_path =
-        guard.shard.scope().map_or_else(|| Arc::from("?"), |scope| Arc::clone(&scope.path));
     tracing::error!(
         target: "bus_supervisor",
-        path = %TaskPath { scope: &scope_path, name: &name },
+        path = %TaskPath { scope: guard.scope_path(), name: &name },
         spawned_at = %DisplaySite(site),
         panic = %message,
         "supervised task panicked"
@@ -299,13 +155,29 @@ impl fmt::Display for DisplaySite {
 /// [`TaskError::Aborted`].
 #[must_use = "dropping a TaskHandle detaches the task (it stays supervised); await it to join"]
 pub struct TaskHandle<T> {
-    pub(crate) join: tokio::task::JoinHandle<Result<T, Ended>>,
-    pub(crate) id: TaskId,
+    join: tokio::task::JoinHandle<Result<T, Ended>>,
+    id: TaskId,
     /// The scope's path (its own `Arc`, not the scope's: the scope's count is what the
     /// workers touch when tasks end).
+    scope_path: Arc<str>,
+    name: Cow<'static, str>,
+    site: &'static Location<'static>,
+}
+
+/// What a [`TaskHandle`] carries besides the join handle: known before the task is handed to the
+/// runtime, completed by its join handle after.
+pub(crate) struct HandleParts {
+    pub(crate) id: TaskId,
     pub(crate) scope_path: Arc<str>,
     pub(crate) name: Cow<'static, str>,
     pub(crate) site: &'static Location<'static>,
+}
+
+impl HandleParts {
+    pub(crate) fn with<T>(self, join: tokio::task::JoinHandle<Result<T, Ended>>) -> TaskHandle<T> {
+        let HandleParts { id, scope_path, name, site } = self;
+        TaskHandle { join, id, scope_path, name, site }
+    }
 }
 
 impl<T> TaskHandle<T> {
