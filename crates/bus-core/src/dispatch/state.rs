@@ -295,6 +295,8 @@ impl State {
     }
 
     /// Accepts one message; true when it was made ready.
+    // Called once per message from `submit.rs`: inlined there, as when both were in one file.
+    #[inline]
     pub(super) fn enqueue(&mut self, msg: Message, hasher: &FxBuildHasher) -> bool {
         let p = self.part_for(&msg.topic, msg.partition);
         let offset = msg.offset;
