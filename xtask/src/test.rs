@@ -2,7 +2,8 @@
 //!
 //! Owns: bringing a broker up when none is running (and the Python peer client the producer
 //! tests compare against, see `peer`), running `cargo test --workspace` with `KAFKA_BOOTSTRAP`
-//! set, and stopping the broker afterwards if this run started it.
+//! set, then (on a full run, no filter given) the `orders` example service against the same
+//! broker, and stopping the broker afterwards if this run started it.
 
 use std::process::Command;
 
@@ -19,9 +20,24 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         .args(args)
         .env(broker::BOOTSTRAP_VAR, &broker.bootstrap)
         .env(crate::peer::PYTHON_VAR, python);
-    let outcome = crate::cmd::run(&mut command);
+    let mut outcome = crate::cmd::run(&mut command);
+    if outcome.is_ok() && args.is_empty() {
+        outcome = run_orders_example(&broker.bootstrap);
+    }
     if broker.started_here {
         broker::stop()?;
     }
     outcome
+}
+
+/// Runs the `orders` example (bus-kafka's service example) against the broker, on a topic of
+/// its own; it exits non-zero when anything it expects does not happen.
+fn run_orders_example(bootstrap: &str) -> Result<()> {
+    let topic = format!("orders-example-{}", std::process::id());
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
+        .args(["run", "--quiet", "-p", "bus-kafka", "--example", "orders"])
+        .env(broker::BOOTSTRAP_VAR, bootstrap)
+        .env("ORDERS_TOPIC", topic);
+    crate::cmd::run(&mut command)
 }

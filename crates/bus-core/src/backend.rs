@@ -5,7 +5,9 @@
 //! them ([`JoinRequest`], [`MemberEvent`], [`Revocation`], [`StartAt`], [`FlushReport`],
 //! [`GroupError`]); [`supervisor`] and [`bus`], which assemble an [`EventBus`] on a backend. It
 //! also re-exports what a backend calls: the delivery channel ([`delivery_channel`],
-//! [`DeliverySender`]) and the partitioning helpers ([`UnkeyedSpreader`], [`PartitionError`]).
+//! [`DeliverySender`]) and the partitioning helpers ([`UnkeyedSpreader`], [`PartitionError`]);
+//! and, for backends with a consumer loop of their own and for benchmarks, the consumer
+//! runtime's [`dispatch`] and [`commit`] tracking.
 //!
 //! What is shared by every backend (keyed dispatch, retries, dead letters, offset tracking,
 //! commit scheduling, the shutdown order) lives once in the bus's consumer runtime; a backend
@@ -32,6 +34,20 @@ use tokio::sync::oneshot;
 
 pub use crate::delivery::{DeliverySender, delivery_channel};
 pub use crate::partition::{PartitionError, UnkeyedSpreader};
+
+/// The keyed dispatch the consumer runtime runs handlers on (per-key FIFO, cross-key
+/// parallelism, bounded in flight, drain with abandonment): public for a backend that runs a
+/// consumer loop of its own, and for benchmarks. Its source lives beside the consumer runtime
+/// (`src/dispatch/`).
+pub mod dispatch {
+    pub use crate::dispatch::*;
+}
+
+/// Per-partition commit tracking (the contiguous completed prefix): public for the same
+/// readers as [`dispatch`].
+pub mod commit {
+    pub use crate::commit::*;
+}
 
 use crate::bus::EventBus;
 use crate::delivery::DeliveryFuture;

@@ -6,13 +6,17 @@
 //!
 //! # The front page
 //!
-//! | what | names |
-//! |---|---|
-//! | the bus | [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`], [`ShutdownError`] |
-//! | publishing | [`Record`], [`Envelope`], [`Delivery`], [`DeliveryFuture`], [`Partitioner`] |
-//! | consuming | [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`] |
-//! | errors | [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`], [`ConfigError`] |
-//! | helpers | [`aggregate_id_of`], [`dead_letter_headers`], [`envelope`] (header names, limits) |
+//! - **The bus:** [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`],
+//!   [`ShutdownError`].
+//! - **Publishing:** [`Record`], [`Envelope`], [`Delivery`], [`DeliveryFuture`],
+//!   [`Partitioner`].
+//! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`],
+//!   [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
+//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`],
+//!   [`ConfigError`].
+//! - **Helpers:** [`aggregate_id_of`], [`dead_letter_headers`], [`envelope`] (header names,
+//!   limits).
 //!
 //! Modules for other readers: [`memory`] (the in-memory backend's configuration and inspection,
 //! for tests), [`supervisor`] (the task tree: snapshots, leak guards, the scope-level shutdown
@@ -50,12 +54,12 @@
 
 pub mod backend;
 mod bus;
-pub mod commit;
+mod commit;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod consumer;
 mod delivery;
-pub mod dispatch;
+mod dispatch;
 pub mod envelope;
 mod error;
 mod handler;

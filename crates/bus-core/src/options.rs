@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use bus_supervisor::Backoff;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
@@ -53,15 +54,18 @@ impl RetryPolicy {
         RetryPolicy { max_attempts: 1, ..RetryPolicy::default() }
     }
 
+    /// The delays between attempts, as the workspace's one backoff type.
+    pub fn as_backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.initial_backoff,
+            max: self.max_backoff,
+            multiplier: self.multiplier,
+        }
+    }
+
     /// The delay before retry number `retry` (1 for the first retry).
     pub fn backoff(&self, retry: u32) -> Duration {
-        let exponent = i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX);
-        let secs = self.initial_backoff.as_secs_f64() * self.multiplier.max(1.0).powi(exponent);
-        if !secs.is_finite() || secs >= self.max_backoff.as_secs_f64() {
-            self.max_backoff
-        } else {
-            Duration::from_secs_f64(secs)
-        }
+        self.as_backoff().delay(retry.saturating_sub(1))
     }
 }
 

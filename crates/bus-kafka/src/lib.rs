@@ -5,14 +5,19 @@
 //! A service depends on this crate (and tokio) alone: [`connect`] returns an [`EventBus`], and
 //! everything used with it is re-exported here.
 //!
-//! | what | names |
-//! |---|---|
-//! | connecting | [`connect`], [`KafkaConfig`] ([`ProducerConfig`], [`ConsumerConfig`], [`TopicConfig`], [`Compression`]), [`Admin`], [`KafkaError`] |
-//! | the bus | [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`], [`ShutdownError`] |
-//! | publishing | [`Record`], [`Envelope`], [`Delivery`], [`DeliveryFuture`], [`Partitioner`] |
-//! | consuming | [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`] |
-//! | errors | [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`], [`ConfigError`] |
-//! | helpers | [`aggregate_id_of`], [`dead_letter_headers`], [`supervisor`] (the task tree) |
+//! - **Connecting:** [`connect`], [`KafkaConfig`] and its sections ([`ProducerConfig`],
+//!   [`ConsumerConfig`], [`TopicConfig`], [`Compression`]), [`Admin`], [`KafkaError`].
+//! - **The bus:** [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`],
+//!   [`ShutdownError`].
+//! - **Publishing:** [`Record`], [`Envelope`], [`Delivery`], [`DeliveryFuture`],
+//!   [`Partitioner`].
+//! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`],
+//!   [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
+//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`],
+//!   [`ConfigError`].
+//! - **Helpers:** [`aggregate_id_of`], [`dead_letter_headers`], [`supervisor`] (the task tree:
+//!   snapshots, leak guards).
 //!
 //! Inside, the bus speaks Kafka itself on the `kafka-protocol` crate over connections of its
 //! own: a batching produce loop per partition, consumer groups (the classic protocol) and a
@@ -24,8 +29,9 @@
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = bus_kafka::connect(KafkaConfig::new("127.0.0.1:9092")).await?;
+//! let billing = SubscribeOptions::new("billing");
 //! let _billing = bus
-//!     .subscribe_envelopes("orders", SubscribeOptions::new("billing"), |order: Envelope| async move {
+//!     .subscribe_envelopes("orders", billing, |order: Envelope| async move {
 //!         println!("{} {} v{}", order.aggregate_id, order.event_type, order.event_version);
 //!         Ok::<(), HandlerError>(())
 //!     })

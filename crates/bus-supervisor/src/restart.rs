@@ -55,8 +55,10 @@ pub struct RestartIntensity {
     pub within: Duration,
 }
 
-/// How long to wait before a restart: `initial`, multiplied by `multiplier` for each earlier
-/// restart still inside the intensity window, capped at `max`.
+/// A backoff policy: the delay before a retry or restart is `initial`, multiplied by
+/// `multiplier` for each earlier one that still counts, capped at `max` (a `multiplier` of 1.0
+/// gives a constant delay). The one backoff type of the workspace: restarts here, and every
+/// retry loop of the bus (handler retries, group and fetch retries, produce retries).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// The delay before the first restart.
@@ -68,7 +70,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// The delay before a restart preceded by `recent` restarts in the window.
+    /// The delay after `recent` earlier retries (restarts: those still in the intensity window);
+    /// `delay(0)` is `initial`. Never more than `max`, whatever the inputs.
     pub fn delay(&self, recent: u32) -> Duration {
         let factor = self.multiplier.max(1.0).powi(i32::try_from(recent).unwrap_or(i32::MAX));
         let secs = self.initial.as_secs_f64() * factor;
