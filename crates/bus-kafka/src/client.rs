@@ -1,29 +1,50 @@
-//! The bus's rskafka client: metadata (topic partition counts) and topic creation. Produce and
-//! fetch do not go through it: the producer and the partition readers speak Kafka themselves on
-//! the `kafka-protocol` crate (see `connection`).
+//! The bus's cluster client: metadata (topic partition counts) and topic creation, on our own
+//! connections (see `connection`), like every other request of the crate.
 //!
-//! Owns: `KafkaClient` (the shared rskafka client with a cache of topic partition counts).
+//! Owns: `KafkaClient` (the configuration, a cache of topic partition counts, Metadata through
+//! the bootstrap brokers, CreateTopics at the controller).
 //!
 //! Invariants:
-//! - One rskafka `Client` per bus. Dropping the last `KafkaClient` drops rskafka's connections
-//!   (and the connection tasks that rskafka starts itself, outside our supervisor: they end
-//!   with the client).
-//! - rskafka's internal retries are bounded (see `backoff`): no call retries forever.
+//! - Every call is bounded: each connection and request by `request_timeout`, and the retries
+//!   of a call (connection failures, a controller moving) by `request_timeout` in all, doubling
+//!   from 100 ms to at most 1 s between attempts. The last failure met is the one reported.
+//! - No task is started here: the caller's future drives every request, and nothing outlives
+//!   the call (a connection is opened per call and dropped with it; these calls are rare: once
+//!   per topic and process, or per administrative request).
 //! - `ensure_topic` is idempotent: a topic that exists with the requested partition count is
 //!   accepted; one with another count is an error naming both counts.
+//! - Metadata is asked with `allow_auto_topic_creation = false`: topics are created only by
+//!   `ensure_topic`, with the configured partition count and replication factor.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bus_supervisor::Backoff;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
-use rskafka::client::{Client, ClientBuilder};
+use tokio::time::Instant;
 
 use crate::config::KafkaConfig;
+use crate::connection::{Connection, RequestError, code_name};
 use crate::error::KafkaError;
 
-/// The shared rskafka client of one bus (metadata, topic creation).
+/// UNKNOWN_TOPIC_OR_PARTITION: the topic does not exist.
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+/// TOPIC_ALREADY_EXISTS.
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+/// NOT_CONTROLLER: the controller moved since the metadata was read.
+const NOT_CONTROLLER: i16 = 41;
+
+/// The delays between the attempts of one call.
+const RETRY: Backoff =
+    Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), multiplier: 2.0 };
+
+/// The shared cluster client of one bus (metadata, topic creation).
 pub(crate) struct KafkaClient {
-    client: Client,
     config: Arc<KafkaConfig>,
     counts: Mutex<HashMap<String, i32>>,
 }
@@ -34,8 +55,27 @@ impl std::fmt::Debug for KafkaClient {
     }
 }
 
+/// Why one attempt of a call failed, and whether another attempt may succeed.
+struct Attempt {
+    reason: String,
+    retriable: bool,
+}
+
+impl From<RequestError> for Attempt {
+    fn from(error: RequestError) -> Self {
+        let retriable = !matches!(
+            error,
+            RequestError::Unsupported { .. }
+                | RequestError::Encode { .. }
+                | RequestError::TooLarge { .. }
+        );
+        Attempt { reason: error.to_string(), retriable }
+    }
+}
+
 impl KafkaClient {
-    /// Connects to the cluster.
+    /// Checks the configuration and that a bootstrap broker answers (a connection and its
+    /// ApiVersions exchange), within `request_timeout`.
     ///
     /// # Errors
     ///
@@ -43,21 +83,11 @@ impl KafkaClient {
     /// bootstrap broker answers.
     pub(crate) async fn connect(config: Arc<KafkaConfig>) -> Result<KafkaClient, KafkaError> {
         config.validate()?;
-        let connect = ClientBuilder::new(config.bootstrap.clone())
-            .client_id(config.client_id.as_str())
-            .backoff_config(backoff(&config))
-            .build();
-        let client = tokio::time::timeout(config.request_timeout, connect)
-            .await
-            .map_err(|_| KafkaError::Connect {
-                bootstrap: config.bootstrap.join(","),
-                reason: format!("no answer within {:?}", config.request_timeout),
-            })?
-            .map_err(|e| KafkaError::Connect {
-                bootstrap: config.bootstrap.join(","),
-                reason: e.to_string(),
-            })?;
-        Ok(KafkaClient { client, config, counts: Mutex::new(HashMap::new()) })
+        let client = KafkaClient { config, counts: Mutex::new(HashMap::new()) };
+        client.retrying(|| client.bootstrap_connection()).await.map_err(|reason| {
+            KafkaError::Connect { bootstrap: client.config.bootstrap.join(","), reason }
+        })?;
+        Ok(client)
     }
 
     /// The configuration.
@@ -89,15 +119,26 @@ impl KafkaClient {
     }
 
     /// The partition count of `topic` from fresh metadata, `None` when it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`KafkaError::Topic`] when no broker answers the Metadata request within the call's
+    /// bound, naming the last failure.
     pub(crate) async fn lookup(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
-        let topics = self.client.list_topics().await.map_err(|e| KafkaError::Topic {
+        let fail = |reason: String| KafkaError::Topic {
             topic: topic.to_owned(),
-            reason: format!("metadata request failed: {e}"),
-        })?;
-        Ok(topics
-            .into_iter()
-            .find(|t| t.name == topic)
-            .map(|t| i32::try_from(t.partitions.len()).unwrap_or(i32::MAX)))
+            reason: format!("metadata request failed: {reason}"),
+        };
+        let response = self.retrying(|| self.metadata(Some(topic))).await.map_err(fail)?;
+        let name = TopicName(StrBytes::from_string(topic.to_owned()));
+        let Some(found) = response.topics.iter().find(|t| t.name.as_ref() == Some(&name)) else {
+            return Ok(None);
+        };
+        match found.error_code {
+            0 => Ok(Some(i32::try_from(found.partitions.len()).unwrap_or(i32::MAX))),
+            UNKNOWN_TOPIC_OR_PARTITION => Ok(None),
+            code => Err(fail(code_name(code))),
+        }
     }
 
     /// Creates `topic` with `partitions` partitions unless it exists; accepts an existing topic
@@ -112,49 +153,143 @@ impl KafkaClient {
         partitions: i32,
     ) -> Result<(), KafkaError> {
         let fail = |reason: String| KafkaError::Topic { topic: topic.to_owned(), reason };
+        let mismatch =
+            |existing: i32| fail(format!("it exists with {existing} partitions, not {partitions}"));
         if let Some(existing) = self.lookup(topic).await? {
-            return if existing == partitions {
-                self.counts.lock().insert(topic.to_owned(), existing);
-                Ok(())
-            } else {
-                Err(fail(format!("it exists with {existing} partitions, not {partitions}")))
-            };
-        }
-        let controller = self.client.controller_client().map_err(|e| fail(e.to_string()))?;
-        let timeout_ms = i32::try_from(self.config.request_timeout.as_millis()).unwrap_or(i32::MAX);
-        let created = controller
-            .create_topic(topic, partitions, self.config.topics.replication_factor, timeout_ms)
-            .await;
-        if let Err(error) = created {
-            // Another client may have created it in between: accept it if it matches.
-            match self.lookup(topic).await? {
-                Some(existing) if existing == partitions => {}
-                Some(existing) => {
-                    return Err(fail(format!(
-                        "it exists with {existing} partitions, not {partitions}"
-                    )));
+            if existing != partitions {
+                return Err(mismatch(existing));
+            }
+        } else {
+            let created = self.retrying(|| self.create_topic(topic, partitions)).await;
+            if let Err(reason) = created {
+                // Another client may have created it in between: accept it if it matches.
+                match self.lookup(topic).await? {
+                    Some(existing) if existing == partitions => {}
+                    Some(existing) => return Err(mismatch(existing)),
+                    None => return Err(fail(format!("create failed: {reason}"))),
                 }
-                None => return Err(fail(format!("create failed: {error}"))),
             }
         }
         self.counts.lock().insert(topic.to_owned(), partitions);
         Ok(())
     }
+
+    /// Runs `attempt` until it succeeds, fails for good, or `request_timeout` has passed since
+    /// the first attempt (waiting [`RETRY`] between attempts); the last failure is returned.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, String>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let give_up = Instant::now() + self.config.request_timeout;
+        let mut failures: u32 = 0;
+        loop {
+            let failure = match tokio::time::timeout_at(give_up, attempt()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(failure)) => failure,
+                Err(_) => {
+                    return Err(format!(
+                        "no answer within request_timeout ({:?})",
+                        self.config.request_timeout
+                    ));
+                }
+            };
+            let wake = Instant::now() + RETRY.delay(failures);
+            if !failure.retriable || wake >= give_up {
+                return Err(failure.reason);
+            }
+            failures = failures.saturating_add(1);
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+
+    /// A connection to the first bootstrap broker that answers, in the configured order.
+    async fn bootstrap_connection(&self) -> Result<Connection, Attempt> {
+        let mut last =
+            Attempt { reason: "no bootstrap broker configured".into(), retriable: false };
+        for broker in &self.config.bootstrap {
+            match self.open(broker).await {
+                Ok(connection) => return Ok(connection),
+                Err(error) => last = error.into(),
+            }
+        }
+        Err(last)
+    }
+
+    async fn open(&self, broker: &str) -> Result<Connection, RequestError> {
+        Connection::open(broker, &self.config.client_id, self.config.request_timeout).await
+    }
+
+    /// Metadata for `topic` (all topics when `None`) from a bootstrap broker.
+    async fn metadata(&self, topic: Option<&str>) -> Result<MetadataResponse, Attempt> {
+        let mut connection = self.bootstrap_connection().await?;
+        Ok(metadata_on(&mut connection, topic, self.config.request_timeout).await?)
+    }
+
+    /// One CreateTopics request at the controller the metadata names.
+    async fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), Attempt> {
+        let timeout = self.config.request_timeout;
+        let mut connection = self.bootstrap_connection().await?;
+        let metadata = metadata_on(&mut connection, Some(topic), timeout).await?;
+        let controller = metadata
+            .brokers
+            .iter()
+            .find(|b| b.node_id == metadata.controller_id)
+            .map(|b| address(b.host.as_str(), b.port));
+        let mut connection = match controller {
+            Some(controller) if controller != connection.broker() => self.open(&controller).await?,
+            // The broker asked is the controller, or names none (v0 metadata, a single broker):
+            // ask it.
+            _ => connection,
+        };
+        let version = connection.version::<CreateTopicsRequest>()?;
+        let mut wanted = CreatableTopic::default();
+        wanted.name = TopicName(StrBytes::from_string(topic.to_owned()));
+        wanted.num_partitions = partitions;
+        wanted.replication_factor = self.config.topics.replication_factor;
+        let mut request = CreateTopicsRequest::default();
+        request.topics = vec![wanted];
+        request.timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let response = connection.send(&request, version, timeout).await?;
+        let code = response.topics.first().map_or(0, |t| t.error_code);
+        let message = response
+            .topics
+            .first()
+            .and_then(|t| t.error_message.as_ref())
+            .map(|m| format!(": {}", m.as_str()))
+            .unwrap_or_default();
+        match code {
+            0 | TOPIC_ALREADY_EXISTS => Ok(()),
+            NOT_CONTROLLER => Err(Attempt {
+                reason: format!("broker {}: {}{message}", connection.broker(), code_name(code)),
+                retriable: true,
+            }),
+            code => Err(Attempt {
+                reason: format!("broker {}: {}{message}", connection.broker(), code_name(code)),
+                retriable: false,
+            }),
+        }
+    }
 }
 
-/// rskafka's retry policy for every request of this client. rskafka retries connection errors,
-/// leader moves and unknown partitions inside each call, and by default does so forever
-/// (`deadline: None`): a metadata call (or a partition client's produce) to an unreachable
-/// broker would never return. Bounded here by half of `request_timeout` of backoff in total
-/// (doubling from 100 ms, at most 1 s per wait), so that a call gives up with its real cause
-/// (connection refused, leader not available) before a caller's `request_timeout` cuts it
-/// short; the callers retry further on their own terms.
-fn backoff(config: &KafkaConfig) -> rskafka::BackoffConfig {
-    let deadline = config.request_timeout / 2;
-    rskafka::BackoffConfig {
-        init_backoff: std::time::Duration::from_millis(100).min(deadline),
-        max_backoff: std::time::Duration::from_secs(1),
-        base: 2.0,
-        deadline: Some(deadline),
-    }
+/// Metadata for `topic` (all topics when `None`) on `connection`.
+async fn metadata_on(
+    connection: &mut Connection,
+    topic: Option<&str>,
+    timeout: Duration,
+) -> Result<MetadataResponse, RequestError> {
+    let version = connection.version::<MetadataRequest>()?;
+    let mut request = MetadataRequest::default();
+    request.topics = topic.map(|topic| {
+        let mut wanted = MetadataRequestTopic::default();
+        wanted.name = Some(TopicName(StrBytes::from_string(topic.to_owned())));
+        vec![wanted]
+    });
+    request.allow_auto_topic_creation = false;
+    connection.send(&request, version, timeout).await
+}
+
+/// `host:port`, `[host]:port` for an IPv6 address.
+pub(crate) fn address(host: &str, port: i32) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }

@@ -129,10 +129,5 @@ async fn leader_of(
     let Some(broker) = response.brokers.iter().find(|b| b.node_id == p.leader_id) else {
         return Err(missing(format!("the leader ({}) is not among the brokers", p.leader_id.0)));
     };
-    let host = broker.host.as_str();
-    Ok(if host.contains(':') {
-        format!("[{host}]:{}", broker.port)
-    } else {
-        format!("{host}:{}", broker.port)
-    })
+    Ok(crate::client::address(broker.host.as_str(), broker.port))
 }

@@ -20,8 +20,8 @@
 //!   snapshots, leak guards).
 //!
 //! Inside, the bus speaks Kafka itself on the `kafka-protocol` crate over connections of its
-//! own: a batching produce loop per partition, consumer groups (the classic protocol) and a
-//! fetch loop per assigned partition; rskafka serves metadata and topic creation.
+//! own: a batching produce loop per partition, consumer groups (the classic protocol), a fetch
+//! loop per assigned partition, metadata and topic creation.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -6,7 +6,7 @@
 //! record), the byte buffer and the flush procedure. The loops themselves are in `partition`,
 //! the record-batch encoding in `encode`, the Produce request and the classification of its
 //! failures in `produce` (on the crate's shared [`crate::connection::Connection`] and leader
-//! lookup), health in `health`. rskafka serves only metadata and topic creation
+//! lookup), health in `health`. Partition counts come from the cluster client
 //! (`KafkaClient::partition_count`).
 //!
 //! Invariants:
