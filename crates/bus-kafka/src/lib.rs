@@ -19,6 +19,7 @@ mod client;
 mod config;
 mod connection;
 mod error;
+mod fetch;
 mod group;
 mod leader;
 mod producer;
