@@ -96,7 +96,7 @@ api!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, "OffsetFetch", 1, 9);
 api!(MetadataRequest, MetadataResponse, Metadata, "Metadata", 1, 9);
 api!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, "ListOffsets", 1, 7);
 api!(FetchRequest, FetchResponse, Fetch, "Fetch", 4, 12);
-// The producer (v3 is the first with record batches v2; v9 the last before topic ids).
+// The producer (v3 is the first with record batches v2; v13 the first naming topics by id).
 api!(ProduceRequest, ProduceResponse, Produce, "Produce", 3, 9);
 
 /// A request to a broker that failed.
