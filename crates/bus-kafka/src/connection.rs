@@ -1,8 +1,8 @@
 //! Our own Kafka connection, shared by both planes: TCP framing, correlation ids, request and
 //! response headers, ApiVersions negotiation and per-request timeouts, on the `kafka-protocol`
-//! crate's message types. The producer's partition loops (Metadata, Produce), the group plane's
-//! coordinator links (the group APIs) and its partition readers (Metadata, ListOffsets, Fetch)
-//! all use it.
+//! crate's message types. The producer's partition loops (Metadata, Produce), the partition
+//! readers of `fetch` (Metadata, ListOffsets, Fetch) and the group plane's coordinator links
+//! (the group APIs) all use it.
 //!
 //! Owns: [`Connection`] (one TCP stream to one broker, one request at a time), the [`Api`] trait
 //! (every request type this crate sends, and the versions it implements for each),
@@ -92,14 +92,14 @@ api!(HeartbeatRequest, HeartbeatResponse, Heartbeat, "Heartbeat", 0, 4);
 api!(LeaveGroupRequest, LeaveGroupResponse, LeaveGroup, "LeaveGroup", 0, 5);
 api!(OffsetCommitRequest, OffsetCommitResponse, OffsetCommit, "OffsetCommit", 2, 9);
 api!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, "OffsetFetch", 1, 9);
-// Leader lookup (both planes), start offsets and records (the partition readers: topics by
+// Leader lookup (producer and readers), start offsets and records (the readers: topics by
 // name; v12 is the last Fetch version that names them, v13+ name topics by id).
 api!(MetadataRequest, MetadataResponse, Metadata, "Metadata", 1, 9);
 api!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, "ListOffsets", 1, 7);
 api!(FetchRequest, FetchResponse, Fetch, "Fetch", 4, 12);
 // Topic creation at the controller (the cluster client).
 api!(CreateTopicsRequest, CreateTopicsResponse, CreateTopics, "CreateTopics", 1, 7);
-// The producer (v3 is the first with record batches v2; v9 the last before topic ids).
+// The producer (v3 is the first with record batches v2; v13 the first naming topics by id).
 api!(ProduceRequest, ProduceResponse, Produce, "Produce", 3, 9);
 
 /// A request to a broker that failed.

@@ -1,5 +1,5 @@
-//! Finding a partition's leader and connecting to it, for both planes: the producer's
-//! partition loops and the group plane's partition readers.
+//! Finding a partition's leader and connecting to it, for both sides of the data plane: the
+//! producer's partition loops and the partition readers (`fetch`).
 //!
 //! Owns: [`leader`] (Metadata for one topic-partition through the bootstrap brokers, then a
 //! connection to the leader it names) and [`LeaderError`] (why no leader connection could be

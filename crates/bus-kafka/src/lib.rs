@@ -50,6 +50,7 @@ mod client;
 mod config;
 mod connection;
 mod error;
+mod fetch;
 mod group;
 mod leader;
 mod producer;

@@ -1,26 +1,23 @@
 //! The group plane: Kafka consumer-group membership (the classic protocol, protocol type
-//! `consumer`, eager rebalance) and the partition readers (Fetch), on the `kafka-protocol`
-//! crate over our own connections (the crate's `connection`, shared with the producer).
+//! `consumer`, eager rebalance) and committed offsets, on the `kafka-protocol` crate over our own
+//! connections (the crate's `connection`, shared with the producer and the readers). Reading
+//! the assigned partitions is the data plane's (the crate's `fetch`); a member opens its readers
+//! there.
 //!
 //! Owns: [`join`] (the backend's entry point) and the submodules:
-//! - `batch` — record batches of a Fetch response decoded into messages (zero-copy);
 //! - `coordinator` — FindCoordinator, the coordinator links, the classification of errors;
 //! - `codec` — the subscription and assignment formats of the `consumer` protocol;
 //! - `assignor` — `range` and `roundrobin`, as the Java client computes them;
-//! - `member` — the [`GroupMember`] and its `coordinator` and `heartbeat` tasks;
-//! - `reader` — the [`bus_core::backend::PartitionReader`] of an assigned partition
-//!   (ListOffsets and Fetch on a connection of its own to the leader the crate's `leader`
-//!   lookup finds).
+//! - `member` — the [`GroupMember`]: its handle and shared state, its `coordinator`
+//!   (membership) and `heartbeat` tasks, its offset commits and fetches.
 //!
 //! Invariants: every task of a member runs in its join request's scope; a member's topics exist
 //! (created when missing and auto-creation is on) before it joins.
 
 mod assignor;
-mod batch;
 mod codec;
 mod coordinator;
 mod member;
-mod reader;
 
 use std::sync::Arc;
 

@@ -10,7 +10,7 @@
 //! - Headers are written as given: in order, repeated names kept (Kafka allows both).
 //! - Keys, values and headers are copied once, from their `Bytes` into the batch buffer; no
 //!   per-record allocation. Compression (gzip, snappy in Kafka's xerial framing, lz4 frames,
-//!   zstd) uses kafka-protocol's codecs, the same the group plane's crate decodes with.
+//!   zstd) uses kafka-protocol's codecs, the same the partition readers (`fetch`) decode with.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};

@@ -29,6 +29,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bus_core::{Delivery, PublishError};
+use bus_supervisor::Backoff;
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::mpsc;
@@ -47,6 +48,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// The granularity of tokio's timer: a sleep ends on the first millisecond tick after its
 /// deadline, about a tick late (a 1 ms sleep takes about 2 ms). The linger aims this much early.
 const TIMER_TICK: Duration = Duration::from_millis(1);
+
+/// The delays between a batch's retries: `initial` (`producer.retry_backoff`), doubling, at most
+/// [`MAX_BACKOFF`].
+fn retry_backoff(initial: Duration) -> Backoff {
+    Backoff { initial, max: MAX_BACKOFF, multiplier: 2.0 }
+}
 
 /// Runs the loop until the producer's scope is cancelled.
 pub(super) async fn run(
@@ -305,8 +312,10 @@ impl Batcher {
         let producer = &self.shared.config.producer;
         let delivery_timeout = producer.delivery_timeout;
         let request_timeout = self.shared.config.request_timeout;
-        let mut backoff = producer.retry_backoff.min(MAX_BACKOFF);
+        let backoff = retry_backoff(producer.retry_backoff);
         let mut attempts: u32 = 0;
+        // Retriable failures so far (not counting splits and fail-backs): they set the backoff.
+        let mut retries: u32 = 0;
         loop {
             self.expire(attempts, delivery_timeout);
             let Some(oldest) = self.batch.first() else { return };
@@ -359,12 +368,12 @@ impl Batcher {
             }
             // Retriable: a fresh leader lookup and connection next time, after a backoff.
             self.conn = None;
-            let wake = Instant::now() + backoff;
+            let wake = Instant::now() + backoff.delay(retries);
             if wake >= deadline {
                 self.time_out(attempts);
                 return;
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            retries = retries.saturating_add(1);
             tokio::select! {
                 biased;
                 () = self.state.fail_back.notified() => {
@@ -530,5 +539,20 @@ impl Batcher {
         drop(release);
         self.batch_bytes = 0;
         self.shared.resolved(&self.state, acked, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_retry_backoff_doubling_to_at_most_1_s() {
+        let backoff = retry_backoff(Duration::from_millis(100));
+        let delays: Vec<Duration> = (0..6).map(|n| backoff.delay(n)).collect();
+        let millis = [100, 200, 400, 800, 1000, 1000];
+        assert_eq!(delays, millis.map(Duration::from_millis));
+        assert_eq!(retry_backoff(Duration::from_millis(300)).delay(2), Duration::from_secs(1));
+        assert_eq!(retry_backoff(Duration::from_secs(3)).delay(0), Duration::from_secs(1));
     }
 }

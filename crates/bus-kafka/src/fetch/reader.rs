@@ -16,7 +16,7 @@
 //!   `auto.offset.reset = earliest` does.
 //! - Each fetch asks for at most `consumer.fetch_max_bytes` (and the caller's `max_bytes`) and
 //!   lets the broker wait at most `consumer.fetch_max_wait` for records; it reads committed
-//!   records only (isolation level read_committed, as before on rskafka).
+//!   records only (isolation level read_committed).
 //! - One connection per reader, to the partition's leader as the bootstrap brokers' metadata
 //!   names it; a leadership error or any failed request drops it, and the next fetch looks the
 //!   leader up again.
@@ -43,7 +43,7 @@ use crate::leader::leader;
 
 /// OFFSET_OUT_OF_RANGE.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
-/// Read committed records only (the isolation level rskafka used before).
+/// Read committed records only.
 const READ_COMMITTED: i8 = 1;
 /// ListOffsets' timestamp for the earliest offset.
 const EARLIEST: i64 = -2;

@@ -1,0 +1,19 @@
+//! The data plane's read side: reading an assigned partition with ListOffsets and Fetch on the
+//! `kafka-protocol` crate, over a connection of its own (the crate's `connection`) to the
+//! partition's leader (the crate's `leader` lookup, shared with the producer).
+//!
+//! Owns: [`KafkaReader`] and the submodules:
+//! - `reader` — the [`bus_core::backend::PartitionReader`] of one partition (its position, its
+//!   connection to the leader, the reset past the end of the partition, the reuse of response
+//!   memory);
+//! - `batch` — the record batches of a Fetch response decoded into messages (zero-copy).
+//!
+//! Invariants: a reader starts no task: the caller's future (a fetch loop of the consumer
+//! runtime) drives every request. Readers are opened by the group member's `open` (the
+//! crate's `group`), which names the group their errors are reported for; nothing here knows
+//! about group membership or committed offsets.
+
+mod batch;
+mod reader;
+
+pub(crate) use reader::KafkaReader;

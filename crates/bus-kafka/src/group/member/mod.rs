@@ -1,0 +1,285 @@
+//! One member of a Kafka consumer group (classic protocol, `consumer` protocol type, eager
+//! rebalance): the handle the consumer runtime holds, and what it shares with the two tasks that
+//! keep it in its group.
+//!
+//! Owns: [`start`], [`KafkaMember`] (the [`GroupMember`] the consumer runtime holds), the
+//! membership state they share (`Inner`: [`Phase`], [`Rejoin`], [`State`] in a `watch`
+//! channel), [`RETRY_BACKOFF`], and the submodules:
+//! - `membership` — the membership task (`coordinator`: join, sync, revoke, rejoin, leave);
+//! - `heartbeat` — the heartbeat task (`heartbeat`), on a connection of its own;
+//! - `offsets` — OffsetCommit and OffsetFetch for the handle, on a third connection.
+//!
+//! Both tasks are spawned in the join request's scope.
+//!
+//! Invariants:
+//! - The membership state (phase, member id, generation, a pending rejoin) lives in one `watch`
+//!   channel written by the membership task; the heartbeat task and offset commits only *request*
+//!   a rejoin, and only for the generation they saw (a late answer about an old generation is
+//!   ignored: [`Inner::request_rejoin`]).
+//! - Events go through a channel read by `next_event`; receiving is cancel-safe.
+//! - The member's tasks end when it leaves, when it is dropped, when the scope is cancelled, or
+//!   on a fatal error (the handle's `Drop` and `leave` cancel the member's token; the
+//!   membership task cancels it on a fatal error, which ends the heartbeats).
+
+mod heartbeat;
+mod membership;
+mod offsets;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_core::TopicPartition;
+use bus_core::backend::{
+    BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, StartAt,
+};
+use bus_supervisor::{Backoff, CancellationToken};
+use tokio::sync::{mpsc, watch};
+
+use super::coordinator::{Failure, Link, Locator};
+use crate::client::KafkaClient;
+use crate::config::KafkaConfig;
+use crate::fetch::KafkaReader;
+use heartbeat::Heartbeat;
+use membership::Membership;
+use offsets::Offsets;
+
+/// The delays between retries of a failed membership step or offset request: 100 ms, doubling,
+/// at most 2 s (the heartbeat task's shortest retry delay is its `initial`).
+const RETRY_BACKOFF: Backoff =
+    Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2), multiplier: 2.0 };
+
+/// Where the member is in its membership cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Joining or syncing: no generation to heartbeat or commit in.
+    Joining,
+    /// Holding an assignment.
+    Stable,
+    /// Waiting for the runtime to release the assignment before rejoining.
+    Revoking,
+    /// The membership task has ended.
+    Stopped,
+}
+
+impl Phase {
+    /// Whether the member holds a generation: heartbeats and commits are sent in it.
+    fn in_generation(self) -> bool {
+        matches!(self, Phase::Stable | Phase::Revoking)
+    }
+}
+
+/// Why the member must rejoin, most severe last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rejoin {
+    /// The group is rebalancing: rejoin with the same member id.
+    Rebalance,
+    /// The member is not known in its generation: rejoin with a new member id.
+    Reset,
+    /// The member cannot continue.
+    Fatal(String),
+}
+
+impl Rejoin {
+    fn rank(&self) -> u8 {
+        match self {
+            Rejoin::Rebalance => 0,
+            Rejoin::Reset => 1,
+            Rejoin::Fatal(_) => 2,
+        }
+    }
+}
+
+/// The membership state shared through the `watch` channel.
+#[derive(Debug, Clone)]
+struct State {
+    phase: Phase,
+    member_id: String,
+    generation: i32,
+    rejoin: Option<Rejoin>,
+    /// Why the member stopped, when it stopped on a fatal error.
+    fatal: Option<String>,
+}
+
+/// What a member's parts share.
+#[derive(Debug)]
+struct Inner {
+    group: String,
+    topics: BTreeSet<String>,
+    client: Arc<KafkaClient>,
+    config: Arc<KafkaConfig>,
+    rebalance_timeout: Duration,
+    state: watch::Sender<State>,
+}
+
+impl Inner {
+    /// Requests a rejoin for the generation `(generation, member_id)` if it is still current.
+    fn request_rejoin(&self, generation: i32, member_id: &str, rejoin: Rejoin) {
+        self.state.send_if_modified(|s| {
+            let current =
+                s.generation == generation && s.member_id == member_id && s.phase.in_generation();
+            let stronger = s.rejoin.as_ref().is_none_or(|r| rejoin.rank() > r.rank());
+            if current && stronger {
+                s.rejoin = Some(rejoin);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn error(&self, failure: &Failure) -> GroupError {
+        match failure {
+            Failure::Fatal(reason) => GroupError::fatal(&self.group, reason.clone()),
+            other => GroupError::retriable(&self.group, other.reason().to_owned()),
+        }
+    }
+}
+
+/// Starts a member of `request.group`: its membership and heartbeat tasks in `request.scope`.
+pub(crate) fn start(
+    client: Arc<KafkaClient>,
+    request: JoinRequest,
+) -> Result<KafkaMember, bus_supervisor::SpawnError> {
+    let JoinRequest { group, topics, scope, rebalance_timeout } = request;
+    let config = Arc::clone(client.config());
+    let locator = Arc::new(Locator::new(
+        group.clone(),
+        config.bootstrap.clone(),
+        config.client_id.clone(),
+        config.request_timeout,
+    ));
+    let (state, _) = watch::channel(State {
+        phase: Phase::Joining,
+        member_id: String::new(),
+        generation: -1,
+        rejoin: None,
+        fatal: None,
+    });
+    let inner = Arc::new(Inner {
+        group,
+        topics: topics.into_iter().collect(),
+        client,
+        config,
+        rebalance_timeout,
+        state,
+    });
+    let token = scope.token().child_token();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (left_tx, left_rx) = watch::channel(None);
+    let membership =
+        Membership::new(Arc::clone(&inner), Link::new(Arc::clone(&locator)), events_tx);
+    let heartbeat = Heartbeat::new(Arc::clone(&inner), Link::new(Arc::clone(&locator)));
+    scope.spawn("coordinator", membership.run(token.clone(), left_tx))?.detach();
+    if let Err(error) = scope.spawn("heartbeat", heartbeat.run(token.clone())) {
+        token.cancel();
+        return Err(error);
+    }
+    Ok(KafkaMember {
+        offsets: Offsets::new(Arc::clone(&inner), Link::new(locator)),
+        inner,
+        events: tokio::sync::Mutex::new(events_rx),
+        token,
+        left: left_rx,
+    })
+}
+
+/// A member of a Kafka consumer group (see the module documentation). Dropping it leaves the
+/// group (best effort) and ends its tasks.
+#[derive(Debug)]
+pub(crate) struct KafkaMember {
+    inner: Arc<Inner>,
+    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<MemberEvent>>,
+    /// OffsetCommit and OffsetFetch, on their own connection.
+    offsets: Offsets,
+    token: CancellationToken,
+    left: watch::Receiver<Option<Result<(), GroupError>>>,
+}
+
+impl Drop for KafkaMember {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+impl GroupMember for KafkaMember {
+    fn member_id(&self) -> String {
+        self.inner.state.borrow().member_id.clone()
+    }
+
+    fn next_event(&self) -> BoxFuture<'_, Result<MemberEvent, GroupError>> {
+        Box::pin(async move {
+            let mut events = self.events.lock().await;
+            match events.recv().await {
+                Some(event) => Ok(event),
+                None => {
+                    let state = self.inner.state.borrow();
+                    let reason = state.fatal.clone().unwrap_or_else(|| {
+                        format!("member `{}` has left the group", state.member_id)
+                    });
+                    Err(GroupError::fatal(&self.inner.group, reason))
+                }
+            }
+        })
+    }
+
+    fn committed<'a>(
+        &'a self,
+        partitions: &'a [TopicPartition],
+    ) -> BoxFuture<'a, Result<Vec<Option<i64>>, GroupError>> {
+        Box::pin(self.offsets.committed(partitions))
+    }
+
+    fn commit<'a>(
+        &'a self,
+        offsets: &'a [(TopicPartition, i64)],
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(self.offsets.commit(offsets))
+    }
+
+    fn open<'a>(
+        &'a self,
+        partition: &'a TopicPartition,
+        start: StartAt,
+    ) -> BoxFuture<'a, Result<Box<dyn PartitionReader>, GroupError>> {
+        Box::pin(async move {
+            let reader = KafkaReader::new(
+                Arc::clone(&self.inner.client),
+                self.inner.group.clone(),
+                partition.clone(),
+                start,
+            );
+            Ok(Box::new(reader) as Box<dyn PartitionReader>)
+        })
+    }
+
+    fn leave(&self) -> BoxFuture<'_, Result<(), GroupError>> {
+        Box::pin(async move {
+            self.token.cancel();
+            let mut left = self.left.clone();
+            let result = match left.wait_for(Option::is_some).await {
+                Ok(result) => result.clone(),
+                // The membership task ended without a word: it was aborted.
+                Err(_) => None,
+            };
+            result.unwrap_or_else(|| {
+                Err(GroupError::retriable(
+                    &self.inner.group,
+                    "the membership task was stopped before it could leave the group",
+                ))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_100_ms_doubling_to_at_most_2_s() {
+        let delays: Vec<Duration> = (0..8).map(|n| RETRY_BACKOFF.delay(n)).collect();
+        let millis = [100, 200, 400, 800, 1600, 2000, 2000, 2000];
+        assert_eq!(delays, millis.map(Duration::from_millis));
+    }
+}
