@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::config::KafkaConfig;
 use crate::connection::{Connection, RequestError, code_name};
+use crate::connector::Connector;
 use crate::error::KafkaError;
 
 /// UNKNOWN_TOPIC_OR_PARTITION: the topic does not exist.
@@ -46,6 +47,7 @@ const RETRY: Backoff =
 /// The shared cluster client of one bus (metadata, topic creation).
 pub(crate) struct KafkaClient {
     config: Arc<KafkaConfig>,
+    connector: Arc<Connector>,
     counts: Mutex<HashMap<String, i32>>,
 }
 
@@ -83,7 +85,8 @@ impl KafkaClient {
     /// bootstrap broker answers.
     pub(crate) async fn connect(config: Arc<KafkaConfig>) -> Result<KafkaClient, KafkaError> {
         config.validate()?;
-        let client = KafkaClient { config, counts: Mutex::new(HashMap::new()) };
+        let connector = Arc::new(Connector::new(Arc::clone(&config)));
+        let client = KafkaClient { config, connector, counts: Mutex::new(HashMap::new()) };
         client.retrying(|| client.bootstrap_connection()).await.map_err(|reason| {
             KafkaError::Connect { bootstrap: client.config.bootstrap.join(","), reason }
         })?;
@@ -93,6 +96,11 @@ impl KafkaClient {
     /// The configuration.
     pub(crate) fn config(&self) -> &Arc<KafkaConfig> {
         &self.config
+    }
+
+    /// How connections to the brokers are opened.
+    pub(crate) fn connector(&self) -> &Arc<Connector> {
+        &self.connector
     }
 
     /// The partition count of `topic`, creating the topic (with the configured partition count)
@@ -217,7 +225,7 @@ impl KafkaClient {
     }
 
     async fn open(&self, broker: &str) -> Result<Connection, RequestError> {
-        Connection::open(broker, &self.config.client_id, self.config.request_timeout).await
+        self.connector.open(broker).await
     }
 
     /// Metadata for `topic` (all topics when `None`) from a bootstrap broker.

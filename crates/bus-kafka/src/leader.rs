@@ -21,6 +21,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{MetadataRequest, TopicName};
 
 use crate::connection::{Connection, RequestError, code_name};
+use crate::connector::Connector;
 
 /// Why no connection to a partition's leader could be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,19 +61,18 @@ pub(crate) enum LeaderError {
 /// answer read, [`LeaderError::Code`] or [`LeaderError::Missing`] when the metadata names no
 /// leader.
 pub(crate) async fn leader(
-    bootstrap: &[String],
-    client_id: &str,
-    timeout: Duration,
+    connector: &Connector,
     topic: &TopicName,
     partition: i32,
 ) -> Result<Connection, LeaderError> {
+    let timeout = connector.timeout();
     let mut last = LeaderError::Missing {
         topic: topic.0.to_string(),
         partition,
         reason: "no bootstrap broker configured".into(),
     };
-    for address in bootstrap {
-        let mut connection = match Connection::open(address, client_id, timeout).await {
+    for address in connector.bootstrap() {
+        let mut connection = match connector.open(address).await {
             Ok(connection) => connection,
             Err(e) => {
                 last = e.into();
@@ -81,7 +81,7 @@ pub(crate) async fn leader(
         };
         match leader_of(&mut connection, timeout, topic, partition).await {
             Ok(leader) if leader == connection.broker() => return Ok(connection),
-            Ok(leader) => return Ok(Connection::open(&leader, client_id, timeout).await?),
+            Ok(leader) => return Ok(connector.open(&leader).await?),
             Err(e) => last = e,
         }
     }

@@ -49,6 +49,7 @@ mod backend;
 mod client;
 mod config;
 mod connection;
+mod connector;
 mod error;
 mod fetch;
 mod group;

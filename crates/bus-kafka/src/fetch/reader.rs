@@ -103,16 +103,9 @@ impl KafkaReader {
     async fn connection(&mut self) -> Result<&mut Connection, GroupError> {
         if !self.connection.as_ref().is_some_and(Connection::is_usable) {
             self.connection = None;
-            let config = self.client.config();
-            let connection = leader(
-                &config.bootstrap,
-                &config.client_id,
-                config.request_timeout,
-                &self.topic,
-                self.partition.partition,
-            )
-            .await
-            .map_err(|e| self.error("cannot reach the partition's leader", e))?;
+            let connection = leader(self.client.connector(), &self.topic, self.partition.partition)
+                .await
+                .map_err(|e| self.error("cannot reach the partition's leader", e))?;
             self.connection = Some(connection);
         }
         self.connection.as_mut().ok_or_else(|| {

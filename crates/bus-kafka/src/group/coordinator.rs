@@ -23,6 +23,7 @@ use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
 
 use crate::connection::{Api, Connection, RequestError};
+use crate::connector::Connector;
 
 /// COORDINATOR_LOAD_IN_PROGRESS.
 pub(crate) const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
@@ -109,30 +110,16 @@ impl Failure {
 #[derive(Debug)]
 pub(crate) struct Locator {
     group: String,
-    bootstrap: Vec<String>,
-    client_id: String,
-    timeout: Duration,
+    connector: Arc<Connector>,
     current: Mutex<Option<String>>,
     /// Rotates the bootstrap broker asked first.
     next: Mutex<usize>,
 }
 
 impl Locator {
-    /// A locator for `group`, asking the `bootstrap` brokers.
-    pub(crate) fn new(
-        group: String,
-        bootstrap: Vec<String>,
-        client_id: String,
-        timeout: Duration,
-    ) -> Self {
-        Locator {
-            group,
-            bootstrap,
-            client_id,
-            timeout,
-            current: Mutex::new(None),
-            next: Mutex::new(0),
-        }
+    /// A locator for `group`, asking the bootstrap brokers through `connector`.
+    pub(crate) fn new(group: String, connector: Arc<Connector>) -> Self {
+        Locator { group, connector, current: Mutex::new(None), next: Mutex::new(0) }
     }
 
     /// The group.
@@ -140,14 +127,9 @@ impl Locator {
         &self.group
     }
 
-    /// The client id sent to brokers.
-    pub(crate) fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
     /// The request timeout.
     pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
+        self.connector.timeout()
     }
 
     /// Forgets the coordinator if it is still `address`.
@@ -180,8 +162,9 @@ impl Locator {
             "group `{}`: no bootstrap broker to ask for the coordinator",
             self.group
         ));
-        for i in 0..self.bootstrap.len() {
-            let Some(broker) = self.bootstrap.get((start + i) % self.bootstrap.len()) else {
+        let bootstrap = self.connector.bootstrap();
+        for i in 0..bootstrap.len() {
+            let Some(broker) = bootstrap.get((start + i) % bootstrap.len()) else {
                 continue;
             };
             match self.find_at(broker).await {
@@ -194,9 +177,8 @@ impl Locator {
     }
 
     async fn find_at(&self, broker: &str) -> Result<String, Failure> {
-        let mut connection = Connection::open(broker, &self.client_id, self.timeout)
-            .await
-            .map_err(|e| Failure::Coordinator(e.to_string()))?;
+        let mut connection =
+            self.connector.open(broker).await.map_err(|e| Failure::Coordinator(e.to_string()))?;
         let version = connection
             .version::<FindCoordinatorRequest>()
             .map_err(|e| Failure::Fatal(e.to_string()))?;
@@ -209,7 +191,7 @@ impl Locator {
         }
         request.key_type = 0; // a consumer group
         let response = connection
-            .send(&request, version, self.timeout)
+            .send(&request, version, self.timeout())
             .await
             .map_err(|e| Failure::Coordinator(e.to_string()))?;
         let context =
@@ -235,8 +217,7 @@ impl Locator {
                 "{context}: invalid coordinator address `{host}:{port}`"
             )));
         }
-        let address =
-            if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let address = crate::client::address(&host, port);
         tracing::debug!(group = %self.group, coordinator = %address, version, "coordinator found");
         Ok(address)
     }
@@ -269,8 +250,7 @@ impl Link {
             self.connection.as_ref().is_some_and(|c| c.is_usable() && c.broker() == address);
         if !reuse {
             self.connection = None;
-            let opened =
-                Connection::open(&address, self.locator.client_id(), self.locator.timeout()).await;
+            let opened = self.locator.connector.open(&address).await;
             match opened {
                 Ok(connection) => {
                     tracing::debug!(

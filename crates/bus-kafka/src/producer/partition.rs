@@ -411,13 +411,14 @@ impl Batcher {
         };
         let count = self.batch.len();
         let (state, slot, wire_topic) = (&self.state, &mut self.conn, &self.wire_topic);
+        let connector = self.shared.client.connector();
         // Each request (connecting, the leader lookup, the produce) is bounded by
         // `request_timeout` on its own; the whole attempt by `budget` (at most that, and at most
         // what is left of the delivery timeout) below.
         let produce = async move {
             let mut conn = match slot.take() {
                 Some(conn) if conn.is_usable() => conn,
-                _ => produce::leader(config, wire_topic, state.partition).await?,
+                _ => produce::leader(connector, wire_topic, state.partition).await?,
             };
             let base_offset = produce::produce(
                 &mut conn,

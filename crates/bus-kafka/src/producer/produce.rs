@@ -24,8 +24,8 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, TopicName};
 
-use crate::config::KafkaConfig;
 use crate::connection::{Connection, RequestError};
+use crate::connector::Connector;
 use crate::leader::LeaderError;
 
 /// Why a request failed.
@@ -84,19 +84,11 @@ impl Failure {
 /// Connects to the leader of `topic`/`partition` (see [`crate::leader::leader`]), each
 /// connection and request bounded by `request_timeout`.
 pub(super) async fn leader(
-    config: &KafkaConfig,
+    connector: &Connector,
     topic: &TopicName,
     partition: i32,
 ) -> Result<Connection, Failure> {
-    crate::leader::leader(
-        &config.bootstrap,
-        &config.client_id,
-        config.request_timeout,
-        topic,
-        partition,
-    )
-    .await
-    .map_err(|e| Failure::of_leader(&e))
+    crate::leader::leader(connector, topic, partition).await.map_err(|e| Failure::of_leader(&e))
 }
 
 /// Produces one record batch of `count` records to `topic`/`partition` with acks=all, and

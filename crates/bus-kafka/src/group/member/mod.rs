@@ -143,12 +143,7 @@ pub(crate) fn start(
 ) -> Result<KafkaMember, bus_supervisor::SpawnError> {
     let JoinRequest { group, topics, scope, rebalance_timeout } = request;
     let config = Arc::clone(client.config());
-    let locator = Arc::new(Locator::new(
-        group.clone(),
-        config.bootstrap.clone(),
-        config.client_id.clone(),
-        config.request_timeout,
-    ));
+    let locator = Arc::new(Locator::new(group.clone(), Arc::clone(client.connector())));
     let (state, _) = watch::channel(State {
         phase: Phase::Joining,
         member_id: String::new(),
