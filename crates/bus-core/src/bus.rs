@@ -287,6 +287,12 @@ impl EventBus {
     /// Shuts the bus down within `timeout` and reports what happened. Idempotent: every caller,
     /// concurrent or later, gets the same result.
     ///
+    /// The timeout is a deadline: the call returns by it (plus a few milliseconds of
+    /// scheduling), whatever handlers or brokers do. Its time is spent in stages: handlers drain
+    /// first; those still running about a quarter before the end (at most 500 ms before it) are
+    /// abandoned, uncommitted; the final commits, leaving the groups, the flushes and the
+    /// supervisor's aborts of whatever is left take the rest.
+    ///
     /// # Errors
     ///
     /// [`ShutdownError`] when tasks were still alive at the end (a handler blocking its thread,
@@ -342,6 +348,10 @@ impl Backend for Unavailable {
     }
 }
 
+/// What a bus shutdown keeps of its time, at most, for its last stage (the second flush and the
+/// supervisor's shutdown of whatever is left).
+const FINAL_RESERVE: Duration = Duration::from_millis(200);
+
 impl BusInner {
     async fn run_shutdown(&self, deadline: Instant) -> Result<ShutdownReport, ShutdownError> {
         let started = Instant::now();
@@ -350,11 +360,17 @@ impl BusInner {
         self.closed.store(true, Ordering::Release);
         self.closing.cancel();
         let subscriptions = std::mem::take(&mut *self.subscriptions.lock());
-        // 2-4. Stop the subscriptions (stop fetching, drain handlers until the deadline, commit,
-        // leave the groups) while the producers flush what callers already handed over. The
-        // backend stays open meanwhile: draining handlers may still dead-letter.
-        let stops = futures_util::future::join_all(subscriptions.iter().map(|s| s.stop(deadline)));
-        let (stopped, first_flush) = tokio::join!(stops, self.backend.flush(deadline));
+        // The deadline is the caller's: the stages before the last end `FINAL_RESERVE` earlier
+        // (at most a tenth of the time), which leaves the last flush and the supervisor's
+        // shutdown of what remains their time before it.
+        let reserve = FINAL_RESERVE.min(deadline.saturating_duration_since(started) / 10);
+        let stages_until = deadline.checked_sub(reserve).unwrap_or(deadline);
+        // 2-4. Stop the subscriptions (stop fetching, drain handlers, commit, leave the groups)
+        // while the producers flush what callers already handed over. The backend stays open
+        // meanwhile: draining handlers may still dead-letter.
+        let stops =
+            futures_util::future::join_all(subscriptions.iter().map(|s| s.stop(stages_until)));
+        let (stopped, first_flush) = tokio::join!(stops, self.backend.flush(stages_until));
         let mut reports = Vec::with_capacity(stopped.len());
         for (report, tasks) in stopped {
             if let Err(error) = tasks {
@@ -366,7 +382,7 @@ impl BusInner {
         // flush what the draining handlers dead-lettered.
         self.backend.close();
         let second_flush = self.backend.flush(deadline).await;
-        // 5. Abort what remains and wait for it.
+        // 5. Abort what remains and wait for it, by the deadline.
         let remaining = deadline.saturating_duration_since(Instant::now());
         let tasks = self.supervisor.shutdown(remaining).await;
         let report = |tasks: ScopeShutdownReport| ShutdownReport {

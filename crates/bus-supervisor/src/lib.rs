@@ -59,8 +59,9 @@
 //!   starts; a drop guard owned by the task deregisters it whether it completes, panics or is
 //!   aborted. Live counts include descendants. Spawn sites are recorded with `#[track_caller]`.
 //! - **Shutdown.** [`Scope::shutdown`] closes the scope, shuts children down newest first within
-//!   the parent's deadline, cancels, waits, aborts at the deadline, waits for the aborted tasks
-//!   and reports. It returns `Ok` only when the live count is zero; otherwise a
+//!   the parent's deadline, cancels, waits, aborts shortly before the deadline, waits for the
+//!   aborted tasks and reports, by the deadline (the abort grace comes out of the caller's
+//!   time, not on top of it). It returns `Ok` only when the live count is zero; otherwise a
 //!   [`ScopeShutdownError`] names each task still alive (path, spawn site, age). It is
 //!   idempotent and every concurrent caller gets the same result.
 //! - **Drop.** Dropping a [`Supervisor`] without shutting it down cancels and aborts its tree.
@@ -98,7 +99,7 @@ pub use leak::{LeakGuard, LeakReport};
 pub use report::ScopeShutdownReport;
 pub use restart::{Backoff, ChildSpec, Restart, RestartIntensity, SupervisionOutcome};
 pub use scope::Scope;
-pub use shutdown::ScopeShutdownError;
+pub use shutdown::{MIN_ABORT_WAIT, ScopeShutdownError};
 pub use snapshot::{ScopeSnapshot, Snapshot};
 pub use supervisor::{Supervisor, SupervisorBuilder};
 pub use task::TaskHandle;

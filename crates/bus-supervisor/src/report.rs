@@ -91,7 +91,7 @@ impl fmt::Display for ScopeShutdownReport {
 pub(crate) enum Outcome {
     /// The subtree's count reached zero.
     Clean(ScopeShutdownReport),
-    /// Tasks were still alive after the deadline and the abort grace.
+    /// Tasks were still alive at the deadline, after being aborted.
     Stuck { report: ScopeShutdownReport, stuck: Vec<TaskInfo> },
 }
 

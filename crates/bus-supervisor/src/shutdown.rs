@@ -10,12 +10,18 @@
 //! 2. shut its children down, newest first, each against the same deadline (so each gets what
 //!    remains of the parent's time);
 //! 3. cancel the scope's token and wait for the subtree's live count to reach zero;
-//! 4. at the deadline, abort everything left in the subtree;
-//! 5. wait up to the supervisor's abort grace for the aborted tasks to actually end;
+//! 4. at the abort point, abort everything left in the subtree;
+//! 5. wait until the deadline for the aborted tasks to actually end;
 //! 6. report: `Ok` only when the count is zero, otherwise an error naming each task still alive.
 //!
-//! Invariant: `Ok` is never returned while a task of the subtree is alive. The outcome is computed
-//! once per scope and shared by every caller.
+//! Invariants:
+//! - `Ok` is never returned while a task of the subtree is alive. The outcome is computed once
+//!   per scope and shared by every caller.
+//! - A deadline is a deadline: the abort grace comes out of the caller's time, not on top of it.
+//!   The abort point is the deadline less the supervisor's abort grace (at most a quarter of the
+//!   time left when the scope's own stop begins), so a shutdown returns by its deadline; only
+//!   when aborting at the very deadline (no time was left) does it wait [`MIN_ABORT_WAIT`] more,
+//!   so that aborted tasks get one turn of the scheduler before they are called stuck.
 
 use std::fmt;
 use std::future::Future;
@@ -28,7 +34,7 @@ use crate::report::{Outcome, ScopeShutdownReport};
 use crate::scope::Scope;
 
 /// A shutdown that could not bring the live count to zero: the tasks named in `stuck` were still
-/// alive after the deadline and the abort grace (blocking their thread inside `poll`, or blocking
+/// alive at the deadline, after being aborted (blocking their thread inside `poll`, or blocking
 /// closures, which cannot be aborted).
 ///
 /// The shutdown is not complete. When the stuck tasks end on their own the count does reach zero;
@@ -72,17 +78,18 @@ impl std::error::Error for ScopeShutdownError {}
 
 impl Scope {
     /// Shuts the subtree down against a deadline `timeout` from now: close it to new tasks, shut
-    /// children down newest first, cancel, wait for the count to reach zero, abort what is left at
-    /// the deadline, wait for the aborted tasks to finish (up to the supervisor's abort grace),
-    /// and report.
+    /// children down newest first, cancel, wait for the count to reach zero, abort what is left
+    /// the supervisor's abort grace before the deadline (at most a quarter of the time left),
+    /// wait until the deadline for the aborted tasks to finish, and report. It returns by the
+    /// deadline (or [`MIN_ABORT_WAIT`] after it when there was no time left to abort in).
     ///
     /// Idempotent: the first call runs the shutdown and every call, concurrent or later, gets the
     /// same result (later callers' timeouts are not used).
     ///
     /// # Errors
     ///
-    /// [`ScopeShutdownError`] when tasks are still alive after the abort grace: a task blocking its
-    /// thread inside `poll`, or a blocking closure. It names each one; [`ScopeShutdownError::wait`]
+    /// [`ScopeShutdownError`] when tasks are still alive at the deadline, aborted: a task blocking
+    /// its thread inside `poll`, or a blocking closure. It names each one; [`ScopeShutdownError::wait`]
     /// waits for them to end.
     pub async fn shutdown(
         &self,
@@ -97,6 +104,10 @@ impl Scope {
         }
     }
 }
+
+/// How long aborted tasks are waited for at least, even past the deadline: an aborted task ends
+/// at its next poll, which needs one turn of the scheduler.
+pub const MIN_ABORT_WAIT: Duration = Duration::from_millis(5);
 
 type BoxedOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
@@ -121,14 +132,19 @@ async fn run_shutdown(scope: Scope, deadline: tokio::time::Instant) -> Outcome {
 
     scope.cancel();
     let mut aborted = Vec::new();
-    if !scope.wait_idle_until(deadline).await {
+    // The abort grace comes out of the deadline (see the module's invariants).
+    let now = tokio::time::Instant::now();
+    let grace = scope.abort_grace().min(deadline.saturating_duration_since(now) / 4);
+    let abort_at = deadline.checked_sub(grace).unwrap_or(deadline);
+    if !scope.wait_idle_until(abort_at).await {
         // Children have reported their own aborts; this report lists this scope's tasks.
         aborted = scope.own_tasks();
         scope.abort_subtree();
         for task in &aborted {
             tracing::warn!(target: "bus_supervisor", task = %task, "aborted at shutdown deadline");
         }
-        scope.wait_idle_until(deadline + scope.abort_grace()).await;
+        let settle = deadline.max(tokio::time::Instant::now() + MIN_ABORT_WAIT);
+        scope.wait_idle_until(settle).await;
     }
 
     let report = ScopeShutdownReport {

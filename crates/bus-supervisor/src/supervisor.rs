@@ -62,9 +62,10 @@ impl SupervisorBuilder {
         self
     }
 
-    /// How long a shutdown waits, after aborting the tasks left at its deadline, for them to
-    /// actually end (default 250 ms). An aborted task ends at its next `.await`; one that is still
-    /// alive after this grace is blocking its thread and is reported as stuck.
+    /// How long before its deadline a shutdown aborts the tasks still alive, so that they can
+    /// actually end by the deadline (default 250 ms; at most a quarter of the shutdown's time is
+    /// used so). An aborted task ends at its next `.await`; one that is still alive at the
+    /// deadline is blocking its thread and is reported as stuck.
     pub fn abort_grace(mut self, grace: Duration) -> Self {
         self.abort_grace = grace;
         self

@@ -31,6 +31,11 @@ use super::process::Runtime;
 
 /// Delay before retrying a failed group operation (a constant delay: these retries are bounded
 /// by the rebalance timeout, or repeated on the loop's next turn).
+/// What a stop keeps of its time, at most, after draining handlers: for the abandonment of those
+/// still running to take effect (the dispatch's `ABANDON_GRACE`), the final commit and leaving
+/// the group.
+const STOP_RESERVE: Duration = Duration::from_millis(500);
+
 pub(super) const RETRY: Backoff = Backoff {
     initial: Duration::from_millis(200),
     max: Duration::from_millis(200),
@@ -174,7 +179,14 @@ impl Control {
 
     /// Stops reading `partitions`, drains their handlers until `deadline`, commits them and
     /// forgets them.
-    async fn release(&mut self, partitions: &[TopicPartition], deadline: Instant) -> Released {
+    /// The commit is bounded by `commit_by` when one is given (a stop's deadline); otherwise by
+    /// the member's own request timeout.
+    async fn release(
+        &mut self,
+        partitions: &[TopicPartition],
+        deadline: Instant,
+        commit_by: Option<Instant>,
+    ) -> Released {
         for partition in partitions {
             if let Some(scope) = self.fetchers.remove(partition) {
                 // Fetch loops stop at once on cancellation.
@@ -197,7 +209,7 @@ impl Control {
             .filter_map(|p| self.dispatch.committable(p).map(|o| (p.clone(), o)))
             .filter(|(p, o)| self.last_committed.get(p) != Some(o))
             .collect();
-        self.commit_offsets(offsets).await;
+        self.commit_offsets_by(offsets, commit_by).await;
         let mut committed = Vec::new();
         for partition in partitions {
             self.dispatch.forget(partition);
@@ -217,7 +229,7 @@ impl Control {
         tracing::error!(group = %self.runtime.options.group, %error, "dropped by the group; joining again");
         let partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
         let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
-        self.release(&partitions, deadline).await;
+        self.release(&partitions, deadline, None).await;
         let _ = self.member.leave().await;
         let old = std::mem::replace(&mut self.join.scope, self.scope.child("member"));
         if let Err(error) = old.shutdown(Duration::from_secs(5)).await {
@@ -236,7 +248,7 @@ impl Control {
         Metrics::bump(&self.runtime.metrics.rebalances);
         let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
         let partitions = revocation.partitions.clone();
-        self.release(&partitions, deadline).await;
+        self.release(&partitions, deadline, None).await;
         tracing::debug!(?partitions, "partitions revoked");
         revocation.complete();
     }
@@ -252,10 +264,25 @@ impl Control {
     }
 
     async fn commit_offsets(&mut self, offsets: Vec<(TopicPartition, i64)>) {
+        self.commit_offsets_by(offsets, None).await;
+    }
+
+    /// Commits `offsets`, giving up at `by` when one is given (a stop's deadline).
+    async fn commit_offsets_by(&mut self, offsets: Vec<(TopicPartition, i64)>, by: Option<Instant>) {
         if offsets.is_empty() {
             return;
         }
-        match self.member.commit(&offsets).await {
+        let commit = self.member.commit(&offsets);
+        let committed = match by {
+            None => commit.await,
+            Some(by) => tokio::time::timeout_at(by, commit).await.unwrap_or_else(|_| {
+                Err(GroupError::retriable(
+                    &self.runtime.options.group,
+                    "offset commit not answered by the stop's deadline",
+                ))
+            }),
+        };
+        match committed {
             Ok(()) => {
                 Metrics::bump(&self.runtime.metrics.commits);
                 for (partition, offset) in offsets {
@@ -269,14 +296,23 @@ impl Control {
         }
     }
 
+    /// Stops by `deadline`: handlers drain until [`STOP_RESERVE`] before it (at most a quarter
+    /// of the time left), which leaves the rest for the abandonment to take effect, the final
+    /// commit and leaving the group, each cut short at the deadline.
     async fn stop(mut self, deadline: Instant) -> SubscriptionReport {
         let partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
+        let reserve = STOP_RESERVE.min(deadline.saturating_duration_since(Instant::now()) / 4);
+        let drain_until = deadline.checked_sub(reserve).unwrap_or(deadline);
         let Released { discarded, abandoned, committed } =
-            self.release(&partitions, deadline).await;
-        let left_group = match self.member.leave().await {
-            Ok(()) => true,
-            Err(error) => {
+            self.release(&partitions, drain_until, Some(deadline)).await;
+        let left_group = match tokio::time::timeout_at(deadline, self.member.leave()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
                 tracing::warn!(%error, "leaving the group failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("leaving the group was not answered by the stop's deadline");
                 false
             }
         };

@@ -70,6 +70,10 @@ pub struct SubscriptionReport {
     pub left_group: bool,
 }
 
+/// How long past its deadline a stop waits for the control task's report: the control task's
+/// own steps are bounded by the deadline, so this covers only its last turn of the scheduler.
+const REPORT_GRACE: Duration = Duration::from_millis(20);
+
 /// The list of running subscriptions a bus keeps.
 pub(crate) type Registry = Arc<Mutex<Vec<Arc<SubscriptionControl>>>>;
 
@@ -94,8 +98,9 @@ impl std::fmt::Debug for SubscriptionControl {
 }
 
 impl SubscriptionControl {
-    /// Asks the subscription to stop by `deadline`, waits for its report (up to the deadline and
-    /// a short grace), then shuts its tasks down.
+    /// Asks the subscription to stop by `deadline`, waits for its report (the control task's
+    /// stop is bounded by the deadline; [`REPORT_GRACE`] covers scheduling), then shuts its tasks
+    /// down with what is left of the time.
     pub(crate) async fn stop(
         &self,
         deadline: Instant,
@@ -109,9 +114,9 @@ impl SubscriptionControl {
             }
         });
         let mut report = self.report.clone();
-        let grace = Duration::from_millis(250);
         let waited =
-            tokio::time::timeout_at(deadline + grace, report.wait_for(Option::is_some)).await;
+            tokio::time::timeout_at(deadline + REPORT_GRACE, report.wait_for(Option::is_some))
+                .await;
         let report = match waited {
             Ok(Ok(r)) => r.clone().unwrap_or_default(),
             _ => SubscriptionReport {

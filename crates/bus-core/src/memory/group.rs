@@ -473,7 +473,7 @@ fn round_robin(
 /// A member of a consumer group of the in-memory backend (returned by
 /// [`Backend::join`](crate::backend::Backend::join)). Dropping it leaves the group.
 #[derive(Debug)]
-pub struct MemoryMember {
+pub(crate) struct MemoryMember {
     shared: Arc<Shared>,
     group: String,
     seq: u64,
@@ -483,11 +483,6 @@ pub struct MemoryMember {
 }
 
 impl MemoryMember {
-    /// The group this member belongs to.
-    pub fn group(&self) -> &str {
-        &self.group
-    }
-
     /// The error for a member no longer in its group.
     fn gone(&self, g: Option<&GroupState>) -> GroupError {
         if self.left.load(Ordering::Acquire) {

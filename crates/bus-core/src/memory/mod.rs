@@ -63,8 +63,6 @@ use crate::health::Health;
 use crate::record::{Message, Record};
 
 pub use config::{MAX_PARTITIONS, MemoryConfig};
-pub use group::MemoryMember;
-pub use reader::MemoryReader;
 
 use group::GroupState;
 use log::TopicLog;

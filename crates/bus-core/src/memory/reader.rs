@@ -19,7 +19,7 @@ use crate::record::Message;
 /// Reads one partition of the in-memory backend in offset order (returned by
 /// [`GroupMember::open`](crate::backend::GroupMember::open)).
 #[derive(Debug)]
-pub struct MemoryReader {
+pub(crate) struct MemoryReader {
     shared: Arc<Shared>,
     group: String,
     partition: TopicPartition,
@@ -36,11 +36,6 @@ impl MemoryReader {
         appended: Arc<Notify>,
     ) -> Self {
         MemoryReader { shared, group, partition, position, appended }
-    }
-
-    /// The offset of the next record this reader returns (before any reset to the log start).
-    pub fn position(&self) -> i64 {
-        self.position
     }
 
     /// The records from `from` (clamped to the log start) and the position after them.
