@@ -113,7 +113,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("health: {:?}", bus.health());
     println!("metrics: {:?}", bus.metrics());
     let unsubscribed = billing.unsubscribe(Duration::from_secs(10)).await?;
-    println!("billing stopped; committed {:?}", unsubscribed.subscription.committed);
+    let committed: Vec<String> = unsubscribed
+        .subscription
+        .committed
+        .iter()
+        .map(|(partition, offset)| format!("{partition}@{offset}"))
+        .collect();
+    println!("billing stopped; committed {}", committed.join(", "));
     let report = bus.shutdown(Duration::from_secs(10)).await?;
     print!("{report}");
     if bus.live_tasks() != 0 {
