@@ -229,10 +229,7 @@ pub fn go_bytes(value: &serde_json::Value) -> Vec<u8> {
     let hex = value.get("hex").and_then(|h| h.as_str()).unwrap_or_else(|| {
         panic!("neither text nor hex: {value}");
     });
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
 }
 
 /// Lowercase hex of `bytes`, as the Go peer's `decode` reads its input.
@@ -269,11 +266,7 @@ pub fn go_field_differences(ours: &bus_core::Envelope, go: &serde_json::Value) -
             format!("{:?}", ours.correlation_id),
             format!("{:?}", optional(&go["correlation_id"])),
         ),
-        (
-            "tenant_id",
-            format!("{:?}", ours.tenant_id),
-            format!("{:?}", optional(&go["tenant_id"])),
-        ),
+        ("tenant_id", format!("{:?}", ours.tenant_id), format!("{:?}", optional(&go["tenant_id"]))),
         ("payload", hex(ours.payload.as_bytes()), hex(&go_bytes(&go["payload"]))),
     ];
     pairs

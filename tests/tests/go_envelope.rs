@@ -64,7 +64,9 @@ fn built_here() -> Vec<Envelope> {
         at("9999-12-31T23:59:59.999999999Z"),
         Timestamp::zero(),
         Timestamp::from(Utc.with_ymd_and_hms(1969, 12, 31, 23, 59, 59).unwrap()),
-        Timestamp::from(DateTime::parse_from_rfc3339("2024-03-01T12:00:00.000000001-08:00").unwrap()),
+        Timestamp::from(
+            DateTime::parse_from_rfc3339("2024-03-01T12:00:00.000000001-08:00").unwrap(),
+        ),
     ] {
         envelopes.push(valid().with_timestamp(timestamp));
     }
