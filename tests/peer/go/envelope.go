@@ -1,15 +1,15 @@
 // The Go SDK's envelope, restated: the struct with its JSON tags, Validate, FromBytes, ToBytes,
 // the aggregate id's format check and ExtractAggregateID, as the SDK's Kafka code uses them.
 //
-// Decoding is Go's own encoding/json (json.Unmarshal into the struct) and time.Time's own
-// UnmarshalJSON and MarshalJSON: nothing about JSON or time is re-implemented here. The rules
+// Decoding is Go's own encoding/json (json.Unmarshal into the struct; see json_std.go) and
+// time.Time's own UnmarshalJSON and MarshalJSON: nothing about JSON or time is re-implemented
+// here. The rules
 // layered on top (what is required, where whitespace is trimmed, the aggregate id's length and
 // characters) are the SDK's, written out below in the order it checks them.
 
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -17,15 +17,15 @@ import (
 
 // Envelope has the Go SDK's fields, types and JSON tags (tenant_id a string).
 type Envelope struct {
-	EventID       string          `json:"event_id"`
-	AggregateID   string          `json:"aggregate_id"`
-	EventType     string          `json:"event_type"`
-	EventVersion  int64           `json:"event_version"`
-	Timestamp     time.Time       `json:"timestamp"`
-	TraceID       string          `json:"trace_id,omitempty"`
-	CorrelationID string          `json:"correlation_id,omitempty"`
-	TenantID      string          `json:"tenant_id,omitempty"`
-	Payload       json.RawMessage `json:"payload"`
+	EventID       string     `json:"event_id"`
+	AggregateID   string     `json:"aggregate_id"`
+	EventType     string     `json:"event_type"`
+	EventVersion  int64      `json:"event_version"`
+	Timestamp     time.Time  `json:"timestamp"`
+	TraceID       string     `json:"trace_id,omitempty"`
+	CorrelationID string     `json:"correlation_id,omitempty"`
+	TenantID      string     `json:"tenant_id,omitempty"`
+	Payload       rawMessage `json:"payload"`
 }
 
 // FieldError is a Validate failure, naming the field (its JSON name).
@@ -87,7 +87,7 @@ func validateAggregateID(id string) error {
 // error and the validation error separately, so that the verdict can say which one it was.
 func FromBytes(data []byte) (*Envelope, error, *FieldError) {
 	var env Envelope
-	if err := json.Unmarshal(data, &env); err != nil {
+	if err := unmarshal(data, &env); err != nil {
 		return &env, err, nil
 	}
 	if invalid := env.Validate(); invalid != nil {
@@ -101,7 +101,7 @@ func (e *Envelope) ToBytes() ([]byte, error) {
 	if invalid := e.Validate(); invalid != nil {
 		return nil, invalid
 	}
-	return json.Marshal(e)
+	return marshal(e)
 }
 
 // aggregateHeaderNames are the headers ExtractAggregateID reads, in its order. The SDK looks

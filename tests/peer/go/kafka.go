@@ -110,7 +110,7 @@ func produce(args []string) {
 			EventType:    "GoOrderUpdated",
 			EventVersion: versions[a],
 			Timestamp:    time.Now().In(zone),
-			Payload:      json.RawMessage(fmt.Sprintf(`{"n":%d,"from":"go","note":"<&>"}`, n)),
+			Payload:      rawMessage(fmt.Sprintf(`{"n":%d,"from":"go","note":"<&>"}`, n)),
 		}
 		if n%2 == 0 {
 			env.TraceID = fmt.Sprintf("trace-%d", n)

@@ -41,7 +41,7 @@ func main() {
 	case "group":
 		group(args)
 	case "version":
-		emit(map[string]string{"go": runtime.Version(), "sarama": saramaVersion})
+		emit(map[string]string{"go": runtime.Version(), "sarama": saramaVersion, "json": jsonLibrary})
 	default:
 		fail("unknown subcommand " + os.Args[1])
 	}
