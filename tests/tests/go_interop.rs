@@ -166,10 +166,10 @@ fn envelope(n: usize) -> Envelope {
         Envelope::new(aggregate, "OrderUpdated", (n / AGGREGATES + 1) as i64, json!({"n": n}))
             .unwrap()
             .with_trace_id(format!("trace-{n}"));
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         e = e.with_correlation_id(format!("corr-{}", n % 7)).with_tenant_id(format!("t-{}", n % 4));
     }
-    if n % 4 == 0 {
+    if n.is_multiple_of(4) {
         let at =
             chrono::DateTime::parse_from_rfc3339("2024-03-01T14:34:56.123456789+02:00").unwrap();
         e = e.with_timestamp(at);
