@@ -287,12 +287,14 @@ pub struct GoGroupMember {
 }
 
 impl GoGroupMember {
-    /// Starts a member named `name` of `group` on `topic`.
-    pub fn start(topic: &str, group: &str, name: &str) -> GoGroupMember {
+    /// Starts a member named `name` of `group` on `topic`, with extra `bus-go-peer group`
+    /// flags (`--offset-retention 24h`: commit with OffsetCommit v2 instead of v1).
+    pub fn start(topic: &str, group: &str, name: &str, flags: &[&str]) -> GoGroupMember {
         let out = std::env::temp_dir().join(unique("go-group")).with_extension("jsonl");
         std::fs::write(&out, b"").unwrap();
         let child = Command::new(go_peer())
             .args(["group", "--bootstrap", &bootstrap(), "--topic", topic, "--group", group])
+            .args(flags)
             .arg("--out")
             .arg(&out)
             .stdin(Stdio::piped())
