@@ -16,8 +16,10 @@
 //! UNKNOWN_MEMBER_ID, see docs/BROKER.md) and accepts them as v2 (sarama sends v2 when
 //! `Consumer.Offsets.Retention` is set). So the scenario runs twice: with v1 commits, the bus
 //! resumes a partition it takes back at its own earlier commit, where sarama started, and
-//! sarama's span is handled again (redelivered, in order; asserted); with v2 commits, the bus
-//! resumes exactly at sarama's commit and nothing at all is handled twice (asserted).
+//! sarama's span is handled again (redelivered, in order; asserted; the broker very rarely
+//! keeps one of those commits, and then the bus resumes within sarama's span); with v2
+//! commits, the bus resumes exactly at sarama's commit and nothing at all is handled twice
+//! (asserted).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -309,15 +311,24 @@ async fn share_a_group(commits: SaramaCommits) {
                     "bus to sarama"
                 }
                 (true, false) if refused => {
-                    // sarama's own commits were refused: the bus resumes at its old commit,
-                    // where sarama started, and handles sarama's span again.
-                    assert_eq!(
-                        after.first, before.first,
-                        "partition {partition}: {} resumed at {} after {} handled {}..={} \
-                         with its commits refused",
-                        after.member, after.first, before.member, before.first, before.last
+                    // sarama's commits were refused (nearly all of them: see docs/BROKER.md):
+                    // the bus resumes at its old commit, where sarama started, and handles
+                    // sarama's span again; or, when one of sarama's commits was kept, within
+                    // the span. Never before sarama's start, never past its end.
+                    assert!(
+                        before.first <= after.first && after.first <= before.last + 1,
+                        "partition {partition}: {} resumed at {} after {} handled {}..={}",
+                        after.member,
+                        after.first,
+                        before.member,
+                        before.first,
+                        before.last
                     );
-                    "sarama to bus (redelivered)"
+                    if after.first == before.first {
+                        "sarama to bus (redelivered)"
+                    } else {
+                        "sarama to bus (partly redelivered)"
+                    }
                 }
                 (true, false) => {
                     assert_eq!(after.first, before.last + 1, "partition {partition}: {pair:?}");
@@ -344,6 +355,7 @@ async fn share_a_group(commits: SaramaCommits) {
     assert!(back.sum::<usize>() >= 2, "{moved:?}");
     if refused {
         assert!(duplicates > 0, "sarama's refused progress was not redelivered");
+        assert!(moved.contains_key("sarama to bus (redelivered)"), "{moved:?}");
     } else {
         // Every hand-over resumed at the last commit and every revocation was clean.
         assert_eq!(duplicates, 0, "handled twice although every commit was accepted");
