@@ -198,7 +198,8 @@ impl Group {
     }
 }
 
-/// One member's uninterrupted handling of one partition.
+/// One member's uninterrupted handling of one partition: the lowest and highest offsets it
+/// handled (a bus member runs different keys in parallel, so not necessarily in offset order).
 #[derive(Debug)]
 struct Span {
     member: String,
@@ -206,13 +207,17 @@ struct Span {
     last: i64,
 }
 
-/// Each partition's handling, cut into spans where the member changes.
+/// Each partition's handling, cut into spans where the member changes (in wall-clock order:
+/// a partition has one owner at a time).
 fn spans(merged: &[(i64, Handled)]) -> BTreeMap<i32, Vec<Span>> {
     let mut spans: BTreeMap<i32, Vec<Span>> = BTreeMap::new();
     for (_, h) in merged {
         let list = spans.entry(h.partition).or_default();
         match list.last_mut() {
-            Some(span) if span.member == h.consumer => span.last = span.last.max(h.offset),
+            Some(span) if span.member == h.consumer => {
+                span.first = span.first.min(h.offset);
+                span.last = span.last.max(h.offset);
+            }
             _ => list.push(Span { member: h.consumer.clone(), first: h.offset, last: h.offset }),
         }
     }
@@ -279,6 +284,16 @@ async fn share_a_group(commits: SaramaCommits) {
     let merged = group.merged();
     let handled: Vec<Handled> = merged.iter().map(|(_, h)| h.clone()).collect();
     let (duplicates, rewinds) = check_order(&handled, &produced);
+    // And by offset: every record of every partition, from the first to the last, was handled.
+    let mut offsets: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+    for h in &handled {
+        offsets.entry(h.partition).or_default().insert(h.offset);
+    }
+    for (partition, offsets) in &offsets {
+        let last = offsets.last().copied().unwrap_or(-1);
+        let holes: Vec<i64> = (0..=last).filter(|o| !offsets.contains(o)).collect();
+        assert!(holes.is_empty(), "{commits:?}: partition {partition}: never handled: {holes:?}");
+    }
 
     // Hand-overs. sarama's commits: refused by the broker when it said so.
     let errors = group.go_errors();
@@ -295,6 +310,18 @@ async fn share_a_group(commits: SaramaCommits) {
     for (partition, spans) in spans(&merged) {
         for pair in spans.windows(2) {
             let (before, after) = (&pair[0], &pair[1]);
+            // What was handled around the hand-over, for the failure messages.
+            let around = || {
+                let (lo, hi) = (before.last.min(after.first) - 3, before.last.max(after.first) + 3);
+                let near: Vec<String> = merged
+                    .iter()
+                    .filter(|(_, h)| h.partition == partition && (lo..=hi).contains(&h.offset))
+                    .map(|(at, h)| {
+                        format!("{at} {} @{} {}:{}", h.consumer, h.offset, h.key, h.version)
+                    })
+                    .collect();
+                format!("{commits:?}; handled around it:\n{}", near.join("\n"))
+            };
             let direction = match (is_go(&before.member), is_go(&after.member)) {
                 (false, true) => {
                     // sarama resumes exactly at the bus's commit.
@@ -302,11 +329,12 @@ async fn share_a_group(commits: SaramaCommits) {
                         after.first,
                         before.last + 1,
                         "partition {partition}: {} took over from {} at {}, the bus's commit \
-                         was {}",
+                         was {}; {}",
                         after.member,
                         before.member,
                         after.first,
-                        before.last + 1
+                        before.last + 1,
+                        around()
                     );
                     "bus to sarama"
                 }
@@ -317,12 +345,13 @@ async fn share_a_group(commits: SaramaCommits) {
                     // the span. Never before sarama's start, never past its end.
                     assert!(
                         before.first <= after.first && after.first <= before.last + 1,
-                        "partition {partition}: {} resumed at {} after {} handled {}..={}",
+                        "partition {partition}: {} resumed at {} after {} handled {}..={}; {}",
                         after.member,
                         after.first,
                         before.member,
                         before.first,
-                        before.last
+                        before.last,
+                        around()
                     );
                     if after.first == before.first {
                         "sarama to bus (redelivered)"
@@ -331,11 +360,20 @@ async fn share_a_group(commits: SaramaCommits) {
                     }
                 }
                 (true, false) => {
-                    assert_eq!(after.first, before.last + 1, "partition {partition}: {pair:?}");
+                    assert_eq!(
+                        after.first,
+                        before.last + 1,
+                        "partition {partition}: {pair:?}; {}",
+                        around()
+                    );
                     "sarama to bus (resumed)"
                 }
                 _ => {
-                    assert!(after.first <= before.last + 1, "partition {partition}: {pair:?}");
+                    assert!(
+                        after.first <= before.last + 1,
+                        "partition {partition}: {pair:?}; {}",
+                        around()
+                    );
                     "same kind"
                 }
             };
