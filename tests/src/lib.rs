@@ -5,9 +5,11 @@
 //! start`). Tests create their own uniquely named topics, so they run in parallel and repeatedly.
 //!
 //! Also here: the Python peer client (confluent-kafka, installed by `cargo xtask test` into
-//! `target/peer-venv`), waiting on conditions with deadlines, and [`OwnBroker`], a private
-//! broker a test may stop and restart (nisshi with SQLite storage in a scratch directory, killed
-//! when its guard drops, also when a test fails; the shared test broker is never touched).
+//! `target/peer-venv`), the Go peer (`tests/peer/go`: the Go SDK's envelope rules and sarama,
+//! built by `cargo xtask test` into `target/go-peer`), waiting on conditions with deadlines, and
+//! [`OwnBroker`], a private broker a test may stop and restart (nisshi with SQLite storage in a
+//! scratch directory, killed when its guard drops, also when a test fails; the shared test
+//! broker is never touched).
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers: failing loudly is their job
 
@@ -143,6 +145,206 @@ pub fn run_peer(script: &str, args: &[&str], stdin: &str) -> serde_json::Value {
     );
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("the peer printed no JSON ({e}); stderr: {stderr}"))
+}
+
+/// The Go peer's executable: `BUS_GO_PEER`, else `target/go-peer/bus-go-peer` (built by
+/// `cargo xtask test` from `tests/peer/go`).
+///
+/// # Panics
+///
+/// When it is missing, or older than a source file in `tests/peer/go`, with how to build it.
+pub fn go_peer() -> PathBuf {
+    if let Ok(binary) = std::env::var("BUS_GO_PEER") {
+        return PathBuf::from(binary);
+    }
+    let binary = workspace().join("target").join("go-peer").join("bus-go-peer");
+    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
+    let sources = workspace().join("tests").join("peer").join("go");
+    let newest_source = std::fs::read_dir(&sources)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.metadata().and_then(|m| m.modified()).ok())
+        .max();
+    let how = "run the tests with `cargo xtask test` (it installs Debian's golang-go and sarama \
+               packages when missing, as root, and builds the peer), or build it by hand: \
+               `GOPATH=$PWD/target/go-peer/gopath:/usr/share/gocode GO111MODULE=off go build -o \
+               target/go-peer/bus-go-peer ./tests/peer/go`, or set BUS_GO_PEER";
+    match (built, newest_source) {
+        (None, _) => panic!("the Go peer is not built at {}: {how}", binary.display()),
+        (Some(built), Some(source)) if source > built => {
+            panic!("the Go peer at {} is older than its sources: {how}", binary.display())
+        }
+        _ => binary,
+    }
+}
+
+/// Runs the Go peer with `args` and `stdin`, returning what it printed.
+///
+/// # Panics
+///
+/// When it fails, with its stderr.
+pub fn run_go_peer(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    // The input goes through a file: the peer prints while it reads, so a pipe written here
+    // before reading its output could fill up both ways.
+    let input = std::env::temp_dir().join(unique("go-peer-input"));
+    std::fs::write(&input, stdin).unwrap();
+    let output = Command::new(go_peer())
+        .args(args)
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the Go peer: {e}"));
+    let _ = std::fs::remove_file(&input);
+    assert!(
+        output.status.success(),
+        "the Go peer `{}` failed ({}): {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// Runs the Go peer and parses its one JSON document.
+///
+/// # Panics
+///
+/// When it fails or prints no JSON.
+pub fn run_go_peer_json(args: &[&str]) -> serde_json::Value {
+    let out = run_go_peer(args, b"");
+    serde_json::from_slice(&out).unwrap_or_else(|e| {
+        panic!("the Go peer printed no JSON ({e}): {}", String::from_utf8_lossy(&out))
+    })
+}
+
+/// A `{"text": …}` or `{"hex": …}` value of the Go peer's output, as bytes.
+///
+/// # Panics
+///
+/// When it is neither.
+pub fn go_bytes(value: &serde_json::Value) -> Vec<u8> {
+    if let Some(text) = value.get("text").and_then(|t| t.as_str()) {
+        return text.as_bytes().to_vec();
+    }
+    let hex = value.get("hex").and_then(|h| h.as_str()).unwrap_or_else(|| {
+        panic!("neither text nor hex: {value}");
+    });
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+/// Lowercase hex of `bytes`, as the Go peer's `decode` reads its input.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The differences between `ours` and the fields of the Go peer's verdict on it (`go`, the
+/// verdict's `envelope` object): every field, the timestamp's text, instant and offset, and
+/// the payload's bytes. Go's empty optional is our `None`.
+pub fn go_field_differences(ours: &bus_core::Envelope, go: &serde_json::Value) -> Vec<String> {
+    let text = |v: &serde_json::Value| String::from_utf8_lossy(&go_bytes(v)).into_owned();
+    let optional = |v: &serde_json::Value| Some(text(v)).filter(|s| !s.is_empty());
+    let utc = ours.timestamp.utc();
+    let pairs = [
+        ("event_id", ours.event_id.clone(), text(&go["event_id"])),
+        ("aggregate_id", ours.aggregate_id.clone(), text(&go["aggregate_id"])),
+        ("event_type", ours.event_type.clone(), text(&go["event_type"])),
+        ("event_version", ours.event_version.to_string(), go["event_version"].to_string()),
+        ("timestamp", ours.timestamp.to_string(), go["timestamp"].as_str().unwrap_or("").into()),
+        (
+            "timestamp instant",
+            format!("{}.{:09}", utc.timestamp(), utc.timestamp_subsec_nanos()),
+            format!("{}.{:09}", go["unix_seconds"], go["nanos"].as_u64().unwrap_or(u64::MAX)),
+        ),
+        (
+            "timestamp offset",
+            ours.timestamp.offset_seconds().to_string(),
+            go["offset_seconds"].to_string(),
+        ),
+        ("trace_id", format!("{:?}", ours.trace_id), format!("{:?}", optional(&go["trace_id"]))),
+        (
+            "correlation_id",
+            format!("{:?}", ours.correlation_id),
+            format!("{:?}", optional(&go["correlation_id"])),
+        ),
+        ("tenant_id", format!("{:?}", ours.tenant_id), format!("{:?}", optional(&go["tenant_id"]))),
+        ("payload", hex(ours.payload.as_bytes()), hex(&go_bytes(&go["payload"]))),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(_, ours, go)| ours != go)
+        .map(|(what, ours, go)| format!("{what}: ours {ours:?}, Go's {go:?}"))
+        .collect()
+}
+
+/// A sarama consumer-group member in a child process (`bus-go-peer group`), logging to a JSON
+/// lines file what it is assigned and handles, each line with its wall-clock time in
+/// nanoseconds (`at`). Killed on drop if still running.
+pub struct GoGroupMember {
+    child: Option<Child>,
+    out: PathBuf,
+    /// Its name in the test's logs.
+    pub name: String,
+}
+
+impl GoGroupMember {
+    /// Starts a member named `name` of `group` on `topic`, with extra `bus-go-peer group`
+    /// flags (`--offset-retention 24h`: commit with OffsetCommit v2 instead of v1).
+    pub fn start(topic: &str, group: &str, name: &str, flags: &[&str]) -> GoGroupMember {
+        let out = std::env::temp_dir().join(unique("go-group")).with_extension("jsonl");
+        std::fs::write(&out, b"").unwrap();
+        let child = Command::new(go_peer())
+            .args(["group", "--bootstrap", &bootstrap(), "--topic", topic, "--group", group])
+            .args(flags)
+            .arg("--out")
+            .arg(&out)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the Go group member: {e}"));
+        GoGroupMember { child: Some(child), out, name: name.to_owned() }
+    }
+
+    /// Every complete line it logged so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+    }
+
+    /// Closes its stdin (it leaves the group and exits) and waits up to `timeout` for it.
+    ///
+    /// # Panics
+    ///
+    /// When it does not exit in time, or exits with a failure.
+    pub async fn stop(&mut self, timeout: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        drop(child.stdin.take());
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "the Go group member {} failed: {status}", self.name);
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the Go group member {} did not exit within {timeout:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for GoGroupMember {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.out);
+    }
 }
 
 /// A private nisshi broker with SQLite storage, killed on drop.

@@ -188,10 +188,11 @@ async fn invalid_envelopes_never_reach_the_broker_and_explicit_partitions_are_ho
     bad_id.aggregate_id = "order 1 with spaces".into();
     let mut bad_version = valid.clone();
     bad_version.event_version = 0;
-    let mut bad_payload = valid.clone();
-    bad_payload.payload = serde_json::value::to_raw_value("  ").unwrap();
+    // A blank event id (the Go SDK requires one; a blank payload string is a payload to it).
+    let mut bad_event_id = valid.clone();
+    bad_event_id.event_id = "  ".into();
     for (envelope, field) in
-        [(&bad_id, "aggregate_id"), (&bad_version, "event_version"), (&bad_payload, "payload")]
+        [(&bad_id, "aggregate_id"), (&bad_version, "event_version"), (&bad_event_id, "event_id")]
     {
         match bus.publish_envelope(&topic, envelope).await {
             Err(PublishError::InvalidEnvelope(error)) => assert_eq!(error.field(), Some(field)),

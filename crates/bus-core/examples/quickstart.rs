@@ -38,9 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 println!(
                     "handled {:<10} v{:<2} {}",
-                    event.aggregate_id,
-                    event.event_version,
-                    event.payload_json()
+                    event.aggregate_id, event.event_version, event.payload
                 );
                 Ok(())
             }

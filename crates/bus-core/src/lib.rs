@@ -8,15 +8,14 @@
 //!
 //! - **The bus:** [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`],
 //!   [`ShutdownError`].
-//! - **Publishing:** [`Record`], [`Envelope`], [`Delivery`], [`DeliveryFuture`],
-//!   [`Partitioner`].
+//! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
+//!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`],
 //!   [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
 //!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
-//! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`],
-//!   [`ConfigError`].
-//! - **Helpers:** [`aggregate_id_of`], [`dead_letter_headers`], [`envelope`] (header names,
-//!   limits).
+//! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
+//!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
+//! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`].
 //!
 //! Modules for other readers: [`memory`] (the in-memory backend's configuration and inspection,
 //! for tests), [`supervisor`] (the task tree: snapshots, leak guards, the scope-level shutdown
@@ -60,7 +59,7 @@ pub mod conformance;
 mod consumer;
 mod delivery;
 mod dispatch;
-pub mod envelope;
+mod envelope;
 mod error;
 mod handler;
 mod health;
@@ -75,7 +74,10 @@ pub use consumer::{
     Subscription, SubscriptionReport, UnsubscribeError, UnsubscribeReport, dead_letter_headers,
 };
 pub use delivery::{Delivery, DeliveryFuture};
-pub use envelope::{Envelope, EnvelopeError, aggregate_id_of};
+pub use envelope::headers as envelope_headers;
+pub use envelope::{
+    Envelope, EnvelopeError, JsonError, Payload, Timestamp, TimestampError, aggregate_id_of,
+};
 pub use error::{ConfigError, HandlerError, PublishError, SubscribeError};
 pub use handler::{EnvelopeHandler, Handler};
 pub use health::Health;

@@ -5,7 +5,8 @@
 //!
 //! Invariants:
 //! - Header names keep their case and order as given (Kafka allows repeated names); lookups by
-//!   name ignore ASCII case, as the Go SDK's did.
+//!   name ignore ASCII case (`Headers::get`; the envelope's `aggregate_id_of` matches names
+//!   exactly, as the Go SDK's `ExtractAggregateID` does).
 //! - Cloning a [`Message`] allocates nothing: its topic is an `Arc<str>`, its key and value are
 //!   `Bytes`, and its [`Headers`] share one list (copied on write by `push` and `set`; no
 //!   allocation at all when there are none). The consumer runtime clones a message for every

@@ -149,7 +149,7 @@ async fn publish_orders(bus: &EventBus, topic: &str) -> Result<(), Box<dyn std::
 
 /// The order's `total` from its payload.
 fn order_total(order: &Envelope) -> Result<i64, HandlerError> {
-    let payload: serde_json::Value = serde_json::from_str(order.payload.get())?;
+    let payload: serde_json::Value = order.payload_as()?;
     payload["total"].as_i64().ok_or_else(|| HandlerError::permanent("the order has no total"))
 }
 

@@ -9,15 +9,15 @@
 //!   [`ConsumerConfig`], [`TopicConfig`], [`Compression`]), [`Admin`], [`KafkaError`].
 //! - **The bus:** [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`],
 //!   [`ShutdownError`].
-//! - **Publishing:** [`Record`], [`Envelope`], [`Delivery`], [`DeliveryFuture`],
-//!   [`Partitioner`].
+//! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
+//!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`],
 //!   [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
 //!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
-//! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`],
-//!   [`ConfigError`].
-//! - **Helpers:** [`aggregate_id_of`], [`dead_letter_headers`], [`supervisor`] (the task tree:
-//!   snapshots, leak guards).
+//! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
+//!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
+//! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`],
+//!   [`supervisor`] (the task tree: snapshots, leak guards).
 //!
 //! Inside, the bus speaks Kafka itself on the `kafka-protocol` crate over connections of its
 //! own: a batching produce loop per partition, consumer groups (the classic protocol), a fetch
@@ -66,10 +66,11 @@ pub use error::KafkaError;
 
 pub use bus_core::{
     ConfigError, Delivery, DeliveryFuture, Envelope, EnvelopeError, EnvelopeHandler, EventBus,
-    Handler, HandlerError, Header, Headers, Health, Message, MetricsSnapshot, OffsetReset,
-    Partitioner, PublishError, Record, RetryPolicy, ShutdownError, ShutdownReport, SubscribeError,
-    SubscribeOptions, Subscription, SubscriptionReport, TopicPartition, UnsubscribeError,
-    UnsubscribeReport, aggregate_id_of, dead_letter_headers, supervisor,
+    Handler, HandlerError, Header, Headers, Health, JsonError, Message, MetricsSnapshot,
+    OffsetReset, Partitioner, Payload, PublishError, Record, RetryPolicy, ShutdownError,
+    ShutdownReport, SubscribeError, SubscribeOptions, Subscription, SubscriptionReport, Timestamp,
+    TimestampError, TopicPartition, UnsubscribeError, UnsubscribeReport, aggregate_id_of,
+    dead_letter_headers, envelope_headers, supervisor,
 };
 
 use backend::KafkaBackend;

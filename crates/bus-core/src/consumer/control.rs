@@ -268,7 +268,11 @@ impl Control {
     }
 
     /// Commits `offsets`, giving up at `by` when one is given (a stop's deadline).
-    async fn commit_offsets_by(&mut self, offsets: Vec<(TopicPartition, i64)>, by: Option<Instant>) {
+    async fn commit_offsets_by(
+        &mut self,
+        offsets: Vec<(TopicPartition, i64)>,
+        by: Option<Instant>,
+    ) {
         if offsets.is_empty() {
             return;
         }

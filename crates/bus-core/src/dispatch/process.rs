@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::backend::BoxFuture;
-use crate::envelope::HEADER_AGGREGATE_ID;
+use crate::envelope::headers::AGGREGATE_ID as HEADER_AGGREGATE_ID;
 use crate::record::Message;
 
 /// What processing did with a message.
