@@ -14,6 +14,7 @@ mod ci;
 mod cmd;
 mod leakcheck;
 mod peer;
+mod secure;
 mod test;
 mod tools;
 

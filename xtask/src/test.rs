@@ -1,9 +1,11 @@
 //! `cargo xtask test`: every test in the workspace against a broker.
 //!
-//! Owns: bringing a broker up when none is running (and the Python peer client the producer
-//! tests compare against, see `peer`), running `cargo test --workspace` with `KAFKA_BOOTSTRAP`
-//! set, then (on a full run, no filter given) the `orders` example service against the same
-//! broker, and stopping the broker afterwards if this run started it.
+//! Owns: bringing the brokers up when they are not running (the shared plaintext one and the
+//! secured one, SASL_SSL, see `secure`; and the Python peer client the producer tests compare
+//! against, see `peer`), running `cargo test --workspace` with `KAFKA_BOOTSTRAP` and the
+//! secured broker's `KAFKA_SECURE_*` set, then (on a full run, no filter given) the `orders`
+//! example service against the plaintext broker and the `secure` example against the secured
+//! one, and stopping the brokers afterwards if this run started them.
 
 use std::process::Command;
 
@@ -14,20 +16,47 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     // The producer tests read back through a peer client (Python confluent-kafka).
     let python = crate::peer::ensure_python()?;
     let broker = broker::ensure_running()?;
+    let secured = match crate::secure::ensure_running(true, true) {
+        Ok(secured) => secured,
+        Err(error) => {
+            if broker.started_here {
+                broker::stop()?;
+            }
+            return Err(error);
+        }
+    };
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command
         .args(["test", "--workspace"])
         .args(args)
         .env(broker::BOOTSTRAP_VAR, &broker.bootstrap)
         .env(crate::peer::PYTHON_VAR, python);
+    secured.apply(&mut command);
     let mut outcome = crate::cmd::run(&mut command);
     if outcome.is_ok() && args.is_empty() {
         outcome = run_orders_example(&broker.bootstrap);
+    }
+    if outcome.is_ok() && args.is_empty() {
+        outcome = run_secure_example(&secured);
+    }
+    if secured.started_here {
+        crate::secure::stop()?;
     }
     if broker.started_here {
         broker::stop()?;
     }
     outcome
+}
+
+/// Runs the `secure` example (SASL_SSL with SCRAM-SHA-512, the password from the environment)
+/// against the secured broker, on a topic of its own.
+fn run_secure_example(secured: &crate::secure::Secured) -> Result<()> {
+    let topic = format!("secure-example-{}", std::process::id());
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(["run", "--quiet", "-p", "bus-kafka", "--example", "secure"]);
+    secured.apply(&mut command);
+    command.env("SECURE_TOPIC", topic);
+    crate::cmd::run(&mut command)
 }
 
 /// Runs the `orders` example (bus-kafka's service example) against the broker, on a topic of

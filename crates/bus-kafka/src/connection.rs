@@ -1,8 +1,9 @@
 //! Our own Kafka connection, shared by both planes: TCP (or TLS) framing, correlation ids,
 //! request and response headers, ApiVersions negotiation, SASL authentication and
-//! re-authentication, and per-request timeouts, on the `kafka-protocol` crate's message types. The producer's partition loops (Metadata, Produce), the partition
-//! readers of `fetch` (Metadata, ListOffsets, Fetch) and the group plane's coordinator links
-//! (the group APIs) all use it.
+//! re-authentication, and per-request timeouts, on the `kafka-protocol` crate's message types.
+//! The producer's partition loops (Metadata, Produce), the partition readers of `fetch`
+//! (Metadata, ListOffsets, Fetch), the group plane's coordinator links (the group APIs) and
+//! the cluster client (Metadata, CreateTopics) all use it.
 //!
 //! Owns: [`Connection`] (one stream to one broker, plain or TLS ([`Transport`]), one request at
 //! a time; opened as the bus's [`Security`] says), the [`Api`] trait

@@ -239,7 +239,7 @@ impl Exchange<'_> {
         let server_final = std::str::from_utf8(server_final)
             .map_err(|_| "the server-final message is not UTF-8".to_owned())?;
         if let Some(error) = server_final.strip_prefix("e=") {
-            return Err(format!("the server refused: {error}"));
+            return Err(format!("the broker refused the credentials: {error}"));
         }
         let expected = self.server_signature.as_deref().ok_or("no client-final was sent")?;
         let signature = server_final
