@@ -224,7 +224,9 @@ fn password() -> Result<String> {
 /// Writes the CA (`ca.pem`) and the server's certificate and key (`server.pem`,
 /// `server.key`, PKCS#8) for `127.0.0.1` and `localhost` into `dir`.
 fn certificates(dir: &Path) -> Result<PathBuf> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let fail = |e: rcgen::Error| format!("cannot make the test certificates: {e}");
     let ca_key = KeyPair::generate().map_err(fail)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
@@ -234,9 +236,8 @@ fn certificates(dir: &Path) -> Result<PathBuf> {
     let ca_certificate = ca.self_signed(&ca_key).map_err(fail)?;
     let issuer = Issuer::new(ca, ca_key);
     let server_key = KeyPair::generate().map_err(fail)?;
-    let mut server =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .map_err(fail)?;
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .map_err(fail)?;
     server.distinguished_name.push(DnType::CommonName, "localhost");
     let server_certificate = server.signed_by(&server_key, &issuer).map_err(fail)?;
     let write = |name: &str, text: String| {
@@ -317,28 +318,34 @@ fn launch(tls: bool, sasl: bool) -> Result<(Child, BTreeMap<String, String>)> {
         let storage = ["--storage-engine", "sqlite://broker.db"];
         let setup_log = dir.join("setup.log");
         let mut setup = start(&nisshi, &url, &storage, &setup_log, false)?;
-        let created = wait_ready(&mut setup, &setup_log, || crate::broker::probe(&bootstrap).is_ok())
-            .and_then(|()| {
-                for (user, mechanism, user_var, password_var) in [
-                    (USER_512, "scram512", "KAFKA_SECURE_USER", "KAFKA_SECURE_PASSWORD"),
-                    (USER_256, "scram256", "KAFKA_SECURE_USER_256", "KAFKA_SECURE_PASSWORD_256"),
-                ] {
-                    let password = password()?;
-                    let status = Command::new(&nisshi)
-                        .args(["user", "create", "--broker", &url, user, &password])
-                        .args(["--mechanism", mechanism])
-                        .stdin(Stdio::null())
-                        .status()
-                        .map_err(|e| format!("cannot run nisshi user create: {e}"))?;
-                    if !status.success() {
-                        return Err(format!("nisshi user create {user} failed ({status})"));
+        let created =
+            wait_ready(&mut setup, &setup_log, || crate::broker::probe(&bootstrap).is_ok())
+                .and_then(|()| {
+                    for (user, mechanism, user_var, password_var) in [
+                        (USER_512, "scram512", "KAFKA_SECURE_USER", "KAFKA_SECURE_PASSWORD"),
+                        (
+                            USER_256,
+                            "scram256",
+                            "KAFKA_SECURE_USER_256",
+                            "KAFKA_SECURE_PASSWORD_256",
+                        ),
+                    ] {
+                        let password = password()?;
+                        let status = Command::new(&nisshi)
+                            .args(["user", "create", "--broker", &url, user, &password])
+                            .args(["--mechanism", mechanism])
+                            .stdin(Stdio::null())
+                            .status()
+                            .map_err(|e| format!("cannot run nisshi user create: {e}"))?;
+                        if !status.success() {
+                            return Err(format!("nisshi user create {user} failed ({status})"));
+                        }
+                        eprintln!("created SCRAM user {user} ({mechanism})");
+                        vars.insert(user_var.to_owned(), user.to_owned());
+                        vars.insert(password_var.to_owned(), password);
                     }
-                    eprintln!("created SCRAM user {user} ({mechanism})");
-                    vars.insert(user_var.to_owned(), user.to_owned());
-                    vars.insert(password_var.to_owned(), password);
-                }
-                Ok(())
-            });
+                    Ok(())
+                });
         let _ = setup.kill();
         let _ = setup.wait();
         created?;

@@ -197,14 +197,17 @@ impl KafkaClient {
     {
         let give_up = Instant::now() + self.config.request_timeout;
         let mut failures: u32 = 0;
+        let mut last: Option<String> = None;
         loop {
             let failure = match tokio::time::timeout_at(give_up, attempt()).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(failure)) => failure,
                 Err(_) => {
+                    let earlier = last.map(|l| format!("; the attempt before: {l}"));
                     return Err(format!(
-                        "no answer within request_timeout ({:?})",
-                        self.config.request_timeout
+                        "no answer within request_timeout ({:?}){}",
+                        self.config.request_timeout,
+                        earlier.unwrap_or_default()
                     ));
                 }
             };
@@ -213,6 +216,7 @@ impl KafkaClient {
                 return Err(failure.reason);
             }
             failures = failures.saturating_add(1);
+            last = Some(failure.reason);
             tokio::time::sleep_until(wake).await;
         }
     }
