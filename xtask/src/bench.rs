@@ -3,7 +3,9 @@
 //!
 //! The consume and latency benchmarks run against a nisshi of their own (in-memory, started for
 //! the run on a free port and stopped afterwards, so that a long-lived broker's growth does not
-//! weigh on them), unless `KAFKA_BOOTSTRAP` names a broker to use.
+//! weigh on them), unless `KAFKA_BOOTSTRAP` names a broker to use. With `--tls`, produce and
+//! consume run both clients over SASL_SSL (SCRAM-SHA-512) on the secured broker (see `secure`;
+//! its storage is SQLite, as nisshi keeps SCRAM credentials only there).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -46,21 +48,28 @@ impl Which {
     }
 }
 
-pub(crate) fn run(which: Which, record: bool) -> Result<()> {
+pub(crate) fn run(which: Which, record: bool, tls: bool) -> Result<()> {
     let table = match which {
+        Which::Produce | Which::Consume if tls => secured(which)?,
+        _ if tls => return Err("--tls applies to the produce and consume benchmarks".into()),
         Which::Supervisor => supervisor()?,
         Which::Core => core()?,
         Which::Produce | Which::Consume | Which::Latency => against_broker(which)?,
     };
     println!("{table}");
     if record {
+        let (name, flag) = if tls {
+            (format!("{}-tls", which.name()), " --tls")
+        } else {
+            (which.name().to_owned(), "")
+        };
         let section = format!(
-            "Recorded {} on {} with `cargo xtask bench {}`.\n\n{table}\n",
+            "Recorded {} on {} with `cargo xtask bench {}{flag}`.\n\n{table}\n",
             today(),
             machine(),
             which.name()
         );
-        write_section(which.name(), &section)?;
+        write_section(&name, &section)?;
         eprintln!("recorded in docs/BENCHMARKS.md");
     }
     Ok(())
@@ -229,6 +238,30 @@ fn against_broker(which: Which) -> Result<String> {
         crate::broker::stop()?;
     }
     drop(private);
+    output
+}
+
+/// produce or consume with both clients over SASL_SSL on the secured broker (started if need
+/// be, stopped after when started here).
+fn secured(which: Which) -> Result<String> {
+    let bin = if matches!(which, Which::Produce) { "produce-bench" } else { "consume-bench" };
+    crate::peer::ensure_rdkafka_build_deps()?;
+    let broker = crate::secure::ensure_running(true, true)?;
+    let ca = broker.vars.get("KAFKA_SECURE_CA").cloned().unwrap_or_default();
+    let user = broker.vars.get("KAFKA_SECURE_USER").cloned().unwrap_or_default();
+    let mut command = cargo();
+    command
+        .args(["run", "--release", "-p", "bus-bench", "--features", "peer", "--bin", bin, "--"])
+        .args(["--bootstrap", broker.bootstrap()])
+        .args(["--security-protocol", "sasl_ssl", "--ssl-ca-location", &ca])
+        .args(["--sasl-mechanism", "SCRAM-SHA-512", "--sasl-username", &user])
+        .args(["--sasl-password-env", "KAFKA_SECURE_PASSWORD"])
+        .current_dir(crate::workspace_root());
+    broker.apply(&mut command);
+    let output = stdout_of(&mut command);
+    if broker.started_here {
+        crate::secure::stop()?;
+    }
     output
 }
 
