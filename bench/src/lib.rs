@@ -4,7 +4,8 @@
 //! Owns: [`Phase`] (one client's run: wall time, join time, process CPU, records) and its
 //! median, [`process_cpu`] (this process's user + system CPU time), the workload constants and
 //! keys, and [`Security`] (the connections' security, librdkafka's names, given once on the
-//! command line and applied to both clients: [`config`], [`secure_rdkafka`]). The benchmarks themselves are the binaries (`produce-bench`, `consume-bench`,
+//! command line and applied to both clients: [`config`] for the bus, `secure_rdkafka` for
+//! rdkafka). The benchmarks themselves are the binaries (`produce-bench`, `consume-bench`,
 //! `latency-bench`), run by `cargo xtask bench`.
 
 /// Partitions of every benchmark topic.

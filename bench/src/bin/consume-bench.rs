@@ -413,8 +413,8 @@ fn main() {
     println!(
         "{records} records of {VALUE_BYTES} bytes, keys over {AGGREGATES} aggregates, \
          {PARTITIONS} partitions, each client in a fresh consumer group from the earliest \
-         offset{over}, no-op handler; rate from the first record to the last, join time apart; median of \
-         {rounds} round(s), clients alternating first.\n"
+         offset{over}, no-op handler; rate from the first record to the last, join time apart; \
+         median of {rounds} round(s), clients alternating first.\n"
     );
     println!("| client | msgs/s | client CPU per message | join |");
     println!("|---|---:|---:|---:|");
