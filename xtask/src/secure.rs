@@ -115,7 +115,7 @@ pub(crate) fn ensure_running(tls: bool, sasl: bool) -> Result<Secured> {
         }
         stop()?;
     }
-    let (child, vars) = launch(tls, sasl)?;
+    let (child, vars) = launch(&dir(), tls, sasl, true)?;
     let mut text = String::new();
     for (name, value) in &vars {
         text.push_str(&format!("{name}={value}\n"));
@@ -251,7 +251,14 @@ fn certificates(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Starts nisshi on `url` in `dir` with `args`, its output in `log`.
-fn start(nisshi: &Path, url: &str, args: &[&str], log: &Path, detached: bool) -> Result<Child> {
+fn start(
+    nisshi: &Path,
+    dir: &Path,
+    url: &str,
+    args: &[&str],
+    log: &Path,
+    detached: bool,
+) -> Result<Child> {
     let out =
         std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
@@ -259,7 +266,7 @@ fn start(nisshi: &Path, url: &str, args: &[&str], log: &Path, detached: bool) ->
     command
         .args(["broker", "--listener-url", url, "--advertised-listener-url", url])
         .args(args)
-        .current_dir(dir())
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
@@ -291,12 +298,18 @@ fn wait_ready(child: &mut Child, log: &Path, mut ready: impl FnMut() -> bool) ->
     }
 }
 
-/// Makes the certificates and users and starts the broker; returns it and its variables.
-fn launch(tls: bool, sasl: bool) -> Result<(Child, BTreeMap<String, String>)> {
+/// Makes the certificates and users in `dir` (emptied first) and starts a secured broker there
+/// (in a process group of its own when `detached`); returns it and its variables. The caller
+/// owns the process.
+pub(crate) fn launch(
+    dir: &Path,
+    tls: bool,
+    sasl: bool,
+    detached: bool,
+) -> Result<(Child, BTreeMap<String, String>)> {
     let nisshi = tools::ensure(&tools::NISSHI)?;
-    let dir = dir();
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port: {e}"))?
@@ -308,7 +321,7 @@ fn launch(tls: bool, sasl: bool) -> Result<(Child, BTreeMap<String, String>)> {
     vars.insert("KAFKA_SECURE_PROTOCOL".to_owned(), protocol(tls, sasl).to_owned());
     let mut args: Vec<&str> = Vec::new();
     if tls {
-        let ca = certificates(&dir)?;
+        let ca = certificates(dir)?;
         vars.insert("KAFKA_SECURE_CA".to_owned(), ca.display().to_string());
         args.extend(["--cert", "server.pem", "--key", "server.key"]);
     }
@@ -317,7 +330,7 @@ fn launch(tls: bool, sasl: bool) -> Result<(Child, BTreeMap<String, String>)> {
         // (`nisshi user create` speaks neither TLS nor SASL) before the secured one starts.
         let storage = ["--storage-engine", "sqlite://broker.db"];
         let setup_log = dir.join("setup.log");
-        let mut setup = start(&nisshi, &url, &storage, &setup_log, false)?;
+        let mut setup = start(&nisshi, dir, &url, &storage, &setup_log, false)?;
         let created =
             wait_ready(&mut setup, &setup_log, || crate::broker::probe(&bootstrap).is_ok())
                 .and_then(|()| {
@@ -360,7 +373,8 @@ fn launch(tls: bool, sasl: bool) -> Result<(Child, BTreeMap<String, String>)> {
         args.extend(["--storage-engine", "memory://nisshi/"]);
     }
     // Its own process group: a Ctrl-C meant for a test run does not kill it half-way.
-    let mut child = start(&nisshi, &url, &args, &log(), true)?;
-    wait_ready(&mut child, &log(), || probe(&vars).is_ok())?;
+    let log = dir.join("broker.log");
+    let mut child = start(&nisshi, dir, &url, &args, &log, detached)?;
+    wait_ready(&mut child, &log, || probe(&vars).is_ok())?;
     Ok((child, vars))
 }
