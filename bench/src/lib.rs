@@ -3,7 +3,9 @@
 //!
 //! Owns: [`Phase`] (one client's run: wall time, join time, process CPU, records) and its
 //! median, [`process_cpu`] (this process's user + system CPU time), the workload constants and
-//! keys. The benchmarks themselves are the binaries (`produce-bench`, `consume-bench`,
+//! keys, and [`Security`] (the connections' security, librdkafka's names, given once on the
+//! command line and applied to both clients: [`config`] for the bus, `secure_rdkafka` for
+//! rdkafka). The benchmarks themselves are the binaries (`produce-bench`, `consume-bench`,
 //! `latency-bench`), run by `cargo xtask bench`.
 
 /// Partitions of every benchmark topic.
@@ -89,11 +91,109 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap_or_else(|e| fail(&format!("runtime: {e}")))
 }
 
-/// An admin client on `bootstrap` (to create the benchmark's topics).
+/// An admin client on `bootstrap` (to create the benchmark's topics), secured as [`Security`]
+/// says.
 pub fn admin(runtime: &tokio::runtime::Runtime, bootstrap: &str) -> bus_kafka::Admin {
     runtime
-        .block_on(bus_kafka::Admin::connect(bus_kafka::KafkaConfig::new(bootstrap)))
+        .block_on(bus_kafka::Admin::connect(config(bootstrap)))
         .unwrap_or_else(|e| fail(&format!("admin: {e}")))
+}
+
+/// How both clients secure their connections (librdkafka's names; plaintext by default).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Security {
+    /// `security.protocol`: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, default_value = "plaintext")]
+    pub security_protocol: String,
+    /// `ssl.ca.location`: the CA's PEM file.
+    #[arg(long)]
+    pub ssl_ca_location: Option<String>,
+    /// `sasl.mechanism`: SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long)]
+    pub sasl_mechanism: Option<String>,
+    /// `sasl.username`.
+    #[arg(long)]
+    pub sasl_username: Option<String>,
+    /// The environment variable holding `sasl.password` (not on the command line).
+    #[arg(long)]
+    pub sasl_password_env: Option<String>,
+}
+
+static SECURITY: std::sync::OnceLock<Security> = std::sync::OnceLock::new();
+
+impl Security {
+    /// Makes this the security of every client the benchmark creates (once, at start).
+    pub fn install(self) {
+        let _ = SECURITY.set(self);
+    }
+
+    /// `over SASL_SSL (SCRAM-SHA-512)`, or nothing for plaintext.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match (self.security_protocol.as_str(), &self.sasl_mechanism) {
+            ("plaintext", _) => String::new(),
+            (protocol, Some(mechanism)) => {
+                format!(" over {} ({mechanism})", protocol.to_uppercase())
+            }
+            (protocol, None) => format!(" over {}", protocol.to_uppercase()),
+        }
+    }
+
+    /// `sasl.password`, from its environment variable (for rdkafka).
+    #[cfg(feature = "peer")]
+    fn password(&self) -> Option<String> {
+        self.sasl_password_env.as_ref().and_then(|v| std::env::var(v).ok())
+    }
+}
+
+/// The installed [`Security`] (plaintext when none was installed).
+#[must_use]
+pub fn security() -> Security {
+    SECURITY.get().cloned().unwrap_or_default()
+}
+
+/// The bus's configuration for `bootstrap`, secured as the installed [`Security`] says.
+#[must_use]
+pub fn config(bootstrap: &str) -> bus_kafka::KafkaConfig {
+    let security = security();
+    let mut config = bus_kafka::KafkaConfig::new(bootstrap);
+    let section = serde_json::json!({
+        "protocol": security.security_protocol,
+        "tls": security.ssl_ca_location.as_ref().map(|ca| serde_json::json!({"ca_location": ca})),
+        "sasl": security.sasl_mechanism.as_ref().map(|mechanism| serde_json::json!({
+            "mechanism": mechanism,
+            "username": security.sasl_username,
+            "password_env": security.sasl_password_env,
+        })),
+    });
+    let section: serde_json::Map<String, serde_json::Value> = section
+        .as_object()
+        .map(|o| {
+            o.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect()
+        })
+        .unwrap_or_default();
+    config.security = serde_json::from_value(serde_json::Value::Object(section))
+        .unwrap_or_else(|e| fail(&format!("security settings: {e}")));
+    config
+}
+
+/// Applies the installed [`Security`] to an rdkafka client's configuration.
+#[cfg(feature = "peer")]
+pub fn secure_rdkafka(config: &mut rdkafka::config::ClientConfig) {
+    let security = security();
+    config.set("security.protocol", &security.security_protocol);
+    if let Some(ca) = &security.ssl_ca_location {
+        config.set("ssl.ca.location", ca);
+    }
+    if let Some(mechanism) = &security.sasl_mechanism {
+        config.set("sasl.mechanism", mechanism);
+    }
+    if let Some(username) = &security.sasl_username {
+        config.set("sasl.username", username);
+    }
+    if let Some(password) = security.password() {
+        config.set("sasl.password", password);
+    }
 }
 
 /// Parses a count of at least 1 (a command-line value).

@@ -150,8 +150,23 @@ async fn run_all(args: &Args) -> Result<Vec<Row>, ()> {
         .clone()
         .or_else(|| std::env::var("KAFKA_BOOTSTRAP").ok())
         .filter(|b| !b.trim().is_empty());
-    let scenarios: Vec<Scenario> =
-        if args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { args.scenarios.clone() };
+    let secure = secure_config();
+    let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
+        Scenario::ALL
+            .into_iter()
+            .filter(|s| *s != Scenario::SecureKafkaLoad || secure.is_some())
+            .collect()
+    } else {
+        args.scenarios.clone()
+    };
+    if secure.is_none() && scenarios.contains(&Scenario::SecureKafkaLoad) {
+        eprintln!(
+            "leakcheck: secure-kafka-load needs the secured broker: set KAFKA_SECURE_BOOTSTRAP, \
+             KAFKA_SECURE_CA, KAFKA_SECURE_USER and KAFKA_SECURE_PASSWORD, or run `cargo xtask \
+             leakcheck` (it starts one)"
+        );
+        return Err(());
+    }
     if bootstrap.is_none() && scenarios.iter().any(|s| s.needs_kafka()) {
         eprintln!(
             "leakcheck: the Kafka scenarios need a broker: pass --bootstrap, set KAFKA_BOOTSTRAP, \
@@ -161,6 +176,7 @@ async fn run_all(args: &Args) -> Result<Vec<Row>, ()> {
     }
     let ctx = Ctx {
         bootstrap,
+        secure,
         inject_leak: Mutex::new(args.inject_leak),
         observed: Mutex::new(Vec::new()),
     };
@@ -171,6 +187,10 @@ async fn run_all(args: &Args) -> Result<Vec<Row>, ()> {
                 for &count in &args.counts {
                     rows.push(checked(&ctx, scenario, count).await);
                 }
+            }
+            Scenario::SecureKafkaLoad => {
+                let count = args.counts.iter().copied().max().unwrap_or(10_000);
+                rows.push(checked(&ctx, scenario, count).await);
             }
             _ => rows.push(checked(&ctx, scenario, 0).await),
         }
@@ -192,6 +212,7 @@ fn progress(name: &str) -> ProgressBar {
 async fn checked(ctx: &Ctx, scenario: Scenario, count: u64) -> Row {
     let name = match scenario {
         Scenario::KafkaLoad => format!("kafka-load {count}"),
+        Scenario::SecureKafkaLoad => format!("kafka-sasl-ssl-load {count}"),
         Scenario::MemoryLoad => format!("memory-load {count}"),
         Scenario::StuckHandlers => "stuck-handlers".into(),
         Scenario::RebalanceChurn => "rebalance-churn".into(),
@@ -234,13 +255,42 @@ async fn checked(ctx: &Ctx, scenario: Scenario, count: u64) -> Row {
     Row { before: (&baseline).into(), after: (&after).into(), leaked, leaked_tasks, pass, run }
 }
 
-/// A bus for a scenario: on Kafka when a broker is configured (and `kafka` is asked), else in
-/// memory; plus a function creating its topics.
-async fn bus_for(ctx: &Ctx, kafka: bool) -> Result<EventBus, String> {
-    match (&ctx.bootstrap, kafka) {
-        (Some(bootstrap), true) => bus_kafka::connect(KafkaConfig::new(bootstrap))
-            .await
-            .map_err(|e| format!("cannot connect to Kafka at {bootstrap}: {e}")),
+/// The secured broker's configuration from `KAFKA_SECURE_*`: SASL_SSL with SCRAM-SHA-512, the
+/// password read from `KAFKA_SECURE_PASSWORD` when the bus connects.
+fn secure_config() -> Option<KafkaConfig> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let mut config = KafkaConfig::new(&var("KAFKA_SECURE_BOOTSTRAP")?);
+    config.security = bus_kafka::SecurityConfig {
+        protocol: bus_kafka::SecurityProtocol::SaslSsl,
+        tls: bus_kafka::TlsConfig {
+            ca_location: var("KAFKA_SECURE_CA").map(PathBuf::from),
+            ..Default::default()
+        },
+        sasl: bus_kafka::SaslConfig {
+            mechanism: Some(bus_kafka::SaslMechanism::ScramSha512),
+            username: Some(var("KAFKA_SECURE_USER")?),
+            password_env: Some("KAFKA_SECURE_PASSWORD".into()),
+            ..Default::default()
+        },
+    };
+    Some(config)
+}
+
+/// The configuration of the Kafka scenario's brokers: the secured one for `secure`.
+fn kafka_config(ctx: &Ctx, secure: bool) -> Option<KafkaConfig> {
+    if secure { ctx.secure.clone() } else { ctx.bootstrap.as_deref().map(KafkaConfig::new) }
+}
+
+/// A bus for a scenario: on Kafka when a broker is configured (and `kafka` is asked; the
+/// secured one for `secure`), else in memory.
+async fn bus_for(ctx: &Ctx, kafka: bool, secure: bool) -> Result<EventBus, String> {
+    match kafka_config(ctx, secure) {
+        Some(config) if kafka => {
+            let bootstrap = config.bootstrap.join(",");
+            bus_kafka::connect(config)
+                .await
+                .map_err(|e| format!("cannot connect to Kafka at {bootstrap}: {e}"))
+        }
         _ => Ok(EventBus::in_memory()),
     }
 }
@@ -251,17 +301,27 @@ async fn create_topics(
     topics: &[String],
     partitions: i32,
 ) -> Result<(), String> {
+    create_topics_on(ctx, bus, topics, partitions, false).await
+}
+
+/// [`create_topics`], on the secured broker for `secure`.
+async fn create_topics_on(
+    ctx: &Ctx,
+    bus: &EventBus,
+    topics: &[String],
+    partitions: i32,
+    secure: bool,
+) -> Result<(), String> {
     if let Some(memory) = bus.memory_backend() {
         for topic in topics {
             memory.create_topic(topic, partitions).map_err(|e| e.to_string())?;
         }
         return Ok(());
     }
-    let Some(bootstrap) = &ctx.bootstrap else {
+    let Some(config) = kafka_config(ctx, secure) else {
         return Err("no broker".into());
     };
-    let admin =
-        bus_kafka::Admin::connect(KafkaConfig::new(bootstrap)).await.map_err(|e| e.to_string())?;
+    let admin = bus_kafka::Admin::connect(config).await.map_err(|e| e.to_string())?;
     for topic in topics {
         admin.ensure_topic(topic, partitions).await.map_err(|e| e.to_string())?;
     }
@@ -285,13 +345,15 @@ async fn run_scenario(
     run: Run,
 ) -> Result<Run, (Run, String)> {
     match scenario {
-        Scenario::KafkaLoad | Scenario::MemoryLoad => {
-            let bus = match bus_for(ctx, scenario == Scenario::KafkaLoad).await {
+        Scenario::KafkaLoad | Scenario::MemoryLoad | Scenario::SecureKafkaLoad => {
+            let secure = scenario == Scenario::SecureKafkaLoad;
+            let bus = match bus_for(ctx, scenario != Scenario::MemoryLoad, secure).await {
                 Ok(bus) => bus,
                 Err(e) => return Err((run, e)),
             };
             let topics = scenario::load::topics(&unique(&format!("load{count}")));
-            if let Err(e) = create_topics(ctx, &bus, &topics, scenario::load::PARTITIONS).await {
+            let partitions = scenario::load::PARTITIONS;
+            if let Err(e) = create_topics_on(ctx, &bus, &topics, partitions, secure).await {
                 return Err((run, format!("cannot create topics: {e}")));
             }
             let group = unique("group");
@@ -299,7 +361,7 @@ async fn run_scenario(
         }
         Scenario::StuckHandlers => {
             bar.set_message("waiting for the handlers to get stuck");
-            let bus = match bus_for(ctx, true).await {
+            let bus = match bus_for(ctx, true, false).await {
                 Ok(bus) => bus,
                 Err(e) => return Err((run, e)),
             };
@@ -311,7 +373,7 @@ async fn run_scenario(
         }
         Scenario::DropWithoutShutdown => {
             bar.set_message("publishing, then dropping the bus");
-            let bus = match bus_for(ctx, true).await {
+            let bus = match bus_for(ctx, true, false).await {
                 Ok(bus) => bus,
                 Err(e) => return Err((run, e)),
             };
@@ -322,7 +384,7 @@ async fn run_scenario(
             Ok(scenario::lifecycle::drop_without_shutdown(bus, topic, run).await)
         }
         Scenario::RebalanceChurn => {
-            let bus = match bus_for(ctx, true).await {
+            let bus = match bus_for(ctx, true, false).await {
                 Ok(bus) => bus,
                 Err(e) => return Err((run, e)),
             };

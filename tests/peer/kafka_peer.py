@@ -15,6 +15,9 @@ Subcommands (each prints one JSON document on stdout):
 
   version    {"confluent_kafka": ..., "librdkafka": ...}
 
+Security settings (librdkafka's security.protocol, ssl.ca.location, sasl.mechanism,
+sasl.username, sasl.password) come from the PEER_* variables of peer_common, when set.
+
 Exits with status 3 and a message on stderr when confluent-kafka is not installed.
 """
 
@@ -22,7 +25,7 @@ import argparse
 import json
 import sys
 
-from peer_common import text, version  # exits 3 when confluent-kafka is missing
+from peer_common import security, text, version  # exits 3 when confluent-kafka is missing
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -34,6 +37,7 @@ def read(args):
             "group.id": "peer-reader",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            **security(),
         }
     )
     metadata = consumer.list_topics(args.topic, timeout=30)
@@ -84,6 +88,7 @@ def partition(args):
             "partitioner": args.partitioner,
             "linger.ms": 5,
             "acks": "all",
+            **security(),
         }
     )
     placed = {}

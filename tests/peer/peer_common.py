@@ -1,11 +1,12 @@
-"""What the peer scripts share: the check that confluent-kafka is installed, text decoding, and
-the `version` report.
+"""What the peer scripts share: the check that confluent-kafka is installed, text decoding, the
+security settings from the environment, and the `version` report.
 
 Importing this module exits with status 3 and a message on stderr when confluent-kafka is not
 installed.
 """
 
 import json
+import os
 import sys
 
 try:
@@ -31,3 +32,19 @@ def version(_args=None):
         sys.stdout,
     )
     sys.stdout.write("\n")
+
+
+# librdkafka's security settings, each from an environment variable when set (the tests pass
+# passwords this way, not on the command line).
+SECURITY_VARIABLES = {
+    "security.protocol": "PEER_SECURITY_PROTOCOL",
+    "ssl.ca.location": "PEER_SSL_CA_LOCATION",
+    "sasl.mechanism": "PEER_SASL_MECHANISM",
+    "sasl.username": "PEER_SASL_USERNAME",
+    "sasl.password": "PEER_SASL_PASSWORD",
+}
+
+
+def security():
+    """The librdkafka settings given by the PEER_* variables (none: plaintext)."""
+    return {key: os.environ[var] for key, var in SECURITY_VARIABLES.items() if os.environ.get(var)}

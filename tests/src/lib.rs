@@ -10,6 +10,12 @@
 //! [`OwnBroker`], a private broker a test may stop and restart (nisshi with SQLite storage in a
 //! scratch directory, killed when its guard drops, also when a test fails; the shared test
 //! broker is never touched).
+//!
+//! The secured broker (SASL_SSL: `cargo xtask broker start --tls --sasl`, started by `cargo
+//! xtask test`) comes from `KAFKA_SECURE_*` or `target/broker-secure.env`: [`secured`],
+//! [`secure_config`]. [`OwnSecureBroker`] is a private one whose users a test changes between
+//! restarts; [`Certificates`] makes CAs and certificates (rcgen); [`capture_logs`] records the
+//! tracing output of a test.
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers: failing loudly is their job
 
@@ -20,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bus_kafka::KafkaConfig;
+use bus_kafka::{KafkaConfig, SaslMechanism, SecurityConfig, SecurityProtocol, TlsConfig};
 
 /// The broker's `host:port`.
 ///
@@ -125,10 +131,26 @@ pub fn peer_python() -> PathBuf {
 ///
 /// When the peer fails (with its stderr) or prints no JSON.
 pub fn run_peer(script: &str, args: &[&str], stdin: &str) -> serde_json::Value {
+    run_peer_with_env(script, args, stdin, &[])
+}
+
+/// [`run_peer`] with environment variables (the peer's security settings: `PEER_*`, see
+/// `tests/peer/peer_common.py`; a password on a command line would show in `ps`).
+///
+/// # Panics
+///
+/// As for [`run_peer`].
+pub fn run_peer_with_env(
+    script: &str,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let script = workspace().join("tests").join("peer").join(script);
     let mut child = Command::new(peer_python())
         .arg(&script)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -434,4 +456,299 @@ impl Drop for OwnBroker {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The secured test broker (SASL_SSL, SCRAM users).
+#[derive(Debug, Clone)]
+pub struct Secured {
+    /// `host:port`.
+    pub bootstrap: String,
+    /// The CA that signed the broker's certificate (PEM).
+    pub ca: PathBuf,
+    /// The SCRAM-SHA-512 user and its password.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// The SCRAM-SHA-256 user.
+    pub user_256: String,
+    /// Its password.
+    pub password_256: String,
+}
+
+/// The secured broker: `KAFKA_SECURE_*` from the environment (set by `cargo xtask test`), else
+/// `target/broker-secure.env` (written by `cargo xtask broker start --tls --sasl`).
+///
+/// # Panics
+///
+/// When there is none, saying how to start one.
+pub fn secured() -> Secured {
+    let env_file = workspace().join("target").join("broker-secure.env");
+    let from_file: std::collections::HashMap<String, String> =
+        if std::env::var("KAFKA_SECURE_BOOTSTRAP").is_ok_and(|v| !v.trim().is_empty()) {
+            std::env::vars().collect()
+        } else {
+            std::fs::read_to_string(&env_file)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+                .collect()
+        };
+    let get = |name: &str| {
+        from_file.get(name).cloned().unwrap_or_else(|| {
+            panic!(
+                "no secured broker ({name} unknown): run the tests with `cargo xtask test`, or \
+                 start it with `cargo xtask broker start --tls --sasl`; looked in the \
+                 environment and {}",
+                env_file.display()
+            )
+        })
+    };
+    Secured {
+        bootstrap: get("KAFKA_SECURE_BOOTSTRAP"),
+        ca: PathBuf::from(get("KAFKA_SECURE_CA")),
+        user: get("KAFKA_SECURE_USER"),
+        password: get("KAFKA_SECURE_PASSWORD"),
+        user_256: get("KAFKA_SECURE_USER_256"),
+        password_256: get("KAFKA_SECURE_PASSWORD_256"),
+    }
+}
+
+impl Secured {
+    /// The librdkafka settings of the peer for this broker as `user` (`PEER_*` variables).
+    pub fn peer_env(&self, mechanism: SaslMechanism) -> Vec<(&'static str, String)> {
+        let (user, password) = self.credentials(mechanism);
+        vec![
+            ("PEER_SECURITY_PROTOCOL", "sasl_ssl".to_owned()),
+            ("PEER_SSL_CA_LOCATION", self.ca.display().to_string()),
+            ("PEER_SASL_MECHANISM", mechanism.name().to_owned()),
+            ("PEER_SASL_USERNAME", user.to_owned()),
+            ("PEER_SASL_PASSWORD", password.to_owned()),
+        ]
+    }
+
+    /// The user and password of `mechanism` (SCRAM-SHA-256: the 256 user, else the 512 one).
+    pub fn credentials(&self, mechanism: SaslMechanism) -> (&str, &str) {
+        if mechanism == SaslMechanism::ScramSha256 {
+            (&self.user_256, &self.password_256)
+        } else {
+            (&self.user, &self.password)
+        }
+    }
+}
+
+/// A configuration for the secured broker: SASL_SSL with `mechanism`'s user, trusting its CA.
+pub fn secure_config(mechanism: SaslMechanism) -> KafkaConfig {
+    let broker = secured();
+    let (user, password) = broker.credentials(mechanism);
+    let mut config = KafkaConfig::new(&broker.bootstrap);
+    config.security = SecurityConfig::sasl_ssl(mechanism, user, password);
+    config.security.tls.ca_location = Some(broker.ca.clone());
+    config
+}
+
+/// A certificate authority, and certificates it signs, written as PEM files into a directory.
+pub struct Certificates {
+    dir: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA's certificate (PEM file).
+    pub ca: PathBuf,
+}
+
+impl Certificates {
+    /// A new CA named `name`, its certificate written to `<dir>/<name>-ca.pem`.
+    pub fn new(dir: &Path, name: &str) -> Certificates {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        std::fs::create_dir_all(dir).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, format!("{name} CA"));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let certificate = params.self_signed(&key).unwrap();
+        let ca = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&ca, certificate.pem()).unwrap();
+        Certificates { dir: dir.to_owned(), issuer: rcgen::Issuer::new(params, key), ca }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) signed by the CA, written to
+    /// `<dir>/<file>.pem` and its key (PKCS#8) to `<dir>/<file>.key`; returns both paths.
+    pub fn issue(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, file);
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        let (pem, key_file) =
+            (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
+        std::fs::write(&pem, certificate.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (pem, key_file)
+    }
+}
+
+/// A private secured nisshi (TLS listener, SCRAM, SQLite storage) whose users can change
+/// between restarts; killed on drop.
+pub struct OwnSecureBroker {
+    port: u16,
+    dir: PathBuf,
+    /// The CA of its certificate.
+    pub ca: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnSecureBroker {
+    /// Starts one with the SCRAM users `(name, password, mechanism)` (`scram256` or
+    /// `scram512`).
+    pub fn start(users: &[(&str, &str, &str)]) -> OwnSecureBroker {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir =
+            std::env::temp_dir().join(format!("bus-secure-broker-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let certificates = Certificates::new(&dir, "own");
+        let (pem, key) = certificates.issue("server", &["127.0.0.1", "localhost"]);
+        std::fs::rename(pem, dir.join("server.pem")).unwrap();
+        std::fs::rename(key, dir.join("server.key")).unwrap();
+        let mut broker = OwnSecureBroker { port, dir, ca: certificates.ca.clone(), child: None };
+        broker.change_users(users, &[]);
+        broker.restart();
+        broker
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&self, secured: bool, log: &str) -> Child {
+        let url = format!("tcp://{}", self.bootstrap());
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        let mut command = Command::new(nisshi());
+        command
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://broker.db"]);
+        if secured {
+            command.args(["--cert", "server.pem", "--key", "server.key", "--authentication"]);
+        }
+        command
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_listening(&self, child: &mut Child) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the private broker exited at start ({status}); see {}", self.dir.display());
+            }
+            assert!(Instant::now() < deadline, "the private broker did not listen within 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the broker (its storage stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// With the broker stopped: creates the users `create` and deletes `delete` (`(name,
+    /// mechanism)`), through a plain broker on the same storage (`nisshi user` speaks neither
+    /// TLS nor SASL).
+    pub fn change_users(&mut self, create: &[(&str, &str, &str)], delete: &[(&str, &str)]) {
+        self.stop();
+        let mut plain = self.spawn(false, "setup.log");
+        self.wait_listening(&mut plain);
+        let url = format!("tcp://{}", self.bootstrap());
+        let run = |args: &[&str]| {
+            let status = Command::new(nisshi()).args(args).stdin(Stdio::null()).status().unwrap();
+            assert!(status.success(), "nisshi {} failed ({status})", args.join(" "));
+        };
+        for (name, password, mechanism) in create {
+            run(&["user", "create", "--broker", &url, name, password, "--mechanism", mechanism]);
+        }
+        for (name, mechanism) in delete {
+            run(&["user", "delete", "--broker", &url, name, "--mechanism", mechanism]);
+        }
+        let _ = plain.kill();
+        let _ = plain.wait();
+        self.stop();
+    }
+
+    /// Starts the secured broker again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut child = self.spawn(true, "broker.log");
+        self.wait_listening(&mut child);
+        self.child = Some(child);
+    }
+
+    /// A SASL_SSL configuration for it.
+    pub fn config(&self, mechanism: SaslMechanism, user: &str, password: &str) -> KafkaConfig {
+        let mut config = KafkaConfig::new(&self.bootstrap());
+        config.security = SecurityConfig {
+            protocol: SecurityProtocol::SaslSsl,
+            tls: TlsConfig { ca_location: Some(self.ca.clone()), ..TlsConfig::default() },
+            ..SecurityConfig::sasl_ssl(mechanism, user, password)
+        };
+        config
+    }
+}
+
+impl Drop for OwnSecureBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The tracing output of the current thread while the guard lives (every level), as text.
+pub struct CapturedLogs {
+    buffer: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl CapturedLogs {
+    /// What was logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buffer.lock().unwrap()).into_owned()
+    }
+}
+
+/// Records every tracing event of the current thread (a current-thread runtime's tasks
+/// included) until the returned guard drops.
+pub fn capture_logs() -> CapturedLogs {
+    #[derive(Clone)]
+    struct Writer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Writer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = Writer(std::sync::Arc::clone(&buffer));
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    CapturedLogs { buffer, _guard: guard }
 }

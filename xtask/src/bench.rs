@@ -3,7 +3,9 @@
 //!
 //! The consume and latency benchmarks run against a nisshi of their own (in-memory, started for
 //! the run on a free port and stopped afterwards, so that a long-lived broker's growth does not
-//! weigh on them), unless `KAFKA_BOOTSTRAP` names a broker to use.
+//! weigh on them), unless `KAFKA_BOOTSTRAP` names a broker to use. With `--tls`, produce and
+//! consume run both clients over SASL_SSL (SCRAM-SHA-512) on the secured broker (see `secure`;
+//! its storage is SQLite, as nisshi keeps SCRAM credentials only there).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -46,21 +48,28 @@ impl Which {
     }
 }
 
-pub(crate) fn run(which: Which, record: bool) -> Result<()> {
+pub(crate) fn run(which: Which, record: bool, tls: bool) -> Result<()> {
     let table = match which {
+        Which::Produce | Which::Consume if tls => secured(which)?,
+        _ if tls => return Err("--tls applies to the produce and consume benchmarks".into()),
         Which::Supervisor => supervisor()?,
         Which::Core => core()?,
         Which::Produce | Which::Consume | Which::Latency => against_broker(which)?,
     };
     println!("{table}");
     if record {
+        let (name, flag) = if tls {
+            (format!("{}-tls", which.name()), " --tls")
+        } else {
+            (which.name().to_owned(), "")
+        };
         let section = format!(
-            "Recorded {} on {} with `cargo xtask bench {}`.\n\n{table}\n",
+            "Recorded {} on {} with `cargo xtask bench {}{flag}`.\n\n{table}\n",
             today(),
             machine(),
             which.name()
         );
-        write_section(which.name(), &section)?;
+        write_section(&name, &section)?;
         eprintln!("recorded in docs/BENCHMARKS.md");
     }
     Ok(())
@@ -230,6 +239,77 @@ fn against_broker(which: Which) -> Result<String> {
     }
     drop(private);
     output
+}
+
+/// Records and rounds of the SASL_SSL run: the secured broker stores on SQLite (nisshi keeps
+/// SCRAM credentials only there), which takes tens of thousands of records per second, not a
+/// million.
+const SASL_SSL_RUN: [&str; 4] = ["--records", "200000", "--rounds", "1"];
+
+/// produce or consume with both clients over TLS: first TLS alone on a private in-memory nisshi
+/// with a TLS listener (the full workload: the clients' cost of TLS, comparable with the
+/// plaintext run), then SASL_SSL (SCRAM-SHA-512) on the secured broker (started if need be,
+/// stopped after when started here; SQLite storage, so a smaller run, broker-bound).
+fn secured(which: Which) -> Result<String> {
+    let bin = if matches!(which, Which::Produce) { "produce-bench" } else { "consume-bench" };
+    crate::peer::ensure_rdkafka_build_deps()?;
+    let run = |extra: &[&str], security: &[&str], broker: &crate::secure::Secured| {
+        let mut command = cargo();
+        command
+            .args(["run", "--release", "-p", "bus-bench", "--features", "peer", "--bin", bin])
+            .arg("--")
+            .args(["--bootstrap", broker.bootstrap()])
+            .args(security)
+            .args(extra)
+            .current_dir(crate::workspace_root());
+        broker.apply(&mut command);
+        stdout_of(&mut command)
+    };
+    let ca = |broker: &crate::secure::Secured| {
+        broker.vars.get("KAFKA_SECURE_CA").cloned().unwrap_or_default()
+    };
+    eprintln!("1/2: TLS alone, on a private in-memory broker with a TLS listener");
+    let dir = crate::workspace_root().join("target").join("bench-broker-tls");
+    let (child, vars) = crate::secure::launch(&dir, true, false, false)?;
+    let private = PrivateBroker { bootstrap: String::new(), child };
+    let tls_broker = crate::secure::Secured { vars, started_here: true };
+    let tls = run(
+        &[],
+        &["--security-protocol", "ssl", "--ssl-ca-location", &ca(&tls_broker)],
+        &tls_broker,
+    );
+    drop(private);
+    let tls = tls?;
+    eprintln!("2/2: SASL_SSL (SCRAM-SHA-512) on the secured broker (SQLite storage)");
+    let broker = crate::secure::ensure_running(true, true)?;
+    let user = broker.vars.get("KAFKA_SECURE_USER").cloned().unwrap_or_default();
+    let mut extra = SASL_SSL_RUN.to_vec();
+    if matches!(which, Which::Consume) {
+        extra.extend(["--keyed-records", "2000"]);
+    }
+    let ca_file = ca(&broker);
+    let security = [
+        "--security-protocol",
+        "sasl_ssl",
+        "--ssl-ca-location",
+        &ca_file,
+        "--sasl-mechanism",
+        "SCRAM-SHA-512",
+        "--sasl-username",
+        &user,
+        "--sasl-password-env",
+        "KAFKA_SECURE_PASSWORD",
+    ];
+    let sasl = run(&extra, &security, &broker);
+    if broker.started_here {
+        crate::secure::stop()?;
+    }
+    Ok(format!(
+        "**TLS alone** (security.protocol ssl), a private in-memory nisshi with a TLS listener:\n\n\
+         {tls}\n\n**SASL_SSL** (SCRAM-SHA-512) on the secured broker, whose SQLite storage \
+         bounds both clients (the SASL exchange itself happens once per connection):\n\n{}",
+        sasl?
+    ))
 }
 
 fn today() -> String {

@@ -3,7 +3,8 @@
 //! Owns: `cargo xtask broker start|stop|status`, and [`ensure_running`] / [`stop`] for the other
 //! tools. The broker is nisshi (pinned in `tools`), listening on a free loopback port with
 //! in-memory storage. Its address and process id are written to `target/broker.env`, where tests
-//! and tools find them.
+//! and tools find them. With `--tls` and/or `--sasl` the commands act on the secured broker
+//! instead, a second one (see `secure`).
 //!
 //! Invariants:
 //! - When `KAFKA_BOOTSTRAP` is set, it names the broker to use (a user's own cluster): nothing is
@@ -27,10 +28,26 @@ use crate::tools;
 #[derive(Subcommand, Clone, Copy)]
 pub(crate) enum Action {
     /// Start the broker (installing nisshi on first use) unless one is already running.
-    Start,
-    /// Stop the broker started by `start`.
-    Stop,
-    /// Print the broker's address and whether it answers.
+    Start {
+        /// The secured broker instead, with a TLS listener (a CA and a server certificate made
+        /// in target/broker-secure/).
+        #[arg(long)]
+        tls: bool,
+        /// The secured broker instead, with SASL/SCRAM (SCRAM-SHA-256 and SCRAM-SHA-512 users;
+        /// all in target/broker-secure.env).
+        #[arg(long)]
+        sasl: bool,
+    },
+    /// Stop the broker started by `start` (with `--tls` or `--sasl`: the secured one).
+    Stop {
+        /// The secured broker.
+        #[arg(long)]
+        tls: bool,
+        /// The secured broker.
+        #[arg(long)]
+        sasl: bool,
+    },
+    /// Print the brokers' addresses and whether they answer.
     Status,
 }
 
@@ -47,13 +64,24 @@ pub(crate) struct Broker {
 
 pub(crate) fn run(action: Action) -> Result<()> {
     match action {
-        Action::Start => {
+        Action::Start { tls: false, sasl: false } => {
             let broker = ensure_running()?;
             println!("{BOOTSTRAP_VAR}={}", broker.bootstrap);
             Ok(())
         }
-        Action::Stop => stop(),
-        Action::Status => status(),
+        Action::Start { tls, sasl } => {
+            let broker = crate::secure::ensure_running(tls, sasl)?;
+            for (name, value) in &broker.vars {
+                println!("{name}={value}");
+            }
+            Ok(())
+        }
+        Action::Stop { tls: false, sasl: false } => stop(),
+        Action::Stop { .. } => crate::secure::stop(),
+        Action::Status => {
+            let plain = status();
+            crate::secure::status().and(plain)
+        }
     }
 }
 
@@ -89,7 +117,7 @@ fn external() -> Option<String> {
 }
 
 /// Whether `pid` is a live nisshi process.
-fn is_our_broker(pid: u32) -> bool {
+pub(crate) fn is_our_broker(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("nisshi"))
         .unwrap_or(false)
@@ -107,6 +135,12 @@ pub(crate) fn probe(bootstrap: &str) -> Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("cannot connect to {bootstrap}: {e}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    api_versions(&mut stream, bootstrap)
+}
+
+/// Sends an ApiVersions v0 request on `stream` (a connection to `bootstrap`, plain or TLS) and
+/// checks the answer.
+pub(crate) fn api_versions(stream: &mut (impl Read + Write), bootstrap: &str) -> Result<()> {
     let client_id = b"xtask";
     let mut request = Vec::new();
     request.extend_from_slice(&18i16.to_be_bytes()); // ApiVersions
@@ -232,20 +266,25 @@ pub(crate) fn stop() -> Result<()> {
         return Ok(());
     };
     if let Some(pid) = recorded.pid.filter(|&pid| is_our_broker(pid)) {
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while is_our_broker(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if is_our_broker(pid) {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
+        kill(pid);
         eprintln!("broker at {} (pid {pid}) stopped", recorded.bootstrap);
     } else {
         eprintln!("the recorded broker at {} is not running", recorded.bootstrap);
     }
     std::fs::remove_file(env_file())
         .map_err(|e| format!("cannot remove {}: {e}", env_file().display()))
+}
+
+/// Ends the broker process `pid` (checked to be ours by the caller): TERM, then KILL after 10 s.
+pub(crate) fn kill(pid: u32) {
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_our_broker(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if is_our_broker(pid) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
 }
 
 fn status() -> Result<()> {

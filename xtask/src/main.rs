@@ -14,6 +14,7 @@ mod ci;
 mod cmd;
 mod leakcheck;
 mod peer;
+mod secure;
 mod test;
 mod tools;
 
@@ -53,6 +54,10 @@ enum Command {
         /// Write the result into docs/BENCHMARKS.md.
         #[arg(long)]
         record: bool,
+        /// produce and consume only: both clients over SASL_SSL (SCRAM-SHA-512) on the secured
+        /// broker (`broker start --tls --sasl`); recorded as `produce-tls` / `consume-tls`.
+        #[arg(long)]
+        tls: bool,
     },
     /// Prove that the bus leaves no task, socket or thread behind (the leak scenarios).
     Leakcheck {
@@ -79,7 +84,7 @@ fn main() -> ExitCode {
         Command::Ci => ci::run(),
         Command::Test { args } => test::run(&args),
         Command::Broker { action } => broker::run(action),
-        Command::Bench { which, record } => bench::run(which, record),
+        Command::Bench { which, record, tls } => bench::run(which, record, tls),
         Command::Deny => ci::deny(),
         Command::Leakcheck { args } => leakcheck::run(&args),
     };

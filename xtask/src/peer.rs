@@ -115,6 +115,10 @@ pub(crate) fn ensure_go_peer() -> Result<PathBuf> {
     Ok(binary)
 }
 
+fn openssl_header() -> bool {
+    ["/usr/include/openssl/ssl.h"].iter().any(|p| std::path::Path::new(p).is_file())
+}
+
 fn curl_header() -> bool {
     [
         "/usr/include/curl/curl.h",
@@ -125,8 +129,10 @@ fn curl_header() -> bool {
     .any(|p| std::path::Path::new(p).is_file())
 }
 
-/// Makes sure the `rdkafka` crate's vendored librdkafka can be built: cmake and the curl
-/// headers (librdkafka 2.12 includes `curl/curl.h` even with its curl feature off). Installs
+/// Makes sure the `rdkafka` crate's vendored librdkafka can be built: cmake, the curl
+/// headers (librdkafka 2.12 includes `curl/curl.h` even with its curl feature off) and
+/// OpenSSL's (the peer is built with TLS and SCRAM for `bench --tls`: the `ssl` feature links
+/// the system's libssl). Installs
 /// them with apt-get when missing and running as root; otherwise says what to install.
 pub(crate) fn ensure_rdkafka_build_deps() -> Result<()> {
     crate::tools::ensure_debian_packages(
@@ -134,6 +140,7 @@ pub(crate) fn ensure_rdkafka_build_deps() -> Result<()> {
         &[
             ("cmake", crate::tools::runs("cmake", "--version")),
             ("libcurl4-openssl-dev", curl_header()),
+            ("libssl-dev", openssl_header()),
         ],
     )
 }

@@ -1,9 +1,12 @@
 //! `cargo xtask test`: every test in the workspace against a broker.
 //!
-//! Owns: bringing a broker up when none is running (and the peer clients the tests compare
-//! against, see `peer`: the Python one and the Go one), running `cargo test --workspace` with
-//! `KAFKA_BOOTSTRAP` set, then (on a full run, no filter given) the `orders` example service
-//! against the same broker, and stopping the broker afterwards if this run started it.
+//! Owns: bringing the brokers up when they are not running (the shared plaintext one and the
+//! secured one, SASL_SSL, see `secure`; and the peer clients the tests compare against, see
+//! `peer`: the Python one and the Go one), running `cargo test --workspace` with
+//! `KAFKA_BOOTSTRAP` and the secured broker's `KAFKA_SECURE_*` set, then (on a full run, no
+//! filter given) the `orders` example service against the plaintext broker and the `secure`
+//! example against the secured one, and stopping the brokers afterwards if this run started
+//! them.
 
 use std::process::Command;
 
@@ -16,6 +19,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     // The Go peer: the Go SDK's envelope rules and sarama (tests/peer/go).
     let go_peer = crate::peer::ensure_go_peer()?;
     let broker = broker::ensure_running()?;
+    let secured = match crate::secure::ensure_running(true, true) {
+        Ok(secured) => secured,
+        Err(error) => {
+            if broker.started_here {
+                broker::stop()?;
+            }
+            return Err(error);
+        }
+    };
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command
         .args(["test", "--workspace"])
@@ -23,14 +35,32 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         .env(broker::BOOTSTRAP_VAR, &broker.bootstrap)
         .env(crate::peer::PYTHON_VAR, python)
         .env(crate::peer::GO_PEER_VAR, go_peer);
+    secured.apply(&mut command);
     let mut outcome = crate::cmd::run(&mut command);
     if outcome.is_ok() && args.is_empty() {
         outcome = run_orders_example(&broker.bootstrap);
+    }
+    if outcome.is_ok() && args.is_empty() {
+        outcome = run_secure_example(&secured);
+    }
+    if secured.started_here {
+        crate::secure::stop()?;
     }
     if broker.started_here {
         broker::stop()?;
     }
     outcome
+}
+
+/// Runs the `secure` example (SASL_SSL with SCRAM-SHA-512, the password from the environment)
+/// against the secured broker, on a topic of its own.
+fn run_secure_example(secured: &crate::secure::Secured) -> Result<()> {
+    let topic = format!("secure-example-{}", std::process::id());
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(["run", "--quiet", "-p", "bus-kafka", "--example", "secure"]);
+    secured.apply(&mut command);
+    command.env("SECURE_TOPIC", topic);
+    crate::cmd::run(&mut command)
 }
 
 /// Runs the `orders` example (bus-kafka's service example) against the broker, on a topic of

@@ -25,13 +25,12 @@ use bus_bench::{
     AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, librdkafka_version, median, process_cpu,
 };
 use bus_core::{HandlerError, Message, Record, SubscribeOptions};
-use bus_kafka::KafkaConfig;
 use bytes::Bytes;
 use clap::Parser;
 
 /// Writes `records` records (keys over [`AGGREGATES`] aggregates) to `topic` with the bus.
 async fn fill(bootstrap: &str, topic: &str, records: usize) {
-    let bus = bus_kafka::connect(KafkaConfig::new(bootstrap))
+    let bus = bus_kafka::connect(bus_bench::config(bootstrap))
         .await
         .unwrap_or_else(|e| fail(&format!("bus: {e}")));
     let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
@@ -120,7 +119,7 @@ impl Striped {
 }
 
 async fn bus_phase(bootstrap: &str, topic: &str, records: usize, group: &str) -> Phase {
-    let bus = bus_kafka::connect(KafkaConfig::new(bootstrap))
+    let bus = bus_kafka::connect(bus_bench::config(bootstrap))
         .await
         .unwrap_or_else(|e| fail(&format!("bus: {e}")));
     let progress = Striped::new();
@@ -173,7 +172,9 @@ fn rdkafka_phase(bootstrap: &str, topic: &str, records: usize, group: &str) -> P
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    bus_bench::secure_rdkafka(&mut client);
+    let consumer: BaseConsumer = client
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
@@ -241,7 +242,7 @@ impl Keyed {
 /// Keyed dispatch with 1 ms handlers: the handlers' total running time over `concurrency`
 /// (the ideal) against the time from the first handler's start to the last one's end.
 async fn keyed_phase(bootstrap: &str, topic: &str, records: usize, concurrency: usize) -> Keyed {
-    let bus = bus_kafka::connect(KafkaConfig::new(bootstrap))
+    let bus = bus_kafka::connect(bus_bench::config(bootstrap))
         .await
         .unwrap_or_else(|e| fail(&format!("bus: {e}")));
     let progress = Progress::new(records);
@@ -323,10 +324,16 @@ struct Args {
     /// phase alone).
     #[arg(long)]
     topic: Option<String>,
+    /// The connections' security (both clients).
+    #[command(flatten)]
+    security: bus_bench::Security,
 }
 
 fn main() {
-    let Args { bootstrap, records, rounds, keyed_records, only, topic: existing } = Args::parse();
+    let Args { bootstrap, records, rounds, keyed_records, only, topic: existing, security } =
+        Args::parse();
+    let over = security.describe();
+    security.install();
     let runtime = bus_bench::runtime();
     let admin = bus_bench::admin(&runtime, &bootstrap);
     let run_id = std::process::id();
@@ -405,9 +412,9 @@ fn main() {
     let librdkafka = librdkafka_version();
     println!(
         "{records} records of {VALUE_BYTES} bytes, keys over {AGGREGATES} aggregates, \
-         {PARTITIONS} partitions, each client in a fresh consumer group from the earliest offset, \
-         no-op handler; rate from the first record to the last, join time apart; median of \
-         {rounds} round(s), clients alternating first.\n"
+         {PARTITIONS} partitions, each client in a fresh consumer group from the earliest \
+         offset{over}, no-op handler; rate from the first record to the last, join time apart; \
+         median of {rounds} round(s), clients alternating first.\n"
     );
     println!("| client | msgs/s | client CPU per message | join |");
     println!("|---|---:|---:|---:|");

@@ -17,7 +17,6 @@ use bus_bench::{
     AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, librdkafka_version, median, process_cpu,
 };
 use bus_core::Record;
-use bus_kafka::KafkaConfig;
 use bytes::Bytes;
 use clap::Parser;
 #[cfg(feature = "peer")]
@@ -57,7 +56,9 @@ fn rdkafka_phase(_bootstrap: &str, _topic: &str, _records: usize, _keys: &[Strin
 
 #[cfg(feature = "peer")]
 fn rdkafka_phase(bootstrap: &str, topic: &str, records: usize, keys: &[String]) -> Phase {
-    let producer: BaseProducer<Counting> = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    bus_bench::secure_rdkafka(&mut client);
+    let producer: BaseProducer<Counting> = client
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -109,7 +110,7 @@ fn rdkafka_phase(bootstrap: &str, topic: &str, records: usize, keys: &[String]) 
 }
 
 async fn bus_phase(bootstrap: &str, topic: &str, records: usize, keys: &[Bytes]) -> Phase {
-    let mut config = KafkaConfig::new(bootstrap);
+    let mut config = bus_bench::config(bootstrap);
     config.producer.linger = Duration::from_millis(5);
     let bus = bus_kafka::connect(config).await.unwrap_or_else(|e| fail(&format!("bus: {e}")));
     // Resolve the topic outside the measurement.
@@ -162,10 +163,15 @@ struct Args {
     /// One client alone, for profiling (no table).
     #[arg(long, value_parser = ["bus", "rdkafka"])]
     only: Option<String>,
+    /// The connections' security (both clients).
+    #[command(flatten)]
+    security: bus_bench::Security,
 }
 
 fn main() {
-    let Args { bootstrap, records, rounds, only } = Args::parse();
+    let Args { bootstrap, records, rounds, only, security } = Args::parse();
+    let over = security.describe();
+    security.install();
     let runtime = bus_bench::runtime();
     let (key_strings, key_bytes) = bus_bench::keys();
     let admin = bus_bench::admin(&runtime, &bootstrap);
@@ -220,7 +226,7 @@ fn main() {
     let librdkafka = librdkafka_version();
     println!(
         "{records} records of {VALUE_BYTES} bytes, keys over {AGGREGATES} aggregates, {PARTITIONS} \
-         partitions, acks all, linger 5 ms, no compression; median of {rounds} round(s), \
+         partitions, acks all, linger 5 ms, no compression{over}; median of {rounds} round(s), \
          clients alternating first.\n"
     );
     println!("| client | msgs/s | MB/s | client CPU per message |");

@@ -73,6 +73,16 @@ impl Backend for KafkaBackend {
     }
 
     fn health(&self) -> Health {
-        if self.closed.load(Ordering::Acquire) { Health::Closed } else { self.producer.health() }
+        if self.closed.load(Ordering::Acquire) {
+            return Health::Closed;
+        }
+        match self.producer.health() {
+            Health::Ready => match self.client.connector().trouble() {
+                // A broker refusing TLS or SASL: whatever part of the bus met it.
+                Some(reason) => Health::Degraded { reason },
+                None => Health::Ready,
+            },
+            other => other,
+        }
     }
 }

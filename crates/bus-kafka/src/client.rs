@@ -65,27 +65,33 @@ struct Attempt {
 
 impl From<RequestError> for Attempt {
     fn from(error: RequestError) -> Self {
+        // A TLS or SASL refusal fails the same way again (and the connector holds the broker
+        // back meanwhile): reported at once.
         let retriable = !matches!(
             error,
             RequestError::Unsupported { .. }
                 | RequestError::Encode { .. }
                 | RequestError::TooLarge { .. }
+                | RequestError::Tls { .. }
+                | RequestError::Auth { .. }
         );
         Attempt { reason: error.to_string(), retriable }
     }
 }
 
 impl KafkaClient {
-    /// Checks the configuration and that a bootstrap broker answers (a connection and its
-    /// ApiVersions exchange), within `request_timeout`.
+    /// Checks the configuration (reading its PEM files and password variable) and that a
+    /// bootstrap broker answers (a connection, its TLS handshake, ApiVersions and SASL
+    /// exchanges), within `request_timeout`.
     ///
     /// # Errors
     ///
     /// [`KafkaError::Config`] for an invalid configuration, [`KafkaError::Connect`] when no
-    /// bootstrap broker answers.
+    /// bootstrap broker answers (at once when one refuses the TLS handshake or the SASL
+    /// credentials).
     pub(crate) async fn connect(config: Arc<KafkaConfig>) -> Result<KafkaClient, KafkaError> {
         config.validate()?;
-        let connector = Arc::new(Connector::new(Arc::clone(&config)));
+        let connector = Arc::new(Connector::new(Arc::clone(&config))?);
         let client = KafkaClient { config, connector, counts: Mutex::new(HashMap::new()) };
         client.retrying(|| client.bootstrap_connection()).await.map_err(|reason| {
             KafkaError::Connect { bootstrap: client.config.bootstrap.join(","), reason }
@@ -191,14 +197,17 @@ impl KafkaClient {
     {
         let give_up = Instant::now() + self.config.request_timeout;
         let mut failures: u32 = 0;
+        let mut last: Option<String> = None;
         loop {
             let failure = match tokio::time::timeout_at(give_up, attempt()).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(failure)) => failure,
                 Err(_) => {
+                    let earlier = last.map(|l| format!("; the attempt before: {l}"));
                     return Err(format!(
-                        "no answer within request_timeout ({:?})",
-                        self.config.request_timeout
+                        "no answer within request_timeout ({:?}){}",
+                        self.config.request_timeout,
+                        earlier.unwrap_or_default()
                     ));
                 }
             };
@@ -207,6 +216,7 @@ impl KafkaClient {
                 return Err(failure.reason);
             }
             failures = failures.saturating_add(1);
+            last = Some(failure.reason);
             tokio::time::sleep_until(wake).await;
         }
     }

@@ -1,13 +1,16 @@
 //! The Kafka backend's configuration: serde structs with defaults, validated field by field.
 //!
 //! Owns: [`KafkaConfig`] and its sections [`ProducerConfig`], [`ConsumerConfig`],
-//! [`TopicConfig`], and [`Compression`]. [`KafkaConfig::validate`] names the first field out of
-//! range (`producer.linger`, `consumer.session_timeout`, …).
+//! [`TopicConfig`], and [`Compression`] (the `security` section is the crate's `security`
+//! module's). [`KafkaConfig::validate`] names the first field out of range (`producer.linger`,
+//! `consumer.session_timeout`, `security.sasl.password`, …).
 
 use std::time::Duration;
 
 use bus_core::{ConfigError, Partitioner};
 use serde::{Deserialize, Serialize};
+
+use crate::security::SecurityConfig;
 
 /// The largest `consumer.fetch_max_bytes`: a Fetch response is read into memory whole, and
 /// responses over twice this are refused as corrupt.
@@ -142,6 +145,9 @@ pub struct KafkaConfig {
     pub producer: ProducerConfig,
     /// Consumer groups.
     pub consumer: ConsumerConfig,
+    /// TLS and SASL on every connection (`security.protocol`, `security.tls.*`,
+    /// `security.sasl.*`: librdkafka's names).
+    pub security: SecurityConfig,
 }
 
 impl Default for KafkaConfig {
@@ -154,6 +160,7 @@ impl Default for KafkaConfig {
             topics: TopicConfig::default(),
             producer: ProducerConfig::default(),
             consumer: ConsumerConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -253,6 +260,6 @@ impl KafkaConfig {
                 format!("unknown assignor `{unknown}`: expected range or roundrobin"),
             ));
         }
-        Ok(())
+        self.security.validate()
     }
 }

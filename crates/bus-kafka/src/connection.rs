@@ -1,10 +1,12 @@
-//! Our own Kafka connection, shared by both planes: TCP framing, correlation ids, request and
-//! response headers, ApiVersions negotiation and per-request timeouts, on the `kafka-protocol`
-//! crate's message types. The producer's partition loops (Metadata, Produce), the partition
-//! readers of `fetch` (Metadata, ListOffsets, Fetch) and the group plane's coordinator links
-//! (the group APIs) all use it.
+//! Our own Kafka connection, shared by both planes: TCP (or TLS) framing, correlation ids,
+//! request and response headers, ApiVersions negotiation, SASL authentication and
+//! re-authentication, and per-request timeouts, on the `kafka-protocol` crate's message types.
+//! The producer's partition loops (Metadata, Produce), the partition readers of `fetch`
+//! (Metadata, ListOffsets, Fetch), the group plane's coordinator links (the group APIs) and
+//! the cluster client (Metadata, CreateTopics) all use it.
 //!
-//! Owns: [`Connection`] (one TCP stream to one broker, one request at a time), the [`Api`] trait
+//! Owns: [`Connection`] (one stream to one broker, plain or TLS ([`Transport`]), one request at
+//! a time; opened as the bus's [`Security`] says), the [`Api`] trait
 //! (every request type this crate sends, and the versions it implements for each),
 //! [`RequestError`] (a failed request, naming the broker and the API; each plane classifies it
 //! its own way) and [`code_name`] (a Kafka error code's name, for messages).
@@ -15,8 +17,14 @@
 //!   future is dropped before the response is read leaves the connection *poisoned*: the stream
 //!   is closed and never read or written again (a half-written request or half-read response
 //!   would desynchronise the framing). Callers open a new connection.
-//! - Every exchange is bounded by the caller's timeout (connecting and ApiVersions by the one
-//!   given to [`Connection::open`]); nothing here waits without a bound.
+//! - Every exchange is bounded by the caller's timeout; opening (TCP, the TLS handshake,
+//!   ApiVersions, SASL) is bounded as a whole by the one given to [`Connection::open`]. Nothing
+//!   here waits without a bound.
+//! - With SASL, a connection is handed out only once authenticated; when the broker set a
+//!   session lifetime (KIP-368), the connection re-authenticates before the next request sent
+//!   after 85-95% of it (so never while a request is in flight); a failed re-authentication
+//!   poisons it.
+//! - Each frame written is flushed before its response is read (TLS buffers what is written).
 //! - The version used for an API is the highest that both we and the broker support, as learnt
 //!   from the broker's ApiVersions answer when the connection was opened; an API with no common
 //!   version fails with [`RequestError::Unsupported`] before anything is sent. ApiVersions itself
@@ -30,6 +38,7 @@
 //! - No task is spawned here: the caller's future drives every read and write.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -40,12 +49,17 @@ use kafka_protocol::messages::{
     HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, SyncGroupRequest,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest,
     SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::security::{Authenticator, Security, reauthenticate_at};
+use crate::transport::Transport;
 
 /// The largest response accepted (a sanity bound against a corrupt size prefix; a Fetch
 /// response is at most `consumer.fetch_max_bytes` of records plus its framing).
@@ -101,15 +115,39 @@ api!(FetchRequest, FetchResponse, Fetch, "Fetch", 4, 12);
 api!(CreateTopicsRequest, CreateTopicsResponse, CreateTopics, "CreateTopics", 1, 7);
 // The producer (v3 is the first with record batches v2; v13 the first naming topics by id).
 api!(ProduceRequest, ProduceResponse, Produce, "Produce", 3, 9);
+// SASL (v0 of SaslHandshake means unframed SASL tokens, which we do not speak; SaslAuthenticate
+// v1 is the first with the session lifetime).
+api!(SaslHandshakeRequest, SaslHandshakeResponse, SaslHandshake, "SaslHandshake", 1, 1);
+api!(SaslAuthenticateRequest, SaslAuthenticateResponse, SaslAuthenticate, "SaslAuthenticate", 0, 2);
 
 /// A request to a broker that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum RequestError {
-    /// The TCP connection could not be opened.
+    /// The TCP connection could not be opened (or was closed during the TLS handshake).
     #[error("cannot connect to broker {broker}: {reason}")]
     Connect {
         /// The broker's address.
         broker: String,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS handshake was refused: the broker's certificate is not trusted or does not name
+    /// it, or the broker does not speak TLS. The same configuration fails again.
+    #[error("TLS handshake with broker {broker} failed: {reason}")]
+    Tls {
+        /// The broker's address.
+        broker: String,
+        /// Why.
+        reason: String,
+    },
+    /// SASL authentication failed: the broker refused the credentials or the mechanism, or the
+    /// exchange broke the mechanism's rules. The same credentials fail again.
+    #[error("broker {broker}: SASL authentication with {mechanism} failed: {reason}")]
+    Auth {
+        /// The broker's address.
+        broker: String,
+        /// The mechanism (`SCRAM-SHA-512`, ...).
+        mechanism: &'static str,
         /// Why.
         reason: String,
     },
@@ -190,6 +228,14 @@ pub(crate) enum RequestError {
     },
 }
 
+impl RequestError {
+    /// Whether the error is a TLS or SASL refusal: the configuration does not fit the broker,
+    /// and trying again at once would fail the same way.
+    pub(crate) fn is_security(&self) -> bool {
+        matches!(self, RequestError::Tls { .. } | RequestError::Auth { .. })
+    }
+}
+
 /// A Kafka error code's name, for messages: `NAME (error N)`.
 pub(crate) fn code_name(code: i16) -> String {
     ResponseError::try_from_code(code)
@@ -201,7 +247,9 @@ pub(crate) fn code_name(code: i16) -> String {
 pub(crate) struct Connection {
     broker: String,
     client_id: StrBytes,
-    stream: Option<TcpStream>,
+    stream: Option<Transport>,
+    /// The SASL session, when the connection authenticated.
+    session: Option<Session>,
     /// A request was started and not finished: the stream is unusable.
     in_flight: bool,
     correlation: i32,
@@ -209,20 +257,32 @@ pub(crate) struct Connection {
     versions: HashMap<i16, (i16, i16)>,
 }
 
+/// A connection's SASL session: how to authenticate again, and when.
+#[derive(Debug)]
+struct Session {
+    authenticator: Arc<Authenticator>,
+    /// When to re-authenticate (none: the broker set no session lifetime).
+    reauthenticate_at: Option<Instant>,
+}
+
 impl Connection {
-    /// Opens a connection to `broker` (`host:port`) and negotiates versions with ApiVersions,
-    /// each step bounded by `timeout`.
+    /// Opens a connection to `broker` (`host:port`): TCP, the TLS handshake when `security`
+    /// has TLS, ApiVersions, then SASL when `security` has it, all within `timeout`.
     ///
     /// # Errors
     ///
-    /// [`RequestError::Connect`] when the TCP connection fails or times out; the errors of
-    /// [`Connection::send`] for the ApiVersions exchange.
+    /// [`RequestError::Connect`] when the TCP connection fails or times out (or the broker
+    /// closes it during the TLS handshake); [`RequestError::Tls`] when the handshake is
+    /// refused; [`RequestError::Auth`] when authentication is; the errors of
+    /// [`Connection::send`] for the ApiVersions and SASL exchanges.
     pub(crate) async fn open(
         broker: &str,
+        security: &Security,
         client_id: &str,
         timeout: Duration,
     ) -> Result<Connection, RequestError> {
-        let connect = tokio::time::timeout(timeout, TcpStream::connect(broker)).await;
+        let deadline = Instant::now() + timeout;
+        let connect = tokio::time::timeout_at(deadline, TcpStream::connect(broker)).await;
         let stream = match connect {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -239,16 +299,83 @@ impl Connection {
             }
         };
         let _ = stream.set_nodelay(true);
+        let stream = match &security.tls {
+            None => Transport::Plain(stream),
+            Some(tls) => match tokio::time::timeout_at(deadline, tls.connect(broker, stream)).await
+            {
+                Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    return Err(RequestError::Connect {
+                        broker: broker.to_owned(),
+                        reason: format!(
+                            "no TLS handshake within {timeout:?} (if the broker's listener is \
+                             not TLS, set security.protocol to plaintext or sasl_plaintext)"
+                        ),
+                    });
+                }
+            },
+        };
+        let tls = stream.is_tls();
         let mut connection = Connection {
             broker: broker.to_owned(),
             client_id: StrBytes::from_string(client_id.to_owned()),
             stream: Some(stream),
+            session: None,
             in_flight: false,
             correlation: 0,
             versions: HashMap::new(),
         };
-        connection.negotiate(timeout).await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        connection.negotiate(remaining).await.map_err(|error| match error {
+            // A plaintext request to a TLS listener is answered with TLS bytes (read as an
+            // invalid size) or a closed connection.
+            RequestError::Io { broker, api, reason } if !tls => RequestError::Io {
+                broker,
+                api,
+                reason: format!(
+                    "{reason} (if the broker's listener is TLS, set security.protocol to ssl or \
+                     sasl_ssl)"
+                ),
+            },
+            other => other,
+        })?;
+        if let Some(authenticator) = &security.sasl {
+            connection.authenticate(Arc::clone(authenticator), deadline).await?;
+        }
         Ok(connection)
+    }
+
+    /// Authenticates with `authenticator` within `deadline` and records the session.
+    async fn authenticate(
+        &mut self,
+        authenticator: Arc<Authenticator>,
+        deadline: Instant,
+    ) -> Result<(), RequestError> {
+        let start = Instant::now();
+        let lifetime = authenticator.authenticate(self, deadline).await?;
+        let reauthenticate_at = lifetime.map(|lifetime| reauthenticate_at(start, lifetime));
+        tracing::debug!(
+            broker = %self.broker, mechanism = %authenticator.mechanism(), ?lifetime,
+            "authenticated"
+        );
+        self.session = Some(Session { authenticator, reauthenticate_at });
+        Ok(())
+    }
+
+    /// Re-authenticates (KIP-368) when the session's re-authentication time has come, within
+    /// `timeout`.
+    async fn reauthenticate_if_due(&mut self, timeout: Duration) -> Result<(), RequestError> {
+        let due = self
+            .session
+            .as_ref()
+            .filter(|s| s.reauthenticate_at.is_some_and(|at| Instant::now() >= at))
+            .map(|s| Arc::clone(&s.authenticator));
+        if let Some(authenticator) = due {
+            tracing::debug!(broker = %self.broker, "re-authenticating (session lifetime)");
+            self.authenticate(authenticator, Instant::now() + timeout).await?;
+        }
+        Ok(())
     }
 
     /// The broker's address.
@@ -298,6 +425,21 @@ impl Connection {
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response, RequestError> {
+        self.reauthenticate_if_due(timeout).await?;
+        self.request(request, version, timeout).await
+    }
+
+    /// [`Connection::send`] without the re-authentication check: for the handshakes.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Connection::send`].
+    pub(crate) async fn request<R: Api>(
+        &mut self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, RequestError> {
         let frame = self.frame(request, version)?;
         let correlation = self.correlation;
         let body = self.round_trip(R::NAME, version, frame, timeout, BytesMut::new()).await?;
@@ -318,6 +460,7 @@ impl Connection {
         timeout: Duration,
         buffer: BytesMut,
     ) -> Result<(R::Response, Bytes), RequestError> {
+        self.reauthenticate_if_due(timeout).await?;
         let frame = self.frame(request, version)?;
         let correlation = self.correlation;
         let body = self.round_trip(R::NAME, version, frame, timeout, buffer).await?;
@@ -328,6 +471,12 @@ impl Connection {
     /// Closes the stream for good.
     fn poison(&mut self) {
         self.stream = None;
+    }
+
+    /// Closes the connection for good (a failed handshake: the stream is out of step with the
+    /// broker's idea of it).
+    pub(crate) fn close(&mut self) {
+        self.poison();
     }
 
     /// Encodes `request` with its header and size prefix, under a new correlation id, into one
@@ -408,6 +557,7 @@ impl Connection {
         };
         self.in_flight = true;
         stream.write_all(&frame).await.map_err(|e| io(format!("write: {e}")))?;
+        stream.flush().await.map_err(|e| io(format!("write: {e}")))?;
         let size = stream.read_i32().await.map_err(|e| io(format!("read: {e}")))?;
         let size = usize::try_from(size)
             .ok()

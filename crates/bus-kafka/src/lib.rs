@@ -7,6 +7,9 @@
 //!
 //! - **Connecting:** [`connect`], [`KafkaConfig`] and its sections ([`ProducerConfig`],
 //!   [`ConsumerConfig`], [`TopicConfig`], [`Compression`]), [`Admin`], [`KafkaError`].
+//! - **Security:** [`SecurityConfig`] (`security.protocol` [`SecurityProtocol`], `security.tls`
+//!   [`TlsConfig`], `security.sasl` [`SaslConfig`] with [`SaslMechanism`]), [`Secret`], and for
+//!   OAUTHBEARER [`TokenProvider`], [`OAuthBearerToken`], [`TokenFuture`], [`TokenError`].
 //! - **The bus:** [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`],
 //!   [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
@@ -55,6 +58,8 @@ mod fetch;
 mod group;
 mod leader;
 mod producer;
+mod security;
+mod transport;
 
 use std::sync::Arc;
 
@@ -63,6 +68,10 @@ pub use config::{
     Compression, ConsumerConfig, KafkaConfig, MAX_FETCH_BYTES, ProducerConfig, TopicConfig,
 };
 pub use error::KafkaError;
+pub use security::{
+    OAuthBearerToken, SaslConfig, SaslMechanism, Secret, SecurityConfig, SecurityProtocol,
+    TlsConfig, TokenError, TokenFuture, TokenProvider,
+};
 
 pub use bus_core::{
     ConfigError, Delivery, DeliveryFuture, Envelope, EnvelopeError, EnvelopeHandler, EventBus,

@@ -25,6 +25,9 @@ pub(crate) enum Scenario {
     /// The Go SDK's load on Kafka: 5 topics x 3 partitions, 500 / 2,000 / 5,000 / 10,000
     /// envelopes.
     KafkaLoad,
+    /// The same load over SASL_SSL (SCRAM-SHA-512) on the secured broker (`KAFKA_SECURE_*`,
+    /// set by `cargo xtask leakcheck`), with the largest count; skipped when there is none.
+    SecureKafkaLoad,
     /// A handler that never completes and one that blocks its thread.
     StuckHandlers,
     /// A second member joins and leaves the group 20 times while messages flow (Kafka).
@@ -39,8 +42,9 @@ pub(crate) enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub(crate) const ALL: [Scenario; 6] = [
+    pub(crate) const ALL: [Scenario; 7] = [
         Scenario::KafkaLoad,
+        Scenario::SecureKafkaLoad,
         Scenario::StuckHandlers,
         Scenario::RebalanceChurn,
         Scenario::BrokerFaults,
@@ -58,6 +62,8 @@ impl Scenario {
 pub(crate) struct Ctx {
     /// The Kafka broker, when there is one.
     pub(crate) bootstrap: Option<String>,
+    /// The secured broker's configuration (SASL_SSL), when there is one.
+    pub(crate) secure: Option<bus_kafka::KafkaConfig>,
     /// Add a deliberately leaked task and socket to the first scenario.
     pub(crate) inject_leak: Mutex<bool>,
     /// Trees outside the buses that the tool knows of (the injected leak's), so that a leaked

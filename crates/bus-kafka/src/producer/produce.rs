@@ -63,9 +63,10 @@ impl Failure {
             | RequestError::Timeout { .. }
             | RequestError::Protocol { .. } => Failure::Retriable(error.to_string()),
             RequestError::TooLarge { .. } => Failure::TooLarge(error.to_string()),
-            RequestError::Encode { .. } | RequestError::Unsupported { .. } => {
-                Failure::Fatal(error.to_string())
-            }
+            RequestError::Encode { .. }
+            | RequestError::Unsupported { .. }
+            | RequestError::Tls { .. }
+            | RequestError::Auth { .. } => Failure::Fatal(error.to_string()),
         }
     }
 
