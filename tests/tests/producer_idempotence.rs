@@ -29,6 +29,7 @@ use tokio::time::Instant;
 const RECORDS: usize = 200_000;
 /// Keys they are spread over (each key's records carry its sequence number 0, 1, 2, …).
 const KEYS: usize = 1_000;
+const _: () = assert!(RECORDS % KEYS == 0, "every key gets as many records");
 const PARTITIONS: i32 = 6;
 /// Connection faults per run: every other one loses the answer to a Produce request, the
 /// others cut every connection at once.
@@ -175,7 +176,7 @@ async fn read_back(bootstrap: &str, topic: &str) -> Readback {
         }
     }
     for k in 0..KEYS {
-        let published = (RECORDS / KEYS + usize::from(k < RECORDS % KEYS)) as u64;
+        let published = (RECORDS / KEYS) as u64;
         let sequences = found.remove(&key(k)).unwrap_or_default();
         let mut seen = vec![0usize; usize::try_from(published).unwrap()];
         for &sequence in &sequences {
