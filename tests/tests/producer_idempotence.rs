@@ -29,7 +29,7 @@ use tokio::time::Instant;
 const RECORDS: usize = 200_000;
 /// Keys they are spread over (each key's records carry its sequence number 0, 1, 2, …).
 const KEYS: usize = 1_000;
-const _: () = assert!(RECORDS % KEYS == 0, "every key gets as many records");
+const _: () = assert!(RECORDS.is_multiple_of(KEYS), "every key gets as many records");
 const PARTITIONS: i32 = 6;
 /// Connection faults per run: every other one loses the answer to a Produce request, the
 /// others cut every connection at once.
