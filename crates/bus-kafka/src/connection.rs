@@ -741,3 +741,152 @@ impl Pipeline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline against a scripted peer on a loopback socket (it speaks just enough Kafka,
+    //! written by hand, to answer ApiVersions, then sends the answers the test writes, split
+    //! where the test says).
+
+    use super::*;
+    use kafka_protocol::messages::ProduceResponse;
+    use tokio::net::TcpListener;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    /// The Produce version the peer offers (v3: no flexible fields, simple to write by hand).
+    const PRODUCE_VERSION: i16 = 3;
+
+    /// Reads one request frame; returns its correlation id.
+    async fn read_request(stream: &mut TcpStream) -> i32 {
+        let size = stream.read_i32().await.unwrap();
+        let mut body = vec![0u8; usize::try_from(size).unwrap()];
+        stream.read_exact(&mut body).await.unwrap();
+        i32::from_be_bytes([body[4], body[5], body[6], body[7]])
+    }
+
+    /// `body` framed: size prefix, then a v0 response header (the correlation id).
+    fn frame(correlation: i32, body: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        out.put_i32(i32::try_from(4 + body.len()).unwrap());
+        out.put_i32(correlation);
+        out.put_slice(body);
+        out.to_vec()
+    }
+
+    /// A Produce v3 answer: topic `t`, partition 0, stored at `offset`.
+    fn produce_answer(correlation: i32, offset: i64) -> Vec<u8> {
+        let mut body = BytesMut::new();
+        body.put_i32(1); // topics
+        body.put_i16(1);
+        body.put_slice(b"t");
+        body.put_i32(1); // partitions
+        body.put_i32(0); // index
+        body.put_i16(0); // error code
+        body.put_i64(offset);
+        body.put_i64(-1); // log append time
+        body.put_i32(0); // throttle time
+        frame(correlation, &body)
+    }
+
+    /// Accepts one connection and answers its ApiVersions (v3: ApiVersions v0-v3, Produce
+    /// v0-v3).
+    async fn handshake(listener: &TcpListener) -> TcpStream {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let correlation = read_request(&mut stream).await;
+        let mut body = BytesMut::new();
+        body.put_i16(0); // error code
+        body.put_u8(3); // two API keys (compact array: length + 1)
+        for (key, max) in [(ApiKey::ApiVersions, 3), (ApiKey::Produce, PRODUCE_VERSION)] {
+            body.put_i16(key as i16);
+            body.put_i16(0);
+            body.put_i16(max);
+            body.put_u8(0); // tagged fields
+        }
+        body.put_i32(0); // throttle time
+        body.put_u8(0); // tagged fields
+        stream.write_all(&frame(correlation, &body)).await.unwrap();
+        stream
+    }
+
+    async fn pipeline(listener: &TcpListener) -> (Pipeline, TcpStream) {
+        let address = listener.local_addr().unwrap().to_string();
+        let (connection, peer) =
+            tokio::join!(Connection::open(&address, "test", TIMEOUT), handshake(listener));
+        let pipe = connection.unwrap().into_pipeline(1024 * 1024);
+        assert_eq!(pipe.version::<ProduceRequest>().unwrap(), PRODUCE_VERSION);
+        (pipe, peer)
+    }
+
+    fn offset_of(response: &ProduceResponse) -> i64 {
+        response.responses[0].partition_responses[0].base_offset
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_in_order_and_a_read_dropped_halfway_loses_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut pipe, mut peer) = pipeline(&listener).await;
+        let request = ProduceRequest::default();
+        for _ in 0..3 {
+            pipe.send(&request, PRODUCE_VERSION, TIMEOUT).await.unwrap();
+        }
+        let mut asked = Vec::new();
+        for _ in 0..3 {
+            asked.push(read_request(&mut peer).await);
+        }
+        let answers: Vec<Vec<u8>> =
+            asked.iter().zip([10, 20, 30]).map(|(c, o)| produce_answer(*c, o)).collect();
+        peer.write_all(&answers[0]).await.unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        let first = pipe.receive::<ProduceRequest>(deadline).await.unwrap();
+        assert_eq!(offset_of(&first), 10);
+
+        // Half the second answer, and a reader that gives up waiting for the rest.
+        let (head, tail) = answers[1].split_at(answers[1].len() / 2);
+        peer.write_all(head).await.unwrap();
+        peer.flush().await.unwrap();
+        let gave_up = tokio::select! {
+            _ = pipe.receive::<ProduceRequest>(deadline) => false,
+            () = tokio::time::sleep(Duration::from_millis(200)) => true,
+        };
+        assert!(gave_up, "the second answer is not whole yet");
+        assert!(pipe.is_usable());
+        peer.write_all(tail).await.unwrap();
+        peer.write_all(&answers[2]).await.unwrap();
+        let second = pipe.receive::<ProduceRequest>(deadline).await.unwrap();
+        let third = pipe.receive::<ProduceRequest>(deadline).await.unwrap();
+        assert_eq!((offset_of(&second), offset_of(&third)), (20, 30));
+        // Nothing is waiting for an answer any more: asking is an error, not a hang.
+        assert!(pipe.receive::<ProduceRequest>(deadline).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_mismatched_answer_a_deadline_or_an_oversized_answer_poisons_the_pipeline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let request = ProduceRequest::default();
+        let (mut pipe, mut peer) = pipeline(&listener).await;
+        pipe.send(&request, PRODUCE_VERSION, TIMEOUT).await.unwrap();
+        let asked = read_request(&mut peer).await;
+        peer.write_all(&produce_answer(asked + 7, 1)).await.unwrap();
+        let wrong = pipe.receive::<ProduceRequest>(Instant::now() + TIMEOUT).await;
+        assert!(matches!(wrong, Err(RequestError::Protocol { .. })), "{wrong:?}");
+        assert!(!pipe.is_usable());
+        assert!(pipe.send(&request, PRODUCE_VERSION, TIMEOUT).await.is_err());
+
+        let (mut pipe, mut peer) = pipeline(&listener).await;
+        pipe.send(&request, PRODUCE_VERSION, TIMEOUT).await.unwrap();
+        read_request(&mut peer).await;
+        let soon = Instant::now() + Duration::from_millis(50);
+        let late = pipe.receive::<ProduceRequest>(soon).await;
+        assert!(matches!(late, Err(RequestError::Timeout { .. })), "{late:?}");
+        assert!(!pipe.is_usable());
+
+        // A size prefix over the bound is refused before anything is allocated for it.
+        let (mut pipe, mut peer) = pipeline(&listener).await;
+        pipe.send(&request, PRODUCE_VERSION, TIMEOUT).await.unwrap();
+        read_request(&mut peer).await;
+        peer.write_all(&(64 * 1024 * 1024i32).to_be_bytes()).await.unwrap();
+        let huge = pipe.receive::<ProduceRequest>(Instant::now() + TIMEOUT).await;
+        assert!(matches!(huge, Err(RequestError::Io { .. })), "{huge:?}");
+        assert!(!pipe.is_usable());
+    }
+}

@@ -288,4 +288,34 @@ mod tests {
             assert_eq!(records[0].headers.len(), 2);
         }
     }
+
+    #[test]
+    fn a_stamp_and_a_restamp_carry_the_producer_and_sequence_numbers_with_a_valid_crc() {
+        let at = chrono::DateTime::from_timestamp_millis(1_600_000_000_000).unwrap_or_default();
+        let batch: Vec<Entry> = (0..3)
+            .map(|i| entry(Record::new("t", format!("v{i}")).with_key("k").with_timestamp(at)))
+            .collect();
+        let first = Stamp { producer_id: 7, epoch: 2, base_sequence: 40 };
+        let again = Stamp { producer_id: 9, epoch: 0, base_sequence: 0 };
+        for compression in [Compression::None, Compression::Zstd] {
+            let stamped = record_batch(&batch, compression, 0, first).unwrap_or_default();
+            let restamped = restamp(&stamped, again);
+            assert_eq!(stamped.len(), restamped.len());
+            for (bytes, stamp) in [(stamped, first), (restamped, again)] {
+                let mut bytes = bytes;
+                // The decoder checks the CRC-32C.
+                let set = match RecordBatchDecoder::decode(&mut bytes) {
+                    Ok(set) => set,
+                    Err(e) => panic!("{compression:?} {stamp:?}: {e}"),
+                };
+                let sequences: Vec<i32> = set.records.iter().map(|r| r.sequence).collect();
+                let base = stamp.base_sequence;
+                assert_eq!(sequences, vec![base, base + 1, base + 2], "{compression:?}");
+                for record in &set.records {
+                    let producer = (record.producer_id, record.producer_epoch);
+                    assert_eq!(producer, (stamp.producer_id, stamp.epoch));
+                }
+            }
+        }
+    }
 }

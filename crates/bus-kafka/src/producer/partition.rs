@@ -240,7 +240,9 @@ impl Batcher {
                 // Nothing in flight: what cannot make its delivery timeout fails now, in order.
                 self.expire_sealed(Instant::now(), delivery_timeout);
             }
-            if self.sent < self.sealed.len() {
+            // Never more than the window in flight (a split can leave one more sealed): the
+            // broker recognises a batch sent again only among a producer's last five.
+            if self.sent < self.sealed.len() && self.sent < self.window {
                 let sendable = self.sent == 0 || self.sealed[self.sent].batch.is_ok();
                 if sendable {
                     if self.prepare().await {
