@@ -217,3 +217,71 @@ async fn without_idempotence_the_same_faults_store_duplicates_and_the_check_sees
     assert!(readback.keys_out_of_order > 0, "{readback:?}");
     assert_eq!(readback.records, RECORDS + readback.duplicates, "{readback:?}");
 }
+
+/// Reads every record of `topic`'s partition 0, in order, as the sequence numbers in their values.
+async fn read_partition_0(bootstrap: &str, topic: &str) -> Vec<u64> {
+    let client = ClientBuilder::new(vec![bootstrap.to_owned()]).build().await.unwrap();
+    let reader = client.partition_client(topic, 0, UnknownTopicHandling::Error).await.unwrap();
+    let end = reader.get_offset(OffsetAt::Latest).await.unwrap();
+    let mut offset = reader.get_offset(OffsetAt::Earliest).await.unwrap();
+    let mut sequences = Vec::new();
+    while offset < end {
+        let (records, _) = reader.fetch_records(offset, 1..1_000_000, 1_000).await.unwrap();
+        assert!(!records.is_empty(), "nothing at offset {offset}");
+        for record in records {
+            offset = record.offset + 1;
+            let value = record.record.value.unwrap_or_default();
+            sequences.push(u64::from_be_bytes(value[..8].try_into().unwrap()));
+        }
+    }
+    sequences
+}
+
+/// The broker forgets the producer (its topic deleted and created again: the partition's
+/// producer state goes with it), so the partition's next batch, numbered after the ones it
+/// stored, is out of order there (OUT_OF_ORDER_SEQUENCE_NUMBER). The producer takes a new epoch
+/// (or producer id), numbers its batches from 0 again and stores them: nothing is lost, nothing
+/// is failed back, and the bus is not rebuilt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_forgot_the_producer_gets_the_records_under_a_new_epoch() {
+    let broker = OwnBroker::start();
+    let mut config = KafkaConfig::new(&broker.bootstrap());
+    config.request_timeout = Duration::from_secs(2);
+    config.producer.delivery_timeout = Duration::from_secs(30);
+    config.producer.retry_backoff = Duration::from_millis(50);
+    let topic = bus_tests::unique("forgotten-producer");
+    let admin = Admin::connect(config.clone()).await.unwrap();
+    admin.ensure_topic(&topic, 1).await.unwrap();
+    let bus = bus_kafka::connect(config).await.unwrap();
+    let publish = |i: usize| Record::new(topic.as_str(), value(i * KEYS)).with_key("key");
+    for i in 0..10 {
+        bus.publish(publish(i)).await.unwrap();
+    }
+    assert_eq!(read_partition_0(&broker.bootstrap(), &topic).await, (0..10).collect::<Vec<_>>());
+
+    let controller = ClientBuilder::new(vec![broker.bootstrap()])
+        .build()
+        .await
+        .unwrap()
+        .controller_client()
+        .unwrap();
+    controller.delete_topic(&topic, 10_000).await.unwrap();
+    wait_for_topic(&admin, &topic, false).await;
+    admin.ensure_topic(&topic, 1).await.unwrap();
+
+    for i in 10..20 {
+        let delivery = bus.publish(publish(i)).await;
+        assert!(delivery.is_ok(), "record {i}: {delivery:?}");
+    }
+    assert_eq!(read_partition_0(&broker.bootstrap(), &topic).await, (10..20).collect::<Vec<_>>());
+    bus.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+/// Waits until `topic` exists (or not) in the broker's metadata.
+async fn wait_for_topic(admin: &Admin, topic: &str, exists: bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while admin.partitions(topic).await.unwrap().is_some() != exists {
+        assert!(Instant::now() < deadline, "topic {topic}: exists should be {exists}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
