@@ -112,6 +112,7 @@ pub(super) async fn run(
         batch_bytes: 0,
         received: 0,
         carry: VecDeque::new(),
+        lingered: false,
         sealed: VecDeque::new(),
         sent: 0,
         pipe: None,
@@ -178,6 +179,8 @@ struct Batcher {
     /// Entries taken from the channel that did not fit in the batch, in order: the next
     /// batches' first.
     carry: VecDeque<Entry>,
+    /// The batch being formed has waited out its linger (the timer fired).
+    lingered: bool,
     /// Sealed batches, oldest first: the first `sent` are in flight on `pipe`.
     sealed: VecDeque<Sealed>,
     sent: usize,
@@ -276,6 +279,10 @@ impl Batcher {
     }
 
     fn push(&mut self, entry: Entry) {
+        if self.batch.is_empty() {
+            // A new batch: its linger starts with its first record.
+            self.lingered = false;
+        }
         self.batch_bytes += encode::estimate(&entry);
         self.batch.push(entry);
     }
@@ -284,24 +291,23 @@ impl Batcher {
         self.state.queued_bytes.fetch_sub(size, Ordering::AcqRel);
     }
 
-    /// When the batch's linger ends, aimed a tick early (the timer ends a sleep about a tick
-    /// after its deadline).
-    fn linger_wake(&self, linger: Duration) -> Instant {
-        let end = self.batch.first().map_or_else(Instant::now, |e| e.accepted + linger);
-        end.checked_sub(TIMER_TICK).unwrap_or(end)
+    /// When the batch's linger ends.
+    fn linger_end(&self, linger: Duration) -> Instant {
+        self.batch.first().map_or_else(Instant::now, |e| e.accepted + linger)
     }
 
     /// Whether the batch is to be sent now: it is full (or more is queued than fits), its linger
-    /// is over, or nothing more will come.
+    /// is over (or was waited out), or nothing more will come.
     fn batch_ready(&self, linger: Duration, max_bytes: usize) -> bool {
         if self.batch.is_empty() {
             return false;
         }
-        self.closed
+        self.lingered
+            || self.closed
             || !self.carry.is_empty()
             || self.batch_bytes >= max_bytes
             || self.batch_bytes + self.state.queued_bytes.load(Ordering::Acquire) >= max_bytes
-            || Instant::now() >= self.linger_wake(linger)
+            || Instant::now() >= self.linger_end(linger)
     }
 
     /// Waits for the next thing to do: an answer from the broker, a record (when there is room
@@ -309,7 +315,9 @@ impl Batcher {
     async fn wait(&mut self, room: bool, linger: Duration) {
         let want_record = room && !self.closed && self.batch.is_empty();
         let lingering = room && !self.batch.is_empty();
-        let wake = self.linger_wake(linger);
+        // Aimed a tick early: the timer ends a sleep about a tick after its deadline.
+        let end = self.linger_end(linger);
+        let wake = end.checked_sub(TIMER_TICK).unwrap_or(end);
         let in_flight = self.sent > 0 && self.pipe.is_some();
         let due = self.sealed.front().map_or_else(Instant::now, |s| s.due);
         let Batcher { pipe, rx, state, .. } = self;
@@ -332,7 +340,7 @@ impl Batcher {
                 None => self.closed = true,
             },
             () = state.batch_full.notified(), if lingering => {}
-            () = tokio::time::sleep_until(wake), if lingering => {}
+            () = tokio::time::sleep_until(wake), if lingering => self.lingered = true,
         }
     }
 
@@ -416,6 +424,7 @@ impl Batcher {
     fn seal(&mut self) {
         let mut entries = std::mem::take(&mut self.batch);
         let bytes = std::mem::replace(&mut self.batch_bytes, 0);
+        self.lingered = false;
         let publish_time = chrono::Utc::now();
         for entry in &mut entries {
             entry.record.timestamp.get_or_insert(publish_time);
