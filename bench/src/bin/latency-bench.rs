@@ -712,10 +712,18 @@ fn main() {
         }
         let run_bus = |ours: &mut Vec<Round>| {
             eprintln!("round {round}: bus");
-            let produce =
-                bus_produce(&runtime, &bootstrap, &topic("bus", "produce"), pace, &key_bytes, 5);
-            let produce_one =
-                bus_produce(&runtime, &bootstrap, &topic("bus", "produce-1"), pace, &key_bytes, 1);
+            // The two windows alternate which goes first, round by round.
+            let window = |in_flight: usize| {
+                let topic = topic("bus", if in_flight == 1 { "produce-1" } else { "produce" });
+                bus_produce(&runtime, &bootstrap, &topic, pace, &key_bytes, in_flight)
+            };
+            let (produce, produce_one) = if round % 2 == 0 {
+                let five = window(5);
+                (five, window(1))
+            } else {
+                let one = window(1);
+                (window(5), one)
+            };
             let lone =
                 bus_produce(&runtime, &bootstrap, &topic("bus", "lone"), lone, &key_bytes, 5);
             let group = format!("bench-latency-bus-{run_id}-{round}");
