@@ -14,6 +14,11 @@
 //!   [`Pipeline`]; their answers are read in that order. A batch is resolved only once every
 //!   batch before it is, so records are resolved in acceptance order (what makes the flush
 //!   accounting exact), and stored in it.
+//! - A batch is sent when it is full or its linger is over, while the window has room; one that
+//!   is not full also waits while the oldest request in flight has waited longer than the
+//!   linger for its answer, until that answer or until it is full. It would wait behind that
+//!   request at the broker anyway (a connection's requests are handled in order), and when the
+//!   broker is the bottleneck, batches grow instead of small requests multiplying.
 //! - Any failure abandons the connection and whatever is in flight on it: after a backoff
 //!   (`producer.retry_backoff` doubling to 1 s) and a fresh leader lookup, every sealed batch is
 //!   sent again from the oldest, in order. Idempotent, a batch is sent again as it was (same
@@ -146,6 +151,8 @@ struct Sealed {
     stamp: Stamp,
     /// Produce attempts so far (sends, and failed attempts to get a connection for it).
     attempts: u32,
+    /// When it was last sent.
+    sent_at: Instant,
     /// When the answer to its latest send is due (while in flight).
     due: Instant,
 }
@@ -260,7 +267,13 @@ impl Batcher {
                 self.push(entry);
             }
             let room = self.sealed.len() < self.window;
-            if room && self.batch_ready(linger, max_bytes) {
+            let ready = self.batch_ready(linger, max_bytes);
+            // A batch that is not full waits while the broker takes longer than the linger to
+            // answer: it would wait behind the oldest request at the broker anyway (a
+            // connection's requests are handled in order), and growing it spares the broker a
+            // request when it is the bottleneck.
+            let held = ready && !self.batch_full(max_bytes) && self.broker_behind(linger);
+            if room && ready && !held {
                 self.fill(max_bytes).await;
                 if self.sealed.is_empty() {
                     self.expire_batch(delivery_timeout);
@@ -270,11 +283,12 @@ impl Batcher {
                 }
                 continue;
             }
-            let held = !self.sealed.is_empty() || !self.batch.is_empty() || !self.carry.is_empty();
-            if self.closed && !held {
+            let holding =
+                !self.sealed.is_empty() || !self.batch.is_empty() || !self.carry.is_empty();
+            if self.closed && !holding {
                 return;
             }
-            self.wait(room, linger).await;
+            self.wait(room && !held, room, linger).await;
         }
     }
 
@@ -296,25 +310,36 @@ impl Batcher {
         self.batch.first().map_or_else(Instant::now, |e| e.accepted + linger)
     }
 
-    /// Whether the batch is to be sent now: it is full (or more is queued than fits), its linger
-    /// is over (or was waited out), or nothing more will come.
-    fn batch_ready(&self, linger: Duration, max_bytes: usize) -> bool {
-        if self.batch.is_empty() {
-            return false;
-        }
-        self.lingered
-            || self.closed
+    /// Whether the batch is full (or more is queued than fits in it), or nothing more will
+    /// come.
+    fn batch_full(&self, max_bytes: usize) -> bool {
+        self.closed
             || !self.carry.is_empty()
             || self.batch_bytes >= max_bytes
             || self.batch_bytes + self.state.queued_bytes.load(Ordering::Acquire) >= max_bytes
-            || Instant::now() >= self.linger_end(linger)
+    }
+
+    /// Whether the batch is to be sent now: it is full, or its linger is over (or was waited
+    /// out).
+    fn batch_ready(&self, linger: Duration, max_bytes: usize) -> bool {
+        !self.batch.is_empty()
+            && (self.lingered
+                || self.batch_full(max_bytes)
+                || Instant::now() >= self.linger_end(linger))
+    }
+
+    /// Whether the oldest request in flight has waited longer than the linger for its answer.
+    fn broker_behind(&self, linger: Duration) -> bool {
+        self.sent > 0 && self.sealed.front().is_some_and(|s| s.sent_at + linger <= Instant::now())
     }
 
     /// Waits for the next thing to do: an answer from the broker, a record (when there is room
-    /// for a batch and none is being formed), the batch's linger or a full batch, a fail-back.
-    async fn wait(&mut self, room: bool, linger: Duration) {
+    /// for a batch and none is being formed), the batch's linger (when it may be sent once it
+    /// is over) or a full batch, a fail-back.
+    async fn wait(&mut self, may_send: bool, room: bool, linger: Duration) {
         let want_record = room && !self.closed && self.batch.is_empty();
-        let lingering = room && !self.batch.is_empty();
+        let lingering = may_send && !self.batch.is_empty();
+        let filling = room && !self.batch.is_empty();
         // Aimed a tick early: the timer ends a sleep about a tick after its deadline.
         let end = self.linger_end(linger);
         let wake = end.checked_sub(TIMER_TICK).unwrap_or(end);
@@ -339,7 +364,7 @@ impl Batcher {
                 }
                 None => self.closed = true,
             },
-            () = state.batch_full.notified(), if lingering => {}
+            () = state.batch_full.notified(), if filling => {}
             () = tokio::time::sleep_until(wake), if lingering => self.lingered = true,
         }
     }
@@ -431,8 +456,9 @@ impl Batcher {
         }
         let stamp = self.next_stamp(entries.len());
         let batch = self.encode(&entries, bytes, stamp);
-        let due = Instant::now();
-        self.sealed.push_back(Sealed { entries, batch, stamp, attempts: 0, due });
+        let now = Instant::now();
+        let sealed = Sealed { entries, batch, stamp, attempts: 0, sent_at: now, due: now };
+        self.sealed.push_back(sealed);
     }
 
     /// Gets what sending needs: the partition's identity (idempotent) and a connection to its
@@ -577,6 +603,7 @@ impl Batcher {
                 let sealed = &mut self.sealed[index];
                 sealed.attempts += 1;
                 let sent = Instant::now();
+                sealed.sent_at = sent;
                 sealed.due = (sent + request_timeout).min(sealed.deadline(delivery_timeout));
                 self.sent += 1;
             }
@@ -665,7 +692,7 @@ impl Batcher {
     /// keep its sequence range, the first half first.
     fn split_oldest(&mut self) {
         let Some(oldest) = self.sealed.pop_front() else { return };
-        let Sealed { mut entries, stamp, attempts, due, .. } = oldest;
+        let Sealed { mut entries, stamp, attempts, sent_at, due, .. } = oldest;
         let tail = entries.split_off(entries.len() / 2);
         let tail_stamp = match stamp.base_sequence {
             -1 => stamp,
@@ -674,7 +701,7 @@ impl Batcher {
         for (entries, stamp) in [(tail, tail_stamp), (entries, stamp)] {
             let bytes = entries.iter().map(encode::estimate).sum();
             let batch = self.encode(&entries, bytes, stamp);
-            self.sealed.push_front(Sealed { entries, batch, stamp, attempts, due });
+            self.sealed.push_front(Sealed { entries, batch, stamp, attempts, sent_at, due });
         }
     }
 
