@@ -1,7 +1,8 @@
 //! A loopback TCP proxy in front of a broker whose connections a test can cut: all of them at
-//! once ([`Proxy::cut`]), or one at the worst moment for a producer ([`Proxy::lose_produce_answers`]:
-//! a Produce request reaches the broker, which stores its records, and its answer is dropped
-//! with the connection, so that the producer cannot know and sends the batch again).
+//! once ([`Proxy::cut`]), or one at the worst moment for a producer
+//! ([`Proxy::lose_produce_answers`]: a Produce request reaches the broker, which stores its
+//! records, and its answer is dropped with the connection, so that the producer cannot know and
+//! sends the batch again).
 //!
 //! Owns: [`Proxy`]. Its tasks live in a supervisor of their own (the tools follow the rule the
 //! library keeps): `proxy/accept` and one `proxy/connections/forward` per connection, all

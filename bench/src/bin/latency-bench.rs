@@ -776,9 +776,10 @@ fn print_tables(pace: Pace, lone: Pace, rounds: usize, ours: &[Round], theirs: &
     println!(
         "{} records/s of {VALUE_BYTES} bytes for {:.0} s ({} records), sent in ticks of {} ms, \
          keys over {AGGREGATES} aggregates, {PARTITIONS} partitions, acks all, both producers \
-         idempotent, linger {LINGER_MS} ms, consumers' fetch wait {} ms, fresh topics; each percentile the median of {rounds} \
-         round(s), clients alternating first. Lone records: the produce phase at {} records/s \
-         ({} records), so that each record is a batch of its own (what the linger alone costs).\n",
+         idempotent, linger {LINGER_MS} ms, consumers' fetch wait {} ms, fresh topics; each \
+         percentile the median of {rounds} round(s), clients alternating first. Lone records: \
+         the produce phase at {} records/s ({} records), so that each record is a batch of its \
+         own (what the linger alone costs).\n",
         pace.rate,
         pace.seconds(),
         pace.records,

@@ -9,11 +9,11 @@
 //! the next sequence number.
 //!
 //! Invariants:
-//! - Sealed batches are sent in order, at most the window of them in flight (`producer.max_in_flight`
-//!   when idempotent, else 1) on the loop's own connection to the partition's leader, a
-//!   [`Pipeline`]; their answers are read in that order. A batch is resolved only once every
-//!   batch before it is, so records are resolved in acceptance order (what makes the flush
-//!   accounting exact), and stored in it.
+//! - Sealed batches are sent in order, at most the window of them in flight
+//!   (`producer.max_in_flight` when idempotent, else 1) on the loop's own connection to the
+//!   partition's leader, a [`Pipeline`]; their answers are read in that order. A batch is
+//!   resolved only once every batch before it is, so records are resolved in acceptance order
+//!   (what makes the flush accounting exact), and stored in it.
 //! - A batch is sent when it is full or its linger is over, while the window has room; one that
 //!   is not full also waits while the oldest request in flight has waited longer than the
 //!   linger for its answer, until that answer or until it is full. It would wait behind that
