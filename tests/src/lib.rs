@@ -9,7 +9,8 @@
 //! built by `cargo xtask test` into `target/go-peer`), waiting on conditions with deadlines, and
 //! [`OwnBroker`], a private broker a test may stop and restart (nisshi with SQLite storage in a
 //! scratch directory, killed when its guard drops, also when a test fails; the shared test
-//! broker is never touched).
+//! broker is never touched), and [`proxy::Proxy`], a loopback proxy in front of a broker whose
+//! connections a test can cut (shared with leakcheck).
 //!
 //! The secured broker (SASL_SSL: `cargo xtask broker start --tls --sasl`, started by `cargo
 //! xtask test`) comes from `KAFKA_SECURE_*` or `target/broker-secure.env`: [`secured`],
@@ -18,6 +19,8 @@
 //! tracing output of a test.
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers: failing loudly is their job
+
+pub mod proxy;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -369,9 +372,16 @@ impl Drop for GoGroupMember {
     }
 }
 
+/// A free loopback port (free when asked: bind it soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A private nisshi broker with SQLite storage, killed on drop.
 pub struct OwnBroker {
     port: u16,
+    /// The port it advertises to clients (its own, or a proxy's in front of it).
+    advertise: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -391,18 +401,25 @@ fn nisshi() -> PathBuf {
 impl OwnBroker {
     /// Starts a broker on a free port in a fresh scratch directory and waits until it answers.
     pub fn start() -> OwnBroker {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
+        OwnBroker::start_advertising(port, port)
+    }
+
+    /// Starts a broker listening on `port` and advertising `advertise` (a [`proxy::Proxy`] in
+    /// front of it, so that every connection a client makes goes through the proxy), and waits
+    /// until it answers.
+    pub fn start_advertising(port: u16, advertise: u16) -> OwnBroker {
         let dir =
             std::env::temp_dir().join(format!("bus-producer-broker-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut broker = OwnBroker { port, dir, child: None };
+        let mut broker = OwnBroker { port, advertise, dir, child: None };
         broker.restart();
         broker
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<advertised port>`: where clients bootstrap.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertise)
     }
 
     /// Kills the broker process (its data stays on disk).
@@ -422,10 +439,11 @@ impl OwnBroker {
     /// connections.
     pub fn restart(&mut self) {
         self.stop();
-        let url = format!("tcp://{}", self.bootstrap());
+        let listen = format!("tcp://127.0.0.1:{}", self.port);
+        let advertise = format!("tcp://{}", self.bootstrap());
         let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
         let child = Command::new(nisshi())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &listen, "--advertised-listener-url", &advertise])
             .args(["--storage-engine", "sqlite://broker.db"])
             .current_dir(&self.dir)
             .stdin(Stdio::null())

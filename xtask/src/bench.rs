@@ -1,11 +1,12 @@
 //! `cargo xtask bench`: benchmarks run side by side with their peers, printed as tables and,
 //! with `--record`, written to `docs/BENCHMARKS.md` between markers that name the benchmark.
 //!
-//! The consume and latency benchmarks run against a nisshi of their own (in-memory, started for
-//! the run on a free port and stopped afterwards, so that a long-lived broker's growth does not
-//! weigh on them), unless `KAFKA_BOOTSTRAP` names a broker to use. With `--tls`, produce and
-//! consume run both clients over SASL_SSL (SCRAM-SHA-512) on the secured broker (see `secure`;
-//! its storage is SQLite, as nisshi keeps SCRAM credentials only there).
+//! The Kafka benchmarks (produce, consume, latency) run against a nisshi of their own (in-memory,
+//! started for the run on a free port and stopped afterwards, so that a long-lived broker's
+//! growth, and the tests other people run on the shared one, do not weigh on them), unless
+//! `KAFKA_BOOTSTRAP` names a broker to use. With `--tls`, produce and consume run both clients
+//! over SASL_SSL (SCRAM-SHA-512) on the secured broker (see `secure`; its storage is SQLite, as
+//! nisshi keeps SCRAM credentials only there), and over TLS alone on a private TLS broker.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -199,8 +200,8 @@ fn stdout_of(command: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// The Kafka benchmarks: built with the rdkafka peer, run against the shared broker
-/// (produce) or one of their own (consume, latency).
+/// The Kafka benchmarks: built with the rdkafka peer, run against a broker of their own (or the
+/// one `KAFKA_BOOTSTRAP` names).
 fn against_broker(which: Which) -> Result<String> {
     let bin = match which {
         Which::Produce => "produce-bench",
@@ -213,17 +214,9 @@ fn against_broker(which: Which) -> Result<String> {
         .current_dir(crate::workspace_root());
     // All need cmake and the curl headers to build librdkafka.
     crate::peer::ensure_rdkafka_build_deps()?;
-    let mut broker = None;
     let mut private = None;
     let bootstrap = match std::env::var(crate::broker::BOOTSTRAP_VAR) {
         Ok(bootstrap) if !bootstrap.trim().is_empty() => bootstrap,
-        // The producer runs against the shared broker (started if need be, stopped after).
-        _ if matches!(which, Which::Produce) => {
-            let running = crate::broker::ensure_running()?;
-            let bootstrap = running.bootstrap.clone();
-            broker = Some(running);
-            bootstrap
-        }
         _ => {
             let started = PrivateBroker::start()?;
             let bootstrap = started.bootstrap.clone();
@@ -234,9 +227,6 @@ fn against_broker(which: Which) -> Result<String> {
     command.args(["--bootstrap", &bootstrap]);
     // Progress shows (building librdkafka takes minutes the first time; each round's figures).
     let output = stdout_of(&mut command);
-    if broker.as_ref().is_some_and(|b| b.started_here) {
-        crate::broker::stop()?;
-    }
     drop(private);
     output
 }

@@ -3,14 +3,17 @@
 //!
 //! Owns: the paced workload (20,000 records/s of 100 bytes for 5 s, sent in ticks of 1 ms, 20
 //! records a tick, on one thread for both clients; keys over 1,000 aggregates, 6 partitions,
-//! acks all, linger 1 ms), the three measurements and the tables it prints on stdout (progress
+//! acks all, linger 1 ms, both producers idempotent: the bus's default, rdkafka's
+//! `enable.idempotence`), the three measurements and the tables it prints on stdout (progress
 //! goes to stderr):
 //!
 //! 1. produce latency, send call to acknowledgement, per record: the bus's delivery futures
 //!    polled by a `FuturesUnordered` task as they resolve; rdkafka's `BaseProducer` delivery
 //!    callback, served by a thread blocked in `poll` (woken by each delivery report event).
-//!    Then the same at 200 records/s ("lone records"): every record is a batch of its own, so
-//!    the figure is the linger as each client's timer keeps it plus the round trip;
+//!    The bus runs the phase twice: with its default of 5 produce requests in flight per
+//!    partition, and with one (`producer.max_in_flight = 1`), to show what the window does to
+//!    the tail. Then the same at 200 records/s ("lone records"): every record is a batch of its
+//!    own, so the figure is the linger as each client's timer keeps it plus the round trip;
 //! 2. end-to-end latency, send call to the consumer's receipt, per record: the send instant
 //!    (nanoseconds since a process-wide epoch) is in the value; the bus's handler
 //!    (`EventBus::subscribe`, defaults) and rdkafka's `BaseConsumer` poll loop subtract it
@@ -161,6 +164,8 @@ fn median_of(mut values: Vec<f64>) -> f64 {
 #[derive(Debug, Clone, Copy)]
 struct Round {
     produce: Latency,
+    /// Produce latency with one request in flight per partition (the bus only).
+    produce_one: Latency,
     /// Produce latency of records sent alone (a batch each).
     lone: Latency,
     e2e: Latency,
@@ -233,6 +238,7 @@ impl Slots {
 fn bus_config(bootstrap: &str) -> KafkaConfig {
     let mut config = KafkaConfig::new(bootstrap);
     config.producer.linger = Duration::from_millis(LINGER_MS);
+    config.producer.idempotence = true;
     config.consumer.fetch_max_wait = Duration::from_millis(FETCH_WAIT_MS.load(Ordering::Relaxed));
     config
 }
@@ -256,10 +262,12 @@ fn bus_produce(
     topic: &str,
     pace: Pace,
     keys: &[Bytes],
+    max_in_flight: usize,
 ) -> Latency {
-    let bus = runtime
-        .block_on(bus_kafka::connect(bus_config(bootstrap)))
-        .unwrap_or_else(|e| fail(&format!("bus: {e}")));
+    let mut config = bus_config(bootstrap);
+    config.producer.max_in_flight = max_in_flight;
+    let bus =
+        runtime.block_on(bus_kafka::connect(config)).unwrap_or_else(|e| fail(&format!("bus: {e}")));
     runtime.block_on(bus_warm_up(&bus, topic));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, DeliveryFuture)>();
     let records = pace.records;
@@ -307,7 +315,7 @@ fn bus_produce(
         fail(&format!("bus shutdown: {e}"));
     }
     eprintln!(
-        "  bus produce at {} records/s: last tick {:.1} ms late",
+        "  bus produce at {} records/s, {max_in_flight} in flight: last tick {:.1} ms late",
         pace.rate,
         late.as_secs_f64() * 1e3
     );
@@ -456,10 +464,12 @@ mod peer {
         }
     }
 
-    /// The producer: acks all, linger as the bus's, murmur2 as the bus's partitioner.
+    /// The producer: idempotent and acks all as the bus's, linger as the bus's, murmur2 as the
+    /// bus's partitioner.
     pub(super) fn producer(bootstrap: &str, records: usize) -> BaseProducer<Timing> {
         ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
+            .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", LINGER_MS.to_string())
             .set("compression.type", "none")
@@ -693,7 +703,7 @@ fn main() {
         let topic =
             |client: &str, phase: &str| format!("bench-latency-{client}-{phase}-{run_id}-{round}");
         for client in ["bus", "rdkafka"] {
-            for phase in ["produce", "lone", "e2e"] {
+            for phase in ["produce", "produce-1", "lone", "e2e"] {
                 let topic = topic(client, phase);
                 runtime
                     .block_on(admin.ensure_topic(&topic, PARTITIONS))
@@ -702,14 +712,26 @@ fn main() {
         }
         let run_bus = |ours: &mut Vec<Round>| {
             eprintln!("round {round}: bus");
-            let produce =
-                bus_produce(&runtime, &bootstrap, &topic("bus", "produce"), pace, &key_bytes);
-            let lone = bus_produce(&runtime, &bootstrap, &topic("bus", "lone"), lone, &key_bytes);
+            // The two windows alternate which goes first, round by round.
+            let window = |in_flight: usize| {
+                let topic = topic("bus", if in_flight == 1 { "produce-1" } else { "produce" });
+                bus_produce(&runtime, &bootstrap, &topic, pace, &key_bytes, in_flight)
+            };
+            let (produce, produce_one) = if round % 2 == 0 {
+                let five = window(5);
+                (five, window(1))
+            } else {
+                let one = window(1);
+                (window(5), one)
+            };
+            let lone =
+                bus_produce(&runtime, &bootstrap, &topic("bus", "lone"), lone, &key_bytes, 5);
             let group = format!("bench-latency-bus-{run_id}-{round}");
             let Consumed { e2e, join, shutdown, clean } =
                 bus_e2e(&runtime, &bootstrap, &topic("bus", "e2e"), &group, pace, &key_bytes);
             report(&produce, &lone, &e2e);
-            ours.push(Round { produce, lone, e2e, join, shutdown, clean });
+            eprintln!("  produce, one in flight: {}", figures(&produce_one));
+            ours.push(Round { produce, produce_one, lone, e2e, join, shutdown, clean });
         };
         let run_rdkafka = |theirs: &mut Vec<Round>| {
             eprintln!("round {round}: rdkafka");
@@ -720,7 +742,8 @@ fn main() {
             let Consumed { e2e, join, shutdown, clean } =
                 rdkafka_e2e(&bootstrap, &topic("rdkafka", "e2e"), &group, pace, &key_strings);
             report(&produce, &lone, &e2e);
-            theirs.push(Round { produce, lone, e2e, join, shutdown, clean });
+            let produce_one = Latency::default();
+            theirs.push(Round { produce, produce_one, lone, e2e, join, shutdown, clean });
         };
         if round % 2 == 0 {
             run_bus(&mut ours);
@@ -733,12 +756,15 @@ fn main() {
     print_tables(pace, lone, rounds, &ours, &theirs);
 }
 
+/// A latency's percentiles in words.
+fn figures(latency: &Latency) -> String {
+    let [p50, p99, p999, max] = latency.figures();
+    format!("p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms")
+}
+
 /// One client's round on stderr.
 fn report(produce: &Latency, lone: &Latency, e2e: &Latency) {
-    let ms = |l: &Latency| {
-        let [p50, p99, p999, max] = l.figures();
-        format!("p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms")
-    };
+    let ms = figures;
     eprintln!("  produce {}\n  lone    {}\n  e2e     {}", ms(produce), ms(lone), ms(e2e));
 }
 
@@ -749,10 +775,11 @@ fn print_tables(pace: Pace, lone: Pace, rounds: usize, ours: &[Round], theirs: &
         format!("rdkafka 0.39 BaseProducer / BaseConsumer (librdkafka {librdkafka})");
     println!(
         "{} records/s of {VALUE_BYTES} bytes for {:.0} s ({} records), sent in ticks of {} ms, \
-         keys over {AGGREGATES} aggregates, {PARTITIONS} partitions, acks all, linger {LINGER_MS} \
-         ms, consumers' fetch wait {} ms, fresh topics; each percentile the median of {rounds} \
-         round(s), clients alternating first. Lone records: the produce phase at {} records/s \
-         ({} records), so that each record is a batch of its own (what the linger alone costs).\n",
+         keys over {AGGREGATES} aggregates, {PARTITIONS} partitions, acks all, both producers \
+         idempotent, linger {LINGER_MS} ms, consumers' fetch wait {} ms, fresh topics; each \
+         percentile the median of {rounds} round(s), clients alternating first. Lone records: \
+         the produce phase at {} records/s ({} records), so that each record is a batch of its \
+         own (what the linger alone costs).\n",
         pace.rate,
         pace.seconds(),
         pace.records,
@@ -783,6 +810,22 @@ fn print_tables(pace: Pace, lone: Pace, rounds: usize, ours: &[Round], theirs: &
             .map(|(b, p)| format!("{:.2}x", b / p))
             .collect();
         println!("| | **ratio bus / rdkafka** | {} |", ratios.join(" | "));
+        if caption.starts_with("produce: ") {
+            // The same phase with one request in flight per partition: what the window buys.
+            let one = Latency::median(&ours.iter().map(|r| r.produce_one).collect::<Vec<_>>());
+            println!(
+                "| | bus-kafka, one request in flight per partition (`producer.max_in_flight = \
+                 1`) | {} |",
+                cells(&one)
+            );
+            let ratios: Vec<String> = bus
+                .figures()
+                .iter()
+                .zip(one.figures())
+                .map(|(five, one)| format!("{:.2}x", five / one))
+                .collect();
+            println!("| | **ratio bus 5 in flight / 1 in flight** | {} |", ratios.join(" | "));
+        }
     }
     let median = |rounds: &[Round], f: fn(&Round) -> f64| median_of(rounds.iter().map(f).collect());
     let clean = |rounds: &[Round]| {

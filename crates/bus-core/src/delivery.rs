@@ -24,7 +24,9 @@ pub struct Delivery {
     pub topic: String,
     /// The partition.
     pub partition: i32,
-    /// The offset of the record in the partition.
+    /// The offset of the record in the partition; `-1` when the broker acknowledged the record
+    /// as a duplicate of one it had already stored (an idempotent producer's resend after a lost
+    /// answer: stored once, at an offset the broker does not repeat).
     pub offset: i64,
 }
 

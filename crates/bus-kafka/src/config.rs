@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::security::SecurityConfig;
 
+/// The most produce requests an idempotent producer may have in flight per partition: the broker
+/// keeps the state of a producer's last five batches per partition, so Kafka requires at most 5.
+pub(crate) const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
+
 /// The largest `consumer.fetch_max_bytes`: a Fetch response is read into memory whole, and
 /// responses over twice this are refused as corrupt.
 pub const MAX_FETCH_BYTES: usize = 128 * 1024 * 1024;
@@ -50,7 +54,7 @@ impl Default for TopicConfig {
     }
 }
 
-/// The producer: batching per partition, buffer, retries.
+/// The producer: batching per partition, buffer, retries, idempotence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProducerConfig {
@@ -78,6 +82,18 @@ pub struct ProducerConfig {
     /// The first delay between retries of a failed produce (doubling, capped at 1 s).
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
+    /// Idempotent producing (Kafka's `enable.idempotence`, on by default as in the Java client
+    /// and librdkafka): the producer takes a producer id from the cluster (InitProducerId) and
+    /// numbers each partition's batches, so that the broker stores a retried batch once and in
+    /// order, however often it is resent. Off, a batch whose acknowledgement was lost is
+    /// stored again when it is retried (at least once), and one request is in flight per
+    /// partition so that retries cannot reorder records.
+    pub idempotence: bool,
+    /// Produce requests in flight per partition (Kafka's
+    /// `max.in.flight.requests.per.connection`), 1 to 5 (Kafka's bound for an idempotent producer:
+    /// the broker remembers a producer's last five batches per partition); order is
+    /// kept through retries. Applies with `idempotence` on; off, one request is in flight.
+    pub max_in_flight: usize,
 }
 
 impl Default for ProducerConfig {
@@ -90,6 +106,8 @@ impl Default for ProducerConfig {
             publish_timeout: Duration::from_secs(30),
             delivery_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(100),
+            idempotence: true,
+            max_in_flight: MAX_IN_FLIGHT_IDEMPOTENT,
         }
     }
 }
@@ -232,6 +250,15 @@ impl KafkaConfig {
         }
         if p.retry_backoff.is_zero() {
             return Err(ConfigError::new("producer.retry_backoff", "must be greater than zero"));
+        }
+        if p.max_in_flight == 0 || p.max_in_flight > MAX_IN_FLIGHT_IDEMPOTENT {
+            return Err(ConfigError::new(
+                "producer.max_in_flight",
+                format!(
+                    "must be between 1 and {MAX_IN_FLIGHT_IDEMPOTENT} (an idempotent producer may \
+                     have at most {MAX_IN_FLIGHT_IDEMPOTENT} requests in flight per partition)"
+                ),
+            ));
         }
         let c = &self.consumer;
         if c.session_timeout < Duration::from_secs(1) {

@@ -26,6 +26,9 @@ fn the_defaults_are_valid_once_a_broker_is_named() {
     let several = KafkaConfig::new(" a:1, b:2 ,,");
     assert_eq!(several.bootstrap, vec!["a:1".to_owned(), "b:2".to_owned()]);
     assert_eq!(rejected_field(&several), None);
+    // Idempotent by default, with Kafka's five requests in flight per partition.
+    assert!(config().producer.idempotence);
+    assert_eq!(config().producer.max_in_flight, 5);
 }
 
 #[test]
@@ -44,6 +47,12 @@ fn every_rule_names_its_field() {
         ("producer.delivery_timeout", |c| c.producer.delivery_timeout = Duration::ZERO),
         ("producer.linger", |c| c.producer.linger = c.producer.delivery_timeout * 2),
         ("producer.retry_backoff", |c| c.producer.retry_backoff = Duration::ZERO),
+        ("producer.max_in_flight", |c| c.producer.max_in_flight = 0),
+        ("producer.max_in_flight", |c| c.producer.max_in_flight = 6),
+        ("producer.max_in_flight", |c| {
+            c.producer.idempotence = false;
+            c.producer.max_in_flight = 6;
+        }),
         ("consumer.session_timeout", |c| c.consumer.session_timeout = Duration::from_millis(999)),
         ("consumer.heartbeat_interval", |c| c.consumer.heartbeat_interval = Duration::ZERO),
         ("consumer.heartbeat_interval", |c| {
@@ -68,6 +77,14 @@ fn every_rule_names_its_field() {
     edges.producer.linger = edges.producer.delivery_timeout;
     edges.producer.buffer_bytes = edges.producer.max_batch_bytes;
     assert_eq!(rejected_field(&edges), None);
+    for max_in_flight in [1, 5] {
+        for idempotence in [true, false] {
+            let mut edge = config();
+            edge.producer.max_in_flight = max_in_flight;
+            edge.producer.idempotence = idempotence;
+            assert_eq!(rejected_field(&edge), None, "{max_in_flight} {idempotence}");
+        }
+    }
 }
 
 #[test]
@@ -77,7 +94,8 @@ fn json_with_humantime_durations_and_omitted_fields_reads_as_the_defaults_plus_w
             "bootstrap": ["kafka-1:9092", "kafka-2:9092"],
             "partitioner": "fnv1a",
             "request_timeout": "45s",
-            "producer": { "linger": "20ms", "compression": "zstd" },
+            "producer": { "linger": "20ms", "compression": "zstd", "idempotence": false,
+                          "max_in_flight": 3 },
             "consumer": { "session_timeout": "30s", "assignors": ["roundrobin"] }
         }"#,
     )
@@ -87,6 +105,8 @@ fn json_with_humantime_durations_and_omitted_fields_reads_as_the_defaults_plus_w
     expected.request_timeout = Duration::from_secs(45);
     expected.producer.linger = Duration::from_millis(20);
     expected.producer.compression = Compression::Zstd;
+    expected.producer.idempotence = false;
+    expected.producer.max_in_flight = 3;
     expected.consumer.session_timeout = Duration::from_secs(30);
     expected.consumer.assignors = vec!["roundrobin".into()];
     assert_eq!(read, expected);

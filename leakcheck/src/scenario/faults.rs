@@ -1,10 +1,11 @@
 //! Broker faults: connections cut through a loopback TCP proxy, and the broker stopped and
 //! restarted mid-stream. No acknowledged message may be lost.
 //!
-//! Owns: [`broker_faults`], the private broker it runs against ([`PrivateBroker`]: nisshi with
-//! SQLite storage, so that a restart keeps the data, advertising the proxy's address so that
-//! every connection goes through the proxy) and the proxy ([`Proxy`], whose tasks live in a
-//! supervisor of their own: the tool follows the rule it checks).
+//! Owns: [`broker_faults`] and the private broker it runs against ([`PrivateBroker`]: nisshi
+//! with SQLite storage, so that a restart keeps the data, advertising the proxy's address so
+//! that every connection goes through the proxy). The proxy is the integration tests' own
+//! ([`bus_tests::proxy::Proxy`], whose tasks live in a supervisor of their own: the tool follows
+//! the rule it checks).
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use bus_core::{Envelope, EventBus};
 use bus_kafka::KafkaConfig;
-use bus_supervisor::{Scope, Supervisor};
+use bus_tests::proxy::Proxy;
 use indicatif::ProgressBar;
 use parking_lot::Mutex;
 
@@ -97,74 +98,6 @@ impl Drop for PrivateBroker {
     }
 }
 
-/// A loopback TCP proxy whose connections can be cut.
-struct Proxy {
-    supervisor: Supervisor,
-    connections: Mutex<Scope>,
-    port: u16,
-}
-
-impl Proxy {
-    /// Listens on a free port and forwards every connection to `upstream`.
-    async fn start(upstream: SocketAddr) -> Result<Arc<Proxy>, String> {
-        let listener =
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        let supervisor = Supervisor::new("proxy");
-        let connections = supervisor.root().child("connections");
-        let proxy = Arc::new(Proxy { supervisor, connections: Mutex::new(connections), port });
-        let token = proxy.supervisor.root().token();
-        let accepting = Arc::clone(&proxy);
-        proxy
-            .supervisor
-            .root()
-            .spawn("accept", async move {
-                loop {
-                    let accepted = tokio::select! {
-                        () = token.cancelled() => return,
-                        accepted = listener.accept() => accepted,
-                    };
-                    let Ok((mut inbound, _)) = accepted else { continue };
-                    let scope = accepting.connections.lock().clone();
-                    let token = scope.token();
-                    let _ = scope.spawn("forward", async move {
-                        let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await
-                        else {
-                            return;
-                        };
-                        tokio::select! {
-                            () = token.cancelled() => {}
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        }
-                    });
-                }
-            })
-            .map_err(|e| e.to_string())?
-            .detach();
-        Ok(proxy)
-    }
-
-    /// Cuts every open connection (new ones are accepted again at once).
-    async fn cut(&self) -> usize {
-        let old = {
-            let mut current = self.connections.lock();
-            let fresh = self.supervisor.root().child("connections");
-            std::mem::replace(&mut *current, fresh)
-        };
-        let live = old.live();
-        let _ = old.shutdown(Duration::from_secs(5)).await;
-        live
-    }
-
-    async fn shutdown(&self) -> Result<(), String> {
-        self.supervisor
-            .shutdown(Duration::from_secs(5))
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-}
-
 /// Aggregates and versions published through the faults.
 const AGGREGATES: u64 = 20;
 const VERSIONS: i64 = 50;
@@ -183,8 +116,8 @@ async fn faults(progress: &ProgressBar, run: &mut Run) -> Result<(), String> {
     // goes through it.
     let listen = free_port()?;
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], listen))).await?;
-    let mut broker = PrivateBroker::start(listen, proxy.port).await?;
-    let bootstrap = format!("127.0.0.1:{}", proxy.port);
+    let mut broker = PrivateBroker::start(listen, proxy.port()).await?;
+    let bootstrap = format!("127.0.0.1:{}", proxy.port());
 
     let mut config = KafkaConfig::new(&bootstrap);
     config.producer.delivery_timeout = Duration::from_secs(20);

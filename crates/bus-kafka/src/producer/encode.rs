@@ -1,12 +1,17 @@
 //! Kafka record batches (magic 2), encoded straight from the bus's records.
 //!
-//! Owns: [`record_batch`] (one batch of a partition's records, optionally compressed) and
-//! [`estimate`] (the bytes a record takes in an uncompressed batch, from above).
+//! Owns: [`record_batch`] (one batch of a partition's records, optionally compressed),
+//! [`Stamp`] (the idempotent producer's fields of a batch) and [`restamp`] (an encoded batch
+//! given other ones), and [`estimate`] (the bytes a record takes in an uncompressed batch, from
+//! above).
 //!
 //! Invariants:
 //! - The batch is what the Java client and librdkafka write: base offset 0, partition leader
-//!   epoch -1, no producer id (-1, -1, -1: not idempotent), CreateTime timestamps, offset deltas
-//!   0..n, a CRC-32C over everything after the CRC field.
+//!   epoch -1, CreateTime timestamps, offset deltas 0..n, a CRC-32C over everything after the
+//!   CRC field; the producer id, epoch and base sequence of its [`Stamp`] (-1, -1, -1 when not
+//!   idempotent: [`Stamp::NONE`]).
+//! - Restamping changes those three fields and the CRC only: the records (compressed or not)
+//!   are copied as they are, never encoded again.
 //! - Headers are written as given: in order, repeated names kept (Kafka allows both).
 //! - Keys, values and headers are copied once, from their `Bytes` into the batch buffer; no
 //!   per-record allocation. Compression (gzip, snappy in Kafka's xerial framing, lz4 frames,
@@ -20,6 +25,29 @@ use crate::config::Compression;
 
 /// The bytes of a record batch's header (base offset through record count).
 pub(super) const BATCH_HEADER_BYTES: usize = 61;
+
+/// Where the CRC-32C is, and where what it covers starts (the attributes).
+const CRC_AT: usize = 17;
+const CRC_FROM: usize = 21;
+/// Where the producer id is (then the epoch, i16, and the base sequence, i32).
+const PRODUCER_ID_AT: usize = 43;
+
+/// The idempotent producer's fields of a record batch: who wrote it, in which epoch, and the
+/// sequence number of its first record (the others follow it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stamp {
+    /// The producer id (InitProducerId).
+    pub(super) producer_id: i64,
+    /// The producer's epoch.
+    pub(super) epoch: i16,
+    /// The sequence number of the batch's first record on its partition.
+    pub(super) base_sequence: i32,
+}
+
+impl Stamp {
+    /// A batch of a producer that is not idempotent.
+    pub(super) const NONE: Stamp = Stamp { producer_id: -1, epoch: -1, base_sequence: -1 };
+}
 
 /// The bytes a record takes in an uncompressed record batch, estimated from above: key, value,
 /// header names and values, plus the varints around them (record length, attributes,
@@ -35,7 +63,7 @@ pub(super) fn estimate(entry: &Entry) -> usize {
 }
 
 /// Encodes `batch` (in order, at least one record, each with its timestamp set) as one record
-/// batch, compressed as configured.
+/// batch stamped with `stamp`, compressed as configured.
 ///
 /// # Errors
 ///
@@ -45,6 +73,7 @@ pub(super) fn record_batch(
     batch: &[Entry],
     compression: Compression,
     size_hint: usize,
+    stamp: Stamp,
 ) -> Result<Bytes, String> {
     let count = i32::try_from(batch.len()).map_err(|_| "too many records in one batch")?;
     let timestamp = |e: &Entry| e.record.timestamp.map_or(0, |t| t.timestamp_millis());
@@ -71,9 +100,9 @@ pub(super) fn record_batch(
     out.put_i32(count - 1); // last offset delta
     out.put_i64(first_timestamp);
     out.put_i64(max_timestamp);
-    out.put_i64(-1); // producer id
-    out.put_i16(-1); // producer epoch
-    out.put_i32(-1); // base sequence
+    out.put_i64(stamp.producer_id);
+    out.put_i16(stamp.epoch);
+    out.put_i32(stamp.base_sequence);
     out.put_i32(count);
     let records = |buf: &mut BytesMut| {
         write_records(buf, batch, first_timestamp)?;
@@ -95,6 +124,28 @@ pub(super) fn record_batch(
     let crc = crc32c::crc32c(&out[crc_from..]);
     out[crc_at..crc_at + 4].copy_from_slice(&crc.to_be_bytes());
     Ok(out.freeze())
+}
+
+/// `batch` (encoded by [`record_batch`]) stamped with `stamp` instead: a copy with the producer
+/// id, epoch and base sequence replaced and the CRC computed again.
+pub(super) fn restamp(batch: &Bytes, stamp: Stamp) -> Bytes {
+    if batch.len() < BATCH_HEADER_BYTES {
+        // Not a batch of ours (never happens): left as it is, the broker will say so.
+        return batch.clone();
+    }
+    let mut out = BytesMut::from(&batch[..]);
+    let mut at = PRODUCER_ID_AT;
+    for field in [
+        &stamp.producer_id.to_be_bytes()[..],
+        &stamp.epoch.to_be_bytes()[..],
+        &stamp.base_sequence.to_be_bytes()[..],
+    ] {
+        out[at..at + field.len()].copy_from_slice(field);
+        at += field.len();
+    }
+    let crc = crc32c::crc32c(&out[CRC_FROM..]);
+    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    out.freeze()
 }
 
 fn write_records(
@@ -216,7 +267,7 @@ mod tests {
             Compression::Lz4,
             Compression::Zstd,
         ] {
-            let mut bytes = record_batch(&batch, compression, 0).unwrap_or_default();
+            let mut bytes = record_batch(&batch, compression, 0, Stamp::NONE).unwrap_or_default();
             let set = RecordBatchDecoder::decode(&mut bytes);
             let set = match set {
                 Ok(set) => set,
@@ -235,6 +286,36 @@ mod tests {
             // kafka-protocol's decoder keeps one value per header name (an IndexMap); the
             // repeats are on the wire (checked against librdkafka in the broker tests).
             assert_eq!(records[0].headers.len(), 2);
+        }
+    }
+
+    #[test]
+    fn a_stamp_and_a_restamp_carry_the_producer_and_sequence_numbers_with_a_valid_crc() {
+        let at = chrono::DateTime::from_timestamp_millis(1_600_000_000_000).unwrap_or_default();
+        let batch: Vec<Entry> = (0..3)
+            .map(|i| entry(Record::new("t", format!("v{i}")).with_key("k").with_timestamp(at)))
+            .collect();
+        let first = Stamp { producer_id: 7, epoch: 2, base_sequence: 40 };
+        let again = Stamp { producer_id: 9, epoch: 0, base_sequence: 0 };
+        for compression in [Compression::None, Compression::Zstd] {
+            let stamped = record_batch(&batch, compression, 0, first).unwrap_or_default();
+            let restamped = restamp(&stamped, again);
+            assert_eq!(stamped.len(), restamped.len());
+            for (bytes, stamp) in [(stamped, first), (restamped, again)] {
+                let mut bytes = bytes;
+                // The decoder checks the CRC-32C.
+                let set = match RecordBatchDecoder::decode(&mut bytes) {
+                    Ok(set) => set,
+                    Err(e) => panic!("{compression:?} {stamp:?}: {e}"),
+                };
+                let sequences: Vec<i32> = set.records.iter().map(|r| r.sequence).collect();
+                let base = stamp.base_sequence;
+                assert_eq!(sequences, vec![base, base + 1, base + 2], "{compression:?}");
+                for record in &set.records {
+                    let producer = (record.producer_id, record.producer_epoch);
+                    assert_eq!(producer, (stamp.producer_id, stamp.epoch));
+                }
+            }
         }
     }
 }

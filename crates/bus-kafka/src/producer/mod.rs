@@ -1,11 +1,14 @@
 //! The producer: admission, partitioning, the bounded byte buffer, and one batching loop per
-//! partition in the supervisor tree (`bus/kafka/producer/<topic>-<partition>`).
+//! partition in the supervisor tree (`bus/kafka/producer/<topic>-<partition>`); idempotent by
+//! default (`producer.idempotence`).
 //!
 //! Owns: [`Producer`] (what the backend calls: `send`, `flush`, `close`, `health`), the topic
 //! registry (partition counts and the partition loops, spawned lazily on a partition's first
-//! record), the byte buffer and the flush procedure. The loops themselves are in `partition`,
-//! the record-batch encoding in `encode`, the Produce request and the classification of its
-//! failures in `produce` (on the crate's shared [`crate::connection::Connection`] and leader
+//! record), the byte buffer, the flush procedure, and the producer's identity shared by its
+//! loops (`identity`: the producer id and epoch of InitProducerId). The loops themselves are in
+//! `partition` (batching, the window of requests in flight, retries in order, sequence
+//! numbers), the record-batch encoding in `encode`, the Produce request and the classification
+//! of its answers in `produce` (on the crate's shared [`crate::connection::Pipeline`] and leader
 //! lookup), health in `health`. Partition counts come from the cluster client
 //! (`KafkaClient::partition_count`).
 //!
@@ -18,13 +21,16 @@
 //!   `producer.buffer_bytes` from acceptance until its verdict (see [`Release`]), so the records accepted and not
 //!   resolved never exceed the buffer in bytes (nor in count). `send` waits for room up to
 //!   `producer.publish_timeout`; `close` closes the semaphore, which wakes every waiter at once.
-//! - Per partition, records are sent in acceptance order, one produce request in flight at a
-//!   time, and resolved in that order (this is what makes the flush accounting exact).
+//! - Per partition, records are sent in acceptance order, up to `producer.max_in_flight`
+//!   produce requests in flight (one when not idempotent), resent in that order after a
+//!   failure, stored once each when idempotent, and resolved in that order (this is what makes
+//!   the flush accounting exact).
 //! - No task is started except through the producer's scope; every loop ends when the scope is
 //!   cancelled.
 
 pub(crate) mod encode;
 mod health;
+mod identity;
 mod partition;
 mod produce;
 
@@ -45,6 +51,7 @@ use crate::config::KafkaConfig;
 use crate::error::KafkaError;
 
 use self::health::HealthBoard;
+use self::identity::Identities;
 
 /// The backend's name in errors.
 const BACKEND: &str = "kafka";
@@ -81,6 +88,8 @@ pub(crate) struct Shared {
     /// Notified (to all waiters) whenever a loop resolves records: flushes wait on it.
     progress: Notify,
     health: HealthBoard,
+    /// The idempotent producer's id and epoch, shared by its partition loops.
+    identities: Identities,
 }
 
 /// A topic's partition count and its partition loops (created on first use).
@@ -205,6 +214,7 @@ impl Producer {
                 failed: AtomicU64::new(0),
                 progress: Notify::new(),
                 health: HealthBoard::new(config.producer.delivery_timeout),
+                identities: Identities::default(),
                 config,
             }),
         })

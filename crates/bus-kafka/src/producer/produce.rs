@@ -1,10 +1,11 @@
-//! The producer's own requests on the shared [`Connection`]: connecting to a partition's leader
-//! (the crate's [`crate::leader`] lookup) and Produce, with what went wrong classified for the
-//! partition loop.
+//! The producer's own requests: connecting to a partition's leader (the crate's
+//! [`crate::leader`] lookup) and Produce (the request, and its partition's answer), with what
+//! went wrong classified for the partition loop.
 //!
-//! Owns: [`Failure`] (what went wrong, and whether retrying can help), [`leader`] (the shared
-//! lookup, its failure classified) and [`produce`] (one ProduceRequest for one record batch and
-//! its partition's answer).
+//! Owns: [`Failure`] (what went wrong, and whether retrying can help), [`Stored`] (what an
+//! answer that is not a failure says), [`leader`] (the shared lookup, its failure classified),
+//! [`request`] (one ProduceRequest for one record batch) and [`answer`] (its partition's
+//! answer, classified).
 //!
 //! Invariants:
 //! - A transport failure ([`RequestError`]: I/O, timeout, an undecodable answer) is retriable,
@@ -12,9 +13,15 @@
 //!   the broker does not support in a version we speak (Produce v3-v9, Metadata v1-v9), is
 //!   fatal; a request too large to frame is `TooLarge` (split the batch).
 //! - A broker error code is classified by Kafka's own rules (`ResponseError::is_retriable`), the
-//!   two size errors (MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE) being `TooLarge`.
+//!   two size errors (MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE) being `TooLarge`, and the
+//!   idempotent producer's as the Java client and librdkafka take them: DUPLICATE_SEQUENCE_NUMBER
+//!   is an acknowledgement (the batch was stored by an earlier attempt whose answer was lost;
+//!   its offset is not known), OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID,
+//!   INVALID_PRODUCER_EPOCH and PRODUCER_FENCED are [`Failure::Sequence`] (not stored; the
+//!   broker's record of the producer and ours disagree).
 //! - Produce sends the batch as the `Bytes` it was encoded into (no copy before the request's
-//!   own frame) and asks for acks from all in-sync replicas (acks = -1).
+//!   own frame) and asks for acks from all in-sync replicas (acks = -1, which idempotence
+//!   requires).
 //! - No task is spawned here: the partition loop drives every read and write itself.
 
 use std::time::Duration;
@@ -22,11 +29,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
 use crate::connection::{Connection, RequestError};
 use crate::connector::Connector;
 use crate::leader::LeaderError;
+
+/// DUPLICATE_SEQUENCE_NUMBER: the batch is stored already.
+const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
 
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,15 +48,26 @@ pub(super) enum Failure {
     TooLarge(String),
     /// Retrying cannot help.
     Fatal(String),
+    /// The broker's record of this producer (id, epoch, sequence numbers) disagrees with ours:
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID, INVALID_PRODUCER_EPOCH,
+    /// PRODUCER_FENCED. The batch was not stored; sent again under a new producer epoch (its
+    /// sequence numbers from 0), it can be.
+    Sequence(String),
 }
 
 impl Failure {
     /// The failure of a broker error code.
-    fn of_code(code: i16, context: &str) -> Failure {
+    pub(super) fn of_code(code: i16, context: &str) -> Failure {
         match ResponseError::try_from_code(code) {
             Some(e @ (ResponseError::MessageTooLarge | ResponseError::RecordListTooLarge)) => {
                 Failure::TooLarge(format!("{context}: {e} (error {code})"))
             }
+            Some(
+                e @ (ResponseError::OutOfOrderSequenceNumber
+                | ResponseError::UnknownProducerId
+                | ResponseError::InvalidProducerEpoch
+                | ResponseError::ProducerFenced),
+            ) => Failure::Sequence(format!("{context}: {e} (error {code})")),
             Some(e) if e.is_retriable() => {
                 Failure::Retriable(format!("{context}: {e} (error {code})"))
             }
@@ -56,7 +77,7 @@ impl Failure {
     }
 
     /// The failure of a failed request (see the module documentation for the classes).
-    fn of_request(error: &RequestError) -> Failure {
+    pub(super) fn of_request(error: &RequestError) -> Failure {
         match error {
             RequestError::Connect { .. }
             | RequestError::Io { .. }
@@ -80,6 +101,28 @@ impl Failure {
             LeaderError::Missing { .. } => Failure::Retriable(error.to_string()),
         }
     }
+
+    fn append(&mut self, more: &str) {
+        match self {
+            Failure::Retriable(text)
+            | Failure::TooLarge(text)
+            | Failure::Fatal(text)
+            | Failure::Sequence(text) => {
+                text.push_str(": ");
+                text.push_str(more);
+            }
+        }
+    }
+}
+
+/// What a partition's answer to a produce says, when it is not a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stored {
+    /// Stored from this offset on.
+    At(i64),
+    /// Stored already (DUPLICATE_SEQUENCE_NUMBER: an earlier attempt was, and its answer was
+    /// lost); the broker does not say at which offset.
+    Duplicate,
 }
 
 /// Connects to the leader of `topic`/`partition` (see [`crate::leader::leader`]), each
@@ -92,18 +135,14 @@ pub(super) async fn leader(
     crate::leader::leader(connector, topic, partition).await.map_err(|e| Failure::of_leader(&e))
 }
 
-/// Produces one record batch of `count` records to `topic`/`partition` with acks=all, and
-/// returns the offset of its first record. The broker is given `request_timeout` to gather the
-/// acknowledgements, and the request as long to be answered.
-pub(super) async fn produce(
-    connection: &mut Connection,
+/// The request producing one record batch to `topic`/`partition` with acks=all; the broker is
+/// given `request_timeout` to gather the acknowledgements.
+pub(super) fn request(
     topic: &TopicName,
     partition: i32,
     batch: Bytes,
-    count: usize,
     request_timeout: Duration,
-) -> Result<i64, Failure> {
-    let version = connection.version::<ProduceRequest>().map_err(|e| Failure::of_request(&e))?;
+) -> ProduceRequest {
     let mut data = PartitionProduceData::default();
     data.index = partition;
     data.records = Some(batch);
@@ -111,13 +150,20 @@ pub(super) async fn produce(
     topic_data.name = topic.clone();
     topic_data.partition_data = vec![data];
     let mut request = ProduceRequest::default();
+    request.transactional_id = None;
     request.acks = -1;
     request.timeout_ms = i32::try_from(request_timeout.as_millis()).unwrap_or(i32::MAX);
     request.topic_data = vec![topic_data];
-    let response = connection
-        .send(&request, version, request_timeout)
-        .await
-        .map_err(|e| Failure::of_request(&e))?;
+    request
+}
+
+/// The answer of `response` for the batch of `count` records sent to `topic`/`partition`.
+pub(super) fn answer(
+    response: &ProduceResponse,
+    topic: &TopicName,
+    partition: i32,
+    count: usize,
+) -> Result<Stored, Failure> {
     let context = || format!("topic `{}` partition {partition}", topic.0.as_str());
     let answer = response
         .responses
@@ -131,14 +177,13 @@ pub(super) async fn produce(
             context()
         )));
     };
+    if answer.error_code == DUPLICATE_SEQUENCE_NUMBER {
+        return Ok(Stored::Duplicate);
+    }
     if answer.error_code != 0 {
         let mut failure = Failure::of_code(answer.error_code, &context());
         if let Some(message) = answer.error_message.as_ref() {
-            match &mut failure {
-                Failure::Retriable(text) | Failure::TooLarge(text) | Failure::Fatal(text) => {
-                    text.push_str(&format!(": {}", message.as_str()));
-                }
-            }
+            failure.append(message.as_str());
         }
         return Err(failure);
     }
@@ -148,18 +193,20 @@ pub(super) async fn produce(
             context()
         )));
     }
-    Ok(answer.base_offset)
+    Ok(Stored::At(answer.base_offset))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kafka_protocol::protocol::StrBytes;
 
     fn kind(failure: &Failure) -> &'static str {
         match failure {
             Failure::Retriable(_) => "retry",
             Failure::TooLarge(_) => "split",
             Failure::Fatal(_) => "final",
+            Failure::Sequence(_) => "sequence",
         }
     }
 
@@ -179,6 +226,38 @@ mod tests {
         for code in [87, 29, 35, 30_000] {
             assert_eq!(kind(code), "final", "error {code}");
         }
+        // OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, UNKNOWN_PRODUCER_ID,
+        // PRODUCER_FENCED: the producer's state, not the batch, is at fault.
+        for code in [45, 47, 59, 90] {
+            assert_eq!(kind(code), "sequence", "error {code}");
+        }
+    }
+
+    fn response(code: i16, base_offset: i64) -> ProduceResponse {
+        use kafka_protocol::messages::produce_response::{
+            PartitionProduceResponse, TopicProduceResponse,
+        };
+        let mut partition = PartitionProduceResponse::default();
+        partition.index = 2;
+        partition.error_code = code;
+        partition.base_offset = base_offset;
+        let mut topic = TopicProduceResponse::default();
+        topic.name = TopicName(StrBytes::from_static_str("t"));
+        topic.partition_responses = vec![partition];
+        let mut response = ProduceResponse::default();
+        response.responses = vec![topic];
+        response
+    }
+
+    #[test]
+    fn a_duplicate_sequence_is_an_acknowledgement_without_an_offset() {
+        let topic = TopicName(StrBytes::from_static_str("t"));
+        assert_eq!(answer(&response(0, 42), &topic, 2, 3), Ok(Stored::At(42)));
+        assert_eq!(answer(&response(46, -1), &topic, 2, 3), Ok(Stored::Duplicate));
+        let gap = answer(&response(45, -1), &topic, 2, 3);
+        assert!(matches!(gap, Err(Failure::Sequence(ref r)) if r.contains("t` partition 2")));
+        // Another partition's answer is no answer.
+        assert!(matches!(answer(&response(0, 42), &topic, 1, 3), Err(Failure::Retriable(_))));
     }
 
     #[test]
