@@ -1,7 +1,8 @@
 //! The Kafka backend's configuration: serde structs with defaults, validated field by field.
 //!
 //! Owns: [`KafkaConfig`] and its sections [`ProducerConfig`], [`ConsumerConfig`],
-//! [`TopicConfig`], and [`Compression`]. [`KafkaConfig::validate`] names the first field out of
+//! [`TopicConfig`], [`MetadataConfig`], and [`Compression`], and `ASSIGNORS` (the assignors
+//! a member may offer). [`KafkaConfig::validate`] names the first field out of
 //! range (`producer.linger`, `consumer.session_timeout`, …).
 
 use std::time::Duration;
@@ -12,6 +13,12 @@ use serde::{Deserialize, Serialize};
 /// The largest `consumer.fetch_max_bytes`: a Fetch response is read into memory whole, and
 /// responses over twice this are refused as corrupt.
 pub const MAX_FETCH_BYTES: usize = 128 * 1024 * 1024;
+/// The partition assignors a member can offer (see [`ConsumerConfig::assignors`]).
+pub(crate) const ASSIGNORS: [&str; 4] = ["range", "roundrobin", "sticky", "cooperative-sticky"];
+
+/// The assignor that supports the cooperative rebalance protocol.
+pub(crate) const COOPERATIVE_STICKY: &str = "cooperative-sticky";
+
 /// Record-batch compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,7 +114,17 @@ pub struct ConsumerConfig {
     /// How long the broker may hold a fetch waiting for records.
     #[serde(with = "humantime_serde")]
     pub fetch_max_wait: Duration,
-    /// Partition assignors offered to the group, preferred first: `range`, `roundrobin`.
+    /// Partition assignors offered to the group, preferred first: `range`, `roundrobin`,
+    /// `sticky`, `cooperative-sticky` (computed as the Java client does; the group uses one
+    /// that every member offers).
+    ///
+    /// They also choose the rebalance protocol, by the Java client's rule: the member is
+    /// *cooperative* (KIP-429: a rebalance revokes only the partitions that move, the others
+    /// are read throughout) when every assignor listed supports it, which only
+    /// `cooperative-sticky` does; otherwise it is *eager* (every rebalance revokes everything
+    /// first). To move a running group from eager to cooperative without stopping it, roll
+    /// its members twice: first to `["cooperative-sticky", "range"]` (still eager, but
+    /// offering the cooperative assignor), then to `["cooperative-sticky"]`.
     pub assignors: Vec<String>,
 }
 
@@ -120,6 +137,23 @@ impl Default for ConsumerConfig {
             fetch_max_wait: Duration::from_millis(500),
             assignors: vec!["range".into(), "roundrobin".into()],
         }
+    }
+}
+
+/// Cluster metadata: how long what the client knows of topics is trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// How often metadata is read again (Kafka's `metadata.max.age.ms`): a group member with a
+    /// pattern subscription looks for new matching topics, and a group's leader for subscribed
+    /// topics whose partition count changed (either makes the group rebalance).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig { max_age: Duration::from_secs(300) }
     }
 }
 
@@ -142,6 +176,8 @@ pub struct KafkaConfig {
     pub producer: ProducerConfig,
     /// Consumer groups.
     pub consumer: ConsumerConfig,
+    /// Cluster metadata.
+    pub metadata: MetadataConfig,
 }
 
 impl Default for KafkaConfig {
@@ -154,6 +190,7 @@ impl Default for KafkaConfig {
             topics: TopicConfig::default(),
             producer: ProducerConfig::default(),
             consumer: ConsumerConfig::default(),
+            metadata: MetadataConfig::default(),
         }
     }
 }
@@ -245,14 +282,34 @@ impl KafkaConfig {
         if c.assignors.is_empty() {
             return Err(ConfigError::new("consumer.assignors", "name at least one assignor"));
         }
-        if let Some(unknown) =
-            c.assignors.iter().find(|a| !["range", "roundrobin"].contains(&a.as_str()))
+        if let Some(unknown) = c.assignors.iter().find(|a| !ASSIGNORS.contains(&a.as_str())) {
+            return Err(ConfigError::new(
+                "consumer.assignors",
+                format!("unknown assignor `{unknown}`: expected one of {}", ASSIGNORS.join(", ")),
+            ));
+        }
+        if let Some((i, repeated)) = c
+            .assignors
+            .iter()
+            .enumerate()
+            .find(|(i, a)| c.assignors.get(..*i).is_some_and(|p| p.contains(a)))
         {
             return Err(ConfigError::new(
                 "consumer.assignors",
-                format!("unknown assignor `{unknown}`: expected range or roundrobin"),
+                format!("`{repeated}` is listed twice (again at position {})", i + 1),
             ));
         }
+        if self.metadata.max_age < Duration::from_millis(100) {
+            return Err(ConfigError::new("metadata.max_age", "must be at least 100ms"));
+        }
         Ok(())
+    }
+}
+
+impl ConsumerConfig {
+    /// Whether a member with these assignors follows the cooperative rebalance protocol (every
+    /// assignor supports it: see [`ConsumerConfig::assignors`]).
+    pub fn is_cooperative(&self) -> bool {
+        !self.assignors.is_empty() && self.assignors.iter().all(|a| a == COOPERATIVE_STICKY)
     }
 }

@@ -6,13 +6,14 @@
 //! everything used with it is re-exported here.
 //!
 //! - **Connecting:** [`connect`], [`KafkaConfig`] and its sections ([`ProducerConfig`],
-//!   [`ConsumerConfig`], [`TopicConfig`], [`Compression`]), [`Admin`], [`KafkaError`].
+//!   [`ConsumerConfig`], [`TopicConfig`], [`MetadataConfig`], [`Compression`]), [`Admin`],
+//!   [`KafkaError`].
 //! - **The bus:** [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`],
 //!   [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`], [`Delivery`], [`DeliveryFuture`],
 //!   [`Partitioner`].
-//! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`],
-//!   [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
+//! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
+//!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
 //!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`],
 //!   [`ConfigError`].
@@ -20,8 +21,10 @@
 //!   snapshots, leak guards).
 //!
 //! Inside, the bus speaks Kafka itself on the `kafka-protocol` crate over connections of its
-//! own: a batching produce loop per partition, consumer groups (the classic protocol), a fetch
-//! loop per assigned partition, metadata and topic creation.
+//! own: a batching produce loop per partition, consumer groups (the classic protocol, eager or
+//! cooperative rebalancing as `consumer.assignors` chooses, static members with
+//! [`SubscribeOptions::group_instance_id`]), a fetch loop per assigned partition, metadata and
+//! topic creation.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -60,7 +63,8 @@ use std::sync::Arc;
 
 pub use admin::Admin;
 pub use config::{
-    Compression, ConsumerConfig, KafkaConfig, MAX_FETCH_BYTES, ProducerConfig, TopicConfig,
+    Compression, ConsumerConfig, KafkaConfig, MAX_FETCH_BYTES, MetadataConfig, ProducerConfig,
+    TopicConfig,
 };
 pub use error::KafkaError;
 
@@ -68,7 +72,7 @@ pub use bus_core::{
     ConfigError, Delivery, DeliveryFuture, Envelope, EnvelopeError, EnvelopeHandler, EventBus,
     Handler, HandlerError, Header, Headers, Health, Message, MetricsSnapshot, OffsetReset,
     Partitioner, PublishError, Record, RetryPolicy, ShutdownError, ShutdownReport, SubscribeError,
-    SubscribeOptions, Subscription, SubscriptionReport, TopicPartition, UnsubscribeError,
+    SubscribeOptions, Subscription, SubscriptionReport, TopicPartition, Topics, UnsubscribeError,
     UnsubscribeReport, aggregate_id_of, dead_letter_headers, supervisor,
 };
 

@@ -4,8 +4,11 @@
 //! Owns: [`Offsets`] (the coordinator link these requests share, one request at a time).
 //!
 //! Invariants:
-//! - A commit is sent only while the member holds a generation (`Stable` or `Revoking`), in that
-//!   generation and as that member id; otherwise it fails (retriably) without a request.
+//! - A commit is sent only while the member holds partitions in a generation, in that
+//!   generation and as that member id (`State::held`: the current generation, or while a
+//!   cooperative member joins again the one it holds its partitions in); otherwise it fails
+//!   (retriably) without a request. A static member's commits carry its group instance id
+//!   (OffsetCommit v7 and later).
 //! - A request is tried at most [`OFFSET_ATTEMPTS`] times, backing off per the member's
 //!   `RETRY_BACKOFF`, and only across transient failures and coordinator moves (finding the
 //!   coordinator again after a move).
@@ -31,6 +34,8 @@ use crate::group::coordinator::{Failure, Link};
 
 /// Attempts of an offset commit or fetch across coordinator moves.
 const OFFSET_ATTEMPTS: u32 = 3;
+/// The first OffsetCommit version with `group_instance_id`.
+const COMMIT_INSTANCE_ID_VERSION: i16 = 7;
 
 /// A member's OffsetCommit and OffsetFetch requests, on a coordinator link of their own.
 #[derive(Debug)]
@@ -79,19 +84,19 @@ impl Offsets {
         if offsets.is_empty() {
             return Ok(());
         }
-        let (phase, generation, member_id) = {
+        let (phase, held) = {
             let s = self.inner.state.borrow();
-            (s.phase, s.generation, s.member_id.clone())
+            (s.phase, s.held.clone())
         };
-        if !phase.in_generation() || generation < 0 {
+        let Some((generation, member_id)) = held.filter(|(g, _)| *g >= 0) else {
             return Err(GroupError::retriable(
                 &self.inner.group,
                 format!(
-                    "cannot commit {}: member `{member_id}` holds no generation (phase {phase:?})",
+                    "cannot commit {}: the member holds no generation (phase {phase:?})",
                     describe(offsets)
                 ),
             ));
-        }
+        };
         let mut link = self.link.lock().await;
         let mut failure = Failure::Retry("no attempt made".into());
         for attempt in 0..OFFSET_ATTEMPTS {
@@ -113,6 +118,10 @@ impl Offsets {
                         }
                         Failure::Reset(_) => {
                             self.inner.request_rejoin(generation, &member_id, Rejoin::Reset);
+                        }
+                        Failure::Fenced(reason) => {
+                            let rejoin = Rejoin::Fenced(reason.clone());
+                            self.inner.request_rejoin(generation, &member_id, rejoin);
                         }
                         _ => {}
                     }
@@ -226,11 +235,13 @@ impl Offsets {
         for (tp, offset) in offsets {
             by_topic.entry(&tp.topic).or_default().push((tp.partition, *offset));
         }
-        let build = |_version: i16| {
+        let build = |version: i16| {
             let mut request = OffsetCommitRequest::default();
             request.group_id = StrBytes::from_string(self.inner.group.clone()).into();
             request.generation_id_or_member_epoch = generation;
             request.member_id = StrBytes::from_string(member_id.to_owned());
+            request.group_instance_id =
+                self.inner.instance_id_for(version, COMMIT_INSTANCE_ID_VERSION);
             request.retention_time_ms = -1;
             request.topics = by_topic
                 .iter()
