@@ -26,6 +26,9 @@ use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
 /// The subscription version we write.
 pub(crate) const SUBSCRIPTION_VERSION: i16 = 3;
 
+/// Partitions by topic (ascending, without duplicates).
+pub(crate) type Owned = BTreeMap<String, Vec<i32>>;
+
 /// A member's subscription as read from its JoinGroup metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Subscription {
@@ -135,9 +138,7 @@ fn put_count(buf: &mut BytesMut, count: usize, what: &str) -> Result<(), String>
 /// (previous assignment alone), or the Java `CooperativeStickyAssignor`'s (a generation
 /// alone, 4 bytes). `None` when it is none of these (every count is checked against the bytes
 /// left, so nothing is allocated beyond the input's size).
-pub(crate) fn decode_sticky_user_data(
-    bytes: &[u8],
-) -> Option<(BTreeMap<String, Vec<i32>>, Option<i32>)> {
+pub(crate) fn decode_sticky_user_data(bytes: &[u8]) -> Option<(Owned, Option<i32>)> {
     if let [a, b, c, d] = bytes {
         return Some((BTreeMap::new(), Some(i32::from_be_bytes([*a, *b, *c, *d]))));
     }
