@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: benchmarks run side by side with their peers, printed as tables and,
 //! with `--record`, written to `docs/BENCHMARKS.md` between markers that name the benchmark.
 //!
-//! The consume and latency benchmarks run against a nisshi of their own (in-memory, started for
+//! The consume, latency and rebalance benchmarks run against a nisshi of their own (in-memory, started for
 //! the run on a free port and stopped afterwards, so that a long-lived broker's growth does not
 //! weigh on them), unless `KAFKA_BOOTSTRAP` names a broker to use.
 
@@ -29,6 +29,10 @@ pub(crate) enum Which {
     /// (send to acknowledgement), end to end (send to consumer), and shutdown time (package
     /// `bus-bench`, a private nisshi).
     Latency,
+    /// A rolling restart of a group's three members while records flow: the time each member
+    /// spends not processing, eager against cooperative-sticky against static membership, the
+    /// bus against rdkafka with the same settings (package `bus-bench`, a private nisshi).
+    Rebalance,
     /// bus-core alone: the in-memory bus's publish and consume throughput against a plain mpsc
     /// channel, and the keyed dispatch with 1 ms handlers over 1,000 keys and with a no-op one.
     Core,
@@ -41,6 +45,7 @@ impl Which {
             Which::Produce => "produce",
             Which::Consume => "consume",
             Which::Latency => "latency",
+            Which::Rebalance => "rebalance",
             Which::Core => "core",
         }
     }
@@ -50,7 +55,9 @@ pub(crate) fn run(which: Which, record: bool) -> Result<()> {
     let table = match which {
         Which::Supervisor => supervisor()?,
         Which::Core => core()?,
-        Which::Produce | Which::Consume | Which::Latency => against_broker(which)?,
+        Which::Produce | Which::Consume | Which::Latency | Which::Rebalance => {
+            against_broker(which)?
+        }
     };
     println!("{table}");
     if record {
@@ -196,6 +203,7 @@ fn against_broker(which: Which) -> Result<String> {
     let bin = match which {
         Which::Produce => "produce-bench",
         Which::Latency => "latency-bench",
+        Which::Rebalance => "rebalance-bench",
         _ => "consume-bench",
     };
     let mut command = cargo();
