@@ -101,7 +101,8 @@ pub struct SubscribeOptions {
     pub max_in_flight: usize,
     /// Retries of a failed handler.
     pub retry: RetryPolicy,
-    /// Where failed and undecodable messages go; `<topic>.dlq` when unset.
+    /// Where failed and undecodable messages go; when unset, `<topic>.dlq` for the topic the
+    /// message came from (a subscription to several topics has a dead-letter topic for each).
     pub dead_letter_topic: Option<String>,
     /// A handler running longer is cancelled and counted as failed (then retried). None: no limit.
     #[serde(with = "humantime_serde")]

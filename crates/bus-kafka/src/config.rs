@@ -313,3 +313,44 @@ impl ConsumerConfig {
         !self.assignors.is_empty() && self.assignors.iter().all(|a| a == COOPERATIVE_STICKY)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn with_assignors(assignors: &[&str]) -> KafkaConfig {
+        let mut config = KafkaConfig::new("127.0.0.1:9092");
+        config.consumer.assignors = assignors.iter().map(|a| (*a).to_owned()).collect();
+        config
+    }
+
+    #[test]
+    fn the_rebalance_protocol_follows_the_java_rule() {
+        assert!(with_assignors(&["cooperative-sticky"]).consumer.is_cooperative());
+        // The upgrade's first step: still eager, offering the cooperative assignor.
+        assert!(!with_assignors(&["cooperative-sticky", "range"]).consumer.is_cooperative());
+        assert!(!with_assignors(&["sticky"]).consumer.is_cooperative());
+        assert!(!KafkaConfig::default().consumer.is_cooperative());
+    }
+
+    #[test]
+    fn assignors_are_checked() {
+        for valid in [&["range"][..], &["sticky", "roundrobin"], &["cooperative-sticky"]] {
+            with_assignors(valid).validate().unwrap();
+        }
+        let unknown = with_assignors(&["fancy"]).validate().unwrap_err();
+        assert_eq!(unknown.field, "consumer.assignors");
+        assert!(with_assignors(&["range", "range"]).validate().is_err());
+        assert!(with_assignors(&[]).validate().is_err());
+    }
+
+    #[test]
+    fn metadata_max_age_has_a_floor() {
+        let mut config = KafkaConfig::new("127.0.0.1:9092");
+        assert_eq!(config.metadata.max_age, Duration::from_secs(300));
+        config.metadata.max_age = Duration::from_millis(10);
+        assert_eq!(config.validate().unwrap_err().field, "metadata.max_age");
+    }
+}

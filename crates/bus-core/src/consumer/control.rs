@@ -1,7 +1,8 @@
 //! A subscription's control task: the one owner of its group membership, its fetch loops and
 //! its commits.
 //!
-//! Owns: `Control` (group events: assigned, revoked, dropped by the group; a fetch loop per
+//! Owns: `Control` (group events: assigned (added to what is held), revoked (all or some),
+//! dropped by the group (joined again) or fenced (consuming stops for good); a fetch loop per
 //! assigned partition in its own scope; the commit schedule; the stop procedure).
 //!
 //! Invariants:
