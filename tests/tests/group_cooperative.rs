@@ -4,6 +4,8 @@
 //!   the partitions that move (counted by the bus's `partitions_revoked`), and a member that
 //!   only gains revokes nothing; the same scenario with the eager `range` protocol revokes
 //!   everything each time (the contrast that shows the count measures something).
+//! - The eager `sticky` assignor revokes everything but gives each member back what it held as
+//!   far as balance allows (what it held travels in its subscription's user data).
 //! - Ours and librdkafka's `cooperative-sticky` members (confluent-kafka, run by
 //!   `tests/peer/group_peer.py`) share a group whichever leads: a join makes the first member
 //!   give up exactly the partitions that move, on either side.
@@ -170,6 +172,38 @@ async fn eager_members_revoke_everything_at_each_rebalance() {
     assert!(a_revoked >= 9 && b_revoked >= 3, "after C joined: {steps:?}");
     let [_, (_, b_revoked), (_, c_revoked)] = steps[2];
     assert!(b_revoked >= 5 && c_revoked >= 2, "after A left: {steps:?}");
+}
+
+/// The eager `sticky` assignor: every rebalance revokes everything, but each member gets back
+/// what it held as far as balance allows (its subscription owns nothing: what it held travels
+/// in its user data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_sticky_members_get_their_partitions_back() {
+    let topic = bus_tests::unique("group-sticky");
+    let group = bus_tests::unique("group-sticky-g");
+    let mut source = Source::new(&topic, PARTITIONS, KEYS).await;
+    let log = Log::default();
+    let mut drained = 0;
+    source.rounds(5).await;
+    let a = ours(&topic, &group, &log, "A", &["sticky"]).await;
+    let b = ours(&topic, &group, &log, "B", &["sticky"]).await;
+    let two = until_even(&mut source, &log, None, &mut drained, &["A", "B"]).await;
+    let c = ours(&topic, &group, &log, "C", &["sticky"]).await;
+    let three = until_even(&mut source, &log, None, &mut drained, &["A", "B", "C"]).await;
+    for member in ["A", "B"] {
+        assert!(
+            three[member].is_subset(&two[member]),
+            "{member} kept its own: {two:?} then {three:?}"
+        );
+    }
+    assert!(moved(&a.bus).1 >= 3 && moved(&b.bus).1 >= 3, "eager: everything was revoked");
+    let produced = source.produced();
+    wait_for("every record to be handled", DEADLINE, || log.distinct().is_superset(&produced))
+        .await;
+    check_order(&log.snapshot(), &produced);
+    for member in [a, b, c] {
+        member.stop().await;
+    }
 }
 
 /// One of ours and one librdkafka member, both `cooperative-sticky`; the first alone, then the
