@@ -168,8 +168,10 @@ impl Membership {
         // Stop the heartbeats; nothing is delivered any more.
         token.cancel();
         let result = match &stopped {
-            // Leaving would not be ours to do: the newer instance holds the place.
-            Some(Stopped { fenced: true, .. }) => Ok(()),
+            // Leaving is not ours to do: the newer instance holds the place.
+            Some(Stopped { fenced: true, reason }) => {
+                Err(GroupError::fenced(&self.inner.group, reason.clone()))
+            }
             _ => self.leave_group().await,
         };
         self.inner.state.send_modify(|s| {
@@ -452,8 +454,19 @@ impl Membership {
         let assignments = if leads && !joined.skip_assignment {
             self.assign(&joined).await?
         } else {
-            if !leads {
-                self.leader_counts = None;
+            self.leader_counts = None;
+            if leads {
+                // A restarted static leader keeps the group's assignment: it watches the
+                // partition counts of its own topics from now on (the others' it learns at the
+                // next assignment it computes).
+                let topics: Vec<String> = self.topics.iter().cloned().collect();
+                if let Ok(found) = self.inner.client.topics(Some(&topics)).await {
+                    let counts = topics
+                        .iter()
+                        .map(|t| (t.clone(), found.get(t).map_or(0, |i| i.partitions)))
+                        .collect();
+                    self.leader_counts = Some(counts);
+                }
             }
             Vec::new()
         };
