@@ -21,7 +21,9 @@
 //! - *partition-seconds idle*: the same gaps summed per partition, whoever reads it.
 //!
 //! Settings shared by both clients: session timeout 10 s, heartbeat every 500 ms, commits every
-//! second, fetch wait at most 500 ms, earliest offset reset.
+//! second, fetch wait at most 100 ms (nisshi answers a waiting fetch only when it wakes, after
+//! half the time left: up to 50 ms late here, well under the stall threshold), earliest offset
+//! reset.
 //!
 //! Usage: `rebalance-bench --bootstrap HOST:PORT [--rate N] [--pause-ms P] [--settle-secs S]
 //! [--only bus|rdkafka] [--modes eager,cooperative,static]`. Build with `--features peer` for
@@ -45,6 +47,10 @@ const SESSION: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_millis(500);
 /// Commit interval of every member.
 const COMMIT: Duration = Duration::from_secs(1);
+/// How long the broker may hold a fetch waiting for records (short: nisshi answers a waiting
+/// fetch only when it wakes, after half the time left, so a caught-up member sees gaps of up
+/// to half of this).
+const FETCH_WAIT: Duration = Duration::from_millis(100);
 
 /// A group's rebalance protocol and membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +218,7 @@ async fn bus_member(
     let mut config = KafkaConfig::new(bootstrap);
     config.consumer.session_timeout = SESSION;
     config.consumer.heartbeat_interval = HEARTBEAT;
+    config.consumer.fetch_max_wait = FETCH_WAIT;
     config.consumer.assignors = vec![mode.assignor().to_owned()];
     let bus = bus_kafka::connect(config).await.unwrap_or_else(|e| fail(&format!("bus: {e}")));
     let mut options = SubscribeOptions::new(group).with_commit_interval(COMMIT);
@@ -322,7 +329,7 @@ fn rdkafka_scenario(
             .set("auto.commit.interval.ms", COMMIT.as_millis().to_string())
             .set("session.timeout.ms", SESSION.as_millis().to_string())
             .set("heartbeat.interval.ms", HEARTBEAT.as_millis().to_string())
-            .set("fetch.wait.max.ms", "500")
+            .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string())
             .set("partition.assignment.strategy", mode.assignor());
         if let Some(instance) = mode.instance(group, slot) {
             config.set("group.instance.id", instance);
@@ -391,7 +398,7 @@ struct Args {
     #[arg(long, default_value_t = 8, value_parser = bus_bench::positive)]
     settle_secs: usize,
     /// A gap between a member's records longer than this (milliseconds) counts as stalled.
-    #[arg(long, default_value_t = 100, value_parser = bus_bench::positive)]
+    #[arg(long, default_value_t = 250, value_parser = bus_bench::positive)]
     gap_ms: usize,
     /// One client only.
     #[arg(long, value_parser = ["bus", "rdkafka"])]
@@ -457,19 +464,20 @@ fn main() {
         "A rolling restart of a group's three members over a 6-partition topic that receives {} \
          records/s throughout: each member in turn stops, is down {:.1} s, starts again, and \
          the group gets {} s before the next. Session timeout 10 s, heartbeat 500 ms, commits \
-         every second, for both clients (the bus: a bus per member; rdkafka 0.39 BaseConsumer, \
-         librdkafka {librdkafka}, a consumer per member). *Stalled*: the time a member processed \
-         nothing (gaps over {} ms between its records) while the others restarted, per member \
-         (1, 2, 3) and summed; *own restart*: from a member's stop to its next record, the mean \
-         over the three; *partition-seconds idle*: the same gaps summed over the partitions, \
-         whoever reads them. One run.\n",
+         every second, fetch wait 100 ms, for both clients (the bus: a bus per member; rdkafka \
+         0.39 BaseConsumer, librdkafka {librdkafka}, a consumer per member). *Stalled*: the \
+         time a member processed nothing (gaps over {} ms between its records) while the others \
+         restarted, per member (1, 2, 3) and summed; *own restart*: from a member's stop to its \
+         next record, the mean over the three; *partition-seconds idle*: the same gaps summed \
+         over the partitions, whoever reads them. One run.\n",
         args.rate,
         timing.pause.as_secs_f64(),
         args.settle_secs,
         args.gap_ms
     );
     println!(
-        "| client | protocol | stalled, per member | stalled, all | own restart (mean) | partition-seconds idle |"
+        "| client | protocol | stalled, per member | stalled, all | own restart (mean) | \
+         partition-seconds idle |"
     );
     println!("|---|---|---:|---:|---:|---:|");
     for (client, mode, o) in &rows {

@@ -217,7 +217,8 @@ impl EventBus {
     ///     println!("{}-{}@{}", m.topic, m.partition, m.offset);
     ///     Ok(())
     /// };
-    /// let both = bus.subscribe(["orders", "payments"], SubscribeOptions::new("audit"), audit).await?;
+    /// let both =
+    ///     bus.subscribe(["orders", "payments"], SubscribeOptions::new("audit"), audit).await?;
     /// assert_eq!(both.topic(), "orders,payments");
     /// let all = bus
     ///     .subscribe(Topics::pattern(r"orders\..*"), SubscribeOptions::new("regional"), audit)

@@ -206,7 +206,10 @@ impl KafkaClient {
                 UNKNOWN_TOPIC_OR_PARTITION => {}
                 // A topic being created or deleted, not authorised…: left out this time.
                 code => {
-                    tracing::debug!(topic = %name.0.as_str(), error = %code_name(code), "topic left out of the metadata")
+                    tracing::debug!(
+                        topic = %name.0.as_str(), error = %code_name(code),
+                        "topic left out of the metadata"
+                    );
                 }
             }
         }

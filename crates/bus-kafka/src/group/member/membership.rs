@@ -239,7 +239,9 @@ impl Membership {
                 Ok(rejoin) => rejoin,
                 Err(stopped) => return stopped,
             };
-            tracing::info!(group = %self.inner.group, rejoin = ?asked, "leaving the generation to rejoin");
+            tracing::info!(
+                group = %self.inner.group, rejoin = ?asked, "leaving the generation to rejoin"
+            );
             let keeps = self.inner.cooperative && asked == Rejoin::Rebalance;
             if keeps {
                 self.revoke_unsubscribed().await;
@@ -305,7 +307,9 @@ impl Membership {
         let found = match self.inner.client.topics(wanted).await {
             Ok(found) => found,
             Err(error) => {
-                tracing::debug!(group = %self.inner.group, %error, "metadata check failed; trying again later");
+                tracing::debug!(
+                    group = %self.inner.group, %error, "metadata check failed; trying again later"
+                );
                 return None;
             }
         };
