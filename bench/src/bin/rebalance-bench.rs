@@ -17,7 +17,7 @@
 //! - per member, *stalled*: the sum of the gaps longer than `--gap-ms` between its consecutive
 //!   records, its own restart left out (records arrive on every partition every few
 //!   milliseconds, so a longer gap is time the member processed nothing while it could have);
-//! - per member, *own restart*: from its stop to its first record after starting again;
+//! - per member, *own restart*: from its stop to the first record of its new instance;
 //! - *partition-seconds idle*: the same gaps summed per partition, whoever reads it.
 //!
 //! Settings shared by both clients: session timeout 10 s, heartbeat every 500 ms, commits every
@@ -94,16 +94,27 @@ impl Mode {
     }
 }
 
-/// Every record handled: when, by which member, of which partition.
+/// One handled record: when, by which member (its slot, and whether by the instance started
+/// again), of which partition.
+#[derive(Debug, Clone, Copy)]
+struct Handling {
+    at: Instant,
+    slot: usize,
+    restarted: bool,
+    partition: i32,
+}
+
+/// Every record handled.
 #[derive(Default)]
-struct Handled(Mutex<Vec<(Instant, usize, i32)>>);
+struct Handled(Mutex<Vec<Handling>>);
 
 impl Handled {
-    fn push(&self, slot: usize, partition: i32) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), slot, partition));
+    fn push(&self, slot: usize, restarted: bool, partition: i32) {
+        let handling = Handling { at: Instant::now(), slot, restarted, partition };
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(handling);
     }
 
-    fn snapshot(&self) -> Vec<(Instant, usize, i32)> {
+    fn snapshot(&self) -> Vec<Handling> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -142,27 +153,32 @@ fn stalls(times: &[Instant], from: Instant, to: Instant, gap: Duration) -> f64 {
     total
 }
 
-fn measure(handled: &[(Instant, usize, i32)], restarts: &Restarts, gap: Duration) -> Outcome {
+fn measure(handled: &[Handling], restarts: &Restarts, gap: Duration) -> Outcome {
     let mut stalled = [0.0; MEMBERS];
     let mut own_restart = [0.0; MEMBERS];
     for slot in 0..MEMBERS {
-        let mut times: Vec<Instant> =
-            handled.iter().filter(|(_, s, _)| *s == slot).map(|(t, _, _)| *t).collect();
-        times.sort();
+        let mine = handled.iter().filter(|h| h.slot == slot);
+        let mut before: Vec<Instant> =
+            mine.clone().filter(|h| !h.restarted).map(|h| h.at).collect();
+        let mut after: Vec<Instant> = mine.filter(|h| h.restarted).map(|h| h.at).collect();
+        before.sort();
+        after.sort();
+        // Its own restart: from its stop (the old instance may still finish records while it
+        // drains) to the new instance's first record.
         let stop = restarts.stopped[slot];
-        let back = times.iter().copied().find(|t| *t > stop).unwrap_or(restarts.to);
+        let back = after.first().copied().unwrap_or(restarts.to);
         own_restart[slot] = back.saturating_duration_since(stop).as_secs_f64();
         stalled[slot] =
-            stalls(&times, restarts.from, stop, gap) + stalls(&times, back, restarts.to, gap);
+            stalls(&before, restarts.from, stop, gap) + stalls(&after, back, restarts.to, gap);
     }
     let mut partition_idle = 0.0;
     for partition in 0..PARTITIONS {
         let mut times: Vec<Instant> =
-            handled.iter().filter(|(_, _, p)| *p == partition).map(|(t, _, _)| *t).collect();
+            handled.iter().filter(|h| h.partition == partition).map(|h| h.at).collect();
         times.sort();
         partition_idle += stalls(&times, restarts.from, restarts.to, gap);
     }
-    let records = handled.iter().filter(|(t, _, _)| *t > restarts.from && *t < restarts.to).count();
+    let records = handled.iter().filter(|h| h.at > restarts.from && h.at < restarts.to).count();
     Outcome { stalled, own_restart, partition_idle, records }
 }
 
@@ -213,6 +229,7 @@ async fn bus_member(
     group: &str,
     mode: Mode,
     slot: usize,
+    restarted: bool,
     handled: &Arc<Handled>,
 ) -> BusMember {
     let mut config = KafkaConfig::new(bootstrap);
@@ -228,7 +245,7 @@ async fn bus_member(
     let handled = Arc::clone(handled);
     let subscription = bus
         .subscribe(topic, options, move |message: Message| {
-            handled.push(slot, message.partition);
+            handled.push(slot, restarted, message.partition);
             std::future::ready(Ok::<(), HandlerError>(()))
         })
         .await
@@ -258,7 +275,7 @@ async fn bus_scenario(
 ) -> Restarts {
     let mut members = Vec::new();
     for slot in 0..MEMBERS {
-        members.push(Some(bus_member(bootstrap, topic, group, mode, slot, handled).await));
+        members.push(Some(bus_member(bootstrap, topic, group, mode, slot, false, handled).await));
     }
     tokio::time::sleep(timing.warm).await;
     let from = Instant::now();
@@ -270,7 +287,7 @@ async fn bus_scenario(
             member.stop().await;
         }
         tokio::time::sleep(timing.pause).await;
-        members[slot] = Some(bus_member(bootstrap, topic, group, mode, slot, handled).await);
+        members[slot] = Some(bus_member(bootstrap, topic, group, mode, slot, true, handled).await);
         eprintln!("  bus: member {slot} restarted");
         tokio::time::sleep(timing.settle).await;
     }
@@ -319,7 +336,7 @@ fn rdkafka_scenario(
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message as _;
 
-    let member = |slot: usize, stop: &AtomicBool| {
+    let member = |slot: usize, restarted: bool, stop: &AtomicBool| {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", bootstrap)
@@ -339,7 +356,7 @@ fn rdkafka_scenario(
         consumer.subscribe(&[topic]).unwrap_or_else(|e| fail(&format!("rdkafka subscribe: {e}")));
         while !stop.load(Ordering::Acquire) {
             match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => handled.push(slot, message.partition()),
+                Some(Ok(message)) => handled.push(slot, restarted, message.partition()),
                 Some(Err(e)) => eprintln!("  rdkafka: {e}"),
                 None => {}
             }
@@ -356,7 +373,7 @@ fn rdkafka_scenario(
         let mut threads: Vec<Option<std::thread::ScopedJoinHandle<'_, ()>>> = stops
             .iter()
             .enumerate()
-            .map(|(slot, stop)| Some(s.spawn(move || member(slot, stop))))
+            .map(|(slot, stop)| Some(s.spawn(move || member(slot, false, stop))))
             .collect();
         std::thread::sleep(timing.warm);
         let from = Instant::now();
@@ -370,7 +387,7 @@ fn rdkafka_scenario(
             }
             std::thread::sleep(timing.pause);
             let again = &restarted[slot];
-            threads[slot] = Some(s.spawn(move || member(slot, again)));
+            threads[slot] = Some(s.spawn(move || member(slot, true, again)));
             eprintln!("  rdkafka: member {slot} restarted");
             std::thread::sleep(timing.settle);
         }
@@ -398,7 +415,7 @@ struct Args {
     #[arg(long, default_value_t = 8, value_parser = bus_bench::positive)]
     settle_secs: usize,
     /// A gap between a member's records longer than this (milliseconds) counts as stalled.
-    #[arg(long, default_value_t = 250, value_parser = bus_bench::positive)]
+    #[arg(long, default_value_t = 100, value_parser = bus_bench::positive)]
     gap_ms: usize,
     /// One client only.
     #[arg(long, value_parser = ["bus", "rdkafka"])]
@@ -467,9 +484,9 @@ fn main() {
          every second, fetch wait 100 ms, for both clients (the bus: a bus per member; rdkafka \
          0.39 BaseConsumer, librdkafka {librdkafka}, a consumer per member). *Stalled*: the \
          time a member processed nothing (gaps over {} ms between its records) while the others \
-         restarted, per member (1, 2, 3) and summed; *own restart*: from a member's stop to its \
-         next record, the mean over the three; *partition-seconds idle*: the same gaps summed \
-         over the partitions, whoever reads them. One run.\n",
+         restarted, per member (1, 2, 3) and summed; *own restart*: from a member's stop to the \
+         first record of its new instance, the mean over the three; *partition-seconds idle*: \
+         the same gaps summed over the partitions, whoever reads them. One run.\n",
         args.rate,
         timing.pause.as_secs_f64(),
         args.settle_secs,
