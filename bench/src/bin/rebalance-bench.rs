@@ -14,11 +14,14 @@
 //!
 //! Measured, from one second before the first stop to the end of the last settle, with every
 //! handled record's time, member and partition:
-//! - per member, *stalled*: the sum of the gaps longer than `--gap-ms` between its consecutive
-//!   records, its own restart left out (records arrive on every partition every few
-//!   milliseconds, so a longer gap is time the member processed nothing while it could have);
+//! - per member, *stalled*: the time it processed nothing while a record of its was waiting,
+//!   its own restart left out: for each record it handled, from the later of its previous
+//!   record's handling and this record's sending (stamped in the value) to its handling, summed
+//!   where longer than `--gap-ms` (records arrive on every partition every few milliseconds, so
+//!   a longer wait is a stall; a pause of the producer or of the whole process, which this
+//!   shared machine's load causes, is not counted where no record was waiting);
 //! - per member, *own restart*: from its stop to the first record of its new instance;
-//! - *partition-seconds idle*: the same gaps summed per partition, whoever reads it.
+//! - *partition-seconds idle*: the same waits per partition, whoever reads it, summed.
 //!
 //! Settings shared by both clients: session timeout 10 s, heartbeat every 500 ms, commits every
 //! second, fetch wait at most 100 ms (nisshi answers a waiting fetch only when it wakes, after
@@ -30,7 +33,7 @@
 //! the rdkafka side.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bus_bench::{AGGREGATES, PARTITIONS, VALUE_BYTES, fail, librdkafka_version};
@@ -94,14 +97,36 @@ impl Mode {
     }
 }
 
-/// One handled record: when, by which member (its slot, and whether by the instance started
-/// again), of which partition.
+/// One handled record: when it was produced and handled, by which member (its slot, and
+/// whether by the instance started again), of which partition.
 #[derive(Debug, Clone, Copy)]
 struct Handling {
+    produced: Instant,
     at: Instant,
     slot: usize,
     restarted: bool,
     partition: i32,
+}
+
+/// The instant the records' send times count from.
+static BASE: OnceLock<Instant> = OnceLock::new();
+
+fn base() -> Instant {
+    *BASE.get_or_init(Instant::now)
+}
+
+/// A record's value: its send time (nanoseconds since [`BASE`], big-endian) then padding.
+fn stamped_value() -> Bytes {
+    let nanos = u64::try_from(base().elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let mut value = vec![b'v'; VALUE_BYTES];
+    value[..8].copy_from_slice(&nanos.to_be_bytes());
+    Bytes::from(value)
+}
+
+/// The send time stamped in `value`.
+fn produced_at(value: &[u8]) -> Instant {
+    let nanos = value.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+    base() + Duration::from_nanos(nanos)
 }
 
 /// Every record handled.
@@ -109,8 +134,9 @@ struct Handling {
 struct Handled(Mutex<Vec<Handling>>);
 
 impl Handled {
-    fn push(&self, slot: usize, restarted: bool, partition: i32) {
-        let handling = Handling { at: Instant::now(), slot, restarted, partition };
+    fn push(&self, slot: usize, restarted: bool, partition: i32, value: &[u8]) {
+        let produced = produced_at(value);
+        let handling = Handling { produced, at: Instant::now(), slot, restarted, partition };
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(handling);
     }
 
@@ -139,44 +165,45 @@ struct Outcome {
     records: usize,
 }
 
-/// The sum of the gaps longer than `gap` between `from`, the sorted `times` within, and `to`.
-fn stalls(times: &[Instant], from: Instant, to: Instant, gap: Duration) -> f64 {
+/// The time within `from`..`to` that records of `handled` (sorted by handling time) waited
+/// while nothing was handled: for each record, from the later of the previous record's handling
+/// (or `from`) and its own sending, to its handling, when that is longer than `gap`. A gap with
+/// no record waiting (the producer paused, say) does not count.
+fn stalls(handled: &[Handling], from: Instant, to: Instant, gap: Duration) -> f64 {
     let mut previous = from;
     let mut total = 0.0;
-    for &t in times.iter().filter(|t| **t > from && **t < to).chain(std::iter::once(&to)) {
-        let d = t.saturating_duration_since(previous);
-        if d > gap {
-            total += d.as_secs_f64();
+    for h in handled.iter().filter(|h| h.at > from && h.at < to) {
+        let waited = h.at.saturating_duration_since(previous.max(h.produced));
+        if waited > gap {
+            total += waited.as_secs_f64();
         }
-        previous = t;
+        previous = h.at;
     }
     total
 }
 
 fn measure(handled: &[Handling], restarts: &Restarts, gap: Duration) -> Outcome {
+    let mut handled = handled.to_vec();
+    handled.sort_by_key(|h| h.at);
     let mut stalled = [0.0; MEMBERS];
     let mut own_restart = [0.0; MEMBERS];
     for slot in 0..MEMBERS {
         let mine = handled.iter().filter(|h| h.slot == slot);
-        let mut before: Vec<Instant> =
-            mine.clone().filter(|h| !h.restarted).map(|h| h.at).collect();
-        let mut after: Vec<Instant> = mine.filter(|h| h.restarted).map(|h| h.at).collect();
-        before.sort();
-        after.sort();
+        let before: Vec<Handling> = mine.clone().filter(|h| !h.restarted).copied().collect();
+        let after: Vec<Handling> = mine.filter(|h| h.restarted).copied().collect();
         // Its own restart: from its stop (the old instance may still finish records while it
         // drains) to the new instance's first record.
         let stop = restarts.stopped[slot];
-        let back = after.first().copied().unwrap_or(restarts.to);
+        let back = after.first().map_or(restarts.to, |h| h.at);
         own_restart[slot] = back.saturating_duration_since(stop).as_secs_f64();
         stalled[slot] =
             stalls(&before, restarts.from, stop, gap) + stalls(&after, back, restarts.to, gap);
     }
     let mut partition_idle = 0.0;
     for partition in 0..PARTITIONS {
-        let mut times: Vec<Instant> =
-            handled.iter().filter(|h| h.partition == partition).map(|h| h.at).collect();
-        times.sort();
-        partition_idle += stalls(&times, restarts.from, restarts.to, gap);
+        let of: Vec<Handling> =
+            handled.iter().filter(|h| h.partition == partition).copied().collect();
+        partition_idle += stalls(&of, restarts.from, restarts.to, gap);
     }
     let records = handled.iter().filter(|h| h.at > restarts.from && h.at < restarts.to).count();
     Outcome { stalled, own_restart, partition_idle, records }
@@ -188,7 +215,6 @@ async fn produce(bootstrap: &str, topic: &str, rate: usize, stop: &AtomicBool) {
     let bus = bus_kafka::connect(KafkaConfig::new(bootstrap))
         .await
         .unwrap_or_else(|e| fail(&format!("producer bus: {e}")));
-    let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
     let (_, keys) = bus_bench::keys();
     let per_tick = rate.div_ceil(100).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -198,7 +224,7 @@ async fn produce(bootstrap: &str, topic: &str, rate: usize, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         tick.tick().await;
         for _ in 0..per_tick {
-            let record = Record::new(topic, value.clone()).with_key(keys[i % AGGREGATES].clone());
+            let record = Record::new(topic, stamped_value()).with_key(keys[i % AGGREGATES].clone());
             i += 1;
             match bus.publish_nowait(record).await {
                 Ok(delivery) => pending.push_back(delivery),
@@ -245,7 +271,7 @@ async fn bus_member(
     let handled = Arc::clone(handled);
     let subscription = bus
         .subscribe(topic, options, move |message: Message| {
-            handled.push(slot, restarted, message.partition);
+            handled.push(slot, restarted, message.partition, &message.value);
             std::future::ready(Ok::<(), HandlerError>(()))
         })
         .await
@@ -356,7 +382,12 @@ fn rdkafka_scenario(
         consumer.subscribe(&[topic]).unwrap_or_else(|e| fail(&format!("rdkafka subscribe: {e}")));
         while !stop.load(Ordering::Acquire) {
             match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => handled.push(slot, restarted, message.partition()),
+                Some(Ok(message)) => handled.push(
+                    slot,
+                    restarted,
+                    message.partition(),
+                    message.payload().unwrap_or_default(),
+                ),
                 Some(Err(e)) => eprintln!("  rdkafka: {e}"),
                 None => {}
             }
@@ -483,10 +514,12 @@ fn main() {
          the group gets {} s before the next. Session timeout 10 s, heartbeat 500 ms, commits \
          every second, fetch wait 100 ms, for both clients (the bus: a bus per member; rdkafka \
          0.39 BaseConsumer, librdkafka {librdkafka}, a consumer per member). *Stalled*: the \
-         time a member processed nothing (gaps over {} ms between its records) while the others \
-         restarted, per member (1, 2, 3) and summed; *own restart*: from a member's stop to the \
-         first record of its new instance, the mean over the three; *partition-seconds idle*: \
-         the same gaps summed over the partitions, whoever reads them. One run.\n",
+         time a member processed nothing while a record of its was waiting (waits over {} ms, \
+         from the previous record's handling or the record's sending, whichever is later) while \
+         the others restarted, per member (1, 2, 3) and summed; *own restart*: from a member's \
+         stop to the first record of its new instance, the mean over the three; \
+         *partition-seconds idle*: the same waits per partition, whoever reads it, summed. One \
+         run.\n",
         args.rate,
         timing.pause.as_secs_f64(),
         args.settle_secs,
