@@ -21,7 +21,9 @@
 //!   a longer wait is a stall; a pause of the producer or of the whole process, which this
 //!   shared machine's load causes, is not counted where no record was waiting);
 //! - per member, *own restart*: from its stop to the first record of its new instance;
-//! - *partition-seconds idle*: the same waits per partition, whoever reads it, summed.
+//! - *partition-seconds idle*: the same waits per partition, whoever reads it, summed;
+//! - the *noise floor*: both measures over a quiet window before the first restart (every
+//!   member up, nothing moving), scaled to the restarts' length.
 //!
 //! Settings shared by both clients: session timeout 10 s, heartbeat every 500 ms, commits every
 //! second, fetch wait at most 100 ms (nisshi answers a waiting fetch only when it wakes, after
@@ -48,6 +50,8 @@ const MEMBERS: usize = 3;
 const SESSION: Duration = Duration::from_secs(10);
 /// Heartbeat interval of every member.
 const HEARTBEAT: Duration = Duration::from_millis(500);
+/// The quiet window before the restarts, in which the noise floor is measured.
+const QUIET: Duration = Duration::from_secs(10);
 /// Commit interval of every member.
 const COMMIT: Duration = Duration::from_secs(1);
 /// How long the broker may hold a fetch waiting for records (short: nisshi answers a waiting
@@ -147,6 +151,9 @@ impl Handled {
 
 /// The times of the rolling restart.
 struct Restarts {
+    /// The quiet window (every member up, nothing restarting) from `quiet` to `from`, the noise
+    /// floor's.
+    quiet: Instant,
     /// When the measurement starts and ends.
     from: Instant,
     to: Instant,
@@ -162,6 +169,9 @@ struct Outcome {
     own_restart: [f64; MEMBERS],
     /// Partition-seconds without a record, over all partitions.
     partition_idle: f64,
+    /// The same measures over the quiet window, scaled to the restarts' length: what this
+    /// machine's load alone causes. (members' stalls summed, partition-seconds idle)
+    noise: (f64, f64),
     records: usize,
 }
 
@@ -206,7 +216,19 @@ fn measure(handled: &[Handling], restarts: &Restarts, gap: Duration) -> Outcome 
         partition_idle += stalls(&of, restarts.from, restarts.to, gap);
     }
     let records = handled.iter().filter(|h| h.at > restarts.from && h.at < restarts.to).count();
-    Outcome { stalled, own_restart, partition_idle, records }
+    let (quiet, from) = (restarts.quiet, restarts.from);
+    let scale = (restarts.to - from).as_secs_f64() / (from - quiet).as_secs_f64().max(1e-3);
+    let mut noise = (0.0, 0.0);
+    for slot in 0..MEMBERS {
+        let mine: Vec<Handling> = handled.iter().filter(|h| h.slot == slot).copied().collect();
+        noise.0 += stalls(&mine, quiet, from, gap) * scale;
+    }
+    for partition in 0..PARTITIONS {
+        let of: Vec<Handling> =
+            handled.iter().filter(|h| h.partition == partition).copied().collect();
+        noise.1 += stalls(&of, quiet, from, gap) * scale;
+    }
+    Outcome { stalled, own_restart, partition_idle, noise, records }
 }
 
 /// Produces `rate` records per second to `topic` (keys over [`AGGREGATES`] aggregates) with
@@ -304,6 +326,8 @@ async fn bus_scenario(
         members.push(Some(bus_member(bootstrap, topic, group, mode, slot, false, handled).await));
     }
     tokio::time::sleep(timing.warm).await;
+    let quiet = Instant::now();
+    tokio::time::sleep(QUIET).await;
     let from = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut stopped = [from; MEMBERS];
@@ -321,7 +345,7 @@ async fn bus_scenario(
     for member in members.into_iter().flatten() {
         member.stop().await;
     }
-    Restarts { from, to, stopped }
+    Restarts { quiet, from, to, stopped }
 }
 
 /// How the rolling restart is paced.
@@ -407,6 +431,8 @@ fn rdkafka_scenario(
             .map(|(slot, stop)| Some(s.spawn(move || member(slot, false, stop))))
             .collect();
         std::thread::sleep(timing.warm);
+        let quiet = Instant::now();
+        std::thread::sleep(QUIET);
         let from = Instant::now();
         std::thread::sleep(Duration::from_secs(1));
         let mut stopped = [from; MEMBERS];
@@ -426,7 +452,7 @@ fn rdkafka_scenario(
         for flag in restarted.iter().chain(stops.iter()) {
             flag.store(true, Ordering::Release);
         }
-        Restarts { from, to, stopped }
+        Restarts { quiet, from, to, stopped }
     })
 }
 
@@ -446,7 +472,7 @@ struct Args {
     #[arg(long, default_value_t = 8, value_parser = bus_bench::positive)]
     settle_secs: usize,
     /// A gap between a member's records longer than this (milliseconds) counts as stalled.
-    #[arg(long, default_value_t = 100, value_parser = bus_bench::positive)]
+    #[arg(long, default_value_t = 250, value_parser = bus_bench::positive)]
     gap_ms: usize,
     /// One client only.
     #[arg(long, value_parser = ["bus", "rdkafka"])]
@@ -518,29 +544,35 @@ fn main() {
          from the previous record's handling or the record's sending, whichever is later) while \
          the others restarted, per member (1, 2, 3) and summed; *own restart*: from a member's \
          stop to the first record of its new instance, the mean over the three; \
-         *partition-seconds idle*: the same waits per partition, whoever reads it, summed. One \
-         run.\n",
+         *partition-seconds idle*: the same waits per partition, whoever reads it, summed; \
+         *noise floor*: the same two measures over {} s before the first restart (every member \
+         up, nothing moving), scaled to the restarts' length, what this shared machine's load \
+         alone causes. One run.\n",
         args.rate,
         timing.pause.as_secs_f64(),
         args.settle_secs,
-        args.gap_ms
+        args.gap_ms,
+        QUIET.as_secs()
     );
     println!(
         "| client | protocol | stalled, per member | stalled, all | own restart (mean) | \
-         partition-seconds idle |"
+         partition-seconds idle | noise floor: stalled, all / partition-seconds |"
     );
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     for (client, mode, o) in &rows {
         let client = if *client == "bus" { "bus" } else { "rdkafka" };
         println!(
-            "| {client} | {} | {:.1} / {:.1} / {:.1} s | {:.1} s | {:.1} s | {:.1} |",
+            "| {client} | {} | {:.1} / {:.1} / {:.1} s | {:.1} s | {:.1} s | {:.1} | \
+             {:.1} s / {:.1} |",
             mode.describe(),
             o.stalled[0],
             o.stalled[1],
             o.stalled[2],
             o.stalled.iter().sum::<f64>(),
             o.own_restart.iter().sum::<f64>() / MEMBERS as f64,
-            o.partition_idle
+            o.partition_idle,
+            o.noise.0,
+            o.noise.1
         );
     }
 }
