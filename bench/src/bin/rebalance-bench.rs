@@ -25,8 +25,8 @@
 //! - the *noise floor*: both measures over a quiet window before the first restart (every
 //!   member up, nothing moving), scaled to the restarts' length.
 //!
-//! Settings shared by both clients: session timeout 10 s, heartbeat every 500 ms, commits every
-//! second, fetch wait at most 100 ms (nisshi answers a waiting fetch only when it wakes, after
+//! Settings shared by both clients: session timeout 10 s, heartbeat every 3 s (both clients'
+//! default), commits every second, fetch wait at most 100 ms (nisshi answers a waiting fetch only when it wakes, after
 //! half the time left: up to 50 ms late here, well under the stall threshold), earliest offset
 //! reset.
 //!
@@ -48,8 +48,10 @@ use clap::Parser;
 const MEMBERS: usize = 3;
 /// Session timeout of every member (a static member's place waits this long).
 const SESSION: Duration = Duration::from_secs(10);
-/// Heartbeat interval of every member.
-const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Heartbeat interval of every member (both clients' default): a member learns of a rebalance
+/// at its next heartbeat, so with the eager protocol those that learn first wait, revoked, for
+/// the last one.
+const HEARTBEAT: Duration = Duration::from_secs(3);
 /// The quiet window before the restarts, in which the noise floor is measured.
 const QUIET: Duration = Duration::from_secs(10);
 /// Commit interval of every member.
@@ -469,7 +471,7 @@ struct Args {
     #[arg(long, default_value_t = 2_000, value_parser = bus_bench::positive)]
     pause_ms: usize,
     /// Seconds the group gets after each restart.
-    #[arg(long, default_value_t = 8, value_parser = bus_bench::positive)]
+    #[arg(long, default_value_t = 10, value_parser = bus_bench::positive)]
     settle_secs: usize,
     /// A gap between a member's records longer than this (milliseconds) counts as stalled.
     #[arg(long, default_value_t = 250, value_parser = bus_bench::positive)]
@@ -537,7 +539,7 @@ fn main() {
     println!(
         "A rolling restart of a group's three members over a 6-partition topic that receives {} \
          records/s throughout: each member in turn stops, is down {:.1} s, starts again, and \
-         the group gets {} s before the next. Session timeout 10 s, heartbeat 500 ms, commits \
+         the group gets {} s before the next. Session timeout 10 s, heartbeat 3 s, commits \
          every second, fetch wait 100 ms, for both clients (the bus: a bus per member; rdkafka \
          0.39 BaseConsumer, librdkafka {librdkafka}, a consumer per member). *Stalled*: the \
          time a member processed nothing while a record of its was waiting (waits over {} ms, \
