@@ -26,9 +26,9 @@
 //!   member up, nothing moving), scaled to the restarts' length.
 //!
 //! Settings shared by both clients: session timeout 10 s, heartbeat every 3 s (both clients'
-//! default), commits every second, fetch wait at most 100 ms (nisshi answers a waiting fetch only when it wakes, after
-//! half the time left: up to 50 ms late here, well under the stall threshold), earliest offset
-//! reset.
+//! default), commits every second, fetch wait at most 100 ms (nisshi answers a waiting fetch
+//! only when it wakes, after half the time left: up to 50 ms late here, well under the stall
+//! threshold), earliest offset reset.
 //!
 //! Usage: `rebalance-bench --bootstrap HOST:PORT [--rate N] [--pause-ms P] [--settle-secs S]
 //! [--only bus|rdkafka] [--modes eager,cooperative,static]`. Build with `--features peer` for
