@@ -14,14 +14,14 @@
 //!
 //! Measured, from one second before the first stop to the end of the last settle, with every
 //! handled record's time, member and partition:
-//! - per member, *stalled*: the time it processed nothing while a record of its was waiting,
-//!   its own restart left out: for each record it handled, from the later of its previous
-//!   record's handling and this record's sending (stamped in the value) to its handling, summed
-//!   where longer than `--gap-ms` (records arrive on every partition every few milliseconds, so
-//!   a longer wait is a stall; a pause of the producer or of the whole process, which this
-//!   shared machine's load causes, is not counted where no record was waiting);
+//! - per member, *stalled*: the time it processed nothing, its own restart left out: the gaps
+//!   between its consecutive records longer than `--gap-ms` (records arrive on every partition
+//!   every few milliseconds, so a longer gap is a member holding nothing to read, or not reading
+//!   what it holds), less the producer's pauses within them (its send times are stamped in the
+//!   values: a pause of the producer, or of the whole process under this shared machine's load,
+//!   is no member's stall);
 //! - per member, *own restart*: from its stop to the first record of its new instance;
-//! - *partition-seconds idle*: the same waits per partition, whoever reads it, summed;
+//! - *partition-seconds idle*: the same gaps per partition, whoever reads it, summed;
 //! - the *noise floor*: both measures over a quiet window before the first restart (every
 //!   member up, nothing moving), scaled to the restarts' length.
 //!
@@ -52,6 +52,8 @@ const SESSION: Duration = Duration::from_secs(10);
 /// at its next heartbeat, so with the eager protocol those that learn first wait, revoked, for
 /// the last one.
 const HEARTBEAT: Duration = Duration::from_secs(3);
+/// The longest the producer may send nothing before the time counts as its pause.
+const PRODUCER_PAUSE: Duration = Duration::from_millis(50);
 /// The quiet window before the restarts, in which the noise floor is measured.
 const QUIET: Duration = Duration::from_secs(10);
 /// Commit interval of every member.
@@ -177,19 +179,44 @@ struct Outcome {
     records: usize,
 }
 
-/// The time within `from`..`to` that records of `handled` (sorted by handling time) waited
-/// while nothing was handled: for each record, from the later of the previous record's handling
-/// (or `from`) and its own sending, to its handling, when that is longer than `gap`. A gap with
-/// no record waiting (the producer paused, say) does not count.
-fn stalls(handled: &[Handling], from: Instant, to: Instant, gap: Duration) -> f64 {
+/// When the producer sent nothing for longer than [`PRODUCER_PAUSE`] (it sends every 10 ms):
+/// from the records' send times, sorted. A pause of the producer, or of the whole process (this
+/// shared machine's load), leaves the members nothing to do: it is no member's stall.
+fn producer_pauses(handled: &[Handling]) -> Vec<(Instant, Instant)> {
+    let mut sent: Vec<Instant> = handled.iter().map(|h| h.produced).collect();
+    sent.sort();
+    sent.windows(2)
+        .filter_map(|w| match w {
+            [a, b] if b.saturating_duration_since(*a) > PRODUCER_PAUSE => Some((*a, *b)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How much of `a`..`b` the producer spent paused.
+fn paused_within(a: Instant, b: Instant, pauses: &[(Instant, Instant)]) -> Duration {
+    pauses.iter().map(|&(x, y)| y.min(b).saturating_duration_since(x.max(a))).sum()
+}
+
+/// The time within `from`..`to` in which nothing of `handled` (sorted by handling time) was
+/// handled: the gaps between consecutive handlings (and the window's ends), less the producer's
+/// pauses within them, summed where longer than `gap`.
+fn stalls(
+    handled: &[Handling],
+    from: Instant,
+    to: Instant,
+    gap: Duration,
+    pauses: &[(Instant, Instant)],
+) -> f64 {
     let mut previous = from;
     let mut total = 0.0;
-    for h in handled.iter().filter(|h| h.at > from && h.at < to) {
-        let waited = h.at.saturating_duration_since(previous.max(h.produced));
-        if waited > gap {
-            total += waited.as_secs_f64();
+    let times = handled.iter().map(|h| h.at).filter(|t| *t > from && *t < to);
+    for t in times.chain(std::iter::once(to)) {
+        let idle = t.saturating_duration_since(previous) - paused_within(previous, t, pauses);
+        if idle > gap {
+            total += idle.as_secs_f64();
         }
-        previous = h.at;
+        previous = t;
     }
     total
 }
@@ -197,6 +224,7 @@ fn stalls(handled: &[Handling], from: Instant, to: Instant, gap: Duration) -> f6
 fn measure(handled: &[Handling], restarts: &Restarts, gap: Duration) -> Outcome {
     let mut handled = handled.to_vec();
     handled.sort_by_key(|h| h.at);
+    let pauses = producer_pauses(&handled);
     let mut stalled = [0.0; MEMBERS];
     let mut own_restart = [0.0; MEMBERS];
     for slot in 0..MEMBERS {
@@ -208,14 +236,14 @@ fn measure(handled: &[Handling], restarts: &Restarts, gap: Duration) -> Outcome 
         let stop = restarts.stopped[slot];
         let back = after.first().map_or(restarts.to, |h| h.at);
         own_restart[slot] = back.saturating_duration_since(stop).as_secs_f64();
-        stalled[slot] =
-            stalls(&before, restarts.from, stop, gap) + stalls(&after, back, restarts.to, gap);
+        stalled[slot] = stalls(&before, restarts.from, stop, gap, &pauses)
+            + stalls(&after, back, restarts.to, gap, &pauses);
     }
     let mut partition_idle = 0.0;
     for partition in 0..PARTITIONS {
         let of: Vec<Handling> =
             handled.iter().filter(|h| h.partition == partition).copied().collect();
-        partition_idle += stalls(&of, restarts.from, restarts.to, gap);
+        partition_idle += stalls(&of, restarts.from, restarts.to, gap, &pauses);
     }
     let records = handled.iter().filter(|h| h.at > restarts.from && h.at < restarts.to).count();
     let (quiet, from) = (restarts.quiet, restarts.from);
@@ -223,12 +251,12 @@ fn measure(handled: &[Handling], restarts: &Restarts, gap: Duration) -> Outcome 
     let mut noise = (0.0, 0.0);
     for slot in 0..MEMBERS {
         let mine: Vec<Handling> = handled.iter().filter(|h| h.slot == slot).copied().collect();
-        noise.0 += stalls(&mine, quiet, from, gap) * scale;
+        noise.0 += stalls(&mine, quiet, from, gap, &pauses) * scale;
     }
     for partition in 0..PARTITIONS {
         let of: Vec<Handling> =
             handled.iter().filter(|h| h.partition == partition).copied().collect();
-        noise.1 += stalls(&of, quiet, from, gap) * scale;
+        noise.1 += stalls(&of, quiet, from, gap, &pauses) * scale;
     }
     Outcome { stalled, own_restart, partition_idle, noise, records }
 }
@@ -542,11 +570,11 @@ fn main() {
          the group gets {} s before the next. Session timeout 10 s, heartbeat 3 s, commits \
          every second, fetch wait 100 ms, for both clients (the bus: a bus per member; rdkafka \
          0.39 BaseConsumer, librdkafka {librdkafka}, a consumer per member). *Stalled*: the \
-         time a member processed nothing while a record of its was waiting (waits over {} ms, \
-         from the previous record's handling or the record's sending, whichever is later) while \
-         the others restarted, per member (1, 2, 3) and summed; *own restart*: from a member's \
-         stop to the first record of its new instance, the mean over the three; \
-         *partition-seconds idle*: the same waits per partition, whoever reads it, summed; \
+         time a member processed nothing (gaps over {} ms between its records, less the \
+         producer's pauses) while the others restarted, per member (1, 2, 3) and summed; *own \
+         restart*: from a member's stop to the first record of its new instance, the mean over \
+         the three; \
+         *partition-seconds idle*: the same gaps per partition, whoever reads it, summed; \
          *noise floor*: the same two measures over {} s before the first restart (every member \
          up, nothing moving), scaled to the restarts' length, what this shared machine's load \
          alone causes. One run.\n",
