@@ -216,6 +216,7 @@ async fn checked(ctx: &Ctx, scenario: Scenario, count: u64) -> Row {
         Scenario::MemoryLoad => format!("memory-load {count}"),
         Scenario::StuckHandlers => "stuck-handlers".into(),
         Scenario::RebalanceChurn => "rebalance-churn".into(),
+        Scenario::CooperativeChurn => "cooperative-churn".into(),
         Scenario::BrokerFaults => "broker-faults".into(),
         Scenario::DropWithoutShutdown => "drop-without-shutdown".into(),
     };
@@ -392,7 +393,26 @@ async fn run_scenario(
             if let Err(e) = create_topics(ctx, &bus, std::slice::from_ref(&topic), 6).await {
                 return Err((run, format!("cannot create topics: {e}")));
             }
-            Ok(scenario::churn::rebalance_churn(bus, topic, unique("churn-group"), bar, run).await)
+            let churn = scenario::churn::Churn::eager(topic, unique("churn-group"));
+            Ok(scenario::churn::rebalance_churn(bus, churn, bar, run).await)
+        }
+        Scenario::CooperativeChurn => {
+            let Some(bootstrap) = &ctx.bootstrap else {
+                return Err((run, "no broker".into()));
+            };
+            let mut config = KafkaConfig::new(bootstrap);
+            config.consumer.assignors = vec!["cooperative-sticky".into()];
+            let bus = match bus_kafka::connect(config).await {
+                Ok(bus) => bus,
+                Err(e) => return Err((run, format!("cannot connect to Kafka: {e}"))),
+            };
+            let topic = unique("coop-churn");
+            if let Err(e) = create_topics(ctx, &bus, std::slice::from_ref(&topic), 6).await {
+                return Err((run, format!("cannot create topics: {e}")));
+            }
+            let group = unique("coop-churn-group");
+            let churn = scenario::churn::Churn::cooperative(topic, group);
+            Ok(scenario::churn::rebalance_churn(bus, churn, bar, run).await)
         }
         Scenario::BrokerFaults => Ok(scenario::faults::broker_faults(bar, run).await),
     }

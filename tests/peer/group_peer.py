@@ -4,10 +4,13 @@
 Subcommands:
 
   consume    --bootstrap B --topic T --group G --out FILE [--assignor S] [--max-seconds N]
+             [--group-instance-id I]
              A librdkafka group consumer (auto-commit every 200 ms, earliest reset) that appends
              one JSON object per line to FILE, flushed as it goes:
-               {"event": "assign", "partitions": [...]}     (on_assign)
-               {"event": "revoke", "partitions": [...]}     (on_revoke)
+               {"event": "assign", "partitions": [...]}     (on_assign; with the cooperative
+                                                            assignor only what it gains)
+               {"event": "revoke", "partitions": [...]}     (on_revoke; cooperative: only what
+                                                            it gives up)
                {"event": "record", "partition": p, "offset": o, "key": k, "value": v}
                {"event": "closed"}                          (after close(): it left the group)
              It runs until its stdin is closed (or N seconds pass), then commits and closes.
@@ -17,6 +20,10 @@ Subcommands:
 
   commit     --bootstrap B --topic T --group G --partition P --offset O
              Commits offset O for partition P in group G (without joining it): {"committed": O}
+
+  recreate   --bootstrap B --topic T --partitions N
+             Deletes topic T and creates it again with N partitions (the only way to change a
+             partition count on a broker without CreatePartitions): {"recreated": N}
 
   version    {"confluent_kafka": ..., "librdkafka": ...}
 
@@ -54,6 +61,8 @@ def consume(args):
         "heartbeat.interval.ms": 500,
         "partition.assignment.strategy": args.assignor,
     }
+    if args.group_instance_id:
+        config["group.instance.id"] = args.group_instance_id
     consumer = Consumer(config)
 
     def on_assign(c, partitions):
@@ -130,6 +139,28 @@ def commit(args):
     print(json.dumps({"committed": args.offset}))
 
 
+def recreate(args):
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": args.bootstrap})
+    for future in admin.delete_topics([args.topic], operation_timeout=30).values():
+        future.result()
+    deadline = time.monotonic() + 30
+    while True:
+        futures = admin.create_topics(
+            [NewTopic(args.topic, num_partitions=args.partitions, replication_factor=1)]
+        )
+        try:
+            for future in futures.values():
+                future.result()
+            break
+        except Exception as error:  # the deletion may not be complete yet
+            if time.monotonic() > deadline:
+                raise SystemExit(f"cannot create {args.topic} again: {error}")
+            time.sleep(0.2)
+    print(json.dumps({"recreated": args.partitions}))
+
+
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +171,7 @@ def main():
     c.add_argument("--out", required=True)
     c.add_argument("--assignor", default="range,roundrobin")
     c.add_argument("--max-seconds", type=float, default=300.0)
+    c.add_argument("--group-instance-id", default=None)
     k = sub.add_parser("committed")
     k.add_argument("--bootstrap", required=True)
     k.add_argument("--topic", required=True)
@@ -151,6 +183,10 @@ def main():
     m.add_argument("--group", required=True)
     m.add_argument("--partition", type=int, required=True)
     m.add_argument("--offset", type=int, required=True)
+    r = sub.add_parser("recreate")
+    r.add_argument("--bootstrap", required=True)
+    r.add_argument("--topic", required=True)
+    r.add_argument("--partitions", type=int, required=True)
     sub.add_parser("version")
     args = parser.parse_args()
     if args.command == "consume":
@@ -159,6 +195,8 @@ def main():
         committed(args)
     elif args.command == "commit":
         commit(args)
+    elif args.command == "recreate":
+        recreate(args)
     else:
         version()
 

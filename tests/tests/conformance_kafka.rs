@@ -11,7 +11,12 @@ struct Kafka;
 
 impl Harness for Kafka {
     fn bus(&self) -> BoxFuture<'_, EventBus> {
-        Box::pin(async { bus_kafka::connect(bus_tests::config()).await.expect("connected") })
+        Box::pin(async {
+            let mut config = bus_tests::config();
+            // Pattern subscriptions look for new topics this often (the default is 5 minutes).
+            config.metadata.max_age = std::time::Duration::from_millis(500);
+            bus_kafka::connect(config).await.expect("connected")
+        })
     }
 
     fn topic<'a>(

@@ -1,9 +1,9 @@
 //! `cargo xtask bench`: benchmarks run side by side with their peers, printed as tables and,
 //! with `--record`, written to `docs/BENCHMARKS.md` between markers that name the benchmark.
 //!
-//! The Kafka benchmarks (produce, consume, latency) run against a nisshi of their own (in-memory,
-//! started for the run on a free port and stopped afterwards, so that a long-lived broker's
-//! growth, and the tests other people run on the shared one, do not weigh on them), unless
+//! The Kafka benchmarks (produce, consume, latency, rebalance) run against a nisshi of their own
+//! (in-memory, started for the run on a free port and stopped afterwards, so that a long-lived
+//! broker's growth, and the tests other people run on the shared one, do not weigh on them), unless
 //! `KAFKA_BOOTSTRAP` names a broker to use. With `--tls`, produce and consume run both clients
 //! over SASL_SSL (SCRAM-SHA-512) on the secured broker (see `secure`; its storage is SQLite, as
 //! nisshi keeps SCRAM credentials only there), and over TLS alone on a private TLS broker.
@@ -32,6 +32,10 @@ pub(crate) enum Which {
     /// (send to acknowledgement), end to end (send to consumer), and shutdown time (package
     /// `bus-bench`, a private nisshi).
     Latency,
+    /// A rolling restart of a group's three members while records flow: the time each member
+    /// spends not processing, eager against cooperative-sticky against static membership, the
+    /// bus against rdkafka with the same settings (package `bus-bench`, a private nisshi).
+    Rebalance,
     /// bus-core alone: the in-memory bus's publish and consume throughput against a plain mpsc
     /// channel, and the keyed dispatch with 1 ms handlers over 1,000 keys and with a no-op one.
     Core,
@@ -44,6 +48,7 @@ impl Which {
             Which::Produce => "produce",
             Which::Consume => "consume",
             Which::Latency => "latency",
+            Which::Rebalance => "rebalance",
             Which::Core => "core",
         }
     }
@@ -55,7 +60,9 @@ pub(crate) fn run(which: Which, record: bool, tls: bool) -> Result<()> {
         _ if tls => return Err("--tls applies to the produce and consume benchmarks".into()),
         Which::Supervisor => supervisor()?,
         Which::Core => core()?,
-        Which::Produce | Which::Consume | Which::Latency => against_broker(which)?,
+        Which::Produce | Which::Consume | Which::Latency | Which::Rebalance => {
+            against_broker(which)?
+        }
     };
     println!("{table}");
     if record {
@@ -206,6 +213,7 @@ fn against_broker(which: Which) -> Result<String> {
     let bin = match which {
         Which::Produce => "produce-bench",
         Which::Latency => "latency-bench",
+        Which::Rebalance => "rebalance-bench",
         _ => "consume-bench",
     };
     let mut command = cargo();

@@ -21,9 +21,23 @@
 //! - [`GroupMember::next_event`] and [`PartitionReader::next_batch`] are cancel-safe: dropping
 //!   the future loses no event and no record (a reader's position advances only when a batch is
 //!   returned).
-//! - After a [`MemberEvent::Revoked`], the member does not take part in the next assignment until
-//!   the [`Revocation`] is completed (eager rebalance: the runtime first stops reading, drains and
-//!   commits the revoked partitions).
+//! - A partition is read by at most one member of a group at a time: a member gives up a
+//!   partition with a [`MemberEvent::Revoked`], and the partition is assigned to another member
+//!   only once that [`Revocation`] is completed (the runtime first stops reading, drains and
+//!   commits the revoked partitions). A backend may follow either of Kafka's rebalance
+//!   protocols:
+//!   - *eager*: before every rebalance the member revokes everything it holds, and does not take
+//!     part in the next assignment until that revocation is complete (the in-memory backend);
+//!   - *cooperative* (KIP-429): the member keeps its partitions through a rebalance; afterwards
+//!     it is told only what it gained ([`MemberEvent::Assigned`]) and what it must give up
+//!     ([`MemberEvent::Revoked`]), the rest keeps being read throughout; a partition given up
+//!     reaches its new owner in a follow-up rebalance, after the revocation is complete (Kafka's
+//!     `cooperative-sticky` assignor).
+//!
+//!   Either way the runtime's handling is the same: `Assigned` adds partitions, `Revoked` takes
+//!   away any subset of them.
+//! - [`MemberEvent::Assigned`] lists only partitions the member does not hold already, and
+//!   [`MemberEvent::Revoked`] only partitions it holds.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,6 +71,7 @@ use crate::options::OffsetReset;
 // Crate-internal only: the public path of these is the crate root.
 pub(crate) use crate::record::TopicPartition;
 use crate::record::{Message, Record};
+use crate::topics::Topics;
 
 /// How often a bus's supervisor wakes the runtime (see [`supervisor`]).
 const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -104,8 +119,12 @@ impl From<OffsetReset> for StartAt {
 pub struct JoinRequest {
     /// The group.
     pub group: String,
-    /// The topics the member subscribes to.
-    pub topics: Vec<String>,
+    /// The topics the member subscribes to: named, or a pattern the backend resolves (and
+    /// follows as topics are created) with [`Topics::matches`].
+    pub topics: Topics,
+    /// The member's static group instance id (Kafka's `group.instance.id`), if any; a backend
+    /// without static membership treats the member as dynamic.
+    pub group_instance_id: Option<String>,
     /// Where the member's own tasks (membership protocol, heartbeats) must be spawned.
     pub scope: Scope,
     /// How long the member may take to complete a [`Revocation`] before the group moves on
@@ -116,10 +135,12 @@ pub struct JoinRequest {
 /// What the group decided for a member.
 #[derive(Debug)]
 pub enum MemberEvent {
-    /// These partitions are now the member's (in addition to any it holds).
+    /// These partitions are now the member's too (in addition to those it holds, which it
+    /// keeps).
     Assigned(Vec<TopicPartition>),
-    /// These partitions are taken away. Stop reading them, let their handlers finish (up to the
-    /// rebalance timeout), commit, then complete the [`Revocation`].
+    /// These partitions (all of the member's, or some of them) are taken away. Stop reading
+    /// them, let their handlers finish (up to the rebalance timeout), commit, then complete the
+    /// [`Revocation`]; the others are kept.
     Revoked(Revocation),
 }
 
@@ -167,17 +188,27 @@ pub struct GroupError {
     pub reason: String,
     /// Whether the operation may succeed if tried again (a coordinator moving, a rebalance).
     pub retriable: bool,
+    /// Whether another member took this member's place (a static member whose group instance
+    /// id a newer instance now holds: Kafka's `FENCED_INSTANCE_ID`). A fenced member must not
+    /// join again (it would fence the newer one in turn): its subscription stops consuming.
+    pub fenced: bool,
 }
 
 impl GroupError {
     /// A failure that retrying may fix.
     pub fn retriable(group: impl Into<String>, reason: impl Into<String>) -> Self {
-        GroupError { group: group.into(), reason: reason.into(), retriable: true }
+        GroupError { group: group.into(), reason: reason.into(), retriable: true, fenced: false }
     }
 
     /// A failure that retrying will not fix.
     pub fn fatal(group: impl Into<String>, reason: impl Into<String>) -> Self {
-        GroupError { group: group.into(), reason: reason.into(), retriable: false }
+        GroupError { group: group.into(), reason: reason.into(), retriable: false, fenced: false }
+    }
+
+    /// The member was fenced: another instance holds its group instance id (see
+    /// [`GroupError::fenced`](GroupError#structfield.fenced)).
+    pub fn fenced(group: impl Into<String>, reason: impl Into<String>) -> Self {
+        GroupError { group: group.into(), reason: reason.into(), retriable: false, fenced: true }
     }
 }
 
@@ -253,7 +284,10 @@ pub trait GroupMember: Send + Sync {
         start: StartAt,
     ) -> BoxFuture<'a, Result<Box<dyn PartitionReader>, GroupError>>;
 
-    /// Leaves the group (its partitions are reassigned to the others at once).
+    /// Ends the membership: a dynamic member leaves the group (its partitions are reassigned to
+    /// the others at once); a static member (with a group instance id) keeps its place and its
+    /// partitions for the session timeout, for its next instance to take over without a
+    /// rebalance. Either way the member's tasks end.
     fn leave(&self) -> BoxFuture<'_, Result<(), GroupError>>;
 }
 

@@ -35,6 +35,7 @@ use crate::memory::{MemoryBackend, MemoryConfig};
 use crate::metrics::{Gauges, Metrics, MetricsSnapshot};
 use crate::options::SubscribeOptions;
 use crate::record::Record;
+use crate::topics::Topics;
 
 /// The event bus. Cheap to clone; all clones are the same bus.
 ///
@@ -199,39 +200,68 @@ impl EventBus {
         self.publish(envelope.to_record(topic)?).await
     }
 
-    /// Subscribes `handler` to `topic` with `options`; returns once the group is joined.
+    /// Subscribes `handler` to `topics` with `options`; returns once the group is joined.
+    ///
+    /// `topics` is a topic name (`"orders"`), several (`["orders", "payments"]`: one group
+    /// member reads them all, their partitions spread over the group's members together), or a
+    /// pattern ([`Topics::pattern`]: every matching topic, including those created later). See
+    /// [`Topics`].
+    ///
+    /// ```
+    /// use bus_core::{EventBus, Message, SubscribeOptions, Topics};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = EventBus::in_memory();
+    /// let audit = |m: Message| async move {
+    ///     println!("{}-{}@{}", m.topic, m.partition, m.offset);
+    ///     Ok(())
+    /// };
+    /// let both =
+    ///     bus.subscribe(["orders", "payments"], SubscribeOptions::new("audit"), audit).await?;
+    /// assert_eq!(both.topic(), "orders,payments");
+    /// let all = bus
+    ///     .subscribe(Topics::pattern(r"orders\..*"), SubscribeOptions::new("regional"), audit)
+    ///     .await?;
+    /// assert_eq!(all.topic(), r"pattern(orders\..*)");
+    /// bus.shutdown(std::time::Duration::from_secs(5)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
     /// [`SubscribeError::Closed`] once shutdown began, [`SubscribeError::InvalidOptions`] naming
-    /// the option, or the backend's failure to join.
+    /// the option (`topics` for an empty list or a pattern that does not compile), or the
+    /// backend's failure to join.
     pub async fn subscribe<H: Handler>(
         &self,
-        topic: &str,
+        topics: impl Into<Topics>,
         options: SubscribeOptions,
         handler: H,
     ) -> Result<Subscription, SubscribeError> {
-        self.subscribe_erased(topic, options, consumer::erase(handler)).await
+        self.subscribe_erased(topics.into(), options, consumer::erase(handler)).await
     }
 
     /// Subscribes an envelope handler: messages are decoded and validated first; those that are
     /// not valid envelopes (poison) go to the dead-letter topic without reaching the handler.
+    /// `topics` as for [`EventBus::subscribe`].
     ///
     /// # Errors
     ///
     /// As for [`EventBus::subscribe`].
     pub async fn subscribe_envelopes<H: EnvelopeHandler>(
         &self,
-        topic: &str,
+        topics: impl Into<Topics>,
         options: SubscribeOptions,
         handler: H,
     ) -> Result<Subscription, SubscribeError> {
-        self.subscribe_erased(topic, options, consumer::erase_envelope(handler)).await
+        self.subscribe_erased(topics.into(), options, consumer::erase_envelope(handler)).await
     }
 
     async fn subscribe_erased(
         &self,
-        topic: &str,
+        topics: Topics,
         options: SubscribeOptions,
         handler: consumer::ErasedHandler,
     ) -> Result<Subscription, SubscribeError> {
@@ -242,7 +272,7 @@ impl EventBus {
             &self.inner.consumers,
             Arc::clone(&self.inner.backend),
             Arc::clone(&self.inner.metrics),
-            topic,
+            topics,
             options,
             handler,
             &self.inner.subscriptions,

@@ -27,6 +27,7 @@ use crate::envelope::Envelope;
 use crate::error::{HandlerError, PublishError, SubscribeError};
 use crate::options::{RetryPolicy, SubscribeOptions};
 use crate::record::{Message, Record};
+use crate::topics::Topics;
 
 /// How long a check waits for something that should happen.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -65,6 +66,8 @@ macro_rules! conformance_suite {
             shutdown_reports_and_leaves_nothing,
             concurrent_shutdown_callers_get_one_report,
             closed_bus_refuses_work,
+            one_subscription_reads_several_topics,
+            pattern_subscription_follows_new_topics,
         );
     };
     (@tests $harness:expr; $($check:ident),* $(,)?) => {
@@ -659,4 +662,129 @@ pub async fn closed_bus_refuses_work(h: &impl Harness) {
         bus.subscribe(&topic, options("closed"), |_m: Message| async { Ok(()) }).await.err();
     assert!(matches!(refused, Some(SubscribeError::Closed)), "{refused:?}");
     assert_eq!(bus.health(), crate::Health::Closed);
+}
+
+/// A token unique to this process and call, for names a pattern must single out.
+fn token() -> String {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000_000_000);
+    format!("u{}x{nanos}x{}", std::process::id(), CALLS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One subscription reads several topics as one group member: every record of each is handled
+/// in per-key order, the subscription is labelled by its topics, and a failed message goes to
+/// the dead-letter topic of the topic it came from.
+pub async fn one_subscription_reads_several_topics(h: &impl Harness) {
+    let bus = h.bus().await;
+    let first = h.topic(&bus, "multi-a", 2).await;
+    let second = h.topic(&bus, "multi-b", 3).await;
+    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let sub = bus
+        .subscribe(
+            [first.as_str(), second.as_str()],
+            options("multi").with_retry(RetryPolicy::none()),
+            move |m: Message| {
+                let seen = s.clone();
+                async move {
+                    let key = m.key.as_ref().map(text).unwrap_or_default();
+                    let value = text(&m.value);
+                    seen.lock().push((m.topic.to_string(), key, value.clone()));
+                    if value == "fail" {
+                        return Err(HandlerError::new("asked to fail"));
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await
+        .expect("subscribed");
+    let mut sorted = [first.clone(), second.clone()];
+    sorted.sort();
+    assert_eq!(sub.topic(), sorted.join(","), "labelled by its topics, sorted");
+    assert_eq!(sub.topics(), &Topics::names([first.clone(), second.clone()]));
+    assert_eq!(bus.metrics().subscriptions, 1, "one subscription, one member");
+    let mut records = Vec::new();
+    for i in 0..60 {
+        let topic = if i % 2 == 0 { &first } else { &second };
+        records.push(keyed(topic, &format!("k{}", i % 7), format!("{i}")));
+    }
+    records.push(keyed(&second, "bad", "fail".into()));
+    publish_all(&bus, records).await;
+    eventually("every record of both topics handled", || seen.lock().len() >= 61).await;
+    let seen = seen.lock().clone();
+    for topic in [&first, &second] {
+        let mut last: HashMap<&str, i64> = HashMap::new();
+        for (t, key, value) in seen.iter().filter(|(t, _, v)| t == topic && v != "fail") {
+            let n: i64 = value.parse().unwrap();
+            let previous = last.insert(key, n).unwrap_or(-1);
+            assert!(n > previous, "{t} key {key}: {n} after {previous}");
+        }
+        assert_eq!(
+            seen.iter().filter(|(t, _, _)| t == topic).count(),
+            if topic == &first { 30 } else { 31 }
+        );
+    }
+    let dead = read_topic(&bus, &format!("{second}.dlq"), 1).await;
+    assert_eq!(text(&dead[0].value), "fail", "dead-lettered to its own topic's dead-letter topic");
+    let report = sub.unsubscribe(PATIENCE).await.expect("stopped");
+    assert_eq!(report.subscription.topic, sorted.join(","));
+    let topics: BTreeSet<&str> =
+        report.subscription.committed.iter().map(|(tp, _)| &*tp.topic).collect();
+    assert_eq!(topics, BTreeSet::from([first.as_str(), second.as_str()]), "{report:?}");
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// A pattern subscription reads every matching topic, including one created after it
+/// subscribed, and never a topic that does not match nor its own dead-letter topics.
+pub async fn pattern_subscription_follows_new_topics(h: &impl Harness) {
+    let bus = h.bus().await;
+    let token = token();
+    let before = h.topic(&bus, &format!("{token}-before"), 2).await;
+    let other = h.topic(&bus, "unmatched", 1).await;
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let s = seen.clone();
+    let pattern = format!(".*{token}.*");
+    let sub = bus
+        .subscribe(
+            Topics::pattern(pattern.clone()),
+            options("pattern").with_retry(RetryPolicy::none()),
+            move |m: Message| {
+                let seen = s.clone();
+                async move {
+                    let value = text(&m.value);
+                    seen.lock().push((m.topic.to_string(), value.clone()));
+                    if value == "fail" {
+                        return Err(HandlerError::new("asked to fail"));
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await
+        .expect("subscribed");
+    assert_eq!(sub.topic(), format!("pattern({pattern})"));
+    let handled =
+        |topic: &str, value: &str| seen.lock().iter().any(|(t, v)| t == topic && v == value);
+    publish_all(&bus, vec![keyed(&before, "a", "1".into()), keyed(&before, "b", "fail".into())])
+        .await;
+    eventually("a matching topic's records handled", || {
+        handled(&before, "1") && handled(&before, "fail")
+    })
+    .await;
+    // Its dead letter exists now (`<before>.dlq`, matching the pattern's text): never read.
+    let dead = read_topic(&bus, &format!("{before}.dlq"), 1).await;
+    assert_eq!(text(&dead[0].value), "fail");
+    bus.publish(keyed(&other, "c", "unmatched".into())).await.unwrap();
+    let after = h.topic(&bus, &format!("{token}-after"), 2).await;
+    bus.publish(keyed(&after, "d", "2".into())).await.unwrap();
+    eventually("a topic created after subscribing is read", || handled(&after, "2")).await;
+    let topics: BTreeSet<String> = seen.lock().iter().map(|(t, _)| t.clone()).collect();
+    assert_eq!(topics, BTreeSet::from([before.clone(), after.clone()]), "only matching topics");
+    let report = sub.unsubscribe(PATIENCE).await.expect("stopped");
+    assert!(report.subscription.left_group);
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
 }

@@ -10,8 +10,8 @@
 //!   [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
-//! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`],
-//!   [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
+//! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
+//!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
 //!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
 //!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
@@ -68,6 +68,7 @@ mod metrics;
 mod options;
 mod partition;
 mod record;
+mod topics;
 
 pub use bus::{EventBus, ShutdownError, ShutdownReport};
 pub use consumer::{
@@ -85,6 +86,7 @@ pub use metrics::MetricsSnapshot;
 pub use options::{OffsetReset, RetryPolicy, SubscribeOptions};
 pub use partition::Partitioner;
 pub use record::{Header, Headers, Message, Record, TopicPartition};
+pub use topics::Topics;
 
 /// The task supervisor the bus runs on (the `bus-supervisor` crate): [`EventBus::snapshot`]'s
 /// [`Snapshot`](supervisor::Snapshot), the [`ScopeShutdownReport`](supervisor::ScopeShutdownReport)

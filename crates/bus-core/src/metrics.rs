@@ -64,6 +64,8 @@ pub(crate) struct Metrics {
     pub(crate) commits: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
     pub(crate) rebalances: AtomicU64,
+    pub(crate) partitions_assigned: AtomicU64,
+    pub(crate) partitions_revoked: AtomicU64,
     pub(crate) abandoned: AtomicU64,
     pub(crate) group_failures: AtomicU64,
 }
@@ -101,6 +103,8 @@ impl Metrics {
             commits: get(&self.commits),
             commit_failures: get(&self.commit_failures),
             rebalances: get(&self.rebalances),
+            partitions_assigned: get(&self.partitions_assigned),
+            partitions_revoked: get(&self.partitions_revoked),
             abandoned: get(&self.abandoned),
             group_failures: get(&self.group_failures),
             subscriptions: gauges.subscriptions,
@@ -137,8 +141,15 @@ pub struct MetricsSnapshot {
     pub commits: u64,
     /// Offset commits that failed.
     pub commit_failures: u64,
-    /// Partition revocations handled.
+    /// Partition revocations handled (each revocation of one or more partitions counts once).
     pub rebalances: u64,
+    /// Partitions assigned to subscriptions, each counted once per assignment: with the
+    /// cooperative protocol a rebalance assigns only what a member gains; with the eager
+    /// protocol every rebalance assigns everything again.
+    pub partitions_assigned: u64,
+    /// Partitions revoked from subscriptions, each counted once per revocation (what stopped
+    /// being read for a rebalance: with the cooperative protocol only what moves).
+    pub partitions_revoked: u64,
     /// Handlers abandoned at a revoke or shutdown deadline (their messages will be redelivered).
     pub abandoned: u64,
     /// Times a subscription's member was dropped by its group, or could not read its committed

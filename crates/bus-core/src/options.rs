@@ -1,4 +1,5 @@
-//! Subscription options: consumer group, concurrency, ordering, retries, dead letters.
+//! Subscription options: consumer group (and static membership), concurrency, ordering,
+//! retries, dead letters.
 //!
 //! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`]. Each is a serde struct with
 //! defaults; [`SubscribeOptions::validate`] names the field that is out of range.
@@ -9,6 +10,9 @@ use bus_supervisor::Backoff;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+
+/// The longest group instance id accepted, in bytes (as long as a Kafka topic name may be).
+const MAX_GROUP_INSTANCE_ID: usize = 249;
 
 /// Where a group starts reading a partition it has no committed offset for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -77,6 +81,16 @@ pub struct SubscribeOptions {
     /// The consumer group. Each group receives every message (at least) once; within a group,
     /// partitions are spread over its members.
     pub group: String,
+    /// Static membership (Kafka's `group.instance.id`, KIP-345): a name for this member that is
+    /// stable across restarts (one per running instance of the service, e.g. its pod name; two
+    /// members of a group must never share one). A static member that stops does not leave its
+    /// group: its partitions wait for it for the session timeout
+    /// (`consumer.session_timeout`), and when it comes back within that time it gets them
+    /// again with no rebalance, so the other members never stop. A second member started with
+    /// the same id takes the place over: the first is fenced and stops consuming (it does not
+    /// rejoin). None (the default): a dynamic member, which leaves its group when it stops.
+    /// The in-memory backend treats every member as dynamic.
+    pub group_instance_id: Option<String>,
     /// Handlers running at once (across keys).
     pub concurrency: usize,
     /// Whether messages with the same key are handled one at a time, in offset order (on by
@@ -87,7 +101,8 @@ pub struct SubscribeOptions {
     pub max_in_flight: usize,
     /// Retries of a failed handler.
     pub retry: RetryPolicy,
-    /// Where failed and undecodable messages go; `<topic>.dlq` when unset.
+    /// Where failed and undecodable messages go; when unset, `<topic>.dlq` for the topic the
+    /// message came from (a subscription to several topics has a dead-letter topic for each).
     pub dead_letter_topic: Option<String>,
     /// A handler running longer is cancelled and counted as failed (then retried). None: no limit.
     #[serde(with = "humantime_serde")]
@@ -108,6 +123,7 @@ impl Default for SubscribeOptions {
     fn default() -> Self {
         SubscribeOptions {
             group: String::new(),
+            group_instance_id: None,
             concurrency: 16,
             ordering_by_key: true,
             max_in_flight: 1024,
@@ -126,6 +142,13 @@ impl SubscribeOptions {
     /// 1,024 in flight, 3 attempts with backoff from 100 ms, dead letters to `<topic>.dlq`.
     pub fn new(group: impl Into<String>) -> Self {
         SubscribeOptions { group: group.into(), ..SubscribeOptions::default() }
+    }
+
+    /// Makes the member static, with `id` as its group instance id (see
+    /// [`SubscribeOptions::group_instance_id`]).
+    pub fn with_group_instance_id(mut self, id: impl Into<String>) -> Self {
+        self.group_instance_id = Some(id.into());
+        self
     }
 
     /// Sets the concurrency.
@@ -195,6 +218,17 @@ impl SubscribeOptions {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.group.trim().is_empty() {
             return Err(ConfigError::new("group", "a consumer group name is required"));
+        }
+        if let Some(id) = &self.group_instance_id {
+            if id.trim().is_empty() {
+                return Err(ConfigError::new("group_instance_id", "must not be empty when set"));
+            }
+            if id.len() > MAX_GROUP_INSTANCE_ID {
+                return Err(ConfigError::new(
+                    "group_instance_id",
+                    format!("at most {MAX_GROUP_INSTANCE_ID} bytes"),
+                ));
+            }
         }
         if self.concurrency == 0 {
             return Err(ConfigError::new("concurrency", "must be at least 1"));

@@ -37,7 +37,8 @@ fn request(
 ) -> JoinRequest {
     JoinRequest {
         group: group.to_owned(),
-        topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+        topics: bus_core::Topics::names(topics.iter().copied()),
+        group_instance_id: None,
         scope: supervisor.root().child(format!("sub-{group}")),
         rebalance_timeout: rebalance,
     }

@@ -2,21 +2,25 @@
 //! connections (see `connection`), like every other request of the crate.
 //!
 //! Owns: `KafkaClient` (the configuration, a cache of topic partition counts, Metadata through
-//! the bootstrap brokers, CreateTopics at the controller).
+//! the bootstrap brokers, CreateTopics at the controller), [`TopicInfo`].
 //!
 //! Invariants:
+//! - A cached partition count is trusted for `metadata.max_age` (Kafka's
+//!   `metadata.max.age.ms`): [`KafkaClient::partition_count`] reads it again after that, and
+//!   [`KafkaClient::refresh_partition_count`] at once. Partitions added to a topic are seen by
+//!   the next read.
 //! - Every call is bounded: each connection and request by `request_timeout`, and the retries
 //!   of a call (connection failures, a controller moving) by `request_timeout` in all, doubling
 //!   from 100 ms to at most 1 s between attempts. The last failure met is the one reported.
 //! - No task is started here: the caller's future drives every request, and nothing outlives
 //!   the call (a connection is opened per call and dropped with it; these calls are rare: once
-//!   per topic and process, or per administrative request).
+//!   per topic and `metadata.max_age`, or per administrative request).
 //! - `ensure_topic` is idempotent: a topic that exists with the requested partition count is
 //!   accepted; one with another count is an error naming both counts.
 //! - Metadata is asked with `allow_auto_topic_creation = false`: topics are created only by
 //!   `ensure_topic`, with the configured partition count and replication factor.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +52,17 @@ const RETRY: Backoff =
 pub(crate) struct KafkaClient {
     config: Arc<KafkaConfig>,
     connector: Arc<Connector>,
-    counts: Mutex<HashMap<String, i32>>,
+    /// Partition counts, and when each was read.
+    counts: Mutex<HashMap<String, (i32, Instant)>>,
+}
+
+/// What the cluster says of one topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TopicInfo {
+    /// Its partition count.
+    pub(crate) partitions: i32,
+    /// Whether it is one of Kafka's internal topics (`__consumer_offsets`, …).
+    pub(crate) internal: bool,
 }
 
 impl std::fmt::Debug for KafkaClient {
@@ -117,7 +131,10 @@ impl KafkaClient {
     /// [`KafkaError::UnknownTopic`] when missing and not auto-created; [`KafkaError::Topic`] when
     /// metadata or creation fails.
     pub(crate) async fn partition_count(&self, topic: &str) -> Result<i32, KafkaError> {
-        if let Some(count) = self.counts.lock().get(topic) {
+        let max_age = self.config.metadata.max_age;
+        if let Some((count, read)) = self.counts.lock().get(topic)
+            && read.elapsed() < max_age
+        {
             return Ok(*count);
         }
         let count = match self.lookup(topic).await? {
@@ -128,8 +145,86 @@ impl KafkaClient {
             }
             None => return Err(KafkaError::UnknownTopic { topic: topic.to_owned() }),
         };
-        self.counts.lock().insert(topic.to_owned(), count);
+        self.counts.lock().insert(topic.to_owned(), (count, Instant::now()));
         Ok(count)
+    }
+
+    /// The partition count of `topic` read from the cluster now (the cache updated, or the
+    /// topic forgotten when it no longer exists); `None` when it does not exist.
+    ///
+    /// The producer's hook for partitions added to a topic: it keeps its own view of each
+    /// topic it writes to, so it calls this every `metadata.max_age` for each of them, and
+    /// spreads over the new count when it grew.
+    ///
+    /// # Errors
+    ///
+    /// As for [`KafkaClient::lookup`].
+    #[allow(dead_code)] // the producer's hook: see the method's documentation
+    pub(crate) async fn refresh_partition_count(
+        &self,
+        topic: &str,
+    ) -> Result<Option<i32>, KafkaError> {
+        let count = self.lookup(topic).await?;
+        let mut counts = self.counts.lock();
+        match count {
+            Some(count) => {
+                counts.insert(topic.to_owned(), (count, Instant::now()));
+            }
+            None => {
+                counts.remove(topic);
+            }
+        }
+        Ok(count)
+    }
+
+    /// The topics of the cluster with their partition counts: every topic when `topics` is
+    /// `None`, else those of `topics` that exist. One Metadata request (retried as every call
+    /// is); the cache of partition counts is updated with what it says.
+    ///
+    /// # Errors
+    ///
+    /// [`KafkaError::Topic`] (naming the topics asked for, or `*`) when no broker answers within
+    /// the call's bound, or the answer is an error for the whole request.
+    pub(crate) async fn topics(
+        &self,
+        topics: Option<&[String]>,
+    ) -> Result<BTreeMap<String, TopicInfo>, KafkaError> {
+        let what = topics.map_or_else(|| "*".to_owned(), |t| t.join(","));
+        let fail = |reason: String| KafkaError::Topic {
+            topic: what.clone(),
+            reason: format!("metadata request failed: {reason}"),
+        };
+        if topics.is_some_and(<[String]>::is_empty) {
+            return Ok(BTreeMap::new());
+        }
+        let response = self.retrying(|| self.metadata_of(topics)).await.map_err(fail)?;
+        let mut found = BTreeMap::new();
+        for topic in &response.topics {
+            let Some(name) = topic.name.as_ref() else { continue };
+            match topic.error_code {
+                0 => {
+                    let partitions = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+                    found.insert(
+                        name.0.as_str().to_owned(),
+                        TopicInfo { partitions, internal: topic.is_internal },
+                    );
+                }
+                UNKNOWN_TOPIC_OR_PARTITION => {}
+                // A topic being created or deleted, not authorised…: left out this time.
+                code => {
+                    tracing::debug!(
+                        topic = %name.0.as_str(), error = %code_name(code),
+                        "topic left out of the metadata"
+                    );
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut counts = self.counts.lock();
+        for (name, info) in &found {
+            counts.insert(name.clone(), (info.partitions, now));
+        }
+        Ok(found)
     }
 
     /// The partition count of `topic` from fresh metadata, `None` when it does not exist.
@@ -184,7 +279,7 @@ impl KafkaClient {
                 }
             }
         }
-        self.counts.lock().insert(topic.to_owned(), partitions);
+        self.counts.lock().insert(topic.to_owned(), (partitions, Instant::now()));
         Ok(())
     }
 
@@ -240,15 +335,21 @@ impl KafkaClient {
 
     /// Metadata for `topic` (all topics when `None`) from a bootstrap broker.
     async fn metadata(&self, topic: Option<&str>) -> Result<MetadataResponse, Attempt> {
+        let topics = topic.map(|t| vec![t.to_owned()]);
+        self.metadata_of(topics.as_deref()).await
+    }
+
+    /// Metadata for `topics` (all topics when `None`) from a bootstrap broker.
+    async fn metadata_of(&self, topics: Option<&[String]>) -> Result<MetadataResponse, Attempt> {
         let mut connection = self.bootstrap_connection().await?;
-        Ok(metadata_on(&mut connection, topic, self.config.request_timeout).await?)
+        Ok(metadata_on(&mut connection, topics, self.config.request_timeout).await?)
     }
 
     /// One CreateTopics request at the controller the metadata names.
     async fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), Attempt> {
         let timeout = self.config.request_timeout;
         let mut connection = self.bootstrap_connection().await?;
-        let metadata = metadata_on(&mut connection, Some(topic), timeout).await?;
+        let metadata = metadata_on(&mut connection, Some(&[topic.to_owned()]), timeout).await?;
         let controller = metadata
             .brokers
             .iter()
@@ -290,18 +391,23 @@ impl KafkaClient {
     }
 }
 
-/// Metadata for `topic` (all topics when `None`) on `connection`.
+/// Metadata for `topics` (all topics when `None`) on `connection`.
 async fn metadata_on(
     connection: &mut Connection,
-    topic: Option<&str>,
+    topics: Option<&[String]>,
     timeout: Duration,
 ) -> Result<MetadataResponse, RequestError> {
     let version = connection.version::<MetadataRequest>()?;
     let mut request = MetadataRequest::default();
-    request.topics = topic.map(|topic| {
-        let mut wanted = MetadataRequestTopic::default();
-        wanted.name = Some(TopicName(StrBytes::from_string(topic.to_owned())));
-        vec![wanted]
+    request.topics = topics.map(|topics| {
+        topics
+            .iter()
+            .map(|topic| {
+                let mut wanted = MetadataRequestTopic::default();
+                wanted.name = Some(TopicName(StrBytes::from_string(topic.clone())));
+                wanted
+            })
+            .collect()
     });
     request.allow_auto_topic_creation = false;
     connection.send(&request, version, timeout).await

@@ -1,8 +1,9 @@
 //! The Kafka backend's configuration: serde structs with defaults, validated field by field.
 //!
 //! Owns: [`KafkaConfig`] and its sections [`ProducerConfig`], [`ConsumerConfig`],
-//! [`TopicConfig`], and [`Compression`] (the `security` section is the crate's `security`
-//! module's). [`KafkaConfig::validate`] names the first field out of range (`producer.linger`,
+//! [`TopicConfig`], [`MetadataConfig`], and [`Compression`], and `ASSIGNORS` (the assignors
+//! a member may offer; the `security` section is the crate's `security` module's).
+//! [`KafkaConfig::validate`] names the first field out of range (`producer.linger`,
 //! `consumer.session_timeout`, `security.sasl.password`, …).
 
 use std::time::Duration;
@@ -19,6 +20,12 @@ pub(crate) const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
 /// The largest `consumer.fetch_max_bytes`: a Fetch response is read into memory whole, and
 /// responses over twice this are refused as corrupt.
 pub const MAX_FETCH_BYTES: usize = 128 * 1024 * 1024;
+/// The partition assignors a member can offer (see [`ConsumerConfig::assignors`]).
+pub(crate) const ASSIGNORS: [&str; 4] = ["range", "roundrobin", "sticky", "cooperative-sticky"];
+
+/// The assignor that supports the cooperative rebalance protocol.
+pub(crate) const COOPERATIVE_STICKY: &str = "cooperative-sticky";
+
 /// Record-batch compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,7 +135,17 @@ pub struct ConsumerConfig {
     /// How long the broker may hold a fetch waiting for records.
     #[serde(with = "humantime_serde")]
     pub fetch_max_wait: Duration,
-    /// Partition assignors offered to the group, preferred first: `range`, `roundrobin`.
+    /// Partition assignors offered to the group, preferred first: `range`, `roundrobin`,
+    /// `sticky`, `cooperative-sticky` (computed as the Java client does; the group uses one
+    /// that every member offers).
+    ///
+    /// They also choose the rebalance protocol, by the Java client's rule: the member is
+    /// *cooperative* (KIP-429: a rebalance revokes only the partitions that move, the others
+    /// are read throughout) when every assignor listed supports it, which only
+    /// `cooperative-sticky` does; otherwise it is *eager* (every rebalance revokes everything
+    /// first). To move a running group from eager to cooperative without stopping it, roll
+    /// its members twice: first to `["cooperative-sticky", "range"]` (still eager, but
+    /// offering the cooperative assignor), then to `["cooperative-sticky"]`.
     pub assignors: Vec<String>,
 }
 
@@ -141,6 +158,23 @@ impl Default for ConsumerConfig {
             fetch_max_wait: Duration::from_millis(500),
             assignors: vec!["range".into(), "roundrobin".into()],
         }
+    }
+}
+
+/// Cluster metadata: how long what the client knows of topics is trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// How often metadata is read again (Kafka's `metadata.max.age.ms`): a group member with a
+    /// pattern subscription looks for new matching topics, and a group's leader for subscribed
+    /// topics whose partition count changed (either makes the group rebalance).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig { max_age: Duration::from_secs(300) }
     }
 }
 
@@ -163,6 +197,8 @@ pub struct KafkaConfig {
     pub producer: ProducerConfig,
     /// Consumer groups.
     pub consumer: ConsumerConfig,
+    /// Cluster metadata.
+    pub metadata: MetadataConfig,
     /// TLS and SASL on every connection (`security.protocol`, `security.tls.*`,
     /// `security.sasl.*`: librdkafka's names).
     pub security: SecurityConfig,
@@ -178,6 +214,7 @@ impl Default for KafkaConfig {
             topics: TopicConfig::default(),
             producer: ProducerConfig::default(),
             consumer: ConsumerConfig::default(),
+            metadata: MetadataConfig::default(),
             security: SecurityConfig::default(),
         }
     }
@@ -279,14 +316,75 @@ impl KafkaConfig {
         if c.assignors.is_empty() {
             return Err(ConfigError::new("consumer.assignors", "name at least one assignor"));
         }
-        if let Some(unknown) =
-            c.assignors.iter().find(|a| !["range", "roundrobin"].contains(&a.as_str()))
+        if let Some(unknown) = c.assignors.iter().find(|a| !ASSIGNORS.contains(&a.as_str())) {
+            return Err(ConfigError::new(
+                "consumer.assignors",
+                format!("unknown assignor `{unknown}`: expected one of {}", ASSIGNORS.join(", ")),
+            ));
+        }
+        if let Some((i, repeated)) = c
+            .assignors
+            .iter()
+            .enumerate()
+            .find(|(i, a)| c.assignors.get(..*i).is_some_and(|p| p.contains(a)))
         {
             return Err(ConfigError::new(
                 "consumer.assignors",
-                format!("unknown assignor `{unknown}`: expected range or roundrobin"),
+                format!("`{repeated}` is listed twice (again at position {})", i + 1),
             ));
         }
+        if self.metadata.max_age < Duration::from_millis(100) {
+            return Err(ConfigError::new("metadata.max_age", "must be at least 100ms"));
+        }
         self.security.validate()
+    }
+}
+
+impl ConsumerConfig {
+    /// Whether a member with these assignors follows the cooperative rebalance protocol (every
+    /// assignor supports it: see [`ConsumerConfig::assignors`]).
+    pub fn is_cooperative(&self) -> bool {
+        !self.assignors.is_empty() && self.assignors.iter().all(|a| a == COOPERATIVE_STICKY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn with_assignors(assignors: &[&str]) -> KafkaConfig {
+        let mut config = KafkaConfig::new("127.0.0.1:9092");
+        config.consumer.assignors = assignors.iter().map(|a| (*a).to_owned()).collect();
+        config
+    }
+
+    #[test]
+    fn the_rebalance_protocol_follows_the_java_rule() {
+        assert!(with_assignors(&["cooperative-sticky"]).consumer.is_cooperative());
+        // The upgrade's first step: still eager, offering the cooperative assignor.
+        assert!(!with_assignors(&["cooperative-sticky", "range"]).consumer.is_cooperative());
+        assert!(!with_assignors(&["sticky"]).consumer.is_cooperative());
+        assert!(!KafkaConfig::default().consumer.is_cooperative());
+    }
+
+    #[test]
+    fn assignors_are_checked() {
+        for valid in [&["range"][..], &["sticky", "roundrobin"], &["cooperative-sticky"]] {
+            with_assignors(valid).validate().unwrap();
+        }
+        let unknown = with_assignors(&["fancy"]).validate().unwrap_err();
+        assert_eq!(unknown.field, "consumer.assignors");
+        assert!(with_assignors(&["range", "range"]).validate().is_err());
+        assert!(with_assignors(&[]).validate().is_err());
+    }
+
+    #[test]
+    fn metadata_max_age_has_a_floor() {
+        let mut config = KafkaConfig::new("127.0.0.1:9092");
+        assert_eq!(config.metadata.max_age, Duration::from_secs(300));
+        config.metadata.max_age = Duration::from_millis(10);
+        assert_eq!(config.validate().unwrap_err().field, "metadata.max_age");
     }
 }

@@ -6,7 +6,8 @@
 //! everything used with it is re-exported here.
 //!
 //! - **Connecting:** [`connect`], [`KafkaConfig`] and its sections ([`ProducerConfig`],
-//!   [`ConsumerConfig`], [`TopicConfig`], [`Compression`]), [`Admin`], [`KafkaError`].
+//!   [`ConsumerConfig`], [`TopicConfig`], [`MetadataConfig`], [`Compression`]), [`Admin`],
+//!   [`KafkaError`].
 //! - **Security:** [`SecurityConfig`] (`security.protocol` [`SecurityProtocol`], `security.tls`
 //!   [`TlsConfig`], `security.sasl` [`SaslConfig`] with [`SaslMechanism`]), [`Secret`], and for
 //!   OAUTHBEARER [`TokenProvider`], [`OAuthBearerToken`], [`TokenFuture`], [`TokenError`].
@@ -14,8 +15,8 @@
 //!   [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
-//! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`],
-//!   [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
+//! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
+//!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
 //!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
 //!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
@@ -23,8 +24,10 @@
 //!   [`supervisor`] (the task tree: snapshots, leak guards).
 //!
 //! Inside, the bus speaks Kafka itself on the `kafka-protocol` crate over connections of its
-//! own: a batching produce loop per partition, consumer groups (the classic protocol), a fetch
-//! loop per assigned partition, metadata and topic creation.
+//! own: a batching produce loop per partition, consumer groups (the classic protocol, eager or
+//! cooperative rebalancing as `consumer.assignors` chooses, static members with
+//! [`SubscribeOptions::group_instance_id`]), a fetch loop per assigned partition, metadata and
+//! topic creation.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -65,7 +68,8 @@ use std::sync::Arc;
 
 pub use admin::Admin;
 pub use config::{
-    Compression, ConsumerConfig, KafkaConfig, MAX_FETCH_BYTES, ProducerConfig, TopicConfig,
+    Compression, ConsumerConfig, KafkaConfig, MAX_FETCH_BYTES, MetadataConfig, ProducerConfig,
+    TopicConfig,
 };
 pub use error::KafkaError;
 pub use security::{
@@ -78,7 +82,7 @@ pub use bus_core::{
     Handler, HandlerError, Header, Headers, Health, JsonError, Message, MetricsSnapshot,
     OffsetReset, Partitioner, Payload, PublishError, Record, RetryPolicy, ShutdownError,
     ShutdownReport, SubscribeError, SubscribeOptions, Subscription, SubscriptionReport, Timestamp,
-    TimestampError, TopicPartition, UnsubscribeError, UnsubscribeReport, aggregate_id_of,
+    TimestampError, TopicPartition, Topics, UnsubscribeError, UnsubscribeReport, aggregate_id_of,
     dead_letter_headers, envelope_headers, supervisor,
 };
 

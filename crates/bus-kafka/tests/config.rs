@@ -61,7 +61,9 @@ fn every_rule_names_its_field() {
         ("consumer.fetch_max_bytes", |c| c.consumer.fetch_max_bytes = 0),
         ("consumer.fetch_max_bytes", |c| c.consumer.fetch_max_bytes = MAX_FETCH_BYTES + 1),
         ("consumer.assignors", |c| c.consumer.assignors.clear()),
-        ("consumer.assignors", |c| c.consumer.assignors = vec!["sticky".into()]),
+        ("consumer.assignors", |c| c.consumer.assignors = vec!["fancy".into()]),
+        ("consumer.assignors", |c| c.consumer.assignors = vec!["range".into(), "range".into()]),
+        ("metadata.max_age", |c| c.metadata.max_age = Duration::from_millis(99)),
     ];
     for (field, breaks) in cases {
         let mut broken = config();
@@ -132,7 +134,7 @@ fn unknown_fields_and_bad_values_are_refused_by_name() {
 #[tokio::test]
 async fn connect_refuses_a_bad_configuration_before_any_connection() {
     let mut bad = config();
-    bad.consumer.assignors = vec!["sticky".into()];
+    bad.consumer.assignors = vec!["fancy".into()];
     // Nothing listens on the port: a connection attempt would fail differently (or hang).
     bad.bootstrap = vec!["127.0.0.1:9".into()];
     match bus_kafka::connect(bad).await {

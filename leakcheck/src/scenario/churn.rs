@@ -1,8 +1,9 @@
 //! Rebalance churn: a second member joins and leaves the group 20 times while messages flow.
 //!
-//! Owns: [`rebalance_churn`]. A steady member and a churning one share one order book: every
-//! acknowledged envelope must be handled at least once, and each aggregate's versions must
-//! arrive in order (repeats of versions already seen are redeliveries, allowed).
+//! Owns: [`rebalance_churn`] and [`Churn`] (which group and how: eager members, or cooperative
+//! ones with a static steady member). A steady member and a churning one share one order book:
+//! every acknowledged envelope must be handled at least once, and each aggregate's versions
+//! must arrive in order (repeats of versions already seen are redeliveries, allowed).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,31 +13,59 @@ use bus_core::{Envelope, EventBus};
 use indicatif::ProgressBar;
 use parking_lot::Mutex;
 
-use super::{OrderBook, Run, shut_down, subscribe_checked, wait_until};
+use super::{OrderBook, Run, shut_down, subscribe_member, wait_until};
 
 /// Join-and-leave rounds.
 const ROUNDS: usize = 20;
 /// Aggregates publishing while the group churns.
 const AGGREGATES: u64 = 50;
 
-/// Runs the churn on `bus` over `topic`.
-pub(crate) async fn rebalance_churn(
-    bus: EventBus,
+/// Which group churns, and how its steady member joins.
+pub(crate) struct Churn {
     topic: String,
     group: String,
+    /// The steady member's group instance id (static membership), if any.
+    steady_instance: Option<String>,
+}
+
+impl Churn {
+    /// Dynamic members (the bus's assignors decide the protocol).
+    pub(crate) fn eager(topic: String, group: String) -> Churn {
+        Churn { topic, group, steady_instance: None }
+    }
+
+    /// The steady member static; meant for a bus whose members are cooperative.
+    pub(crate) fn cooperative(topic: String, group: String) -> Churn {
+        let steady_instance = Some(format!("{group}-steady"));
+        Churn { topic, group, steady_instance }
+    }
+}
+
+/// Runs the churn on `bus`.
+pub(crate) async fn rebalance_churn(
+    bus: EventBus,
+    churn: Churn,
     progress: &ProgressBar,
     mut run: Run,
 ) -> Run {
+    let Churn { topic, group, steady_instance } = churn;
     let book = Arc::new(Mutex::new(OrderBook::default()));
-    let steady =
-        match subscribe_checked(&bus, &topic, &group, Arc::clone(&book), progress.clone()).await {
-            Ok(s) => s,
-            Err(error) => {
-                run.problems.push(format!("cannot subscribe: {error}"));
-                shut_down(&bus, Duration::from_secs(10), &mut run).await;
-                return run;
-            }
-        };
+    let steady = subscribe_member(
+        &bus,
+        &topic,
+        &group,
+        steady_instance.as_deref(),
+        Arc::clone(&book),
+        progress.clone(),
+    );
+    let steady = match steady.await {
+        Ok(s) => s,
+        Err(error) => {
+            run.problems.push(format!("cannot subscribe: {error}"));
+            shut_down(&bus, Duration::from_secs(10), &mut run).await;
+            return run;
+        }
+    };
     let done = AtomicBool::new(false);
     let acked = Mutex::new(0u64);
 
@@ -82,7 +111,8 @@ pub(crate) async fn rebalance_churn(
         for round in 0..ROUNDS {
             progress.set_message(format!("churn round {}/{ROUNDS}", round + 1));
             let member =
-                subscribe_checked(&bus, &topic, &group, Arc::clone(&book), progress.clone()).await;
+                subscribe_member(&bus, &topic, &group, None, Arc::clone(&book), progress.clone())
+                    .await;
             let member = match member {
                 Ok(member) => member,
                 Err(error) => {

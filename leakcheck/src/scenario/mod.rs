@@ -32,6 +32,9 @@ pub(crate) enum Scenario {
     StuckHandlers,
     /// A second member joins and leaves the group 20 times while messages flow (Kafka).
     RebalanceChurn,
+    /// The same churn with cooperative members (`cooperative-sticky`: partial revocations,
+    /// follow-up rebalances), the steady member static (Kafka).
+    CooperativeChurn,
     /// Connections cut through a proxy, the broker stopped and restarted mid-stream (Kafka).
     BrokerFaults,
     /// A bus dropped without calling shutdown.
@@ -42,11 +45,12 @@ pub(crate) enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub(crate) const ALL: [Scenario; 7] = [
+    pub(crate) const ALL: [Scenario; 8] = [
         Scenario::KafkaLoad,
         Scenario::SecureKafkaLoad,
         Scenario::StuckHandlers,
         Scenario::RebalanceChurn,
+        Scenario::CooperativeChurn,
         Scenario::BrokerFaults,
         Scenario::DropWithoutShutdown,
         Scenario::MemoryLoad,
@@ -54,7 +58,13 @@ impl Scenario {
 
     /// Whether it needs a Kafka broker.
     pub(crate) fn needs_kafka(self) -> bool {
-        matches!(self, Scenario::KafkaLoad | Scenario::RebalanceChurn | Scenario::BrokerFaults)
+        matches!(
+            self,
+            Scenario::KafkaLoad
+                | Scenario::RebalanceChurn
+                | Scenario::CooperativeChurn
+                | Scenario::BrokerFaults
+        )
     }
 }
 
@@ -162,9 +172,24 @@ pub(crate) async fn subscribe_checked(
     book: std::sync::Arc<Mutex<OrderBook>>,
     progress: ProgressBar,
 ) -> Result<bus_core::Subscription, bus_core::SubscribeError> {
-    let options = SubscribeOptions::new(group)
+    subscribe_member(bus, topic, group, None, book, progress).await
+}
+
+/// [`subscribe_checked`], a static member with `instance` when one is given.
+pub(crate) async fn subscribe_member(
+    bus: &EventBus,
+    topic: &str,
+    group: &str,
+    instance: Option<&str>,
+    book: std::sync::Arc<Mutex<OrderBook>>,
+    progress: ProgressBar,
+) -> Result<bus_core::Subscription, bus_core::SubscribeError> {
+    let mut options = SubscribeOptions::new(group)
         .with_concurrency(8)
         .with_commit_interval(Duration::from_millis(200));
+    if let Some(instance) = instance {
+        options = options.with_group_instance_id(instance);
+    }
     bus.subscribe_envelopes(topic, options, move |e: Envelope| {
         let book = std::sync::Arc::clone(&book);
         let progress = progress.clone();

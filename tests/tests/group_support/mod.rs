@@ -37,6 +37,13 @@ pub fn config_at(bootstrap: &str) -> KafkaConfig {
     config
 }
 
+/// [`config`] offering `assignors` (the first preferred).
+pub fn config_with(assignors: &[&str]) -> KafkaConfig {
+    let mut config = config();
+    config.consumer.assignors = assignors.iter().map(|a| (*a).to_owned()).collect();
+    config
+}
+
 /// Subscription options for the tests: frequent commits, a bounded rebalance.
 pub fn options(group: &str) -> SubscribeOptions {
     SubscribeOptions::new(group)
@@ -341,14 +348,31 @@ impl PeerConsumer {
     /// Starts a peer consumer named `name` in `group`, offering `assignor`
     /// (librdkafka's `partition.assignment.strategy`).
     pub fn start(topic: &str, group: &str, name: &str, assignor: &str) -> PeerConsumer {
+        PeerConsumer::start_static(topic, group, name, assignor, None)
+    }
+
+    /// [`PeerConsumer::start`], a static member with `instance_id` when one is given
+    /// (librdkafka's `group.instance.id`).
+    pub fn start_static(
+        topic: &str,
+        group: &str,
+        name: &str,
+        assignor: &str,
+        instance_id: Option<&str>,
+    ) -> PeerConsumer {
         let out =
             std::env::temp_dir().join(bus_tests::unique("group-peer")).with_extension("jsonl");
         std::fs::write(&out, b"").unwrap();
-        let child = Command::new(peer_python())
+        let mut command = Command::new(peer_python());
+        command
             .arg(workspace().join("tests").join("peer").join("group_peer.py"))
             .args(["consume", "--bootstrap", &bus_tests::bootstrap(), "--topic", topic])
             .args(["--group", group, "--assignor", assignor, "--out"])
-            .arg(&out)
+            .arg(&out);
+        if let Some(instance_id) = instance_id {
+            command.args(["--group-instance-id", instance_id]);
+        }
+        let child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -388,6 +412,19 @@ impl PeerConsumer {
             });
         }
         events
+    }
+
+    /// The partitions it was given and those it gave up, summed over its callbacks.
+    pub fn assigned_and_revoked(&self) -> (usize, usize) {
+        let mut totals = (0, 0);
+        for event in self.events() {
+            match event {
+                PeerEvent::Assign(p) => totals.0 += p.len(),
+                PeerEvent::Revoke(p) => totals.1 += p.len(),
+                _ => {}
+            }
+        }
+        totals
     }
 
     /// Copies the records it handled since `from` (an index into its events) into `log`;

@@ -1,7 +1,8 @@
 //! A subscription's control task: the one owner of its group membership, its fetch loops and
 //! its commits.
 //!
-//! Owns: `Control` (group events: assigned, revoked, dropped by the group; a fetch loop per
+//! Owns: `Control` (group events: assigned (added to what is held), revoked (all or some),
+//! dropped by the group (joined again) or fenced (consuming stops for good); a fetch loop per
 //! assigned partition in its own scope; the commit schedule; the stop procedure).
 //!
 //! Invariants:
@@ -61,6 +62,8 @@ pub(super) struct Control {
     fetch: Scope,
     fetchers: HashMap<TopicPartition, Scope>,
     last_committed: HashMap<TopicPartition, i64>,
+    /// Set once the member was fenced: no more group events are read.
+    fenced: bool,
 }
 
 impl Control {
@@ -80,6 +83,7 @@ impl Control {
             fetch: scope.child("fetch"),
             fetchers: HashMap::new(),
             last_committed: HashMap::new(),
+            fenced: false,
         }
     }
 
@@ -94,13 +98,14 @@ impl Control {
             tokio::select! {
                 biased;
                 deadline = requested_deadline(&mut stop) => break deadline,
-                event = self.member.next_event() => match event {
+                event = self.member.next_event(), if !self.fenced => match event {
                     Ok(MemberEvent::Assigned(partitions)) => self.assigned(partitions).await,
                     Ok(MemberEvent::Revoked(revocation)) => self.revoked(revocation).await,
                     Err(error) if error.retriable => {
                         tracing::warn!(group = %self.runtime.options.group, %error, "group event failed; retrying");
                         tokio::time::sleep(RETRY.delay(0)).await;
                     }
+                    Err(error) if error.fenced => self.fenced(error).await,
                     Err(error) => self.rejoin(error).await,
                 },
                 _ = tick.tick() => self.commit().await,
@@ -114,6 +119,7 @@ impl Control {
         if partitions.is_empty() {
             return;
         }
+        Metrics::add(&self.runtime.metrics.partitions_assigned, partitions.len() as u64);
         // The committed offsets are needed to start at the right place: retried (never guessed,
         // which would skip or replay records) until the rebalance timeout, after which these
         // partitions stay unread until the next assignment.
@@ -244,8 +250,24 @@ impl Control {
         }
     }
 
+    /// Another instance took this member's place (a static member fenced): release every
+    /// partition (their commits are refused: they are redelivered) and consume nothing more,
+    /// without joining again (that would fence the newer instance in turn), until stopped.
+    async fn fenced(&mut self, error: GroupError) {
+        Metrics::bump(&self.runtime.metrics.group_failures);
+        tracing::error!(
+            group = %self.runtime.options.group, %error,
+            "fenced by a newer instance with the same group instance id; this subscription stops consuming"
+        );
+        let partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
+        let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
+        self.release(&partitions, deadline, None).await;
+        self.fenced = true;
+    }
+
     async fn revoked(&mut self, revocation: Revocation) {
         Metrics::bump(&self.runtime.metrics.rebalances);
+        Metrics::add(&self.runtime.metrics.partitions_revoked, revocation.partitions.len() as u64);
         let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
         let partitions = revocation.partitions.clone();
         self.release(&partitions, deadline, None).await;

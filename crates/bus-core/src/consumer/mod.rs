@@ -11,11 +11,13 @@
 //!
 //! Tasks, under the bus's `consumer` scope:
 //! ```text
-//! consumer/<group>/<topic>/control               group events, commits, stop
-//! consumer/<group>/<topic>/member/…              the backend's own group tasks
-//! consumer/<group>/<topic>/dispatch/worker-<i>   keyed dispatch workers
-//! consumer/<group>/<topic>/fetch/<topic>-<p>/fetch   one fetch loop per assigned partition
+//! consumer/<group>/<topics>/control               group events, commits, stop
+//! consumer/<group>/<topics>/member/…              the backend's own group tasks
+//! consumer/<group>/<topics>/dispatch/worker-<i>   keyed dispatch workers
+//! consumer/<group>/<topics>/fetch/<topic>-<p>/fetch   one fetch loop per assigned partition
 //! ```
+//! (`<topics>` is the subscription's label: see [`Subscription::topic`].) A subscription is one
+//! group member whatever the number of its topics.
 //!
 //! Invariants:
 //! - A message is committed only when it and every earlier message of its partition were handled
@@ -48,13 +50,14 @@ use crate::error::SubscribeError;
 use crate::metrics::Metrics;
 use crate::options::SubscribeOptions;
 use crate::record::TopicPartition;
+use crate::topics::Topics;
 use control::Control;
 use process::Runtime;
 
 /// What stopping a subscription did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubscriptionReport {
-    /// The subscription's topic.
+    /// The subscription's topics, as [`Subscription::topic`] labels them.
     pub topic: String,
     /// Its consumer group.
     pub group: String,
@@ -66,7 +69,8 @@ pub struct SubscriptionReport {
     pub abandoned_offsets: Vec<(TopicPartition, i64)>,
     /// The offsets committed last, per partition.
     pub committed: Vec<(TopicPartition, i64)>,
-    /// Whether it left its group cleanly.
+    /// Whether it ended its membership cleanly: a dynamic member left its group; a static
+    /// member (with a group instance id) kept its place for its next instance, as intended.
     pub left_group: bool,
 }
 
@@ -79,7 +83,9 @@ pub(crate) type Registry = Arc<Mutex<Vec<Arc<SubscriptionControl>>>>;
 
 /// The bus's side of a subscription: how to stop it and where its report appears.
 pub(crate) struct SubscriptionControl {
+    /// The subscription's label (see [`Subscription::topic`]).
     pub(crate) topic: String,
+    pub(crate) topics: Topics,
     pub(crate) group: String,
     pub(crate) scope: Scope,
     pub(crate) dispatch: KeyedDispatch,
@@ -191,9 +197,18 @@ impl std::fmt::Display for UnsubscribeError {
 impl std::error::Error for UnsubscribeError {}
 
 impl Subscription {
-    /// The subscribed topic.
+    /// The subscription's topics as a label: the topic's name for one topic; for several,
+    /// their names joined with `,` (sorted); for a pattern, `pattern(<regex>)`. Reports
+    /// ([`SubscriptionReport::topic`]) and the subscription's task paths
+    /// (`consumer/<group>/<label>/…`) use the same label. [`Subscription::topics`] gives them
+    /// as data.
     pub fn topic(&self) -> &str {
         &self.control.topic
+    }
+
+    /// The subscription's topics as given (named, or a pattern).
+    pub fn topics(&self) -> &Topics {
+        &self.control.topics
     }
 
     /// The consumer group.
@@ -237,21 +252,26 @@ pub(crate) async fn subscribe(
     parent: &Scope,
     backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
-    topic: &str,
+    topics: Topics,
     options: SubscribeOptions,
     handler: ErasedHandler,
     registry: &Registry,
 ) -> Result<Subscription, SubscribeError> {
     options.validate()?;
-    let scope = parent.child(&options.group).child(topic);
+    topics.validate()?;
+    let topics = topics.with_dead_letter_topic(options.dead_letter_topic.as_deref());
+    let label = topics.to_string();
+    // A pattern may hold `/`, the separator of task paths.
+    let scope = parent.child(&options.group).child(label.replace('/', "%2F"));
     let request = JoinRequest {
         group: options.group.clone(),
-        topics: vec![topic.to_owned()],
+        topics: topics.clone(),
+        group_instance_id: options.group_instance_id.clone(),
         scope: scope.child("member"),
         rebalance_timeout: options.rebalance_timeout,
     };
     let member = backend.join(request.clone()).await?;
-    let runtime = Arc::new(Runtime::new(backend, metrics, topic, options));
+    let runtime = Arc::new(Runtime::new(backend, metrics, &label, options));
     let dispatch = handler.start(
         &scope.child("dispatch"),
         DispatchConfig::from_options(&runtime.options),
@@ -263,6 +283,7 @@ pub(crate) async fn subscribe(
     scope.spawn("control", control.run(stop_rx, report_tx))?.detach();
     let control = Arc::new(SubscriptionControl {
         topic: runtime.topic.clone(),
+        topics,
         group: runtime.options.group.clone(),
         scope,
         dispatch,

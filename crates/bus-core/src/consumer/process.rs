@@ -47,9 +47,9 @@ pub mod dead_letter_headers {
 pub(crate) struct Runtime {
     pub(super) backend: Arc<dyn Backend>,
     pub(super) metrics: Arc<Metrics>,
+    /// The subscription's label (its topics, as `Topics` displays them).
     pub(super) topic: String,
     pub(super) options: SubscribeOptions,
-    dead_letter_topic: String,
 }
 
 /// The processing of a subscription's messages, generic over its handler, so that a dispatch
@@ -115,13 +115,7 @@ impl Runtime {
         topic: &str,
         options: SubscribeOptions,
     ) -> Self {
-        Runtime {
-            backend,
-            metrics,
-            topic: topic.to_owned(),
-            dead_letter_topic: options.dead_letter_topic_for(topic),
-            options,
-        }
+        Runtime { backend, metrics, topic: topic.to_owned(), options }
     }
 
     /// Handles one message to the end: handler (with timeout and retries), or dead letter.
@@ -199,8 +193,10 @@ impl Runtime {
         }
     }
 
-    /// Publishes `message` to the dead-letter topic with the error in headers. `Done` once
-    /// stored; `Retain` (never committed, so redelivered) when that fails.
+    /// Publishes `message` to the dead-letter topic (the configured one, else `<its
+    /// topic>.dlq`: a subscription to several topics dead-letters each to its own) with the
+    /// error in headers. `Done` once stored; `Retain` (never committed, so redelivered) when
+    /// that fails.
     async fn dead_letter(
         &self,
         message: &Message,
@@ -217,8 +213,9 @@ impl Runtime {
         headers.set(h::SOURCE_OFFSET, message.offset.to_string());
         headers.set(h::GROUP, self.options.group.clone());
         headers.set(h::ATTEMPTS, attempts.to_string());
+        let dead_letter_topic = self.options.dead_letter_topic_for(&message.topic);
         let record = Record {
-            topic: self.dead_letter_topic.clone(),
+            topic: dead_letter_topic.clone(),
             key: message.key.clone(),
             value: message.value.clone(),
             headers,
@@ -244,7 +241,7 @@ impl Runtime {
                 Metrics::bump(&self.metrics.dead_letter_failures);
                 tracing::error!(
                     topic = %message.topic, partition = message.partition,
-                    offset = message.offset, dead_letter_topic = %self.dead_letter_topic,
+                    offset = message.offset, %dead_letter_topic,
                     error = %e, "dead-lettering failed; the message stays uncommitted"
                 );
                 Processed::Retain

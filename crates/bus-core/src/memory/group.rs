@@ -32,6 +32,7 @@ use crate::backend::{
     StartAt, TopicPartition,
 };
 use crate::error::{ConfigError, SubscribeError};
+use crate::topics::Topics;
 
 /// Where a group is in its rebalance cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,9 @@ enum Phase {
 #[derive(Debug)]
 struct MemberState {
     id: String,
+    /// What the member subscribed to (named topics or a pattern).
+    subscription: Topics,
+    /// The topics it reads now: its named topics, or the existing topics its pattern matches.
     topics: BTreeSet<String>,
     rebalance_timeout: Duration,
     /// The partitions the member owns in the current generation (until its revocation
@@ -128,17 +132,24 @@ pub(super) fn join(
     shared: &Arc<Shared>,
     request: JoinRequest,
 ) -> Result<MemoryMember, SubscribeError> {
-    let JoinRequest { group, topics, scope: _, rebalance_timeout } = request;
+    // Static membership (`group_instance_id`) is Kafka's: here every member is dynamic.
+    let JoinRequest {
+        group,
+        topics: subscription,
+        group_instance_id: _,
+        scope: _,
+        rebalance_timeout,
+    } = request;
     if group.trim().is_empty() {
         return Err(SubscribeError::InvalidOptions(ConfigError::new(
             "group",
             "a consumer group name is required",
         )));
     }
-    if topics.is_empty() {
+    if let Err(error) = subscription.validate() {
         return Err(SubscribeError::InvalidOptions(ConfigError::new(
             "topics",
-            format!("group `{group}`: at least one topic is required"),
+            format!("group `{group}`: {}", error.reason),
         )));
     }
     if rebalance_timeout.is_zero() {
@@ -147,22 +158,28 @@ pub(super) fn join(
             format!("group `{group}`: must be greater than zero"),
         )));
     }
-    let topics: BTreeSet<String> = topics.into_iter().collect();
 
     let mut guard = shared.state.lock();
     let state = &mut *guard;
     if shared.is_closed() {
         return Err(SubscribeError::Closed);
     }
-    for topic in &topics {
-        shared.ensure_topic(state, topic).map_err(|m| match m {
-            Missing::Unknown => SubscribeError::UnknownTopic { topic: topic.clone() },
-            Missing::Invalid(reason) => SubscribeError::InvalidOptions(ConfigError::new(
-                "topics",
-                format!("group `{group}`: topic `{topic}`: {reason}"),
-            )),
-        })?;
-    }
+    let topics: BTreeSet<String> = match subscription.as_names() {
+        Some(names) => {
+            for topic in names {
+                shared.ensure_topic(state, topic).map_err(|m| match m {
+                    Missing::Unknown => SubscribeError::UnknownTopic { topic: topic.clone() },
+                    Missing::Invalid(reason) => SubscribeError::InvalidOptions(ConfigError::new(
+                        "topics",
+                        format!("group `{group}`: topic `{topic}`: {reason}"),
+                    )),
+                })?;
+            }
+            names.iter().cloned().collect()
+        }
+        // A pattern reads the topics that match now, and those created later (`topic_created`).
+        None => subscription.select(state.topics.keys().map(String::as_str)).into_iter().collect(),
+    };
     if !state.groups.contains_key(&group) {
         let uid = state.uid();
         state.groups.insert(group.clone(), GroupState::new(uid));
@@ -182,6 +199,7 @@ pub(super) fn join(
         seq,
         MemberState {
             id: id.clone(),
+            subscription,
             topics: topics.clone(),
             rebalance_timeout,
             assigned: BTreeSet::new(),
@@ -228,6 +246,28 @@ pub(super) fn join(
         changed,
         left: AtomicBool::new(false),
     })
+}
+
+/// A topic was created: every member whose pattern matches it reads it from now on, and its
+/// group rebalances. Called under the backend's state lock by whatever created the topic.
+pub(super) fn topic_created(state: &mut State, topic: &str) {
+    let State { topics, groups, .. } = state;
+    for (name, g) in groups.iter_mut() {
+        let mut gained = false;
+        for m in g.members.values_mut() {
+            if m.subscription.is_pattern() && m.subscription.matches(topic) {
+                gained |= m.topics.insert(topic.to_owned());
+            }
+        }
+        if gained {
+            if let Some(t) = topics.get_mut(topic) {
+                t.groups.insert(name.clone());
+            }
+            tracing::debug!(group = %name, topic, "memory backend: a new topic matches a pattern");
+            g.needs_rebalance = true;
+            g.changed.notify_waiters();
+        }
+    }
 }
 
 /// What the coordinator does next.

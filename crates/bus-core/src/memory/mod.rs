@@ -31,7 +31,10 @@
 //!   that holds an assignment (even an empty one), waits for each revocation to complete (or for
 //!   that member's rebalance timeout, after which it is expelled), then assigns. A group's
 //!   coordinator is a task named `group-<group>` in the backend's scope, alive while the group
-//!   has members.
+//!   has members. A member subscribes to one or several topics, or to a pattern: a topic
+//!   created later that matches it (by [`MemoryBackend::create_topic`] or auto-created) joins
+//!   its subscription at once and its group rebalances. Every member is dynamic (a group
+//!   instance id is ignored): there is no session to keep a member's place.
 //! - **Closing.** [`MemoryBackend::close`] (or the cancellation of the backend's scope) freezes
 //!   admission: publishes and joins fail with `Closed`, and publishes waiting for room are failed
 //!   back with [`PublishError::Closed`]. Existing members may still commit, read and leave, so
@@ -206,6 +209,7 @@ impl Shared {
             state
                 .topics
                 .insert(name.to_owned(), TopicLog::new(name, self.config.default_partitions));
+            group::topic_created(state, name);
         }
         state.topics.get_mut(name).ok_or(Missing::Unknown)
     }
@@ -301,6 +305,7 @@ impl MemoryBackend {
             }),
             None => {
                 state.topics.insert(topic.to_owned(), TopicLog::new(topic, partitions));
+                group::topic_created(&mut state, topic);
                 Ok(())
             }
         }

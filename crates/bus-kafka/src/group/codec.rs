@@ -3,8 +3,9 @@
 //! `ConsumerProtocolSubscription` and `ConsumerProtocolAssignment`, each prefixed by its
 //! version as an `int16`).
 //!
-//! Owns: [`encode_subscription`], [`decode_subscription`], [`encode_assignment`],
-//! [`decode_assignment`].
+//! Owns: [`encode_subscription`], [`encode_member_subscription`], [`decode_subscription`],
+//! [`encode_assignment`], [`decode_assignment`], and the sticky assignors' user data
+//! ([`encode_sticky_user_data`], [`decode_sticky_user_data`]).
 //!
 //! Invariants:
 //! - We write subscriptions in version [`SUBSCRIPTION_VERSION`] (what the Java client writes).
@@ -18,11 +19,15 @@ use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
+use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition as OwnedTopic;
 use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription};
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
 
 /// The subscription version we write.
 pub(crate) const SUBSCRIPTION_VERSION: i16 = 3;
+
+/// Partitions by topic (ascending, without duplicates).
+pub(crate) type Owned = BTreeMap<String, Vec<i32>>;
 
 /// A member's subscription as read from its JoinGroup metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,13 +36,43 @@ pub(crate) struct Subscription {
     pub(crate) version: i16,
     /// The topics it subscribes to.
     pub(crate) topics: Vec<String>,
+    /// The partitions it owns as it joins (version 1 and later; empty before, and for eager
+    /// members, which give everything up before joining).
+    pub(crate) owned: BTreeMap<String, Vec<i32>>,
+    /// The generation in which it owned them (version 2 and later; -1 when unknown).
+    pub(crate) generation: i32,
+    /// The assignor's user data (the sticky assignors' previous assignment and generation).
+    pub(crate) user_data: Option<Bytes>,
 }
 
-/// Encodes a subscription to `topics` (version prefix included).
+/// Encodes a subscription to `topics` with nothing owned and no user data (version prefix
+/// included).
+#[cfg(test)]
 pub(crate) fn encode_subscription(topics: &[String]) -> Result<Bytes, String> {
+    encode_member_subscription(topics, &BTreeMap::new(), -1, None)
+}
+
+/// Encodes a subscription to `topics`, owning `owned` since `generation` (-1: none), with the
+/// assignor's `user_data` (version prefix included).
+pub(crate) fn encode_member_subscription(
+    topics: &[String],
+    owned: &BTreeMap<String, Vec<i32>>,
+    generation: i32,
+    user_data: Option<Bytes>,
+) -> Result<Bytes, String> {
     let mut subscription = ConsumerProtocolSubscription::default();
     subscription.topics = topics.iter().map(|t| StrBytes::from_string(t.clone())).collect();
-    subscription.generation_id = -1;
+    subscription.owned_partitions = owned
+        .iter()
+        .map(|(topic, partitions)| {
+            let mut entry = OwnedTopic::default();
+            entry.topic = StrBytes::from_string(topic.clone()).into();
+            entry.partitions = partitions.clone();
+            entry
+        })
+        .collect();
+    subscription.generation_id = generation;
+    subscription.user_data = user_data;
     let mut buf = BytesMut::new();
     buf.put_i16(SUBSCRIPTION_VERSION);
     subscription
@@ -52,10 +87,102 @@ pub(crate) fn decode_subscription(metadata: &[u8]) -> Result<Subscription, Strin
     let read = version.min(ConsumerProtocolSubscription::VERSIONS.max);
     let subscription = ConsumerProtocolSubscription::decode(&mut body, read)
         .map_err(|e| format!("cannot decode a version {version} subscription: {e}"))?;
+    let mut owned: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for entry in subscription.owned_partitions {
+        owned.entry(entry.topic.0.as_str().to_owned()).or_default().extend(entry.partitions);
+    }
+    for partitions in owned.values_mut() {
+        partitions.sort_unstable();
+        partitions.dedup();
+    }
     Ok(Subscription {
         version,
         topics: subscription.topics.iter().map(|t| t.as_str().to_owned()).collect(),
+        owned,
+        generation: if read >= 2 { subscription.generation_id } else { -1 },
+        user_data: subscription.user_data,
     })
+}
+
+/// The sticky assignors' user data, version 1 (the Java `StickyAssignor`'s and librdkafka's
+/// `cooperative-sticky`'s, written without a version prefix): the member's previous assignment
+/// as `[topic (int16-length string), [partition (int32)]]`, then its generation (`int32`).
+pub(crate) fn encode_sticky_user_data(
+    previous: &BTreeMap<String, Vec<i32>>,
+    generation: i32,
+) -> Result<Bytes, String> {
+    let mut buf = BytesMut::new();
+    put_count(&mut buf, previous.len(), "topics")?;
+    for (topic, partitions) in previous {
+        let name = topic.as_bytes();
+        let length = i16::try_from(name.len())
+            .map_err(|_| format!("the topic name `{topic}` is too long to encode"))?;
+        buf.put_i16(length);
+        buf.put_slice(name);
+        put_count(&mut buf, partitions.len(), "partitions")?;
+        for partition in partitions {
+            buf.put_i32(*partition);
+        }
+    }
+    buf.put_i32(generation);
+    Ok(buf.freeze())
+}
+
+fn put_count(buf: &mut BytesMut, count: usize, what: &str) -> Result<(), String> {
+    let count = i32::try_from(count).map_err(|_| format!("too many {what} to encode"))?;
+    buf.put_i32(count);
+    Ok(())
+}
+
+/// Reads sticky-assignor user data: version 1 (previous assignment and generation), version 0
+/// (previous assignment alone), or the Java `CooperativeStickyAssignor`'s (a generation
+/// alone, 4 bytes). `None` when it is none of these (every count is checked against the bytes
+/// left, so nothing is allocated beyond the input's size).
+pub(crate) fn decode_sticky_user_data(bytes: &[u8]) -> Option<(Owned, Option<i32>)> {
+    if let [a, b, c, d] = bytes {
+        return Some((BTreeMap::new(), Some(i32::from_be_bytes([*a, *b, *c, *d]))));
+    }
+    let mut body = bytes;
+    let previous = read_previous_assignment(&mut body)?;
+    match body.len() {
+        0 => Some((previous, None)),
+        4 => Some((previous, Some(body.get_i32()))),
+        _ => None,
+    }
+}
+
+fn read_previous_assignment(body: &mut &[u8]) -> Option<BTreeMap<String, Vec<i32>>> {
+    let topics = read_count(body, 6)?;
+    let mut previous: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for _ in 0..topics {
+        if body.len() < 2 {
+            return None;
+        }
+        let length = usize::try_from(body.get_i16()).ok()?;
+        if body.len() < length {
+            return None;
+        }
+        let topic = std::str::from_utf8(body.get(..length)?).ok()?.to_owned();
+        body.advance(length);
+        let count = read_count(body, 4)?;
+        let mut partitions = Vec::with_capacity(count);
+        for _ in 0..count {
+            partitions.push(body.get_i32());
+        }
+        partitions.sort_unstable();
+        partitions.dedup();
+        previous.entry(topic).or_default().extend(partitions);
+    }
+    Some(previous)
+}
+
+/// An `int32` count of items at least `item_bytes` long each, checked against what is left.
+fn read_count(body: &mut &[u8], item_bytes: usize) -> Option<usize> {
+    if body.len() < 4 {
+        return None;
+    }
+    let count = usize::try_from(body.get_i32()).ok()?;
+    (count.checked_mul(item_bytes)? <= body.len()).then_some(count)
 }
 
 /// Encodes an assignment (topic -> partitions) in `version` (version prefix included).
@@ -125,7 +252,78 @@ mod tests {
         let bytes = encode_subscription(&topics).unwrap();
         assert_eq!(&bytes[..2], &[0, 3], "written in version 3");
         let decoded = decode_subscription(&bytes).unwrap();
-        assert_eq!(decoded, Subscription { version: 3, topics });
+        assert_eq!((decoded.version, decoded.topics), (3, topics));
+        assert!(decoded.owned.is_empty());
+        assert_eq!(decoded.generation, -1);
+    }
+
+    #[test]
+    fn owned_partitions_generation_and_user_data_round_trip() {
+        let mut owned = BTreeMap::new();
+        owned.insert("a".to_owned(), vec![0, 2]);
+        owned.insert("b".to_owned(), vec![1]);
+        let user_data = encode_sticky_user_data(&owned, 7).unwrap();
+        let bytes =
+            encode_member_subscription(&["a".into(), "b".into()], &owned, 7, Some(user_data))
+                .unwrap();
+        let decoded = decode_subscription(&bytes).unwrap();
+        assert_eq!(decoded.owned, owned);
+        assert_eq!(decoded.generation, 7);
+        let (previous, generation) =
+            decode_sticky_user_data(decoded.user_data.as_deref().unwrap()).unwrap();
+        assert_eq!((previous, generation), (owned, Some(7)));
+    }
+
+    #[test]
+    fn owned_partitions_follow_the_java_layout() {
+        // Version 3: topics, user data, owned partitions [topic, [partition]], generation,
+        // rack id (null), as KIP-429 defines them and librdkafka reads them.
+        let mut owned = BTreeMap::new();
+        owned.insert("t".to_owned(), vec![4]);
+        let ours = encode_member_subscription(&["t".into()], &owned, 3, None).unwrap();
+        let mut expected = BytesMut::new();
+        expected.put_i16(3);
+        expected.put_i32(1);
+        expected.put_i16(1);
+        expected.put_slice(b"t");
+        expected.put_i32(-1); // null user data
+        expected.put_i32(1); // one owned topic
+        expected.put_i16(1);
+        expected.put_slice(b"t");
+        expected.put_i32(1);
+        expected.put_i32(4);
+        expected.put_i32(3); // generation
+        expected.put_i16(-1); // null rack
+        assert_eq!(&ours[..], &expected[..]);
+        // Version 1 carries owned partitions but no generation.
+        let mut v1 = BytesMut::new();
+        v1.put_i16(1);
+        v1.put_slice(&expected[2..expected.len() - 6]);
+        let decoded = decode_subscription(&v1).unwrap();
+        assert_eq!(decoded.owned, owned);
+        assert_eq!(decoded.generation, -1);
+    }
+
+    #[test]
+    fn sticky_user_data_versions() {
+        let mut previous = BTreeMap::new();
+        previous.insert("t".to_owned(), vec![1, 0]);
+        let v1 = encode_sticky_user_data(&previous, 5).unwrap();
+        previous.insert("t".to_owned(), vec![0, 1]);
+        assert_eq!(decode_sticky_user_data(&v1), Some((previous.clone(), Some(5))));
+        // Version 0: no generation.
+        assert_eq!(decode_sticky_user_data(&v1[..v1.len() - 4]), Some((previous, None)));
+        // The Java cooperative-sticky assignor's: a generation alone.
+        assert_eq!(decode_sticky_user_data(&9i32.to_be_bytes()), Some((BTreeMap::new(), Some(9))));
+        // Garbage, and counts larger than the bytes left, are refused without allocating.
+        assert_eq!(decode_sticky_user_data(&[0, 0, 0, 1, 0]), None);
+        assert_eq!(decode_sticky_user_data(&[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0]), None);
+        let mut huge = BytesMut::new();
+        huge.put_i32(1);
+        huge.put_i16(1);
+        huge.put_slice(b"t");
+        huge.put_i32(i32::MAX);
+        assert_eq!(decode_sticky_user_data(&huge), None);
     }
 
     #[test]
@@ -139,7 +337,7 @@ mod tests {
         v0.put_slice(b"t");
         v0.put_i32(-1);
         let decoded = decode_subscription(&v0).unwrap();
-        assert_eq!(decoded, Subscription { version: 0, topics: vec!["t".into()] });
+        assert_eq!((decoded.version, decoded.topics), (0, vec!["t".to_owned()]));
 
         // Our version 3: v0's fields, then owned partitions (empty array), generation (-1),
         // rack id (null string).

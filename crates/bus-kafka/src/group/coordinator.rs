@@ -54,8 +54,11 @@ pub(crate) enum Failure {
     /// The member is no longer known in its generation: forget member id and generation, join
     /// anew.
     Reset(String),
-    /// Retrying cannot help (fenced, not authorised, invalid configuration).
+    /// Retrying cannot help (not authorised, invalid configuration, inconsistent protocols).
     Fatal(String),
+    /// Another member holds this member's group instance id now (FENCED_INSTANCE_ID): the
+    /// member stops, and must not join again (it would fence the other in turn).
+    Fenced(String),
 }
 
 impl Failure {
@@ -66,7 +69,8 @@ impl Failure {
             | Failure::Coordinator(r)
             | Failure::Rebalance(r)
             | Failure::Reset(r)
-            | Failure::Fatal(r) => r,
+            | Failure::Fatal(r)
+            | Failure::Fenced(r) => r,
         }
     }
 
@@ -81,13 +85,11 @@ impl Failure {
             COORDINATOR_NOT_AVAILABLE | NOT_COORDINATOR => Failure::Coordinator(reason),
             REBALANCE_IN_PROGRESS => Failure::Rebalance(reason),
             UNKNOWN_MEMBER_ID | ILLEGAL_GENERATION => Failure::Reset(reason),
-            // FENCED_INSTANCE_ID, INCONSISTENT_GROUP_PROTOCOL, INVALID_GROUP_ID,
-            // INVALID_SESSION_TIMEOUT, GROUP_AUTHORIZATION_FAILED, UNSUPPORTED_VERSION,
-            // GROUP_MAX_SIZE_REACHED, INVALID_COMMIT_OFFSET_SIZE, OFFSET_METADATA_TOO_LARGE,
-            // TOPIC_AUTHORIZATION_FAILED.
-            FENCED_INSTANCE_ID | 23 | 24 | 26 | 30 | 35 | 81 | 28 | 12 | 29 => {
-                Failure::Fatal(reason)
-            }
+            FENCED_INSTANCE_ID => Failure::Fenced(reason),
+            // INCONSISTENT_GROUP_PROTOCOL, INVALID_GROUP_ID, INVALID_SESSION_TIMEOUT,
+            // GROUP_AUTHORIZATION_FAILED, UNSUPPORTED_VERSION, GROUP_MAX_SIZE_REACHED,
+            // INVALID_COMMIT_OFFSET_SIZE, OFFSET_METADATA_TOO_LARGE, TOPIC_AUTHORIZATION_FAILED.
+            23 | 24 | 26 | 30 | 35 | 81 | 28 | 12 | 29 => Failure::Fatal(reason),
             _ => Failure::Retry(reason),
         }
     }
@@ -271,6 +273,12 @@ impl Link {
                 self.locator.group()
             ))
         })
+    }
+
+    /// The version of `R` negotiated with the current coordinator (connecting first).
+    pub(crate) async fn version<R: Api>(&mut self) -> Result<i16, Failure> {
+        let connection = self.connection().await?;
+        connection.version::<R>().map_err(|e| Failure::from_request(&e))
     }
 
     /// Sends the request `build` makes for the negotiated version and returns the response and

@@ -1,18 +1,23 @@
 //! The group plane: Kafka consumer-group membership (the classic protocol, protocol type
-//! `consumer`, eager rebalance) and committed offsets, on the `kafka-protocol` crate over our own
+//! `consumer`; the eager and the cooperative (KIP-429) rebalance protocols; dynamic and static
+//! (KIP-345) members) and committed offsets, on the `kafka-protocol` crate over our own
 //! connections (the crate's `connection`, shared with the producer and the readers). Reading
 //! the assigned partitions is the data plane's (the crate's `fetch`); a member opens its readers
 //! there.
 //!
 //! Owns: [`join`] (the backend's entry point) and the submodules:
 //! - `coordinator` — FindCoordinator, the coordinator links, the classification of errors;
-//! - `codec` — the subscription and assignment formats of the `consumer` protocol;
-//! - `assignor` — `range` and `roundrobin`, as the Java client computes them;
+//! - `codec` — the subscription and assignment formats of the `consumer` protocol, and the
+//!   sticky assignors' user data;
+//! - `assignor` — `range` and `roundrobin` as the Java client computes them, `sticky` and
+//!   `cooperative-sticky`;
 //! - `member` — the [`GroupMember`]: its handle and shared state, its `coordinator`
 //!   (membership) and `heartbeat` tasks, its offset commits and fetches.
 //!
-//! Invariants: every task of a member runs in its join request's scope; a member's topics exist
-//! (created when missing and auto-creation is on) before it joins.
+//! Invariants: every task of a member runs in its join request's scope; a member's named topics
+//! exist (created when missing and auto-creation is on) before it joins; a pattern member joins
+//! with the topics that match when it subscribes (none is created for it) and follows new
+//! matches every `metadata.max_age`.
 
 mod assignor;
 mod codec;
@@ -41,10 +46,10 @@ pub(crate) async fn join(
             "a consumer group name is required",
         )));
     }
-    if request.topics.is_empty() {
+    if let Err(error) = request.topics.validate() {
         return Err(SubscribeError::InvalidOptions(ConfigError::new(
             "topics",
-            format!("group `{group}`: at least one topic is required"),
+            format!("group `{group}`: {}", error.reason),
         )));
     }
     if request.rebalance_timeout.is_zero() {
@@ -53,16 +58,36 @@ pub(crate) async fn join(
             format!("group `{group}`: must be greater than zero"),
         )));
     }
-    for topic in &request.topics {
-        client.partition_count(topic).await.map_err(|error| match error {
-            KafkaError::UnknownTopic { topic } => SubscribeError::UnknownTopic { topic },
-            other => SubscribeError::Group {
+    if request.group_instance_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+        return Err(SubscribeError::InvalidOptions(ConfigError::new(
+            "group_instance_id",
+            format!("group `{group}`: must not be empty when set"),
+        )));
+    }
+    let topics = match request.topics.as_names() {
+        Some(names) => {
+            for topic in names {
+                client.partition_count(topic).await.map_err(|error| match error {
+                    KafkaError::UnknownTopic { topic } => SubscribeError::UnknownTopic { topic },
+                    other => SubscribeError::Group {
+                        backend: "kafka",
+                        group: group.clone(),
+                        reason: format!("cannot ensure topic `{topic}`: {other}"),
+                    },
+                })?;
+            }
+            names.to_vec()
+        }
+        None => {
+            let all = client.topics(None).await.map_err(|error| SubscribeError::Group {
                 backend: "kafka",
                 group: group.clone(),
-                reason: format!("cannot ensure topic `{topic}`: {other}"),
-            },
-        })?;
-    }
-    let member = member::start(client, request)?;
+                reason: format!("cannot list the topics to match `{}`: {error}", request.topics),
+            })?;
+            let visible = all.iter().filter(|(_, info)| !info.internal).map(|(n, _)| n.as_str());
+            request.topics.select(visible)
+        }
+    };
+    let member = member::start(client, request, topics)?;
     Ok(Box::new(member))
 }

@@ -9,8 +9,10 @@
 //! - Heartbeats are sent every `consumer.heartbeat_interval` for the generation the member holds;
 //!   a generation that changed while the task slept is not heartbeated in the old one.
 //! - The task only *requests* rejoins, for the generation it heartbeated: "rebalancing" asks for
-//!   a rejoin, "unknown member" for a rejoin with a new member id, and a session timeout's worth
-//!   of unacknowledged heartbeats is treated as expulsion (a rejoin with a new member id).
+//!   a rejoin, "unknown member" for a rejoin with a new member id, "fenced instance" for the
+//!   member to stop, and a session timeout's worth of unacknowledged heartbeats is treated as
+//!   expulsion (a rejoin with a new member id).
+//! - A static member's heartbeats carry its group instance id (Heartbeat v3 and later).
 //! - A failed heartbeat is retried after a quarter of the interval (at least the member's
 //!   shortest retry delay), after finding the coordinator again.
 
@@ -22,6 +24,9 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{Inner, RETRY_BACKOFF, Rejoin};
 use crate::group::coordinator::{Failure, Link};
+
+/// The first Heartbeat version with `group_instance_id`.
+const INSTANCE_ID_VERSION: i16 = 3;
 
 /// The heartbeat task's state.
 pub(super) struct Heartbeat {
@@ -73,11 +78,13 @@ impl Heartbeat {
                 }
             }
             let group = self.inner.group.clone();
-            let build = |_version: i16| {
+            let inner = Arc::clone(&self.inner);
+            let build = |version: i16| {
                 let mut request = HeartbeatRequest::default();
                 request.group_id = StrBytes::from_string(group.clone()).into();
                 request.generation_id = generation;
                 request.member_id = StrBytes::from_string(member_id.clone());
+                request.group_instance_id = inner.instance_id_for(version, INSTANCE_ID_VERSION);
                 request
             };
             let failure = match self.link.request(build, timeout).await {
@@ -106,6 +113,9 @@ impl Heartbeat {
                 }
                 Failure::Fatal(reason) => {
                     self.inner.request_rejoin(generation, &member_id, Rejoin::Fatal(reason));
+                }
+                Failure::Fenced(reason) => {
+                    self.inner.request_rejoin(generation, &member_id, Rejoin::Fenced(reason));
                 }
                 Failure::Coordinator(reason) | Failure::Retry(reason) => {
                     tracing::info!(group = %group, %reason, "heartbeat failed; retrying");

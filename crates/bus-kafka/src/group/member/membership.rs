@@ -1,29 +1,51 @@
 //! A member's membership task (`coordinator`): the state machine that joins the group, syncs,
-//! holds the assignment, revokes it, rejoins, and finally leaves.
+//! holds the assignment, revokes what it must, rejoins, and finally leaves.
 //!
-//! Owns: [`Membership`] (the task's coordinator link, its event sender and the partitions it
-//! last delivered), the leader's assignment (`assign`, with the crate's `assignor` and
-//! `codec`) and the join, sync and leave requests.
+//! Owns: [`Membership`] (the task's coordinator link, its event sender, the topics it
+//! subscribes to now, the partitions it holds), the leader's assignment (`assign`, with the
+//! crate's `assignor` and `codec`), the metadata checks that call for a rebalance, and the join,
+//! sync and leave requests.
 //!
 //! The cycle, as the member's `Phase`:
 //! - `Joining`: JoinGroup (with the member-id-required round trip), the leader's assignment,
 //!   SyncGroup; a failed step is retried from JoinGroup after the member's `RETRY_BACKOFF`;
-//! - `Stable`: the assignment is delivered and held until a rejoin is requested;
-//! - `Revoking`: the assignment is revoked; the task waits until the runtime has released it,
-//!   then joins again;
+//! - `Stable`: the assignment's changes are delivered, and it is held until a rejoin is
+//!   requested (by the heartbeat task, an offset commit, a cooperative revocation's follow-up,
+//!   or a metadata check every `metadata.max_age`);
+//! - `Revoking`: partitions are revoked; the task waits until the runtime has released them;
 //! - `Stopped`: after a fatal error or cancellation, once the task has tried to leave.
 //!
-//! Invariants:
-//! - Only this task writes the membership's phase, member id and generation; the other parts
-//!   request rejoins through the shared state.
-//! - Eager rebalance: before rejoining, every partition of the last assignment is revoked with a
+//! The two rebalance protocols (the member's is fixed by its assignors: see
+//! `ConsumerConfig::assignors`):
+//! - *Eager*: before rejoining, every partition held is revoked with one
 //!   [`MemberEvent::Revoked`], and the member does not rejoin until that [`Revocation`] is
-//!   complete (heartbeats continue meanwhile, so the session stays alive while the runtime drains
-//!   and commits). A [`MemberEvent::Assigned`] is emitted only after a successful SyncGroup, and
-//!   lists only partitions of the member's own topics.
-//! - The task sends a LeaveGroup (bounded by [`LEAVE_TIMEOUT`]) on its way out whenever it still
-//!   has a member id, so a dropped member leaves its group too; it cancels the member's token
-//!   first, which ends the heartbeats.
+//!   complete (heartbeats continue meanwhile, so the session stays alive while the runtime
+//!   drains and commits). Its subscription owns nothing; for the `sticky` assignor its user
+//!   data carries what it held.
+//! - *Cooperative* (KIP-429): the member rejoins holding its partitions (listed as owned in its
+//!   subscription, with their generation), and they are read throughout. After SyncGroup it is
+//!   told what it gained ([`MemberEvent::Assigned`], first, so new partitions start at once) and
+//!   what it must give up ([`MemberEvent::Revoked`]); once that revocation is complete it
+//!   rejoins (the follow-up rebalance in which the leader hands those partitions on). A
+//!   member that loses its membership (unknown member, illegal generation, or a session
+//!   timeout's worth of failed joins) revokes everything, as an eager one does: those
+//!   partitions are someone else's by then.
+//!
+//! Invariants:
+//! - Only this task writes the membership's phase, member id, generation and held generation;
+//!   the other parts request rejoins through the shared state.
+//! - A partition is announced once when gained and once when lost: [`MemberEvent::Assigned`]
+//!   lists only partitions not held, [`MemberEvent::Revoked`] only partitions held, and only
+//!   partitions of the member's current topics are ever assigned.
+//! - Static members (a group instance id) join with it (JoinGroup v5 or later, or the member
+//!   stops: the coordinator cannot keep its place), carry it in every request that has the
+//!   field, and never send LeaveGroup: on the way out their place (and partitions) wait for
+//!   the next instance for the session timeout. A restarted static member that its coordinator
+//!   names leader with `skip_assignment` syncs without assigning.
+//! - A dynamic member sends a LeaveGroup (bounded by [`LEAVE_TIMEOUT`]) on its way out whenever
+//!   it still has a member id, so a dropped member leaves its group too; the task cancels the
+//!   member's token first, which ends the heartbeats.
+//! - A fenced member (FENCED_INSTANCE_ID) stops at once and is reported fenced.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -41,8 +63,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::{Inner, Phase, RETRY_BACKOFF, Rejoin, State};
+use crate::config::COOPERATIVE_STICKY;
 use crate::group::assignor::{self, Member};
 use crate::group::codec;
 use crate::group::coordinator::{Failure, Link, MEMBER_ID_REQUIRED, UNKNOWN_MEMBER_ID};
@@ -53,6 +77,12 @@ const PROTOCOL_TYPE: &str = "consumer";
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra time given to a JoinGroup beyond the rebalance timeout (as the Java client does).
 const JOIN_TIMEOUT_LAPSE: Duration = Duration::from_secs(5);
+/// The first JoinGroup version with `group_instance_id` (KIP-345).
+const STATIC_MEMBERSHIP_VERSION: i16 = 5;
+/// The first SyncGroup version with `group_instance_id`.
+const SYNC_INSTANCE_ID_VERSION: i16 = 3;
+/// The eager sticky assignor.
+const STICKY: &str = "sticky";
 
 /// What a successful JoinGroup told the member.
 struct Joined {
@@ -60,7 +90,21 @@ struct Joined {
     member_id: String,
     leader: String,
     protocol: String,
+    /// A static leader rejoining a stable group must not assign (JoinGroup v9).
+    skip_assignment: bool,
     members: Vec<(String, Option<String>, Bytes)>,
+}
+
+/// Why the membership ended.
+struct Stopped {
+    reason: String,
+    fenced: bool,
+}
+
+impl Stopped {
+    fn fatal(reason: impl Into<String>) -> Self {
+        Stopped { reason: reason.into(), fenced: false }
+    }
 }
 
 /// The membership task's state.
@@ -68,42 +112,72 @@ pub(super) struct Membership {
     inner: Arc<Inner>,
     link: Link,
     events: mpsc::UnboundedSender<MemberEvent>,
-    /// The partitions of the last assignment delivered.
-    owned: Vec<TopicPartition>,
+    /// The topics the member subscribes to now (a pattern's matches change).
+    topics: BTreeSet<String>,
+    /// The partitions the member holds: delivered and not revoked.
+    owned: BTreeSet<TopicPartition>,
+    /// The generation of the last assignment (-1: none since the member id was reset).
+    owned_generation: i32,
+    /// What an eager member held before its last revocation (the `sticky` assignor's user
+    /// data).
+    previous: BTreeSet<TopicPartition>,
+    /// As the leader: the partition count of every topic the last assignment covered (0 for a
+    /// topic that did not exist); `None` when not the leader.
+    leader_counts: Option<BTreeMap<String, i32>>,
 }
 
 impl Membership {
     /// The membership task of the member sharing `inner`, on `link`, sending its events to
-    /// `events`.
+    /// `events`, subscribing to `topics`.
     pub(super) fn new(
         inner: Arc<Inner>,
         link: Link,
         events: mpsc::UnboundedSender<MemberEvent>,
+        topics: Vec<String>,
     ) -> Self {
-        Membership { inner, link, events, owned: Vec::new() }
+        Membership {
+            inner,
+            link,
+            events,
+            topics: topics.into_iter().collect(),
+            owned: BTreeSet::new(),
+            owned_generation: -1,
+            previous: BTreeSet::new(),
+            leader_counts: None,
+        }
     }
 
     /// Runs the membership until `token` is cancelled or a fatal error, then leaves the group
-    /// and reports how leaving went on `left`.
+    /// (a dynamic member) and reports how leaving went on `left`.
     pub(super) async fn run(
         mut self,
         token: CancellationToken,
         left: watch::Sender<Option<Result<(), GroupError>>>,
     ) {
-        let fatal = tokio::select! {
+        let stopped = tokio::select! {
             biased;
             () = token.cancelled() => None,
-            reason = self.membership() => Some(reason),
+            stopped = self.membership() => Some(stopped),
         };
-        if let Some(reason) = &fatal {
-            tracing::error!(group = %self.inner.group, %reason, "group member stopped");
+        if let Some(stopped) = &stopped {
+            tracing::error!(
+                group = %self.inner.group, reason = %stopped.reason, fenced = stopped.fenced,
+                "group member stopped"
+            );
         }
         // Stop the heartbeats; nothing is delivered any more.
         token.cancel();
-        let result = self.leave_group().await;
+        let result = match &stopped {
+            // Leaving is not ours to do: the newer instance holds the place.
+            Some(Stopped { fenced: true, reason }) => {
+                Err(GroupError::fenced(&self.inner.group, reason.clone()))
+            }
+            _ => self.leave_group().await,
+        };
         self.inner.state.send_modify(|s| {
             s.phase = Phase::Stopped;
-            s.fatal = fatal.clone();
+            s.fatal = stopped.as_ref().map(|s| s.reason.clone());
+            s.fenced = stopped.as_ref().is_some_and(|s| s.fenced);
         });
         let _ = left.send(Some(result));
     }
@@ -117,9 +191,13 @@ impl Membership {
     }
 
     /// Joins, syncs, holds, revokes and rejoins until a fatal error (returned).
-    async fn membership(&mut self) -> String {
-        // Failed joins since the last successful one.
+    async fn membership(&mut self) -> Stopped {
+        // Failed joins since the last successful one, and when the first of them began.
         let mut failures = 0u32;
+        let mut failing_since: Option<Instant> = None;
+        let max_age = self.inner.config.metadata.max_age;
+        let mut refresh = tokio::time::interval_at(Instant::now() + max_age, max_age);
+        refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             self.update(|s| {
                 s.phase = Phase::Joining;
@@ -128,25 +206,28 @@ impl Membership {
             match self.join_and_sync().await {
                 Ok((joined, assigned)) => {
                     failures = 0;
-                    tracing::info!(
-                        group = %self.inner.group, member = %joined.member_id,
-                        generation = joined.generation, protocol = %joined.protocol,
-                        leader = joined.leader == joined.member_id,
-                        partitions = ?assigned, "joined the group"
-                    );
-                    self.update(|s| {
-                        s.phase = Phase::Stable;
-                        s.generation = joined.generation;
-                        s.member_id = joined.member_id.clone();
-                    });
-                    self.owned = assigned.clone();
-                    if self.events.send(MemberEvent::Assigned(assigned)).is_err() {
-                        return "the member's handle is gone".into();
+                    failing_since = None;
+                    if let Some(stopped) = self.take_assignment(&joined, assigned).await {
+                        return stopped;
                     }
                 }
                 Err(failure) => {
-                    if let Some(reason) = self.handle(failure) {
-                        return reason;
+                    if let Some(stopped) = self.handle(failure).await {
+                        return stopped;
+                    }
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if !self.owned.is_empty()
+                        && since.elapsed() >= self.inner.config.consumer.session_timeout
+                    {
+                        // A cooperative member that cannot rejoin for a session timeout has
+                        // been expelled by now: its partitions are someone else's.
+                        tracing::warn!(
+                            group = %self.inner.group,
+                            "no successful join within the session timeout; giving up the \
+                             assignment and joining with a new member id"
+                        );
+                        self.revoke_all().await;
+                        self.reset();
                     }
                     let delay = RETRY_BACKOFF.delay(failures);
                     failures = failures.saturating_add(1);
@@ -154,31 +235,160 @@ impl Membership {
                     continue;
                 }
             }
-            // Stable until someone asks for a rejoin.
-            let mut state = self.inner.state.subscribe();
-            let rejoin = match state.wait_for(|s| s.rejoin.is_some()).await {
-                Ok(s) => s.rejoin.clone(),
-                Err(_) => return "the membership state is gone".into(),
+            let asked = match self.hold(&mut refresh).await {
+                Ok(rejoin) => rejoin,
+                Err(stopped) => return stopped,
             };
-            tracing::info!(group = %self.inner.group, ?rejoin, "leaving the generation to rejoin");
-            self.revoke().await;
-            let rejoin = self.inner.state.borrow().rejoin.clone().or(rejoin);
+            tracing::info!(
+                group = %self.inner.group, rejoin = ?asked, "leaving the generation to rejoin"
+            );
+            let keeps = self.inner.cooperative && asked == Rejoin::Rebalance;
+            if keeps {
+                self.revoke_unsubscribed().await;
+            } else {
+                self.revoke_all().await;
+            }
+            // A stronger request may have come while the runtime released partitions.
+            let current = self.inner.state.borrow().rejoin.clone();
+            let rejoin = match current {
+                Some(current) if current.rank() > asked.rank() => current,
+                _ => asked,
+            };
             match rejoin {
-                Some(Rejoin::Fatal(reason)) => return reason,
-                Some(Rejoin::Reset) => self.reset(),
-                _ => {}
+                Rejoin::Fenced(reason) => return Stopped { reason, fenced: true },
+                Rejoin::Fatal(reason) => {
+                    self.revoke_all().await;
+                    return Stopped::fatal(reason);
+                }
+                Rejoin::Reset => {
+                    self.revoke_all().await;
+                    self.reset();
+                }
+                Rejoin::Rebalance => {}
             }
         }
     }
 
-    /// Revokes the last assignment and waits until the runtime released it.
-    async fn revoke(&mut self) {
-        self.update(|s| s.phase = Phase::Revoking);
-        let owned = std::mem::take(&mut self.owned);
-        if owned.is_empty() {
+    /// Holds the assignment until a rejoin is requested or a metadata check calls for one.
+    async fn hold(&mut self, refresh: &mut Interval) -> Result<Rejoin, Stopped> {
+        let mut state = self.inner.state.subscribe();
+        loop {
+            tokio::select! {
+                requested = async {
+                    state.wait_for(|s| s.rejoin.is_some()).await.map(|s| s.rejoin.clone())
+                } => {
+                    return match requested {
+                        Ok(rejoin) => Ok(rejoin.unwrap_or(Rejoin::Rebalance)),
+                        Err(_) => Err(Stopped::fatal("the membership state is gone")),
+                    };
+                }
+                _ = refresh.tick() => {
+                    if let Some(why) = self.metadata_changed().await {
+                        tracing::info!(group = %self.inner.group, %why, "rebalancing the group");
+                        return Ok(Rejoin::Rebalance);
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the cluster's metadata says now that calls for a rebalance: new or vanished
+    /// matches of a pattern (the subscription is updated), or, for the leader, a topic of the
+    /// last assignment whose partition count changed. A failed metadata request is ignored
+    /// (the next check tries again).
+    async fn metadata_changed(&mut self) -> Option<String> {
+        let pattern = self.inner.subscription.is_pattern();
+        let leader_topics: Option<Vec<String>> =
+            self.leader_counts.as_ref().map(|counts| counts.keys().cloned().collect());
+        if !pattern && leader_topics.is_none() {
+            return None;
+        }
+        let wanted = if pattern { None } else { leader_topics.as_deref() };
+        let found = match self.inner.client.topics(wanted).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::debug!(
+                    group = %self.inner.group, %error, "metadata check failed; trying again later"
+                );
+                return None;
+            }
+        };
+        if pattern {
+            let visible = found.iter().filter(|(_, i)| !i.internal).map(|(n, _)| n.as_str());
+            let matches: BTreeSet<String> =
+                self.inner.subscription.select(visible).into_iter().collect();
+            if matches != self.topics {
+                let gained: Vec<&String> = matches.difference(&self.topics).collect();
+                let lost: Vec<&String> = self.topics.difference(&matches).collect();
+                let why = format!(
+                    "the topics matching `{}` changed: {gained:?} appeared, {lost:?} went",
+                    self.inner.subscription
+                );
+                self.topics = matches;
+                return Some(why);
+            }
+        }
+        for (topic, &before) in self.leader_counts.iter().flatten() {
+            let now = found.get(topic).map_or(0, |i| i.partitions);
+            if now != before {
+                return Some(format!("topic `{topic}` has {now} partitions, not {before}"));
+            }
+        }
+        None
+    }
+
+    /// Applies a SyncGroup's assignment: delivers what was gained, revokes what was lost (a
+    /// cooperative member only; then the follow-up rejoin is requested).
+    async fn take_assignment(
+        &mut self,
+        joined: &Joined,
+        assigned: BTreeSet<TopicPartition>,
+    ) -> Option<Stopped> {
+        let added: Vec<TopicPartition> = assigned.difference(&self.owned).cloned().collect();
+        let revoked: Vec<TopicPartition> = self.owned.difference(&assigned).cloned().collect();
+        tracing::info!(
+            group = %self.inner.group, member = %joined.member_id,
+            generation = joined.generation, protocol = %joined.protocol,
+            cooperative = self.inner.cooperative, leader = joined.leader == joined.member_id,
+            partitions = ?assigned, added = ?added, revoked = ?revoked, "joined the group"
+        );
+        self.update(|s| {
+            s.phase = Phase::Stable;
+            s.generation = joined.generation;
+            s.member_id = joined.member_id.clone();
+            s.held = Some((joined.generation, joined.member_id.clone()));
+        });
+        self.owned_generation = joined.generation;
+        self.previous.clear();
+        self.owned.extend(added.iter().cloned());
+        // New partitions first: they are read while those given up drain.
+        if !added.is_empty() && self.events.send(MemberEvent::Assigned(added)).is_err() {
+            return Some(Stopped::fatal("the member's handle is gone"));
+        }
+        if !revoked.is_empty() {
+            // Only a cooperative member holds partitions as it joins: it gives these up, then
+            // rejoins so that the leader can hand them on.
+            self.revoke(revoked).await;
+            self.update(|s| {
+                s.phase = Phase::Stable;
+                if s.rejoin.is_none() {
+                    s.rejoin = Some(Rejoin::Rebalance);
+                }
+            });
+        }
+        None
+    }
+
+    /// Revokes `partitions` (held ones) and waits until the runtime released them.
+    async fn revoke(&mut self, partitions: Vec<TopicPartition>) {
+        if partitions.is_empty() {
             return;
         }
-        let (revocation, done) = Revocation::new(owned);
+        self.update(|s| s.phase = Phase::Revoking);
+        for partition in &partitions {
+            self.owned.remove(partition);
+        }
+        let (revocation, done) = Revocation::new(partitions);
         if self.events.send(MemberEvent::Revoked(revocation)).is_err() {
             return;
         }
@@ -186,24 +396,46 @@ impl Membership {
         let _ = done.await;
     }
 
+    /// Revokes everything held (eager rejoin, lost membership, stopping).
+    async fn revoke_all(&mut self) {
+        let all: Vec<TopicPartition> = self.owned.iter().cloned().collect();
+        if !all.is_empty() {
+            self.previous = self.owned.clone();
+        }
+        self.revoke(all).await;
+        self.update(|s| s.held = None);
+    }
+
+    /// Revokes the partitions of topics no longer subscribed (a pattern's lost matches).
+    async fn revoke_unsubscribed(&mut self) {
+        let gone: Vec<TopicPartition> =
+            self.owned.iter().filter(|p| !self.topics.contains(&*p.topic)).cloned().collect();
+        self.revoke(gone).await;
+    }
+
     /// Forgets member id and generation.
-    fn reset(&self) {
+    fn reset(&mut self) {
+        self.owned_generation = -1;
         self.update(|s| {
             s.member_id.clear();
             s.generation = -1;
+            s.held = None;
         });
     }
 
-    /// Applies `failure` to the state; the fatal reason when the member must stop.
-    fn handle(&mut self, failure: Failure) -> Option<String> {
+    /// Applies a failed join's `failure`; how the member stopped when it must stop.
+    async fn handle(&mut self, failure: Failure) -> Option<Stopped> {
         match failure {
-            Failure::Fatal(reason) => return Some(reason),
+            Failure::Fatal(reason) => return Some(Stopped::fatal(reason)),
+            Failure::Fenced(reason) => return Some(Stopped { reason, fenced: true }),
             Failure::Coordinator(reason) => {
                 tracing::info!(group = %self.inner.group, %reason, "finding the coordinator again");
                 self.link.coordinator_moved();
             }
             Failure::Reset(reason) => {
                 tracing::info!(group = %self.inner.group, %reason, "rejoining with a new member id");
+                // The membership is lost, and with it what a cooperative member still held.
+                self.revoke_all().await;
                 self.reset();
             }
             Failure::Rebalance(reason) | Failure::Retry(reason) => {
@@ -213,17 +445,33 @@ impl Membership {
         None
     }
 
-    /// JoinGroup (with the member-id-required round trip), the leader's assignment, SyncGroup.
-    async fn join_and_sync(&mut self) -> Result<(Joined, Vec<TopicPartition>), Failure> {
+    /// JoinGroup (with the member-id-required round trip), the leader's assignment, SyncGroup;
+    /// the partitions assigned to this member (of its own topics).
+    async fn join_and_sync(&mut self) -> Result<(Joined, BTreeSet<TopicPartition>), Failure> {
         let joined = self.join_group().await?;
         // From here the generation and member id are ours (commits still wait for Stable).
         self.update(|s| {
             s.member_id = joined.member_id.clone();
             s.generation = joined.generation;
         });
-        let assignments = if joined.leader == joined.member_id {
+        let leads = joined.leader == joined.member_id;
+        let assignments = if leads && !joined.skip_assignment {
             self.assign(&joined).await?
         } else {
+            self.leader_counts = None;
+            if leads {
+                // A restarted static leader keeps the group's assignment: it watches the
+                // partition counts of its own topics from now on (the others' it learns at the
+                // next assignment it computes).
+                let topics: Vec<String> = self.topics.iter().cloned().collect();
+                if let Ok(found) = self.inner.client.topics(Some(&topics)).await {
+                    let counts = topics
+                        .iter()
+                        .map(|t| (t.clone(), found.get(t).map_or(0, |i| i.partitions)))
+                        .collect();
+                    self.leader_counts = Some(counts);
+                }
+            }
             Vec::new()
         };
         let assignment = self.sync_group(&joined, assignments).await?;
@@ -233,9 +481,9 @@ impl Membership {
                 self.inner.group, joined.generation
             ))
         })?;
-        let mut partitions = Vec::new();
+        let mut partitions = BTreeSet::new();
         for (topic, numbers) in decoded {
-            if !self.inner.topics.contains(&topic) {
+            if !self.topics.contains(&topic) {
                 tracing::warn!(
                     group = %self.inner.group, %topic, partitions = ?numbers,
                     "assigned partitions of a topic this member does not subscribe to; ignoring them"
@@ -246,14 +494,52 @@ impl Membership {
             partitions
                 .extend(numbers.into_iter().map(|p| TopicPartition::new(Arc::clone(&topic), p)));
         }
-        partitions.sort();
         Ok((joined, partitions))
+    }
+
+    /// The partitions held, by topic.
+    fn owned_by_topic(partitions: &BTreeSet<TopicPartition>) -> BTreeMap<String, Vec<i32>> {
+        let mut map: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for tp in partitions {
+            map.entry(tp.topic.to_string()).or_default().push(tp.partition);
+        }
+        map
+    }
+
+    /// The member's subscription for the assignor `assignor`: its topics; what it owns (a
+    /// cooperative member's partitions; nothing for an eager one, which revoked them) and
+    /// since which generation; and the sticky assignors' user data (what it held, and when).
+    fn subscription_for(&self, assignor: &str) -> Result<Bytes, Failure> {
+        let topics: Vec<String> = self.topics.iter().cloned().collect();
+        let owned = Self::owned_by_topic(&self.owned);
+        let user_data = match assignor {
+            COOPERATIVE_STICKY => {
+                Some(codec::encode_sticky_user_data(&owned, self.owned_generation))
+            }
+            STICKY => {
+                let held = if self.owned.is_empty() { &self.previous } else { &self.owned };
+                Some(codec::encode_sticky_user_data(
+                    &Self::owned_by_topic(held),
+                    self.owned_generation,
+                ))
+            }
+            _ => None,
+        }
+        .transpose()
+        .map_err(Failure::Fatal)?;
+        codec::encode_member_subscription(&topics, &owned, self.owned_generation, user_data)
+            .map_err(Failure::Fatal)
     }
 
     async fn join_group(&mut self) -> Result<Joined, Failure> {
         let consumer = &self.inner.config.consumer;
-        let topics: Vec<String> = self.inner.topics.iter().cloned().collect();
-        let metadata = codec::encode_subscription(&topics).map_err(Failure::Fatal)?;
+        let mut protocols = Vec::with_capacity(consumer.assignors.len());
+        for name in &consumer.assignors {
+            let mut protocol = JoinGroupRequestProtocol::default();
+            protocol.name = StrBytes::from_string(name.clone());
+            protocol.metadata = self.subscription_for(name)?;
+            protocols.push(protocol);
+        }
         let session_ms = millis(consumer.session_timeout);
         let rebalance_ms = millis(self.inner.rebalance_timeout);
         let timeout = self
@@ -261,26 +547,29 @@ impl Membership {
             .config
             .request_timeout
             .max(self.inner.rebalance_timeout + JOIN_TIMEOUT_LAPSE);
+        if self.inner.instance_id.is_some() {
+            let version = self.link.version::<JoinGroupRequest>().await?;
+            if version < STATIC_MEMBERSHIP_VERSION {
+                return Err(Failure::Fatal(format!(
+                    "group `{}`: static membership (group_instance_id) needs JoinGroup v{} or \
+                     later (Kafka 2.3); the coordinator speaks v{version}",
+                    self.inner.group, STATIC_MEMBERSHIP_VERSION
+                )));
+            }
+        }
         // At most one member-id-required round trip (KIP-394), plus one spare.
         for _ in 0..3 {
             let member_id = self.member_id();
-            let build = |_version: i16| {
+            let build = |version: i16| {
                 let mut request = JoinGroupRequest::default();
                 request.group_id = StrBytes::from_string(self.inner.group.clone()).into();
                 request.session_timeout_ms = session_ms;
                 request.rebalance_timeout_ms = rebalance_ms;
                 request.member_id = StrBytes::from_string(member_id.clone());
+                request.group_instance_id =
+                    self.inner.instance_id_for(version, STATIC_MEMBERSHIP_VERSION);
                 request.protocol_type = StrBytes::from_static_str(PROTOCOL_TYPE);
-                request.protocols = consumer
-                    .assignors
-                    .iter()
-                    .map(|name| {
-                        let mut protocol = JoinGroupRequestProtocol::default();
-                        protocol.name = StrBytes::from_string(name.clone());
-                        protocol.metadata = metadata.clone();
-                        protocol
-                    })
-                    .collect();
+                request.protocols = protocols.clone();
                 request.reason = Some(StrBytes::from_static_str("joining"));
                 request
             };
@@ -293,8 +582,13 @@ impl Membership {
             }
             if response.error_code != 0 {
                 let context = format!(
-                    "group `{}`: JoinGroup v{version} as member `{member_id}`",
-                    self.inner.group
+                    "group `{}`: JoinGroup v{version} as member `{member_id}`{}",
+                    self.inner.group,
+                    self.inner
+                        .instance_id
+                        .as_ref()
+                        .map(|i| format!(" (instance `{i}`)"))
+                        .unwrap_or_default()
                 );
                 if response.error_code == UNKNOWN_MEMBER_ID && member_id.is_empty() {
                     return Err(Failure::Retry(format!("{context}: UnknownMemberId (25)")));
@@ -311,54 +605,84 @@ impl Membership {
 
     /// The leader's assignment: the members' subscriptions, fresh partition counts, the
     /// assignor the group chose.
-    async fn assign(&self, joined: &Joined) -> Result<Vec<(String, Bytes)>, Failure> {
-        let group = &self.inner.group;
+    async fn assign(&mut self, joined: &Joined) -> Result<Vec<(String, Bytes)>, Failure> {
+        let group = self.inner.group.clone();
+        let protocol = joined.protocol.as_str();
         let mut members = Vec::new();
         let mut versions = BTreeMap::new();
         for (id, instance_id, metadata) in &joined.members {
+            let mut member = Member {
+                id: id.clone(),
+                instance_id: instance_id.clone(),
+                topics: BTreeSet::new(),
+                owned: BTreeMap::new(),
+                generation: -1,
+            };
             match codec::decode_subscription(metadata) {
                 Ok(subscription) => {
                     versions.insert(id.clone(), subscription.version);
-                    members.push(Member {
-                        id: id.clone(),
-                        instance_id: instance_id.clone(),
-                        topics: subscription.topics.into_iter().collect(),
-                    });
+                    let user_data =
+                        subscription.user_data.as_deref().and_then(codec::decode_sticky_user_data);
+                    match protocol {
+                        // The eager sticky assignor's members own nothing as they join: what
+                        // they held is in their user data (as the Java StickyAssignor reads it).
+                        STICKY => {
+                            if let Some((previous, generation)) = user_data {
+                                member.owned = previous;
+                                member.generation = generation.unwrap_or(-1);
+                            }
+                        }
+                        COOPERATIVE_STICKY => {
+                            let (previous, generation) = user_data.unwrap_or_default();
+                            member.owned = if subscription.version >= 1 {
+                                subscription.owned
+                            } else {
+                                previous
+                            };
+                            member.generation = if subscription.generation >= 0 {
+                                subscription.generation
+                            } else {
+                                generation.unwrap_or(-1)
+                            };
+                        }
+                        _ => {}
+                    }
+                    member.topics = subscription.topics.into_iter().collect();
                 }
                 Err(e) => {
                     tracing::error!(group = %group, member = %id, error = %e, "cannot read a member's subscription; it gets nothing");
-                    members.push(Member {
-                        id: id.clone(),
-                        instance_id: instance_id.clone(),
-                        topics: BTreeSet::new(),
-                    });
                 }
             }
+            members.push(member);
         }
-        let topics: BTreeSet<&String> = members.iter().flat_map(|m| m.topics.iter()).collect();
-        let mut counts = BTreeMap::new();
-        for topic in topics {
-            match self.inner.client.lookup(topic).await {
-                Ok(Some(count)) => {
-                    counts.insert(topic.clone(), count);
-                }
-                Ok(None) => {
-                    tracing::warn!(group = %group, %topic, "a subscribed topic does not exist; skipping it");
-                }
-                Err(e) => {
-                    return Err(Failure::Retry(format!(
-                        "group `{group}`: cannot read the partition count of `{topic}` to assign: {e}"
-                    )));
-                }
-            }
-        }
-        let assignment = assignor::assign(&joined.protocol, &members, &counts).map_err(|e| {
-            Failure::Fatal(format!(
-                "group `{group}`: the group chose protocol `{}`: {e}",
-                joined.protocol
+        let topics: Vec<String> = members
+            .iter()
+            .flat_map(|m| m.topics.iter().cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let found = self.inner.client.topics(Some(&topics)).await.map_err(|e| {
+            Failure::Retry(format!(
+                "group `{group}`: cannot read the partition counts of {topics:?} to assign: {e}"
             ))
         })?;
+        let mut counts = BTreeMap::new();
+        for topic in &topics {
+            match found.get(topic) {
+                Some(info) => {
+                    counts.insert(topic.clone(), info.partitions);
+                }
+                None => {
+                    tracing::warn!(group = %group, %topic, "a subscribed topic does not exist; skipping it");
+                }
+            }
+        }
+        let assignment = assignor::assign(protocol, &members, &counts).map_err(|e| {
+            Failure::Fatal(format!("group `{group}`: the group chose protocol `{protocol}`: {e}"))
+        })?;
         tracing::debug!(group = %group, generation = joined.generation, ?assignment, "assignment computed");
+        self.leader_counts =
+            Some(topics.iter().map(|t| (t.clone(), counts.get(t).copied().unwrap_or(0))).collect());
         let mut result = Vec::with_capacity(assignment.len());
         for (member, topics) in &assignment {
             let version = versions.get(member).copied().unwrap_or(0);
@@ -378,11 +702,13 @@ impl Membership {
             .config
             .request_timeout
             .max(self.inner.rebalance_timeout + JOIN_TIMEOUT_LAPSE);
-        let build = |_version: i16| {
+        let inner = Arc::clone(&self.inner);
+        let build = |version: i16| {
             let mut request = SyncGroupRequest::default();
-            request.group_id = StrBytes::from_string(self.inner.group.clone()).into();
+            request.group_id = StrBytes::from_string(inner.group.clone()).into();
             request.generation_id = joined.generation;
             request.member_id = StrBytes::from_string(joined.member_id.clone());
+            request.group_instance_id = inner.instance_id_for(version, SYNC_INSTANCE_ID_VERSION);
             request.protocol_type = Some(StrBytes::from_static_str(PROTOCOL_TYPE));
             request.protocol_name = Some(StrBytes::from_string(joined.protocol.clone()));
             request.assignments = assignments
@@ -407,13 +733,22 @@ impl Membership {
         Ok(response.assignment)
     }
 
-    /// LeaveGroup for the current member id, if any (bounded by [`LEAVE_TIMEOUT`]).
+    /// LeaveGroup for the current member id, if any (bounded by [`LEAVE_TIMEOUT`]); nothing
+    /// for a static member, which keeps its place for its next instance.
     async fn leave_group(&mut self) -> Result<(), GroupError> {
         let member_id = self.member_id();
         if member_id.is_empty() {
             return Ok(());
         }
         let group = self.inner.group.clone();
+        if let Some(instance) = &self.inner.instance_id {
+            tracing::info!(
+                group = %group, member = %member_id, %instance,
+                "static member stopping without leaving: its partitions wait for its next \
+                 instance for the session timeout"
+            );
+            return Ok(());
+        }
         let timeout = self.inner.config.request_timeout.min(LEAVE_TIMEOUT);
         let attempt = async {
             let mut last = Failure::Retry("no attempt made".into());
@@ -486,6 +821,7 @@ fn joined(response: JoinGroupResponse) -> Joined {
         member_id: response.member_id.as_str().to_owned(),
         leader: response.leader.as_str().to_owned(),
         protocol: response.protocol_name.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        skip_assignment: response.skip_assignment,
         members: response
             .members
             .into_iter()

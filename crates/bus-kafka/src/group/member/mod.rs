@@ -1,6 +1,6 @@
-//! One member of a Kafka consumer group (classic protocol, `consumer` protocol type, eager
-//! rebalance): the handle the consumer runtime holds, and what it shares with the two tasks that
-//! keep it in its group.
+//! One member of a Kafka consumer group (classic protocol, `consumer` protocol type; the eager
+//! or the cooperative rebalance protocol, dynamic or static): the handle the consumer runtime
+//! holds, and what it shares with the two tasks that keep it in its group.
 //!
 //! Owns: [`start`], [`KafkaMember`] (the [`GroupMember`] the consumer runtime holds), the
 //! membership state they share (`Inner`: [`Phase`], [`Rejoin`], [`State`] in a `watch`
@@ -20,20 +20,25 @@
 //! - The member's tasks end when it leaves, when it is dropped, when the scope is cancelled, or
 //!   on a fatal error (the handle's `Drop` and `leave` cancel the member's token; the
 //!   membership task cancels it on a fatal error, which ends the heartbeats).
+//! - A fenced member (another instance holds its group instance id) ends with a
+//!   [`GroupError::fenced`] error, so that the runtime does not join again.
+//! - Commits are sent in the generation the member holds its partitions in: the current one,
+//!   or while a cooperative member joins again (keeping its partitions) the one it held them
+//!   in (`State::held`).
 
 mod heartbeat;
 mod membership;
 mod offsets;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::TopicPartition;
 use bus_core::backend::{
     BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, StartAt,
 };
+use bus_core::{TopicPartition, Topics};
 use bus_supervisor::{Backoff, CancellationToken};
+use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, watch};
 
 use super::coordinator::{Failure, Link, Locator};
@@ -56,7 +61,8 @@ enum Phase {
     Joining,
     /// Holding an assignment.
     Stable,
-    /// Waiting for the runtime to release the assignment before rejoining.
+    /// Waiting for the runtime to release partitions (all of them before an eager rejoin; or
+    /// those a cooperative assignment took away, before the follow-up rejoin).
     Revoking,
     /// The membership task has ended.
     Stopped,
@@ -78,6 +84,8 @@ enum Rejoin {
     Reset,
     /// The member cannot continue.
     Fatal(String),
+    /// Another member took this member's group instance id: stop, never join again.
+    Fenced(String),
 }
 
 impl Rejoin {
@@ -86,6 +94,7 @@ impl Rejoin {
             Rejoin::Rebalance => 0,
             Rejoin::Reset => 1,
             Rejoin::Fatal(_) => 2,
+            Rejoin::Fenced(_) => 3,
         }
     }
 }
@@ -99,13 +108,25 @@ struct State {
     rejoin: Option<Rejoin>,
     /// Why the member stopped, when it stopped on a fatal error.
     fatal: Option<String>,
+    /// Whether that error was a fencing (see [`Rejoin::Fenced`]).
+    fenced: bool,
+    /// The generation and member id the member holds its partitions in: set with each
+    /// assignment, kept while a cooperative member joins again, cleared when it gives them all
+    /// up. Commits are sent in it.
+    held: Option<(i32, String)>,
 }
 
 /// What a member's parts share.
 #[derive(Debug)]
 struct Inner {
     group: String,
-    topics: BTreeSet<String>,
+    /// What the member subscribes to (the topics it reads now are the membership task's).
+    subscription: Topics,
+    /// The static group instance id, if any.
+    instance_id: Option<String>,
+    /// Whether the member follows the cooperative rebalance protocol (see
+    /// `ConsumerConfig::assignors`).
+    cooperative: bool,
     client: Arc<KafkaClient>,
     config: Arc<KafkaConfig>,
     rebalance_timeout: Duration,
@@ -131,17 +152,30 @@ impl Inner {
     fn error(&self, failure: &Failure) -> GroupError {
         match failure {
             Failure::Fatal(reason) => GroupError::fatal(&self.group, reason.clone()),
+            Failure::Fenced(reason) => GroupError::fenced(&self.group, reason.clone()),
             other => GroupError::retriable(&self.group, other.reason().to_owned()),
         }
     }
+
+    /// The group instance id for a request of version `version` of an API that carries it from
+    /// `since` on.
+    fn instance_id_for(&self, version: i16, since: i16) -> Option<StrBytes> {
+        self.instance_id
+            .as_ref()
+            .filter(|_| version >= since)
+            .map(|id| StrBytes::from_string(id.clone()))
+    }
 }
 
-/// Starts a member of `request.group`: its membership and heartbeat tasks in `request.scope`.
+/// Starts a member of `request.group` reading `topics` (the subscription's topics now: its
+/// names, or its pattern's matches): its membership and heartbeat tasks in `request.scope`.
 pub(crate) fn start(
     client: Arc<KafkaClient>,
     request: JoinRequest,
+    topics: Vec<String>,
 ) -> Result<KafkaMember, bus_supervisor::SpawnError> {
-    let JoinRequest { group, topics, scope, rebalance_timeout } = request;
+    let JoinRequest { group, topics: subscription, group_instance_id, scope, rebalance_timeout } =
+        request;
     let config = Arc::clone(client.config());
     let locator = Arc::new(Locator::new(group.clone(), Arc::clone(client.connector())));
     let (state, _) = watch::channel(State {
@@ -150,10 +184,14 @@ pub(crate) fn start(
         generation: -1,
         rejoin: None,
         fatal: None,
+        fenced: false,
+        held: None,
     });
     let inner = Arc::new(Inner {
         group,
-        topics: topics.into_iter().collect(),
+        subscription,
+        instance_id: group_instance_id,
+        cooperative: config.consumer.is_cooperative(),
         client,
         config,
         rebalance_timeout,
@@ -163,7 +201,7 @@ pub(crate) fn start(
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (left_tx, left_rx) = watch::channel(None);
     let membership =
-        Membership::new(Arc::clone(&inner), Link::new(Arc::clone(&locator)), events_tx);
+        Membership::new(Arc::clone(&inner), Link::new(Arc::clone(&locator)), events_tx, topics);
     let heartbeat = Heartbeat::new(Arc::clone(&inner), Link::new(Arc::clone(&locator)));
     scope.spawn("coordinator", membership.run(token.clone(), left_tx))?.detach();
     if let Err(error) = scope.spawn("heartbeat", heartbeat.run(token.clone())) {
@@ -212,7 +250,11 @@ impl GroupMember for KafkaMember {
                     let reason = state.fatal.clone().unwrap_or_else(|| {
                         format!("member `{}` has left the group", state.member_id)
                     });
-                    Err(GroupError::fatal(&self.inner.group, reason))
+                    if state.fenced {
+                        Err(GroupError::fenced(&self.inner.group, reason))
+                    } else {
+                        Err(GroupError::fatal(&self.inner.group, reason))
+                    }
                 }
             }
         })

@@ -4,8 +4,14 @@
 //! Owns: [`Offsets`] (the coordinator link these requests share, one request at a time).
 //!
 //! Invariants:
-//! - A commit is sent only while the member holds a generation (`Stable` or `Revoking`), in that
-//!   generation and as that member id; otherwise it fails (retriably) without a request.
+//! - A commit is sent only while the member holds partitions in a generation, in that
+//!   generation and as that member id (`State::held`: the current generation, or while a
+//!   cooperative member joins again the one it holds its partitions in); otherwise it fails
+//!   (retriably) without a request. A static member's commits carry its group instance id
+//!   (OffsetCommit v7 and later).
+//! - A commit made while a cooperative member joins again is retried (within its attempts) on
+//!   REBALANCE_IN_PROGRESS and ILLEGAL_GENERATION, in the generation held at each attempt: the
+//!   member's next generation is moments away, and a stop's final commit lands in it.
 //! - A request is tried at most [`OFFSET_ATTEMPTS`] times, backing off per the member's
 //!   `RETRY_BACKOFF`, and only across transient failures and coordinator moves (finding the
 //!   coordinator again after a move).
@@ -26,11 +32,13 @@ use kafka_protocol::messages::offset_fetch_request::{
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetFetchRequest};
 use kafka_protocol::protocol::StrBytes;
 
-use super::{Inner, RETRY_BACKOFF, Rejoin};
+use super::{Inner, Phase, RETRY_BACKOFF, Rejoin};
 use crate::group::coordinator::{Failure, Link};
 
 /// Attempts of an offset commit or fetch across coordinator moves.
 const OFFSET_ATTEMPTS: u32 = 3;
+/// The first OffsetCommit version with `group_instance_id`.
+const COMMIT_INSTANCE_ID_VERSION: i16 = 7;
 
 /// A member's OffsetCommit and OffsetFetch requests, on a coordinator link of their own.
 #[derive(Debug)]
@@ -74,23 +82,16 @@ impl Offsets {
         Err(self.inner.error(&failure))
     }
 
-    /// Commits `offsets` in the member's current generation.
+    /// The generation and member id commits are sent in now, with the phase.
+    fn held(&self) -> (Phase, Option<(i32, String)>) {
+        let s = self.inner.state.borrow();
+        (s.phase, s.held.clone().filter(|(g, _)| *g >= 0))
+    }
+
+    /// Commits `offsets` in the generation the member holds its partitions in.
     pub(super) async fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), GroupError> {
         if offsets.is_empty() {
             return Ok(());
-        }
-        let (phase, generation, member_id) = {
-            let s = self.inner.state.borrow();
-            (s.phase, s.generation, s.member_id.clone())
-        };
-        if !phase.in_generation() || generation < 0 {
-            return Err(GroupError::retriable(
-                &self.inner.group,
-                format!(
-                    "cannot commit {}: member `{member_id}` holds no generation (phase {phase:?})",
-                    describe(offsets)
-                ),
-            ));
         }
         let mut link = self.link.lock().await;
         let mut failure = Failure::Retry("no attempt made".into());
@@ -98,12 +99,33 @@ impl Offsets {
             if attempt > 0 {
                 tokio::time::sleep(RETRY_BACKOFF.delay(attempt - 1)).await;
             }
+            // Read again at each attempt: a cooperative member rejoining moves to its next
+            // generation meanwhile.
+            let (phase, held) = self.held();
+            let Some((generation, member_id)) = held else {
+                return Err(GroupError::retriable(
+                    &self.inner.group,
+                    format!(
+                        "cannot commit {}: the member holds no generation (phase {phase:?})",
+                        describe(offsets)
+                    ),
+                ));
+            };
             match self.commit_offsets(&mut link, offsets, generation, &member_id).await {
                 Ok(()) => return Ok(()),
                 Err(f @ (Failure::Retry(_) | Failure::Coordinator(_))) => {
                     if matches!(f, Failure::Coordinator(_)) {
                         link.coordinator_moved();
                     }
+                    failure = f;
+                }
+                // A cooperative member joining again while it holds its partitions: the group
+                // waits for its leader's assignment (REBALANCE_IN_PROGRESS), or has just moved
+                // to the next generation (ILLEGAL_GENERATION). Its next generation is moments
+                // away, and its partitions are still its own until it revokes them.
+                Err(f @ (Failure::Rebalance(_) | Failure::Reset(_)))
+                    if phase == Phase::Joining && attempt + 1 < OFFSET_ATTEMPTS =>
+                {
                     failure = f;
                 }
                 Err(f) => {
@@ -113,6 +135,10 @@ impl Offsets {
                         }
                         Failure::Reset(_) => {
                             self.inner.request_rejoin(generation, &member_id, Rejoin::Reset);
+                        }
+                        Failure::Fenced(reason) => {
+                            let rejoin = Rejoin::Fenced(reason.clone());
+                            self.inner.request_rejoin(generation, &member_id, rejoin);
                         }
                         _ => {}
                     }
@@ -226,11 +252,13 @@ impl Offsets {
         for (tp, offset) in offsets {
             by_topic.entry(&tp.topic).or_default().push((tp.partition, *offset));
         }
-        let build = |_version: i16| {
+        let build = |version: i16| {
             let mut request = OffsetCommitRequest::default();
             request.group_id = StrBytes::from_string(self.inner.group.clone()).into();
             request.generation_id_or_member_epoch = generation;
             request.member_id = StrBytes::from_string(member_id.to_owned());
+            request.group_instance_id =
+                self.inner.instance_id_for(version, COMMIT_INSTANCE_ID_VERSION);
             request.retention_time_ms = -1;
             request.topics = by_topic
                 .iter()
