@@ -27,6 +27,10 @@
 //!   the flush accounting exact).
 //! - No task is started except through the producer's scope; every loop ends when the scope is
 //!   cancelled.
+//! - One loop per partition, ever: a topic whose partition count changed (the `metadata` task
+//!   reads the counts of the topics in use every `metadata.max_age`) gets a new registry entry
+//!   that takes over the old entry's loops; the old entry, still held by senders, hands every
+//!   loop it has not started to the new one (see `Topic::handle`), so no partition gets two.
 
 pub(crate) mod encode;
 mod health;
@@ -98,9 +102,13 @@ struct Topic {
     partitions: i32,
     slots: Box<[OnceLock<PartitionHandle>]>,
     spawning: Mutex<()>,
+    /// The entry that replaced this one when the topic's partition count changed (set under
+    /// `spawning`).
+    superseded: OnceLock<Arc<Topic>>,
 }
 
 /// The sending side of one partition's loop.
+#[derive(Clone)]
 struct PartitionHandle {
     tx: mpsc::UnboundedSender<Entry>,
     state: Arc<PartitionState>,
@@ -201,7 +209,7 @@ impl Producer {
         let config = Arc::clone(client.config());
         config.validate()?;
         let capacity = config.producer.buffer_bytes.min(Semaphore::MAX_PERMITS);
-        Ok(Producer {
+        let producer = Producer {
             shared: Arc::new(Shared {
                 scope,
                 client,
@@ -217,7 +225,10 @@ impl Producer {
                 identities: Identities::default(),
                 config,
             }),
-        })
+        };
+        let shared = Arc::clone(&producer.shared);
+        producer.shared.scope.spawn("metadata", shared.refresh_metadata())?.detach();
+        Ok(producer)
     }
 
     /// Accepts a record, waiting for room in the buffer, and returns its delivery future.
@@ -360,6 +371,51 @@ impl Shared {
         let topic =
             topics.entry(name.to_owned()).or_insert_with(|| Arc::new(Topic::new(name, count)));
         Ok(Arc::clone(topic))
+    }
+
+    /// Reads the partition count of every topic in use, every `metadata.max_age`, and resizes
+    /// the entries of those whose count changed. Runs until the producer's scope is cancelled.
+    async fn refresh_metadata(self: Arc<Self>) {
+        let token = self.scope.token();
+        let period = self.config.metadata.max_age;
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            let known: Vec<(String, i32)> =
+                self.topics.read().iter().map(|(name, t)| (name.clone(), t.partitions)).collect();
+            for (name, partitions) in known {
+                let refreshed = tokio::select! {
+                    () = token.cancelled() => return,
+                    refreshed = self.client.refresh_partition_count(&name) => refreshed,
+                };
+                match refreshed {
+                    Ok(Some(count)) if count != partitions => {
+                        if count > partitions {
+                            tracing::info!(
+                                topic = %name, from = partitions, to = count,
+                                "the topic gained partitions: records spread over them from now on"
+                            );
+                        } else {
+                            tracing::warn!(
+                                topic = %name, from = partitions, to = count,
+                                "the topic has fewer partitions than before (deleted and created \
+                                 again?): records are spread over the partitions it has now"
+                            );
+                        }
+                        let mut topics = self.topics.write();
+                        if let Some(topic) = topics.get(&name).map(Arc::clone) {
+                            topics.insert(name, topic.resized(count));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::debug!(
+                        topic = %name, %error, "metadata refresh failed; trying again next period"
+                    ),
+                }
+            }
+        }
     }
 
     /// The record's partition: its own (checked), else the partitioner on its key, else the
@@ -511,7 +567,32 @@ impl Shared {
 impl Topic {
     fn new(name: &str, partitions: i32) -> Topic {
         let slots = (0..partitions).map(|_| OnceLock::new()).collect();
-        Topic { name: Arc::from(name), partitions, slots, spawning: Mutex::new(()) }
+        Topic {
+            name: Arc::from(name),
+            partitions,
+            slots,
+            spawning: Mutex::new(()),
+            superseded: OnceLock::new(),
+        }
+    }
+
+    /// A new entry with `partitions` partitions that takes over this one's loops (those of the
+    /// partitions it still has), and from now on the loops this one has not started (see
+    /// [`Topic::handle`]).
+    fn resized(&self, partitions: i32) -> Arc<Topic> {
+        let _spawning = self.spawning.lock();
+        if let Some(newer) = self.superseded.get() {
+            return Arc::clone(newer);
+        }
+        let resized = Topic::new(&self.name, partitions);
+        for (old, new) in self.slots.iter().zip(resized.slots.iter()) {
+            if let Some(handle) = old.get() {
+                let _ = new.set(handle.clone());
+            }
+        }
+        let resized = Arc::new(resized);
+        let _ = self.superseded.set(Arc::clone(&resized));
+        resized
     }
 
     /// The loop of `partition`, spawned on first use as `<topic>-<partition>` in the
@@ -530,9 +611,14 @@ impl Topic {
         if let Some(handle) = slot.get() {
             return Ok(handle);
         }
-        let _spawning = self.spawning.lock();
+        let spawning = self.spawning.lock();
         if let Some(handle) = slot.get() {
             return Ok(handle);
+        }
+        if let Some(newer) = self.superseded.get() {
+            // The topic was resized: its new entry owns the loops not started yet.
+            drop(spawning);
+            return newer.handle(partition, shared);
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(PartitionState {
