@@ -14,7 +14,10 @@ struct SecureKafka;
 impl Harness for SecureKafka {
     fn bus(&self) -> BoxFuture<'_, EventBus> {
         Box::pin(async {
-            let config = bus_tests::secure_config(SaslMechanism::ScramSha512);
+            let mut config = bus_tests::secure_config(SaslMechanism::ScramSha512);
+            // The pattern check waits for a topic created after subscribing: the member sees it
+            // at its next metadata refresh, so refresh as often as the plaintext run does.
+            config.metadata.max_age = std::time::Duration::from_millis(500);
             bus_kafka::connect(config).await.expect("connected over SASL_SSL")
         })
     }
