@@ -6,13 +6,13 @@
 //!
 //! # The front page
 //!
-//! - **The bus:** [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`],
-//!   [`ShutdownError`].
+//! - **The bus:** [`EventBus`], [`Health`], [`PartitionFailure`], [`MetricsSnapshot`],
+//!   [`ShutdownReport`], [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`], [`Delivery`], [`DeliveryFuture`],
 //!   [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`],
 //!   [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//!   [`UnreadableBatches`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`],
 //!   [`ConfigError`].
 //! - **Helpers:** [`aggregate_id_of`], [`dead_letter_headers`], [`envelope`] (header names,
@@ -78,9 +78,9 @@ pub use delivery::{Delivery, DeliveryFuture};
 pub use envelope::{Envelope, EnvelopeError, aggregate_id_of};
 pub use error::{ConfigError, HandlerError, PublishError, SubscribeError};
 pub use handler::{EnvelopeHandler, Handler};
-pub use health::Health;
+pub use health::{Health, PartitionFailure};
 pub use metrics::MetricsSnapshot;
-pub use options::{OffsetReset, RetryPolicy, SubscribeOptions};
+pub use options::{OffsetReset, RetryPolicy, SubscribeOptions, UnreadableBatches};
 pub use partition::Partitioner;
 pub use record::{Header, Headers, Message, Record, TopicPartition};
 

@@ -40,6 +40,7 @@ fn request(
         topics: topics.iter().map(|t| (*t).to_owned()).collect(),
         scope: supervisor.root().child(format!("sub-{group}")),
         rebalance_timeout: rebalance,
+        auto_offset_reset: bus_core::OffsetReset::Earliest,
     }
 }
 

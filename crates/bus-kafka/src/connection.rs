@@ -24,9 +24,15 @@
 //!   it does support), and the request is repeated in a version it offers.
 //! - A request is encoded into one buffer sized up front (fields of type `Bytes`, such as a
 //!   Produce request's record batch, are passed in by reference count, not copied before
-//!   encoding). A response is read into one buffer of its size (not zeroed first), at most
-//!   `MAX_RESPONSE_BYTES`; decoded fields of type `Bytes` (a Fetch response's records) are
-//!   slices of it, not copies.
+//!   encoding). A response is read into one buffer (not zeroed first); decoded fields of type
+//!   `Bytes` (a Fetch response's records) are slices of it, not copies.
+//! - Whatever a broker sends, reading a response costs memory in proportion to what it did
+//!   send, within a bound per request kind ([`Api::response_limit`]: a few KiB to a few MiB; a
+//!   Fetch response, what it asked for plus room for one oversized batch): a size prefix over
+//!   the bound fails the request before anything is reserved, and the buffer grows with the
+//!   bytes as they arrive, not with the prefix. A response body is checked against its shape
+//!   (the crate's `schema`: no array count larger than the bytes left) before `kafka-protocol`
+//!   decodes it.
 //! - No task is spawned here: the caller's future drives every read and write.
 
 use std::collections::HashMap;
@@ -47,9 +53,14 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The largest response accepted (a sanity bound against a corrupt size prefix; a Fetch
-/// response is at most `consumer.fetch_max_bytes` of records plus its framing).
-const MAX_RESPONSE_BYTES: usize = 2 * crate::config::MAX_FETCH_BYTES;
+use crate::config::FETCH_RESPONSE_SLACK;
+use crate::schema;
+
+/// What a response buffer reserves before its bytes arrive (it grows with them after).
+const FIRST_READ_BYTES: usize = 64 * 1024;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
 
 /// The ApiVersions version tried first (the broker answers in v0 when it does not support it).
 const API_VERSIONS_VERSION: i16 = 3;
@@ -69,38 +80,74 @@ pub(crate) trait Api: Encodable + HeaderVersion {
     const MAX: i16;
     /// The response type.
     type Response: Decodable + HeaderVersion;
+    /// The response's shape, checked before it is decoded.
+    const SHAPE: &'static schema::Message;
+    /// The largest response body accepted for this kind of request.
+    const MAX_RESPONSE_BYTES: usize;
+
+    /// The largest response body accepted for this request (the kind's bound unless the
+    /// request itself says how much it asks for).
+    fn response_limit(&self) -> usize {
+        Self::MAX_RESPONSE_BYTES
+    }
 }
 
 macro_rules! api {
-    ($request:ty, $response:ty, $key:ident, $name:literal, $min:literal, $max:literal) => {
+    (
+        $request:ty, $response:ty, $key:ident, $name:literal, $min:literal, $max:literal,
+        $shape:expr, $limit:expr $(, fn $limit_fn:ident($self:ident) $body:block)?
+    ) => {
         impl Api for $request {
             const KEY: ApiKey = ApiKey::$key;
             const NAME: &'static str = $name;
             const MIN: i16 = $min;
             const MAX: i16 = $max;
             type Response = $response;
+            const SHAPE: &'static schema::Message = $shape;
+            const MAX_RESPONSE_BYTES: usize = $limit;
+            $(fn $limit_fn(&$self) -> usize $body)?
         }
     };
 }
 
-api!(ApiVersionsRequest, ApiVersionsResponse, ApiVersions, "ApiVersions", 0, 4);
+// The bounds on responses: generous for what the broker can have to say (a group of a thousand
+// members, a topic of ten thousand partitions), small against what memory a hostile one could
+// make us reserve (the schema check bounds what decoding makes of them to a few times their
+// size).
+api!(ApiVersionsRequest, ApiVersionsResponse, ApiVersions, "ApiVersions", 0, 4,
+    schema::API_VERSIONS, 64 * KIB);
 // The group plane's coordinator links.
-api!(FindCoordinatorRequest, FindCoordinatorResponse, FindCoordinator, "FindCoordinator", 0, 6);
-api!(JoinGroupRequest, JoinGroupResponse, JoinGroup, "JoinGroup", 0, 9);
-api!(SyncGroupRequest, SyncGroupResponse, SyncGroup, "SyncGroup", 0, 5);
-api!(HeartbeatRequest, HeartbeatResponse, Heartbeat, "Heartbeat", 0, 4);
-api!(LeaveGroupRequest, LeaveGroupResponse, LeaveGroup, "LeaveGroup", 0, 5);
-api!(OffsetCommitRequest, OffsetCommitResponse, OffsetCommit, "OffsetCommit", 2, 9);
-api!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, "OffsetFetch", 1, 9);
+api!(FindCoordinatorRequest, FindCoordinatorResponse, FindCoordinator, "FindCoordinator", 0, 6,
+    schema::FIND_COORDINATOR, 64 * KIB);
+api!(JoinGroupRequest, JoinGroupResponse, JoinGroup, "JoinGroup", 0, 9,
+    schema::JOIN_GROUP, MIB);
+api!(SyncGroupRequest, SyncGroupResponse, SyncGroup, "SyncGroup", 0, 5,
+    schema::SYNC_GROUP, MIB);
+api!(HeartbeatRequest, HeartbeatResponse, Heartbeat, "Heartbeat", 0, 4,
+    schema::HEARTBEAT, 64 * KIB);
+api!(LeaveGroupRequest, LeaveGroupResponse, LeaveGroup, "LeaveGroup", 0, 5,
+    schema::LEAVE_GROUP, 64 * KIB);
+api!(OffsetCommitRequest, OffsetCommitResponse, OffsetCommit, "OffsetCommit", 2, 9,
+    schema::OFFSET_COMMIT, MIB);
+api!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, "OffsetFetch", 1, 9,
+    schema::OFFSET_FETCH, 4 * MIB);
 // Leader lookup (producer and readers), start offsets and records (the readers: topics by
 // name; v12 is the last Fetch version that names them, v13+ name topics by id).
-api!(MetadataRequest, MetadataResponse, Metadata, "Metadata", 1, 9);
-api!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, "ListOffsets", 1, 7);
-api!(FetchRequest, FetchResponse, Fetch, "Fetch", 4, 12);
+api!(MetadataRequest, MetadataResponse, Metadata, "Metadata", 1, 9,
+    schema::METADATA, 4 * MIB);
+api!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, "ListOffsets", 1, 7,
+    schema::LIST_OFFSETS, MIB);
+api!(FetchRequest, FetchResponse, Fetch, "Fetch", 4, 12,
+    schema::FETCH, crate::config::MAX_FETCH_BYTES + FETCH_RESPONSE_SLACK,
+    fn response_limit(self) {
+        usize::try_from(self.max_bytes).unwrap_or(0).saturating_add(FETCH_RESPONSE_SLACK)
+    });
 // Topic creation at the controller (the cluster client).
-api!(CreateTopicsRequest, CreateTopicsResponse, CreateTopics, "CreateTopics", 1, 7);
+api!(CreateTopicsRequest, CreateTopicsResponse, CreateTopics, "CreateTopics", 1, 7,
+    schema::CREATE_TOPICS, MIB);
 // The producer (v3 is the first with record batches v2; v13 the first naming topics by id).
-api!(ProduceRequest, ProduceResponse, Produce, "Produce", 3, 9);
+api!(ProduceRequest, ProduceResponse, Produce, "Produce", 3, 9,
+    schema::PRODUCE, MIB);
 
 /// A request to a broker that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -289,9 +336,10 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`RequestError::Io`], [`RequestError::Timeout`] or [`RequestError::Protocol`], each of
-    /// which poisons the connection; [`RequestError::Encode`] or [`RequestError::TooLarge`]
-    /// when the request cannot be framed (nothing is sent).
+    /// [`RequestError::Io`], [`RequestError::Timeout`] or [`RequestError::Protocol`] (also a
+    /// response over its bound or not of its shape), each of which poisons the connection;
+    /// [`RequestError::Encode`] or [`RequestError::TooLarge`] when the request cannot be
+    /// framed (nothing is sent).
     pub(crate) async fn send<R: Api>(
         &mut self,
         request: &R,
@@ -300,13 +348,17 @@ impl Connection {
     ) -> Result<R::Response, RequestError> {
         let frame = self.frame(request, version)?;
         let correlation = self.correlation;
-        let body = self.round_trip(R::NAME, version, frame, timeout, BytesMut::new()).await?;
-        self.decode::<R>(body, version, correlation)
+        let limit = request.response_limit();
+        let body =
+            self.round_trip(R::NAME, version, frame, timeout, limit, BytesMut::new()).await?;
+        self.decode::<R>(body.freeze(), version, correlation)
     }
 
     /// [`Connection::send`], reading the response into `buffer` (cleared first; grown when
-    /// too small), and returning the response frame too: a caller that keeps it can take its
-    /// memory back (`Bytes::try_into_mut`) once nothing decoded from it is referenced any more.
+    /// too small), then making it shared with `hold` before decoding: the response's `Bytes`
+    /// fields are slices of what `hold` returns, which is also returned. A caller can so tie
+    /// the response's memory to an owner of its own (`Bytes::from_owner`), to learn when
+    /// nothing decoded from it is referenced any more and to take the memory back.
     ///
     /// # Errors
     ///
@@ -317,10 +369,13 @@ impl Connection {
         version: i16,
         timeout: Duration,
         buffer: BytesMut,
+        hold: impl FnOnce(BytesMut) -> Bytes,
     ) -> Result<(R::Response, Bytes), RequestError> {
         let frame = self.frame(request, version)?;
         let correlation = self.correlation;
-        let body = self.round_trip(R::NAME, version, frame, timeout, buffer).await?;
+        let limit = request.response_limit();
+        let body = self.round_trip(R::NAME, version, frame, timeout, limit, buffer).await?;
+        let body = hold(body);
         let response = self.decode::<R>(body.clone(), version, correlation)?;
         Ok((response, body))
     }
@@ -368,17 +423,19 @@ impl Connection {
         Ok(buf.freeze())
     }
 
-    /// Writes `frame` and reads its response into `buffer` within `timeout`; poisons the
-    /// connection on any failure.
+    /// Writes `frame` and reads its response (at most `limit` bytes) into `buffer` within
+    /// `timeout`; poisons the connection on any failure.
     async fn round_trip(
         &mut self,
         api: &'static str,
         version: i16,
         frame: Bytes,
         timeout: Duration,
+        limit: usize,
         buffer: BytesMut,
-    ) -> Result<Bytes, RequestError> {
-        match tokio::time::timeout(timeout, self.exchange(api, frame, buffer)).await {
+    ) -> Result<BytesMut, RequestError> {
+        match tokio::time::timeout(timeout, self.exchange(api, version, frame, limit, buffer)).await
+        {
             Ok(Ok(body)) => Ok(body),
             Ok(Err(error)) => {
                 self.poison();
@@ -391,14 +448,17 @@ impl Connection {
         }
     }
 
-    /// Writes one frame and reads one response frame into `body` (cleared first). Marks the
-    /// connection in flight for the duration, so a dropped future leaves it poisoned.
+    /// Writes one frame and reads one response frame of at most `limit` bytes into `body`
+    /// (cleared first), growing it as the bytes arrive. Marks the connection in flight for
+    /// the duration, so a dropped future leaves it poisoned.
     async fn exchange(
         &mut self,
         api: &'static str,
+        version: i16,
         frame: Bytes,
+        limit: usize,
         mut body: BytesMut,
-    ) -> Result<Bytes, RequestError> {
+    ) -> Result<BytesMut, RequestError> {
         let io = |reason: String| RequestError::Io { broker: self.broker.clone(), api, reason };
         if self.in_flight {
             self.stream = None;
@@ -411,14 +471,32 @@ impl Connection {
         let size = stream.read_i32().await.map_err(|e| io(format!("read: {e}")))?;
         let size = usize::try_from(size)
             .ok()
-            .filter(|s| *s >= 4 && *s <= MAX_RESPONSE_BYTES)
+            .filter(|s| *s >= 4)
             .ok_or_else(|| io(format!("invalid response size {size}")))?;
+        if size > limit {
+            return Err(RequestError::Protocol {
+                broker: self.broker.clone(),
+                api,
+                version,
+                reason: format!(
+                    "the response announces {size} bytes, over the bound of {limit} for {api} \
+                     responses"
+                ),
+            });
+        }
         body.clear();
-        body.reserve(size);
+        // Memory follows the bytes that arrive, not the prefix: reserve a first read (or what
+        // the reused buffer has), then grow by what has arrived (doubling).
+        if body.capacity() < size.min(FIRST_READ_BYTES) {
+            body.reserve(size.min(FIRST_READ_BYTES));
+        }
         // Read exactly `size` bytes: never into the next response (there is none in flight,
         // but the limit keeps the framing exact).
         while body.len() < size {
             let want = size - body.len();
+            if body.capacity() == body.len() {
+                body.reserve(want.min(body.len().max(FIRST_READ_BYTES)));
+            }
             let read = stream
                 .read_buf(&mut (&mut body).limit(want))
                 .await
@@ -428,11 +506,11 @@ impl Connection {
             }
         }
         self.in_flight = false;
-        Ok(body.freeze())
+        Ok(body)
     }
 
-    /// Decodes a response frame: header (checking the correlation id), then body. Poisons the
-    /// connection when it cannot.
+    /// Decodes a response frame: header (checking the correlation id), then the body, once
+    /// its shape is checked. Poisons the connection when it cannot.
     fn decode<R: Api>(
         &mut self,
         mut body: Bytes,
@@ -450,6 +528,10 @@ impl Connection {
                         header.correlation_id
                     ))
                 }
+            })
+            .and_then(|()| {
+                schema::check(R::SHAPE, version, &body)
+                    .map_err(|e| format!("malformed response: {e}"))
             })
             .and_then(|()| {
                 R::Response::decode(&mut body, version)
@@ -473,8 +555,11 @@ impl Connection {
         for _ in 0..3 {
             let frame = self.frame(&request, version)?;
             let correlation = self.correlation;
-            let mut body =
-                self.round_trip("ApiVersions", version, frame, timeout, BytesMut::new()).await?;
+            let limit = request.response_limit();
+            let mut body = self
+                .round_trip("ApiVersions", version, frame, timeout, limit, BytesMut::new())
+                .await?
+                .freeze();
             let protocol = |reason: String| RequestError::Protocol {
                 broker: self.broker.clone(),
                 api: "ApiVersions",
@@ -493,13 +578,19 @@ impl Connection {
             let error_code = body.get(0..2).map_or(0, |b| i16::from_be_bytes([b[0], b[1]]));
             // An unsupported version is answered in v0, listing the versions it does support.
             let decode_version = if error_code == UNSUPPORTED_VERSION { 0 } else { version };
-            let response = match ApiVersionsResponse::decode(&mut body, decode_version) {
+            let decoded = schema::check(schema::API_VERSIONS, decode_version, &body)
+                .map_err(|e| protocol(format!("malformed response: {e}")))
+                .and_then(|()| {
+                    ApiVersionsResponse::decode(&mut body, decode_version)
+                        .map_err(|e| protocol(format!("cannot decode the response: {e}")))
+                });
+            let response = match decoded {
                 Ok(response) => response,
                 Err(_) if version > 0 => {
                     version = 0;
                     continue;
                 }
-                Err(e) => return Err(protocol(format!("cannot decode the response: {e}"))),
+                Err(e) => return Err(e),
             };
             if response.error_code == UNSUPPORTED_VERSION {
                 let offered = response

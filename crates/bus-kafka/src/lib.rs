@@ -6,14 +6,15 @@
 //! everything used with it is re-exported here.
 //!
 //! - **Connecting:** [`connect`], [`KafkaConfig`] and its sections ([`ProducerConfig`],
-//!   [`ConsumerConfig`], [`TopicConfig`], [`Compression`]), [`Admin`], [`KafkaError`].
-//! - **The bus:** [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`],
-//!   [`ShutdownError`].
+//!   [`ConsumerConfig`], [`TopicConfig`], [`Compression`], [`IsolationLevel`]), [`Admin`],
+//!   [`KafkaError`].
+//! - **The bus:** [`EventBus`], [`Health`], [`PartitionFailure`], [`MetricsSnapshot`],
+//!   [`ShutdownReport`], [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`], [`Delivery`], [`DeliveryFuture`],
 //!   [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`],
 //!   [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//!   [`UnreadableBatches`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`],
 //!   [`ConfigError`].
 //! - **Helpers:** [`aggregate_id_of`], [`dead_letter_headers`], [`supervisor`] (the task tree:
@@ -55,21 +56,24 @@ mod fetch;
 mod group;
 mod leader;
 mod producer;
+mod schema;
 
 use std::sync::Arc;
 
 pub use admin::Admin;
 pub use config::{
-    Compression, ConsumerConfig, KafkaConfig, MAX_FETCH_BYTES, ProducerConfig, TopicConfig,
+    Compression, ConsumerConfig, FETCH_RESPONSE_SLACK, IsolationLevel, KafkaConfig,
+    MAX_FETCH_BYTES, MAX_PARTITION_BUFFER_BYTES, ProducerConfig, TopicConfig,
 };
 pub use error::KafkaError;
 
 pub use bus_core::{
     ConfigError, Delivery, DeliveryFuture, Envelope, EnvelopeError, EnvelopeHandler, EventBus,
     Handler, HandlerError, Header, Headers, Health, Message, MetricsSnapshot, OffsetReset,
-    Partitioner, PublishError, Record, RetryPolicy, ShutdownError, ShutdownReport, SubscribeError,
-    SubscribeOptions, Subscription, SubscriptionReport, TopicPartition, UnsubscribeError,
-    UnsubscribeReport, aggregate_id_of, dead_letter_headers, supervisor,
+    PartitionFailure, Partitioner, PublishError, Record, RetryPolicy, ShutdownError,
+    ShutdownReport, SubscribeError, SubscribeOptions, Subscription, SubscriptionReport,
+    TopicPartition, UnreadableBatches, UnsubscribeError, UnsubscribeReport, aggregate_id_of,
+    dead_letter_headers, supervisor,
 };
 
 use backend::KafkaBackend;

@@ -7,7 +7,9 @@
 //!   dead letters, poison messages) and the handler's type erasure;
 //! - `control` — the control task: group events, a fetch loop per assigned partition, the
 //!   commit schedule, revoke, rejoin and stop;
-//! - `fetch_loop` — one partition's reader feeding the keyed dispatch.
+//! - `fetch_loop` — one partition's reader feeding the keyed dispatch, and what happens when
+//!   the partition cannot be read (the `unreadable_batches` policy);
+//! - `health` — what the subscription cannot get past, for the bus's health.
 //!
 //! Tasks, under the bus's `consumer` scope:
 //! ```text
@@ -29,6 +31,7 @@
 
 mod control;
 mod fetch_loop;
+mod health;
 mod process;
 
 use std::sync::Arc;
@@ -45,10 +48,12 @@ pub(crate) use process::{ErasedHandler, erase, erase_envelope};
 use crate::backend::{Backend, JoinRequest};
 use crate::dispatch::{DispatchConfig, KeyedDispatch};
 use crate::error::SubscribeError;
+use crate::health::PartitionFailure;
 use crate::metrics::Metrics;
 use crate::options::SubscribeOptions;
 use crate::record::TopicPartition;
 use control::Control;
+use health::SubscriptionHealth;
 use process::Runtime;
 
 /// What stopping a subscription did.
@@ -79,6 +84,7 @@ pub(crate) struct SubscriptionControl {
     pub(crate) group: String,
     pub(crate) scope: Scope,
     pub(crate) dispatch: KeyedDispatch,
+    pub(crate) health: Arc<SubscriptionHealth>,
     stop: watch::Sender<Option<Instant>>,
     report: watch::Receiver<Option<SubscriptionReport>>,
 }
@@ -201,6 +207,13 @@ impl Subscription {
         &self.control.scope
     }
 
+    /// The partitions this subscription cannot make progress on now (a batch it cannot read
+    /// under the `fail` policy, or fetches failing again and again), each with its offset and
+    /// reason. The bus's [`health`](crate::EventBus::health) names them too.
+    pub fn failed_partitions(&self) -> Vec<PartitionFailure> {
+        self.control.health.failed_partitions()
+    }
+
     /// Stops the subscription within `timeout`: stops fetching, lets running handlers finish
     /// until the deadline (abandoning, uncommitted, those that do not), commits, leaves the group
     /// and shuts its tasks down.
@@ -244,6 +257,7 @@ pub(crate) async fn subscribe(
         topics: vec![topic.to_owned()],
         scope: scope.child("member"),
         rebalance_timeout: options.rebalance_timeout,
+        auto_offset_reset: options.auto_offset_reset,
     };
     let member = backend.join(request.clone()).await?;
     let runtime = Arc::new(Runtime::new(backend, metrics, topic, options));
@@ -259,6 +273,7 @@ pub(crate) async fn subscribe(
     let control = Arc::new(SubscriptionControl {
         topic: runtime.topic.clone(),
         group: runtime.options.group.clone(),
+        health: Arc::clone(&runtime.health),
         scope,
         dispatch,
         stop,

@@ -128,7 +128,7 @@ pub(super) fn join(
     shared: &Arc<Shared>,
     request: JoinRequest,
 ) -> Result<MemoryMember, SubscribeError> {
-    let JoinRequest { group, topics, scope: _, rebalance_timeout } = request;
+    let JoinRequest { group, topics, scope: _, rebalance_timeout, auto_offset_reset: _ } = request;
     if group.trim().is_empty() {
         return Err(SubscribeError::InvalidOptions(ConfigError::new(
             "group",

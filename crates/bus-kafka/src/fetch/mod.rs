@@ -4,9 +4,12 @@
 //!
 //! Owns: [`KafkaReader`] and the submodules:
 //! - `reader` — the [`bus_core::backend::PartitionReader`] of one partition (its position, its
-//!   connection to the leader, the reset past the end of the partition, the reuse of response
-//!   memory);
-//! - `batch` — the record batches of a Fetch response decoded into messages (zero-copy).
+//!   connection to the leader, the reset when out of range, unreadable batches reported);
+//! - `batch` — the record batches of a Fetch response decoded into messages (zero-copy,
+//!   bounded whatever the batch says, read_committed);
+//! - `inflate` — the four codecs, decompressing within a bound;
+//! - `memory` — the reader's memory budget (responses and decompressed batches its messages
+//!   still reference) and the reuse of response buffers.
 //!
 //! Invariants: a reader starts no task: the caller's future (a fetch loop of the consumer
 //! runtime) drives every request. Readers are opened by the group member's `open` (the
@@ -14,6 +17,8 @@
 //! about group membership or committed offsets.
 
 mod batch;
+mod inflate;
+mod memory;
 mod reader;
 
 pub(crate) use reader::KafkaReader;

@@ -29,7 +29,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::TopicPartition;
+use bus_core::{OffsetReset, TopicPartition};
 use bus_core::backend::{
     BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, StartAt,
 };
@@ -109,6 +109,8 @@ struct Inner {
     client: Arc<KafkaClient>,
     config: Arc<KafkaConfig>,
     rebalance_timeout: Duration,
+    /// Where the member's readers go when their position is out of range.
+    auto_offset_reset: OffsetReset,
     state: watch::Sender<State>,
 }
 
@@ -141,7 +143,7 @@ pub(crate) fn start(
     client: Arc<KafkaClient>,
     request: JoinRequest,
 ) -> Result<KafkaMember, bus_supervisor::SpawnError> {
-    let JoinRequest { group, topics, scope, rebalance_timeout } = request;
+    let JoinRequest { group, topics, scope, rebalance_timeout, auto_offset_reset } = request;
     let config = Arc::clone(client.config());
     let locator = Arc::new(Locator::new(group.clone(), Arc::clone(client.connector())));
     let (state, _) = watch::channel(State {
@@ -157,6 +159,7 @@ pub(crate) fn start(
         client,
         config,
         rebalance_timeout,
+        auto_offset_reset,
         state,
     });
     let token = scope.token().child_token();
@@ -243,6 +246,7 @@ impl GroupMember for KafkaMember {
                 self.inner.group.clone(),
                 partition.clone(),
                 start,
+                self.inner.auto_offset_reset,
             );
             Ok(Box::new(reader) as Box<dyn PartitionReader>)
         })
