@@ -274,7 +274,9 @@ impl EventBus {
         let troubles = troubles.join("; ");
         match backend {
             Health::Ready => Health::Degraded { reason: troubles },
-            Health::Degraded { reason } => Health::Degraded { reason: format!("{reason}; {troubles}") },
+            Health::Degraded { reason } => {
+                Health::Degraded { reason: format!("{reason}; {troubles}") }
+            }
             Health::Closed => Health::Closed,
         }
     }

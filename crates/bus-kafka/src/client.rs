@@ -197,7 +197,8 @@ impl KafkaClient {
                 Ok(Err(failure)) => failure,
                 Err(_) => {
                     return Err(format!(
-                        "no answer within request_timeout ({:?})",
+                        "no answer from the cluster (bootstrap {}) within request_timeout ({:?})",
+                        self.config.bootstrap.join(","),
                         self.config.request_timeout
                     ));
                 }

@@ -114,40 +114,108 @@ macro_rules! api {
 // members, a topic of ten thousand partitions), small against what memory a hostile one could
 // make us reserve (the schema check bounds what decoding makes of them to a few times their
 // size).
-api!(ApiVersionsRequest, ApiVersionsResponse, ApiVersions, "ApiVersions", 0, 4,
-    schema::API_VERSIONS, 64 * KIB);
+api!(
+    ApiVersionsRequest,
+    ApiVersionsResponse,
+    ApiVersions,
+    "ApiVersions",
+    0,
+    4,
+    schema::API_VERSIONS,
+    64 * KIB
+);
 // The group plane's coordinator links.
-api!(FindCoordinatorRequest, FindCoordinatorResponse, FindCoordinator, "FindCoordinator", 0, 6,
-    schema::FIND_COORDINATOR, 64 * KIB);
-api!(JoinGroupRequest, JoinGroupResponse, JoinGroup, "JoinGroup", 0, 9,
-    schema::JOIN_GROUP, MIB);
-api!(SyncGroupRequest, SyncGroupResponse, SyncGroup, "SyncGroup", 0, 5,
-    schema::SYNC_GROUP, MIB);
-api!(HeartbeatRequest, HeartbeatResponse, Heartbeat, "Heartbeat", 0, 4,
-    schema::HEARTBEAT, 64 * KIB);
-api!(LeaveGroupRequest, LeaveGroupResponse, LeaveGroup, "LeaveGroup", 0, 5,
-    schema::LEAVE_GROUP, 64 * KIB);
-api!(OffsetCommitRequest, OffsetCommitResponse, OffsetCommit, "OffsetCommit", 2, 9,
-    schema::OFFSET_COMMIT, MIB);
-api!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, "OffsetFetch", 1, 9,
-    schema::OFFSET_FETCH, 4 * MIB);
+api!(
+    FindCoordinatorRequest,
+    FindCoordinatorResponse,
+    FindCoordinator,
+    "FindCoordinator",
+    0,
+    6,
+    schema::FIND_COORDINATOR,
+    64 * KIB
+);
+api!(JoinGroupRequest, JoinGroupResponse, JoinGroup, "JoinGroup", 0, 9, schema::JOIN_GROUP, MIB);
+api!(SyncGroupRequest, SyncGroupResponse, SyncGroup, "SyncGroup", 0, 5, schema::SYNC_GROUP, MIB);
+api!(
+    HeartbeatRequest,
+    HeartbeatResponse,
+    Heartbeat,
+    "Heartbeat",
+    0,
+    4,
+    schema::HEARTBEAT,
+    64 * KIB
+);
+api!(
+    LeaveGroupRequest,
+    LeaveGroupResponse,
+    LeaveGroup,
+    "LeaveGroup",
+    0,
+    5,
+    schema::LEAVE_GROUP,
+    64 * KIB
+);
+api!(
+    OffsetCommitRequest,
+    OffsetCommitResponse,
+    OffsetCommit,
+    "OffsetCommit",
+    2,
+    9,
+    schema::OFFSET_COMMIT,
+    MIB
+);
+api!(
+    OffsetFetchRequest,
+    OffsetFetchResponse,
+    OffsetFetch,
+    "OffsetFetch",
+    1,
+    9,
+    schema::OFFSET_FETCH,
+    4 * MIB
+);
 // Leader lookup (producer and readers), start offsets and records (the readers: topics by
 // name; v12 is the last Fetch version that names them, v13+ name topics by id).
-api!(MetadataRequest, MetadataResponse, Metadata, "Metadata", 1, 9,
-    schema::METADATA, 4 * MIB);
-api!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, "ListOffsets", 1, 7,
-    schema::LIST_OFFSETS, MIB);
-api!(FetchRequest, FetchResponse, Fetch, "Fetch", 4, 12,
-    schema::FETCH, crate::config::MAX_FETCH_BYTES + FETCH_RESPONSE_SLACK,
+api!(MetadataRequest, MetadataResponse, Metadata, "Metadata", 1, 9, schema::METADATA, 4 * MIB);
+api!(
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsets,
+    "ListOffsets",
+    1,
+    7,
+    schema::LIST_OFFSETS,
+    MIB
+);
+api!(
+    FetchRequest,
+    FetchResponse,
+    Fetch,
+    "Fetch",
+    4,
+    12,
+    schema::FETCH,
+    crate::config::MAX_FETCH_BYTES + FETCH_RESPONSE_SLACK,
     fn response_limit(self) {
         usize::try_from(self.max_bytes).unwrap_or(0).saturating_add(FETCH_RESPONSE_SLACK)
-    });
+    }
+);
 // Topic creation at the controller (the cluster client).
-api!(CreateTopicsRequest, CreateTopicsResponse, CreateTopics, "CreateTopics", 1, 7,
-    schema::CREATE_TOPICS, MIB);
+api!(
+    CreateTopicsRequest,
+    CreateTopicsResponse,
+    CreateTopics,
+    "CreateTopics",
+    1,
+    7,
+    schema::CREATE_TOPICS,
+    MIB
+);
 // The producer (v3 is the first with record batches v2; v13 the first naming topics by id).
-api!(ProduceRequest, ProduceResponse, Produce, "Produce", 3, 9,
-    schema::PRODUCE, MIB);
+api!(ProduceRequest, ProduceResponse, Produce, "Produce", 3, 9, schema::PRODUCE, MIB);
 
 /// A request to a broker that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

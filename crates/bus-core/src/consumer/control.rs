@@ -43,11 +43,8 @@ pub(super) const RETRY: Backoff = Backoff {
 
 /// The delays between attempts to read an assignment's committed offsets (or open its
 /// readers): 100 ms, doubling, at most 2 s, until the rebalance timeout.
-const ASSIGN_RETRY: Backoff = Backoff {
-    initial: Duration::from_millis(100),
-    max: Duration::from_secs(2),
-    multiplier: 2.0,
-};
+const ASSIGN_RETRY: Backoff =
+    Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2), multiplier: 2.0 };
 
 /// What releasing partitions did.
 struct Released {

@@ -30,11 +30,8 @@ use crate::options::UnreadableBatches;
 use crate::record::{Headers, Message, Record, TopicPartition};
 
 /// The delays between retries of a failed fetch: 200 ms, doubling, at most 5 s.
-const FETCH_RETRY: Backoff = Backoff {
-    initial: Duration::from_millis(200),
-    max: Duration::from_secs(5),
-    multiplier: 2.0,
-};
+const FETCH_RETRY: Backoff =
+    Backoff { initial: Duration::from_millis(200), max: Duration::from_secs(5), multiplier: 2.0 };
 
 /// Failed fetches in a row after which the partition is named in the health.
 const REPORT_AFTER: u32 = 5;
@@ -90,31 +87,32 @@ impl FetchLoop {
                     }
                     continue;
                 }
-                Err(ReadError::Unreadable(batch)) => match self.runtime.options.unreadable_batches
-                {
-                    UnreadableBatches::Skip => {
-                        if !self.skip(batch).await {
-                            return;
+                Err(ReadError::Unreadable(batch)) => {
+                    match self.runtime.options.unreadable_batches {
+                        UnreadableBatches::Skip => {
+                            if !self.skip(batch).await {
+                                return;
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    UnreadableBatches::Fail => {
-                        let failure = PartitionFailure {
-                            partition: self.partition.clone(),
-                            offset: Some(batch.first_offset),
-                            reason: batch.to_string(),
-                        };
-                        if failures == 0 {
-                            tracing::error!(
-                                partition = %self.partition, offset = batch.first_offset,
-                                reason = %batch.reason,
-                                "a record batch cannot be read; the partition stops here \
-                                 (policy `fail`; retrying with backoff)"
-                            );
+                        UnreadableBatches::Fail => {
+                            let failure = PartitionFailure {
+                                partition: self.partition.clone(),
+                                offset: Some(batch.first_offset),
+                                reason: batch.to_string(),
+                            };
+                            if failures == 0 {
+                                tracing::error!(
+                                    partition = %self.partition, offset = batch.first_offset,
+                                    reason = %batch.reason,
+                                    "a record batch cannot be read; the partition stops here \
+                                     (policy `fail`; retrying with backoff)"
+                                );
+                            }
+                            Some(failure)
                         }
-                        Some(failure)
                     }
-                },
+                }
                 Err(ReadError::Group(error)) => {
                     tracing::warn!(partition = %self.partition, %error, "fetch failed; retrying");
                     (failures + 1 >= REPORT_AFTER).then(|| PartitionFailure {

@@ -58,7 +58,12 @@ impl SubscriptionHealth {
     }
 
     /// A message's dead-lettering failed and is being retried (its key stays blocked).
-    pub(crate) fn dead_letter_failing(&self, partition: &TopicPartition, offset: i64, error: String) {
+    pub(crate) fn dead_letter_failing(
+        &self,
+        partition: &TopicPartition,
+        offset: i64,
+        error: String,
+    ) {
         self.state.lock().dead_letters.insert((partition.clone(), offset), error);
     }
 

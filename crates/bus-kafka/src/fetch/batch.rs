@@ -216,7 +216,8 @@ pub(crate) async fn decode(
             let inflated = match inflate(batch.codec, &body, settings.max_decompressed) {
                 Ok(inflated) => inflated,
                 Err(error) => {
-                    decoded.unreadable = Some(unreadable(batch.last_offset, end, error.to_string()));
+                    decoded.unreadable =
+                        Some(unreadable(batch.last_offset, end, error.to_string()));
                     break;
                 }
             };

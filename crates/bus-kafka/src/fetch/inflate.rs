@@ -57,7 +57,11 @@ impl std::fmt::Display for InflateError {
 /// # Errors
 ///
 /// [`InflateError`]: over the limit, an unknown codec, corrupt data.
-pub(crate) fn inflate(codec: i16, compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
+pub(crate) fn inflate(
+    codec: i16,
+    compressed: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, InflateError> {
     // Compressed records usually inflate a few times: start there, grow with what comes.
     let guess = compressed.len().saturating_mul(4).min(limit);
     match codec {
@@ -117,9 +121,9 @@ fn snappy(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
         }
         return decoder.decompress_vec(compressed).map_err(corrupt);
     }
-    let mut rest = compressed.get(SNAPPY_HEADER_BYTES..).ok_or_else(|| {
-        InflateError::Corrupt("the snappy framing's header is cut short".into())
-    })?;
+    let mut rest = compressed
+        .get(SNAPPY_HEADER_BYTES..)
+        .ok_or_else(|| InflateError::Corrupt("the snappy framing's header is cut short".into()))?;
     let mut out: Vec<u8> = Vec::new();
     while !rest.is_empty() {
         let (length, after) = rest

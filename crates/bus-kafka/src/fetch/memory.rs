@@ -87,11 +87,7 @@ impl Budget {
     /// dropped; the buffer then goes back to the spare list.
     pub(crate) fn hold_frame(&self, buffer: BytesMut, mut reserved: Reserved) -> Bytes {
         reserved.shrink_to(buffer.len());
-        Bytes::from_owner(Frame {
-            buffer,
-            _reserved: reserved,
-            spare: Arc::clone(&self.spare),
-        })
+        Bytes::from_owner(Frame { buffer, _reserved: reserved, spare: Arc::clone(&self.spare) })
     }
 
     /// A decompressed batch as shared bytes holding `reserved` until the last slice of it is

@@ -280,11 +280,7 @@ impl KafkaReader {
             }
         }
         let aborted = AbortedTransactions::new(
-            answer
-                .aborted_transactions
-                .iter()
-                .flatten()
-                .map(|t| (t.producer_id.0, t.first_offset)),
+            answer.aborted_transactions.iter().flatten().map(|t| (t.producer_id.0, t.first_offset)),
         );
         let decoded = match &answer.records {
             Some(records) => batch::decode(records, &settings, aborted, &self.budget).await,

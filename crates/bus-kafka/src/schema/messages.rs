@@ -13,7 +13,13 @@ pub(super) mod api_versions_response {
     use super::super::Kind::{Array, Struct};
     use super::super::{BOOL, I16, I32, I64, LAST, Message, STRING, Shape, f, t};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "ApiVersionsResponse", min: 0, max: 4, flexible: 3, root: &API_VERSIONS_RESPONSE };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "ApiVersionsResponse",
+        min: 0,
+        max: 4,
+        flexible: 3,
+        root: &API_VERSIONS_RESPONSE,
+    };
 
     const API_VERSION: Shape = Shape {
         name: "ApiVersion",
@@ -66,7 +72,13 @@ pub(super) mod find_coordinator_response {
     use super::super::Kind::{Array, Struct};
     use super::super::{I16, I32, LAST, Message, STRING, Shape, f};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "FindCoordinatorResponse", min: 0, max: 6, flexible: 3, root: &FIND_COORDINATOR_RESPONSE };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "FindCoordinatorResponse",
+        min: 0,
+        max: 6,
+        flexible: 3,
+        root: &FIND_COORDINATOR_RESPONSE,
+    };
 
     const COORDINATOR: Shape = Shape {
         name: "Coordinator",
@@ -101,7 +113,13 @@ pub(super) mod join_group_response {
     use super::super::Kind::{Array, Struct};
     use super::super::{BOOL, BYTES, I16, I32, LAST, Message, STRING, Shape, f};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "JoinGroupResponse", min: 0, max: 9, flexible: 6, root: &JOIN_GROUP_RESPONSE };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "JoinGroupResponse",
+        min: 0,
+        max: 9,
+        flexible: 6,
+        root: &JOIN_GROUP_RESPONSE,
+    };
 
     const JOIN_GROUP_RESPONSE: Shape = Shape {
         name: "JoinGroupResponse",
@@ -134,7 +152,13 @@ pub(super) mod join_group_response {
 pub(super) mod sync_group_response {
     use super::super::{BYTES, I16, I32, LAST, Message, STRING, Shape, f};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "SyncGroupResponse", min: 0, max: 5, flexible: 4, root: &SYNC_GROUP_RESPONSE };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "SyncGroupResponse",
+        min: 0,
+        max: 5,
+        flexible: 4,
+        root: &SYNC_GROUP_RESPONSE,
+    };
 
     const SYNC_GROUP_RESPONSE: Shape = Shape {
         name: "SyncGroupResponse",
@@ -153,14 +177,17 @@ pub(super) mod sync_group_response {
 pub(super) mod heartbeat_response {
     use super::super::{I16, I32, LAST, Message, Shape, f};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "HeartbeatResponse", min: 0, max: 4, flexible: 4, root: &HEARTBEAT_RESPONSE };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "HeartbeatResponse",
+        min: 0,
+        max: 4,
+        flexible: 4,
+        root: &HEARTBEAT_RESPONSE,
+    };
 
     const HEARTBEAT_RESPONSE: Shape = Shape {
         name: "HeartbeatResponse",
-        fields: &[
-            f("throttle_time_ms", 1, LAST, I32),
-            f("error_code", 0, LAST, I16),
-        ],
+        fields: &[f("throttle_time_ms", 1, LAST, I32), f("error_code", 0, LAST, I16)],
         tagged: &[],
     };
 }
@@ -170,7 +197,13 @@ pub(super) mod leave_group_response {
     use super::super::Kind::{Array, Struct};
     use super::super::{I16, I32, LAST, Message, STRING, Shape, f};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "LeaveGroupResponse", min: 0, max: 5, flexible: 4, root: &LEAVE_GROUP_RESPONSE };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "LeaveGroupResponse",
+        min: 0,
+        max: 5,
+        flexible: 4,
+        root: &LEAVE_GROUP_RESPONSE,
+    };
 
     const LEAVE_GROUP_RESPONSE: Shape = Shape {
         name: "LeaveGroupResponse",
@@ -198,7 +231,13 @@ pub(super) mod offset_commit_response {
     use super::super::Kind::{Array, Struct};
     use super::super::{I16, I32, LAST, Message, STRING, Shape, UUID, f};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "OffsetCommitResponse", min: 2, max: 10, flexible: 8, root: &OFFSET_COMMIT_RESPONSE };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "OffsetCommitResponse",
+        min: 2,
+        max: 10,
+        flexible: 8,
+        root: &OFFSET_COMMIT_RESPONSE,
+    };
 
     const OFFSET_COMMIT_RESPONSE: Shape = Shape {
         name: "OffsetCommitResponse",
@@ -211,10 +250,7 @@ pub(super) mod offset_commit_response {
 
     const OFFSET_COMMIT_RESPONSE_PARTITION: Shape = Shape {
         name: "OffsetCommitResponsePartition",
-        fields: &[
-            f("partition_index", 0, LAST, I32),
-            f("error_code", 0, LAST, I16),
-        ],
+        fields: &[f("partition_index", 0, LAST, I32), f("error_code", 0, LAST, I16)],
         tagged: &[],
     };
 
@@ -234,7 +270,13 @@ pub(super) mod offset_fetch_response {
     use super::super::Kind::{Array, Struct};
     use super::super::{I16, I32, I64, LAST, Message, STRING, Shape, UUID, f};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "OffsetFetchResponse", min: 1, max: 10, flexible: 6, root: &OFFSET_FETCH_RESPONSE };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "OffsetFetchResponse",
+        min: 1,
+        max: 10,
+        flexible: 6,
+        root: &OFFSET_FETCH_RESPONSE,
+    };
 
     const OFFSET_FETCH_RESPONSE: Shape = Shape {
         name: "OffsetFetchResponse",
@@ -306,7 +348,13 @@ pub(super) mod metadata_response {
     use super::super::Kind::{Array, Struct};
     use super::super::{BOOL, I16, I32, LAST, Message, STRING, Shape, UUID, f};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "MetadataResponse", min: 0, max: 13, flexible: 9, root: &METADATA_RESPONSE };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "MetadataResponse",
+        min: 0,
+        max: 13,
+        flexible: 9,
+        root: &METADATA_RESPONSE,
+    };
 
     const METADATA_RESPONSE: Shape = Shape {
         name: "MetadataResponse",
@@ -366,7 +414,13 @@ pub(super) mod list_offsets_response {
     use super::super::Kind::{Array, Struct};
     use super::super::{I16, I32, I64, LAST, Message, STRING, Shape, f};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "ListOffsetsResponse", min: 1, max: 10, flexible: 6, root: &LIST_OFFSETS_RESPONSE };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "ListOffsetsResponse",
+        min: 1,
+        max: 10,
+        flexible: 6,
+        root: &LIST_OFFSETS_RESPONSE,
+    };
 
     const LIST_OFFSETS_PARTITION_RESPONSE: Shape = Shape {
         name: "ListOffsetsPartitionResponse",
@@ -404,23 +458,18 @@ pub(super) mod fetch_response {
     use super::super::Kind::{Array, Struct};
     use super::super::{BYTES, I16, I32, I64, LAST, Message, STRING, Shape, UUID, f, t};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "FetchResponse", min: 4, max: 18, flexible: 12, root: &FETCH_RESPONSE };
+    pub(in super::super) const MESSAGE: Message =
+        Message { name: "FetchResponse", min: 4, max: 18, flexible: 12, root: &FETCH_RESPONSE };
 
     const ABORTED_TRANSACTION: Shape = Shape {
         name: "AbortedTransaction",
-        fields: &[
-            f("producer_id", 0, LAST, I64),
-            f("first_offset", 0, LAST, I64),
-        ],
+        fields: &[f("producer_id", 0, LAST, I64), f("first_offset", 0, LAST, I64)],
         tagged: &[],
     };
 
     const EPOCH_END_OFFSET: Shape = Shape {
         name: "EpochEndOffset",
-        fields: &[
-            f("epoch", 12, LAST, I32),
-            f("end_offset", 12, LAST, I64),
-        ],
+        fields: &[f("epoch", 12, LAST, I32), f("end_offset", 12, LAST, I64)],
         tagged: &[],
     };
 
@@ -432,9 +481,7 @@ pub(super) mod fetch_response {
             f("session_id", 7, LAST, I32),
             f("responses", 0, LAST, Array(&Struct(&FETCHABLE_TOPIC_RESPONSE))),
         ],
-        tagged: &[
-            t(0, "node_endpoints", 16, LAST, Array(&Struct(&NODE_ENDPOINT))),
-        ],
+        tagged: &[t(0, "node_endpoints", 16, LAST, Array(&Struct(&NODE_ENDPOINT)))],
     };
 
     const FETCHABLE_TOPIC_RESPONSE: Shape = Shape {
@@ -449,10 +496,7 @@ pub(super) mod fetch_response {
 
     const LEADER_ID_AND_EPOCH: Shape = Shape {
         name: "LeaderIdAndEpoch",
-        fields: &[
-            f("leader_id", 12, LAST, I32),
-            f("leader_epoch", 12, LAST, I32),
-        ],
+        fields: &[f("leader_id", 12, LAST, I32), f("leader_epoch", 12, LAST, I32)],
         tagged: &[],
     };
 
@@ -488,10 +532,7 @@ pub(super) mod fetch_response {
 
     const SNAPSHOT_ID: Shape = Shape {
         name: "SnapshotId",
-        fields: &[
-            f("end_offset", 0, LAST, I64),
-            f("epoch", 0, LAST, I32),
-        ],
+        fields: &[f("end_offset", 0, LAST, I64), f("epoch", 0, LAST, I32)],
         tagged: &[],
     };
 }
@@ -501,7 +542,13 @@ pub(super) mod create_topics_response {
     use super::super::Kind::{Array, Struct};
     use super::super::{BOOL, I8, I16, I32, LAST, Message, STRING, Shape, UUID, f, t};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "CreateTopicsResponse", min: 2, max: 7, flexible: 5, root: &CREATE_TOPICS_RESPONSE };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "CreateTopicsResponse",
+        min: 2,
+        max: 7,
+        flexible: 5,
+        root: &CREATE_TOPICS_RESPONSE,
+    };
 
     const CREATABLE_TOPIC_CONFIGS: Shape = Shape {
         name: "CreatableTopicConfigs",
@@ -526,9 +573,7 @@ pub(super) mod create_topics_response {
             f("replication_factor", 5, LAST, I16),
             f("configs", 5, LAST, Array(&Struct(&CREATABLE_TOPIC_CONFIGS))),
         ],
-        tagged: &[
-            t(0, "topic_config_error_code", 0, LAST, I16),
-        ],
+        tagged: &[t(0, "topic_config_error_code", 0, LAST, I16)],
     };
 
     const CREATE_TOPICS_RESPONSE: Shape = Shape {
@@ -546,23 +591,18 @@ pub(super) mod produce_response {
     use super::super::Kind::{Array, Struct};
     use super::super::{I16, I32, I64, LAST, Message, STRING, Shape, UUID, f, t};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "ProduceResponse", min: 3, max: 13, flexible: 9, root: &PRODUCE_RESPONSE };
+    pub(in super::super) const MESSAGE: Message =
+        Message { name: "ProduceResponse", min: 3, max: 13, flexible: 9, root: &PRODUCE_RESPONSE };
 
     const BATCH_INDEX_AND_ERROR_MESSAGE: Shape = Shape {
         name: "BatchIndexAndErrorMessage",
-        fields: &[
-            f("batch_index", 8, LAST, I32),
-            f("batch_index_error_message", 8, LAST, STRING),
-        ],
+        fields: &[f("batch_index", 8, LAST, I32), f("batch_index_error_message", 8, LAST, STRING)],
         tagged: &[],
     };
 
     const LEADER_ID_AND_EPOCH: Shape = Shape {
         name: "LeaderIdAndEpoch",
-        fields: &[
-            f("leader_id", 10, LAST, I32),
-            f("leader_epoch", 10, LAST, I32),
-        ],
+        fields: &[f("leader_id", 10, LAST, I32), f("leader_epoch", 10, LAST, I32)],
         tagged: &[],
     };
 
@@ -588,9 +628,7 @@ pub(super) mod produce_response {
             f("record_errors", 8, LAST, Array(&Struct(&BATCH_INDEX_AND_ERROR_MESSAGE))),
             f("error_message", 8, LAST, STRING),
         ],
-        tagged: &[
-            t(0, "current_leader", 10, LAST, Struct(&LEADER_ID_AND_EPOCH)),
-        ],
+        tagged: &[t(0, "current_leader", 10, LAST, Struct(&LEADER_ID_AND_EPOCH))],
     };
 
     const PRODUCE_RESPONSE: Shape = Shape {
@@ -599,9 +637,7 @@ pub(super) mod produce_response {
             f("responses", 0, LAST, Array(&Struct(&TOPIC_PRODUCE_RESPONSE))),
             f("throttle_time_ms", 0, LAST, I32),
         ],
-        tagged: &[
-            t(0, "node_endpoints", 10, LAST, Array(&Struct(&NODE_ENDPOINT))),
-        ],
+        tagged: &[t(0, "node_endpoints", 10, LAST, Array(&Struct(&NODE_ENDPOINT)))],
     };
 
     const TOPIC_PRODUCE_RESPONSE: Shape = Shape {
@@ -620,7 +656,13 @@ pub(super) mod consumer_protocol_subscription {
     use super::super::Kind::{Array, Struct};
     use super::super::{BYTES, I32, LAST, Message, NEVER, STRING, Shape, f};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "ConsumerProtocolSubscription", min: 0, max: 3, flexible: NEVER, root: &CONSUMER_PROTOCOL_SUBSCRIPTION };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "ConsumerProtocolSubscription",
+        min: 0,
+        max: 3,
+        flexible: NEVER,
+        root: &CONSUMER_PROTOCOL_SUBSCRIPTION,
+    };
 
     const CONSUMER_PROTOCOL_SUBSCRIPTION: Shape = Shape {
         name: "ConsumerProtocolSubscription",
@@ -636,10 +678,7 @@ pub(super) mod consumer_protocol_subscription {
 
     const TOPIC_PARTITION: Shape = Shape {
         name: "TopicPartition",
-        fields: &[
-            f("topic", 1, LAST, STRING),
-            f("partitions", 1, LAST, Array(&I32)),
-        ],
+        fields: &[f("topic", 1, LAST, STRING), f("partitions", 1, LAST, Array(&I32))],
         tagged: &[],
     };
 }
@@ -649,7 +688,13 @@ pub(super) mod consumer_protocol_assignment {
     use super::super::Kind::{Array, Struct};
     use super::super::{BYTES, I32, LAST, Message, NEVER, STRING, Shape, f};
 
-    pub(in super::super) const MESSAGE: Message = Message { name: "ConsumerProtocolAssignment", min: 0, max: 3, flexible: NEVER, root: &CONSUMER_PROTOCOL_ASSIGNMENT };
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "ConsumerProtocolAssignment",
+        min: 0,
+        max: 3,
+        flexible: NEVER,
+        root: &CONSUMER_PROTOCOL_ASSIGNMENT,
+    };
 
     const CONSUMER_PROTOCOL_ASSIGNMENT: Shape = Shape {
         name: "ConsumerProtocolAssignment",
@@ -662,11 +707,7 @@ pub(super) mod consumer_protocol_assignment {
 
     const TOPIC_PARTITION: Shape = Shape {
         name: "TopicPartition",
-        fields: &[
-            f("topic", 0, LAST, STRING),
-            f("partitions", 0, LAST, Array(&I32)),
-        ],
+        fields: &[f("topic", 0, LAST, STRING), f("partitions", 0, LAST, Array(&I32))],
         tagged: &[],
     };
 }
-

@@ -184,12 +184,8 @@ pub(crate) struct ShapeError {
 /// A [`ShapeError`] naming the field: a version `kafka-protocol` does not decode, a count that
 /// cannot fit, a field running past the end.
 pub(crate) fn check(message: &Message, version: i16, bytes: &[u8]) -> Result<(), ShapeError> {
-    let fail = |path: String, reason: String| ShapeError {
-        message: message.name,
-        version,
-        path,
-        reason,
-    };
+    let fail =
+        |path: String, reason: String| ShapeError { message: message.name, version, path, reason };
     if version < message.min || version > message.max {
         return Err(fail(
             String::new(),
@@ -258,10 +254,7 @@ impl Walk<'_> {
 
     fn skip(&mut self, n: usize) -> Result<(), Failure> {
         if n > self.left() {
-            return Err(Failure::new(format!(
-                "{n} bytes announced, {} left",
-                self.left()
-            )));
+            return Err(Failure::new(format!("{n} bytes announced, {} left", self.left())));
         }
         self.at += n;
         Ok(())
@@ -310,10 +303,7 @@ impl Walk<'_> {
         for _ in 0..count {
             let tag = self.varint().map_err(|e| e.field("(tag)"))?;
             let size = self.varint().map_err(|e| e.field("(tag size)"))?;
-            let known = shape
-                .tagged
-                .iter()
-                .find(|t| t.tag == tag && self.present(t.min, t.max));
+            let known = shape.tagged.iter().find(|t| t.tag == tag && self.present(t.min, t.max));
             match known {
                 // Decoded in place, as `kafka-protocol` does (not bounded by its size).
                 Some(tagged) => self.kind(&tagged.kind).map_err(|e| e.field(tagged.name))?,

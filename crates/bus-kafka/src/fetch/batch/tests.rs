@@ -318,7 +318,8 @@ async fn a_compressed_batch_waits_for_room_or_ends_the_decode() {
     assert_eq!(decoded.next, Some(3));
     // Nothing decoded yet and no room: it waits until the first batch's messages are dropped.
     let later = settings(3);
-    let mut waiting = std::pin::pin!(decode(&both, &later, AbortedTransactions::default(), &budget));
+    let mut waiting =
+        std::pin::pin!(decode(&both, &later, AbortedTransactions::default(), &budget));
     let noop = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(noop);
     assert!(waiting.as_mut().poll(&mut cx).is_pending(), "waits for room");

@@ -29,10 +29,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::{OffsetReset, TopicPartition};
 use bus_core::backend::{
     BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, StartAt,
 };
+use bus_core::{OffsetReset, TopicPartition};
 use bus_supervisor::{Backoff, CancellationToken};
 use tokio::sync::{mpsc, watch};
 
