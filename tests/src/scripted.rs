@@ -196,7 +196,8 @@ fn record(
         producer_epoch: if kind.producer >= 0 { 0 } else { -1 },
         timestamp_type: TimestampType::Creation,
         offset,
-        sequence: if kind.producer >= 0 { offset as i32 } else { -1 },
+        // kafka-protocol's encoder starts a new batch where `offset - sequence` changes.
+        sequence: offset as i32,
         timestamp: 1_700_000_000_000 + offset,
         key: raw_key.or_else(|| key.map(|k| Bytes::copy_from_slice(k.as_bytes()))),
         value: value.map(Bytes::copy_from_slice),
