@@ -15,7 +15,8 @@
 //! (JoinGroup, SyncGroup echoing the leader's assignment, Heartbeat, LeaveGroup), OffsetFetch
 //! (nothing committed), OffsetCommit (accepted), ListOffsets (the log's start and end), and Fetch
 //! (the batches at and after the offset asked for, whole, with the aborted transactions they
-//! overlap; an empty answer waits up to 100 ms). Anything else is left unanswered.
+//! overlap; an empty answer waits up to 100 ms). Anything else is left unanswered (Produce is
+//! offered but never answered).
 //!
 //! Threads: one accepting, one per connection; all are stopped and joined when the peer is
 //! dropped (connections are shut down).
@@ -293,6 +294,9 @@ impl Script {
                 (ApiKey::OffsetCommit, 2, 8),
                 (ApiKey::ListOffsets, 1, 7),
                 (ApiKey::Fetch, 4, 12),
+                // Offered (librdkafka reads record batches v2 only from brokers offering
+                // Produce v3+), never answered.
+                (ApiKey::Produce, 3, 9),
             ],
             hostile: None,
         }
@@ -501,8 +505,13 @@ fn answer(
                     key
                 })
                 .collect();
-            let version = v.clamp(0, 3);
-            encoded(&response, version)
+            if v > *max {
+                // Not a version offered: answered in v0, listing the versions offered.
+                response.error_code = 35; // UNSUPPORTED_VERSION
+                encoded(&response, 0)
+            } else {
+                encoded(&response, v)
+            }
         }
         ApiKey::Metadata => {
             let asked: MetadataRequest = request.decode();
