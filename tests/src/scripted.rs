@@ -24,7 +24,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -314,6 +314,7 @@ impl Script {
 /// The scripted peer, listening on 127.0.0.1. Dropping it stops and joins its threads.
 pub struct ScriptedBroker {
     address: SocketAddr,
+    script: Arc<RwLock<Script>>,
     stop: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -336,7 +337,8 @@ impl ScriptedBroker {
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let threads: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let requests = Arc::new(AtomicUsize::new(0));
-        let script = Arc::new(script);
+        let script = Arc::new(RwLock::new(script));
+        let shared = Arc::clone(&script);
         let acceptor = {
             let (stop, streams, threads, requests) =
                 (stop.clone(), streams.clone(), threads.clone(), requests.clone());
@@ -353,7 +355,7 @@ impl ScriptedBroker {
                                     streams.lock().unwrap().push(clone);
                                 }
                                 let (script, stop, requests) =
-                                    (script.clone(), stop.clone(), requests.clone());
+                                    (Arc::clone(&script), stop.clone(), requests.clone());
                                 let connection = std::thread::Builder::new()
                                     .name("scripted-peer-conn".into())
                                     .spawn(move || {
@@ -371,7 +373,20 @@ impl ScriptedBroker {
                 })
                 .expect("scripted peer: thread")
         };
-        ScriptedBroker { address, stop, streams, threads, acceptor: Some(acceptor), requests }
+        ScriptedBroker {
+            address,
+            script: shared,
+            stop,
+            streams,
+            threads,
+            acceptor: Some(acceptor),
+            requests,
+        }
+    }
+
+    /// Changes what is served from now on (appending to a partition, say).
+    pub fn update(&self, change: impl FnOnce(&mut Script)) {
+        change(&mut self.script.write().unwrap());
     }
 
     /// `127.0.0.1:<port>`.
@@ -407,7 +422,7 @@ impl Drop for ScriptedBroker {
 /// Serves one connection until it closes or the peer stops.
 fn serve(
     mut stream: TcpStream,
-    script: &Script,
+    script: &RwLock<Script>,
     address: SocketAddr,
     stop: &AtomicBool,
     requests: &AtomicUsize,
@@ -430,12 +445,23 @@ fn serve(
         let header_version = api.request_header_version(version);
         let Ok(header) = RequestHeader::decode(&mut frame, header_version) else { return };
         let request = Request { api, version, body: frame };
-        let body = match script.hostile.as_ref().and_then(|h| h(&request)) {
+        let hostile = script.read().unwrap().hostile.clone();
+        let body = match hostile.as_ref().and_then(|h| h(&request)) {
             Some(body) => body,
-            None => match answer(script, address, &request, stop) {
-                Some(body) => body,
-                None => Bytes::new(),
-            },
+            None => {
+                let answered = answer(&script.read().unwrap(), address, &request);
+                match answered {
+                    Answer::Now(body) => body,
+                    Answer::AfterWait(body, wait) => {
+                        // An empty fetch: a short long-poll, without holding the script.
+                        if !stop.load(Ordering::Acquire) {
+                            std::thread::sleep(wait);
+                        }
+                        body
+                    }
+                    Answer::Never => Bytes::new(),
+                }
+            }
         };
         if unanswered(&body) {
             // Never answered: wait until the peer stops or the client goes away.
@@ -475,13 +501,22 @@ fn name(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_owned())
 }
 
-/// The scripted answer to `request`; `None` when it is not answered.
-fn answer(
-    script: &Script,
-    address: SocketAddr,
-    request: &Request,
-    stop: &AtomicBool,
-) -> Option<Bytes> {
+/// An answer of the script.
+enum Answer {
+    Now(Bytes),
+    AfterWait(Bytes, Duration),
+    Never,
+}
+
+/// The scripted answer to `request`.
+fn answer(script: &Script, address: SocketAddr, request: &Request) -> Answer {
+    match answer_body(script, address, request) {
+        Some(answer) => answer,
+        None => Answer::Never,
+    }
+}
+
+fn answer_body(script: &Script, address: SocketAddr, request: &Request) -> Option<Answer> {
     let v = request.version;
     let offered = |api: ApiKey| script.versions.iter().find(|(a, _, _)| *a == api);
     let (_, min, max) = offered(request.api)?;
@@ -491,7 +526,7 @@ fn answer(
     let host = name(&address.ip().to_string());
     let port = i32::from(address.port());
     let topic = TopicName(name(&script.topic));
-    Some(match request.api {
+    Some(Answer::Now(match request.api {
         ApiKey::ApiVersions => {
             let mut response = ApiVersionsResponse::default();
             response.api_keys = script
@@ -682,6 +717,11 @@ fn answer(
                     let mut data = PartitionData::default();
                     data.partition_index = p.partition;
                     match script.partitions.get(p.partition as usize) {
+                        Some(log) if t.topic == topic && p.fetch_offset > log.end() => {
+                            data.error_code = 1; // OFFSET_OUT_OF_RANGE
+                            data.high_watermark = log.end();
+                            any = true;
+                        }
                         Some(log) if t.topic == topic => {
                             let (records, aborted) = fetch(log, p.fetch_offset);
                             any |= !records.is_empty();
@@ -697,19 +737,18 @@ fn answer(
                 }
                 answers.push(topic_answer);
             }
+            let mut response = FetchResponse::default();
+            response.responses = answers;
+            let body = encoded(&response, v);
             if !any {
                 // Long poll, briefly.
                 let wait = Duration::from_millis(asked.max_wait_ms.clamp(0, 100) as u64);
-                if !stop.load(Ordering::Acquire) {
-                    std::thread::sleep(wait);
-                }
+                return Some(Answer::AfterWait(body, wait));
             }
-            let mut response = FetchResponse::default();
-            response.responses = answers;
-            encoded(&response, v)
+            body
         }
         _ => return None,
-    })
+    }))
 }
 
 fn topic_name(topic: &str) -> TopicName {

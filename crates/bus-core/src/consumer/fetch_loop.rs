@@ -204,3 +204,93 @@ async fn submit_in_chunks(
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::Mutex;
+
+    use bus_supervisor::Supervisor;
+
+    use super::*;
+    use crate::backend::{BoxFuture, dispatch::ProcessFn};
+    use crate::dispatch::{DispatchConfig, Processed};
+    use crate::memory::{MemoryBackend, MemoryConfig};
+    use crate::options::SubscribeOptions;
+
+    /// A reader that records what it is asked for and returns one message, once.
+    struct Recording {
+        asked: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl PartitionReader for Recording {
+        fn next_batch(
+            &mut self,
+            max_bytes: usize,
+        ) -> BoxFuture<'_, Result<Vec<Message>, ReadError>> {
+            let first = {
+                let mut asked = self.asked.lock().unwrap();
+                asked.push(max_bytes);
+                asked.len() == 1
+            };
+            Box::pin(async move {
+                if !first {
+                    std::future::pending::<()>().await;
+                }
+                Ok(vec![Message {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 0,
+                    key: None,
+                    value: bytes::Bytes::new(),
+                    headers: Headers::new(),
+                    timestamp: chrono::DateTime::default(),
+                }])
+            })
+        }
+
+        fn seek(&mut self, _offset: i64) {}
+
+        fn position(&self) -> Option<i64> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn the_loop_leaves_the_fetch_size_to_the_backend_configuration() {
+        // Before, the loop asked for at most 1 MiB whatever `consumer.fetch_max_bytes` said.
+        let supervisor = Supervisor::builder("test").build();
+        let backend =
+            MemoryBackend::new(supervisor.root().child("memory"), MemoryConfig::default()).unwrap();
+        let runtime = Arc::new(Runtime::new(
+            backend,
+            Arc::new(Metrics::default()),
+            "t",
+            SubscribeOptions::new("g"),
+        ));
+        let process: ProcessFn = Arc::new(|_m: Message| Box::pin(async { Processed::Done }));
+        let dispatch =
+            KeyedDispatch::start(&supervisor.root().child("d"), DispatchConfig::default(), process)
+                .unwrap();
+        let asked: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let reader = Box::new(Recording { asked: Arc::clone(&asked) });
+        let scope = supervisor.root().child("fetch");
+        let fetch = FetchLoop::new(
+            reader,
+            dispatch.clone(),
+            runtime,
+            scope.token(),
+            TopicPartition::new("t", 0),
+            16,
+        );
+        scope.spawn("fetch", fetch.run()).unwrap().detach();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while asked.lock().unwrap().len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the loop fetched twice");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(asked.lock().unwrap().iter().all(|&n| n == usize::MAX), "{asked:?}");
+        supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
