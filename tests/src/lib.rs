@@ -13,6 +13,7 @@
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers: failing loudly is their job
 
+pub mod bombs;
 pub mod scripted;
 
 use std::io::Write;
