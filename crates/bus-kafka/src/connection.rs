@@ -536,22 +536,13 @@ impl Connection {
         };
         self.in_flight = true;
         stream.write_all(&frame).await.map_err(|e| io(format!("write: {e}")))?;
-        let size = stream.read_i32().await.map_err(|e| io(format!("read: {e}")))?;
-        let size = usize::try_from(size)
-            .ok()
-            .filter(|s| *s >= 4)
-            .ok_or_else(|| io(format!("invalid response size {size}")))?;
-        if size > limit {
-            return Err(RequestError::Protocol {
-                broker: self.broker.clone(),
-                api,
-                version,
-                reason: format!(
-                    "the response announces {size} bytes, over the bound of {limit} for {api} \
-                     responses"
-                ),
-            });
-        }
+        let prefix = stream.read_i32().await.map_err(|e| io(format!("read: {e}")))?;
+        let size = response_size(prefix, limit, api).map_err(|reason| RequestError::Protocol {
+            broker: self.broker.clone(),
+            api,
+            version,
+            reason,
+        })?;
         body.clear();
         // Memory follows the bytes that arrive, not the prefix: reserve a first read (or what
         // the reused buffer has), then grow by what has arrived (doubling).
@@ -577,35 +568,14 @@ impl Connection {
         Ok(body)
     }
 
-    /// Decodes a response frame: header (checking the correlation id), then the body, once
-    /// its shape is checked. Poisons the connection when it cannot.
+    /// Decodes a response frame (see [`decode_frame`]). Poisons the connection when it cannot.
     fn decode<R: Api>(
         &mut self,
-        mut body: Bytes,
+        body: Bytes,
         version: i16,
         correlation: i32,
     ) -> Result<R::Response, RequestError> {
-        let decoded = ResponseHeader::decode(&mut body, R::Response::header_version(version))
-            .map_err(|e| format!("cannot decode the response header: {e}"))
-            .and_then(|header| {
-                if header.correlation_id == correlation {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "correlation id {} does not match the request's {correlation}",
-                        header.correlation_id
-                    ))
-                }
-            })
-            .and_then(|()| {
-                schema::check(R::SHAPE, version, &body)
-                    .map_err(|e| format!("malformed response: {e}"))
-            })
-            .and_then(|()| {
-                R::Response::decode(&mut body, version)
-                    .map_err(|e| format!("cannot decode the response: {e}"))
-            });
-        decoded.map_err(|reason| {
+        decode_frame::<R>(body, version, correlation).map_err(|reason| {
             self.poison();
             RequestError::Protocol { broker: self.broker.clone(), api: R::NAME, version, reason }
         })
@@ -686,4 +656,46 @@ impl Connection {
             reason: "the broker rejected every ApiVersions version offered".into(),
         })
     }
+}
+
+/// The size a response's prefix announces, checked: at least a header's 4 bytes, at most
+/// `limit` (the bound for `api`'s responses).
+///
+/// # Errors
+///
+/// Why the prefix is refused.
+pub(crate) fn response_size(prefix: i32, limit: usize, api: &str) -> Result<usize, String> {
+    let size = usize::try_from(prefix)
+        .ok()
+        .filter(|s| *s >= 4)
+        .ok_or_else(|| format!("invalid response size {prefix}"))?;
+    if size > limit {
+        return Err(format!(
+            "the response announces {size} bytes, over the bound of {limit} for {api} responses"
+        ));
+    }
+    Ok(size)
+}
+
+/// Decodes a response frame (what follows its size prefix): the header (checking the
+/// correlation id), then the body in `version`, once its shape is checked.
+///
+/// # Errors
+///
+/// Why it cannot be decoded.
+pub(crate) fn decode_frame<R: Api>(
+    mut body: Bytes,
+    version: i16,
+    correlation: i32,
+) -> Result<R::Response, String> {
+    let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
+        .map_err(|e| format!("cannot decode the response header: {e}"))?;
+    if header.correlation_id != correlation {
+        return Err(format!(
+            "correlation id {} does not match the request's {correlation}",
+            header.correlation_id
+        ));
+    }
+    schema::check(R::SHAPE, version, &body).map_err(|e| format!("malformed response: {e}"))?;
+    R::Response::decode(&mut body, version).map_err(|e| format!("cannot decode the response: {e}"))
 }

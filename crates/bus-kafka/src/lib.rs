@@ -53,6 +53,8 @@ mod connection;
 mod connector;
 mod error;
 mod fetch;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod group;
 mod leader;
 mod producer;

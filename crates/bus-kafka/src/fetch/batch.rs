@@ -164,6 +164,9 @@ pub(crate) async fn decode(
     };
     let mut items = 0;
     let mut at = 0;
+    // Records below this are skipped: the position, then past every batch read (a batch that
+    // overlaps an earlier one yields only what is above it, so offsets only increase).
+    let mut floor = settings.from;
     while records.len() - at >= 12 {
         let base_offset = i64::from_be_bytes(array(records, at).unwrap_or_default());
         let length = i32::from_be_bytes(array(records, at + 8).unwrap_or_default());
@@ -208,7 +211,7 @@ pub(crate) async fn decode(
             }
         };
         let body = records.slice(at + BATCH_HEADER_BYTES..end);
-        let wanted = batch.last_offset >= settings.from;
+        let wanted = batch.last_offset >= floor;
         // The records, decompressed (only when needed: a control batch's marker, or records
         // at or above the position).
         let needs_records = batch.control || wanted;
@@ -239,21 +242,23 @@ pub(crate) async fn decode(
         let skipped = settings.read_committed && aborted.skips(&batch, abort_marker);
         if !batch.control && !skipped && wanted {
             let room = MAX_DECODED_ITEMS.saturating_sub(items);
-            match batch.records(&body, settings, room, &mut decoded.messages) {
+            let before = decoded.messages.len();
+            match batch.records(&body, settings, floor, room, &mut decoded.messages) {
                 Ok(Progress::All(n)) => items += n,
                 Ok(Progress::Stopped { at: offset }) => {
-                    decoded.next = Some(offset.max(settings.from));
+                    decoded.next = Some(offset.max(floor));
                     return decoded;
                 }
                 Err(reason) => {
                     // What was decoded of this batch is dropped with it: it is reported whole.
-                    decoded.messages.retain(|m| m.offset < batch.base_offset);
+                    decoded.messages.truncate(before);
                     decoded.unreadable = Some(unreadable(batch.last_offset, end, reason));
                     break;
                 }
             }
         }
-        decoded.next = Some(batch.last_offset.saturating_add(1).max(settings.from));
+        floor = floor.max(batch.last_offset.saturating_add(1));
+        decoded.next = Some(floor);
         at = end;
     }
     decoded
@@ -345,15 +350,19 @@ impl Batch {
         }
     }
 
-    /// Decodes the batch's records (`body`, uncompressed) at or above `settings.from` into
-    /// `out`, at most `room` messages and headers.
+    /// Decodes the batch's records (`body`, uncompressed) at or above `floor` into `out`, at
+    /// most `room` messages and headers. Offset deltas must increase and stay within the
+    /// batch's last offset delta (a broker assigns them so).
     fn records(
         &self,
         body: &Bytes,
         settings: &Settings,
+        floor: i64,
         room: usize,
         out: &mut Vec<Message>,
     ) -> Result<Progress, String> {
+        let last_delta = self.last_offset.saturating_sub(self.base_offset);
+        let mut previous_delta = -1;
         // A record takes at least MIN_RECORD_BYTES: a count beyond that is not believed.
         let possible = body.len() / MIN_RECORD_BYTES;
         out.reserve(self.count.min(possible).min(room));
@@ -372,8 +381,16 @@ impl Batch {
             let record = record.record(end, MAX_RECORD_HEADERS).ok_or_else(|| {
                 format!("a malformed record (or one with over {MAX_RECORD_HEADERS} headers)")
             })?;
-            let offset = self.base_offset.saturating_add(record.offset_delta);
-            if offset < settings.from {
+            let delta = record.offset_delta;
+            if delta <= previous_delta || delta > last_delta {
+                return Err(format!(
+                    "record offset delta {delta} out of order (after {previous_delta}, the \
+                     batch's last is {last_delta})"
+                ));
+            }
+            previous_delta = delta;
+            let offset = self.base_offset.saturating_add(delta);
+            if offset < floor {
                 continue;
             }
             let cost = 1 + record.headers.len();

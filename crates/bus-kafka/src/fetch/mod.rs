@@ -22,3 +22,42 @@ mod memory;
 mod reader;
 
 pub(crate) use reader::KafkaReader;
+
+/// The decoding of a partition's records as a reader runs it, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::batch::{self, AbortedTransactions, Settings};
+    use super::memory::Budget;
+    use crate::fuzzing::Records;
+
+    /// [`batch::decode`] on `records`, with a budget larger than any decode holds.
+    pub(crate) async fn decode(
+        records: Bytes,
+        topic: Arc<str>,
+        from: i64,
+        read_committed: bool,
+        aborted: Vec<(i64, i64)>,
+        max_decompressed: usize,
+    ) -> Records {
+        let settings = Settings {
+            topic,
+            partition: 0,
+            from,
+            fetch_limit: 1 << 20,
+            max_decompressed,
+            read_committed,
+        };
+        let budget = Budget::new(u32::MAX as usize);
+        let aborted = AbortedTransactions::new(aborted);
+        let decoded = batch::decode(&records, &settings, aborted, &budget).await;
+        Records {
+            offsets: decoded.messages.iter().map(|m| m.offset).collect(),
+            next: decoded.next,
+            unreadable: decoded.unreadable.map(|u| (u.first_offset, u.reason)),
+        }
+    }
+}

@@ -15,7 +15,7 @@
 //! (created when missing and auto-creation is on) before it joins.
 
 mod assignor;
-mod codec;
+pub(crate) mod codec;
 mod coordinator;
 mod member;
 

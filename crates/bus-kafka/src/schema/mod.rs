@@ -65,8 +65,8 @@ pub(crate) const SUBSCRIPTION: &Message = &messages::consumer_protocol_subscript
 /// The `consumer` protocol's assignment (a SyncGroup answer's assignment).
 pub(crate) const ASSIGNMENT: &Message = &messages::consumer_protocol_assignment::MESSAGE;
 
-/// Every message shape, for tests and fuzzing.
-#[cfg(any(test, feature = "fuzzing"))]
+/// Every message shape, for tests.
+#[cfg(test)]
 pub(crate) const ALL: [&Message; 15] = [
     API_VERSIONS,
     FIND_COORDINATOR,

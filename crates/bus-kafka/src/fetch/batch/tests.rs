@@ -350,3 +350,37 @@ async fn read_committed_skips_aborted_transactions_as_kafka_specifies() {
     let decoded = decode(&bytes, &uncommitted, AbortedTransactions::new([(2, 3)]), &budget()).await;
     assert_eq!(offsets(&decoded), vec![0, 1, 3, 4, 5, 7]);
 }
+
+#[tokio::test]
+async fn offsets_only_increase_whatever_the_batches_say() {
+    // Found by the fuzzer: a record whose offset delta passes the batch's last offset delta
+    // was delivered at an offset the position did not pass (redelivered on the next fetch).
+    let one = records_section(&[(None, Some(b"a"), vec![], 0), (None, Some(b"b"), vec![], 0)]);
+    let mut beyond = batch_of(100, 2, &one, PLAIN);
+    beyond[23..27].copy_from_slice(&0i32.to_be_bytes()); // last delta 0, a record at delta 1
+    fix_crc(&mut beyond);
+    let decoded = run(&beyond.freeze(), &settings(0)).await;
+    assert!(decoded.messages.is_empty());
+    assert!(decoded.unreadable.unwrap().reason.contains("offset delta 1 out of order"));
+    // Deltas repeating.
+    let mut same = BytesMut::new();
+    for _ in 0..2 {
+        let mut body = BytesMut::new();
+        body.put_i8(0);
+        put_varint(&mut body, 0);
+        put_varint(&mut body, 0); // delta 0 twice
+        put_bytes(&mut body, None);
+        put_bytes(&mut body, Some(b"v"));
+        put_varint(&mut body, 0);
+        put_varint(&mut same, body.len() as i64);
+        same.put_slice(&body);
+    }
+    let repeated = batch_of(100, 2, &same, PLAIN);
+    assert!(run(&repeated.freeze(), &settings(0)).await.unreadable.is_some());
+    // A batch overlapping the one before it yields only what lies above it.
+    let mut overlapping = batch(100, &sample(), 0, false);
+    overlapping.put_slice(&batch(101, &sample(), 0, false));
+    let decoded = run(&overlapping.freeze(), &settings(0)).await;
+    assert_eq!(offsets(&decoded), vec![100, 101, 102, 103]);
+    assert_eq!(decoded.next, Some(104));
+}
