@@ -565,6 +565,8 @@ impl Connection {
             }
         }
         self.in_flight = false;
+        #[cfg(feature = "fuzzing")]
+        crate::fuzzing::capture(api, version, &body);
         Ok(body)
     }
 

@@ -3,13 +3,17 @@
 //! Behind the `fuzzing` feature; not for services.
 //!
 //! Owns: [`RESPONSES`], [`decode_response_frame`], [`decode_records`], [`Records`],
-//! [`decode_subscription`], [`decode_assignment`].
+//! [`decode_subscription`], [`decode_assignment`], and the capture of real responses as seeds
+//! ([`capture_responses`]: every response a connection of this process reads is written to a
+//! directory, in the `responses` target's input format).
 //!
 //! Invariant: each entry point runs the crate's own code path (the same functions a connection,
 //! a reader or a group leader calls), with no shortcut of its own, so a crash found here is a
 //! crash of the bus.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -134,4 +138,47 @@ pub fn decode_subscription(metadata: &[u8]) -> Result<Vec<String>, String> {
 /// Why it cannot be read.
 pub fn decode_assignment(bytes: &[u8]) -> Result<Vec<(String, Vec<i32>)>, String> {
     crate::group::codec::decode_assignment(bytes).map(|a| a.into_iter().collect())
+}
+
+/// Where responses are captured, when [`capture_responses`] was called.
+static CAPTURE: OnceLock<PathBuf> = OnceLock::new();
+/// Responses captured so far (file names).
+static CAPTURED: AtomicU64 = AtomicU64::new(0);
+
+/// From now on, every response frame a connection of this process reads (of a kind in
+/// [`RESPONSES`]) is written to `dir` as an input of the `responses` fuzz target: the kind's
+/// index, the version's offset from its lowest, the size prefix and the frame. For seeding the
+/// fuzzers with real traffic (`cargo xtask fuzz --seeds`). Can be set once per process.
+///
+/// # Errors
+///
+/// When the directory cannot be made, or capture was set already.
+pub fn capture_responses(dir: impl Into<PathBuf>) -> Result<(), String> {
+    let dir = dir.into();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    CAPTURE.set(dir).map_err(|_| "capture is set already".to_owned())
+}
+
+/// Called by the connection for every response frame read (what followed its size prefix;
+/// the correlation id rewritten to 1, the one [`decode_response_frame`] expects).
+pub(crate) fn capture(api: &str, version: i16, frame: &[u8]) {
+    let Some(dir) = CAPTURE.get() else { return };
+    let Some((kind, (_, min, _))) = RESPONSES.iter().enumerate().find(|(_, (n, _, _))| *n == api)
+    else {
+        return;
+    };
+    let (Ok(kind), Ok(offset), Ok(size)) =
+        (u8::try_from(kind), u8::try_from(version - min), i32::try_from(frame.len()))
+    else {
+        return;
+    };
+    let mut input = vec![kind, offset];
+    input.extend_from_slice(&size.to_be_bytes());
+    input.extend_from_slice(&1i32.to_be_bytes());
+    input.extend_from_slice(frame.get(4..).unwrap_or_default());
+    let n = CAPTURED.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("{api}-v{version}-{}-{n}", std::process::id()));
+    if let Err(error) = std::fs::write(&path, input) {
+        tracing::warn!(path = %path.display(), %error, "cannot write a captured response");
+    }
 }
