@@ -69,11 +69,11 @@ pub async fn topic() -> (String, BTreeMap<String, i64>) {
 /// What a handler saw: (record key, value length), in order.
 pub type Seen = Arc<Mutex<Vec<(String, usize)>>>;
 
+/// What a [`collect`] handler's call returns.
+pub type Handled = std::future::Ready<Result<(), bus_kafka::HandlerError>>;
+
 /// A handler recording what it sees in `seen`.
-pub fn collect(
-    seen: &Seen,
-) -> impl Fn(Message) -> std::future::Ready<Result<(), bus_kafka::HandlerError>> + Send + Sync + 'static
-{
+pub fn collect(seen: &Seen) -> impl Fn(Message) -> Handled + Send + Sync + 'static {
     let seen = Arc::clone(seen);
     move |m: Message| {
         let name = String::from_utf8_lossy(m.key.as_deref().unwrap_or_default()).into_owned();

@@ -33,7 +33,7 @@ async fn connect_to_a_listener_that_never_answers_fails_naming_the_broker() {
     let outcome = tokio::time::timeout(OUTER, bus_kafka::connect(config(&broker)))
         .await
         .expect("connect must fail within its request timeout, not hang");
-    let error = outcome.err().expect("no broker answered");
+    let error = outcome.expect_err("no broker answered");
     assert!(matches!(error, KafkaError::Connect { .. }), "{error}");
     let text = error.to_string();
     assert!(text.contains(&broker), "the error names the broker: {text}");
@@ -51,7 +51,7 @@ async fn subscribe_against_a_broker_that_stops_answering_fails_naming_the_broker
     )
     .await
     .expect("subscribe must fail within its request timeout, not hang");
-    let error = subscribed.err().expect("nothing answered after the handshake");
+    let error = subscribed.expect_err("nothing answered after the handshake");
     let text = error.to_string();
     assert!(text.contains(&peer.bootstrap()), "the error names the broker: {text}");
     let report = bus.shutdown(Duration::from_secs(5)).await.expect("clean shutdown");

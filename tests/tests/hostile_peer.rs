@@ -287,8 +287,7 @@ async fn an_array_count_bomb_in_metadata_fails_subscribe_naming_the_broker() {
     let error = bus
         .subscribe("metadata-bomb", SubscribeOptions::new("g"), |_m: Message| async { Ok(()) })
         .await
-        .err()
-        .expect("metadata cannot be read");
+        .expect_err("metadata cannot be read");
     let text = error.to_string();
     assert!(text.contains("malformed response") && text.contains("brokers"), "{text}");
     let peak = peak_rss().saturating_sub(before);

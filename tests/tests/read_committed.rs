@@ -141,8 +141,7 @@ async fn bus(peer: &ScriptedBroker, isolation: IsolationLevel) -> Delivered {
     .await;
     subscription.unsubscribe(Duration::from_secs(5)).await.expect("unsubscribed");
     bus.shutdown(Duration::from_secs(5)).await.expect("clean shutdown");
-    let delivered = seen.lock().unwrap().clone();
-    delivered
+    seen.lock().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

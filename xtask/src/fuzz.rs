@@ -161,8 +161,8 @@ fn done_field(log: &str, field: &str) -> u64 {
 
 fn table(runs: &[Run]) -> String {
     let mut out = String::from(
-        "| target | seconds | executions | exec/s | coverage (edges) | features | corpus | crashes |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| target | seconds | executions | exec/s | coverage (edges) | features | corpus \
+         | crashes |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         out.push_str(&format!(
@@ -202,8 +202,8 @@ mod tests {
 
     #[test]
     fn the_final_stats_are_read() {
-        let log = "#123\tDONE   cov: 1954 ft: 4500 corp: 1212/90Kb lim: 4096 exec/s: 114238 rss: 43Mb\n\
-                   Done 123 runs in 1 second(s)\n\
+        let log = "#123\tDONE   cov: 1954 ft: 4500 corp: 1212/90Kb lim: 4096 exec/s: 114238 \
+                   rss: 43Mb\nDone 123 runs in 1 second(s)\n\
                    stat::number_of_executed_units: 3541405\n";
         assert_eq!(stat(log, "stat::number_of_executed_units:"), 3_541_405);
         assert_eq!(done_field(log, "cov:"), 1954);

@@ -3,7 +3,8 @@
 //!
 //! Owns: the traits [`Backend`], [`GroupMember`], [`PartitionReader`] and the types that cross
 //! them ([`JoinRequest`], [`MemberEvent`], [`Revocation`], [`StartAt`], [`FlushReport`],
-//! [`GroupError`], [`ReadError`], [`UnreadableBatch`]); [`supervisor`] and [`bus`], which assemble an [`EventBus`] on a backend. It
+//! [`GroupError`], [`ReadError`], [`UnreadableBatch`]); [`supervisor`] and [`bus`], which
+//! assemble an [`EventBus`] on a backend. It
 //! also re-exports what a backend calls: the delivery channel ([`delivery_channel`],
 //! [`DeliverySender`]) and the partitioning helpers ([`UnkeyedSpreader`], [`PartitionError`]);
 //! and, for backends with a consumer loop of their own and for benchmarks, the consumer

@@ -1,6 +1,7 @@
 //! Subscription options: consumer group, concurrency, ordering, retries, dead letters.
 //!
-//! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`], [`UnreadableBatches`]. Each is a serde struct with
+//! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`], [`UnreadableBatches`]. Each is
+//! a serde struct with
 //! defaults; [`SubscribeOptions::validate`] names the field that is out of range.
 
 use std::time::Duration;

@@ -6,7 +6,8 @@
 //! (`envelope`).
 //!
 //! ```sh
-//! KAFKA_BOOTSTRAP=127.0.0.1:9092 cargo run -p bus-kafka --features fuzzing --example fuzz_seeds -- fuzz/corpus
+//! KAFKA_BOOTSTRAP=127.0.0.1:9092 \
+//!     cargo run -p bus-kafka --features fuzzing --example fuzz_seeds -- fuzz/corpus
 //! ```
 //! (`cargo xtask fuzz --seeds` does this against the test broker.) A seed is named by a hash of
 //! its content, so running it again adds only what is new; seeds over 64 KiB are left out.

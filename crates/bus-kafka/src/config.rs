@@ -1,7 +1,8 @@
 //! The Kafka backend's configuration: serde structs with defaults, validated field by field.
 //!
 //! Owns: [`KafkaConfig`] and its sections [`ProducerConfig`], [`ConsumerConfig`],
-//! [`TopicConfig`], [`Compression`] and [`IsolationLevel`]. [`KafkaConfig::validate`] names the first field out of
+//! [`TopicConfig`], [`Compression`] and [`IsolationLevel`]. [`KafkaConfig::validate`] names the
+//! first field out of
 //! range (`producer.linger`, `consumer.session_timeout`, …).
 
 use std::time::Duration;

@@ -14,7 +14,8 @@
 //!   [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Handler`],
 //!   [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`UnreadableBatches`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//!   [`UnreadableBatches`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`],
+//!   [`UnsubscribeError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`],
 //!   [`ConfigError`].
 //! - **Helpers:** [`aggregate_id_of`], [`dead_letter_headers`], [`supervisor`] (the task tree:

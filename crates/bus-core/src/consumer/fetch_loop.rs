@@ -157,10 +157,11 @@ impl FetchLoop {
             partition: None,
         };
         let what = "unreadable record batch";
+        let storing = runtime.store_dead_letter(record, &self.partition, batch.first_offset, what);
         let stored = tokio::select! {
             biased;
             () = self.token.cancelled() => return false,
-            stored = runtime.store_dead_letter(record, &self.partition, batch.first_offset, what) => stored,
+            stored = storing => stored,
         };
         match stored {
             Ok(delivery) => {

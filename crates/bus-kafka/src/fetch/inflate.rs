@@ -95,10 +95,8 @@ fn bounded(reader: impl Read, limit: usize, guess: usize) -> Result<Vec<u8>, Inf
 /// window is bounded too.
 fn zstd(compressed: &[u8], limit: usize, guess: usize) -> Result<Vec<u8>, InflateError> {
     let declared = zstd::zstd_safe::get_frame_content_size(compressed).ok().flatten();
-    if let Some(declared) = declared {
-        if usize::try_from(declared).map_or(true, |d| d > limit) {
-            return Err(InflateError::OverLimit { limit });
-        }
+    if declared.is_some_and(|d| usize::try_from(d).map_or(true, |d| d > limit)) {
+        return Err(InflateError::OverLimit { limit });
     }
     let guess = declared.and_then(|d| usize::try_from(d).ok()).unwrap_or(guess);
     let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed).map_err(corrupt)?;

@@ -156,7 +156,7 @@ fn kafka_protocol_reads_exactly_what_each_shape_describes_in_every_version() {
 /// Every kind an array holds in `version`, anywhere in `shape`.
 fn array_elements<'a>(shape: &'a Shape, version: i16, flexible: bool, out: &mut Vec<&'a Kind>) {
     let present = |min: i16, max: i16| min <= version && version <= max;
-    let mut visit = |kind: &'a Kind, out: &mut Vec<&'a Kind>| {
+    let visit = |kind: &'a Kind, out: &mut Vec<&'a Kind>| {
         let mut kind = kind;
         loop {
             match kind {
