@@ -273,6 +273,9 @@ pub struct Script {
     pub versions: Vec<(ApiKey, i16, i16)>,
     /// Replaces answers.
     pub hostile: Option<Override>,
+    /// Replaces whole frames: what it returns is written as is, size prefix included (then
+    /// the connection waits, unanswered).
+    pub raw_frames: Option<Override>,
 }
 
 impl Script {
@@ -299,6 +302,7 @@ impl Script {
                 (ApiKey::Produce, 3, 9),
             ],
             hostile: None,
+            raw_frames: None,
         }
     }
 
@@ -445,6 +449,20 @@ fn serve(
         let header_version = api.request_header_version(version);
         let Ok(header) = RequestHeader::decode(&mut frame, header_version) else { return };
         let request = Request { api, version, body: frame };
+        let raw = script.read().unwrap().raw_frames.clone();
+        if let Some(bytes) = raw.as_ref().and_then(|r| r(&request)) {
+            if stream.write_all(&bytes).is_err() {
+                return;
+            }
+            let mut sink = [0u8; 1024];
+            while !stop.load(Ordering::Acquire) {
+                match stream.read(&mut sink) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+            return;
+        }
         let hostile = script.read().unwrap().hostile.clone();
         let body = match hostile.as_ref().and_then(|h| h(&request)) {
             Some(body) => body,

@@ -489,3 +489,28 @@ async fn an_array_count_bomb_in_the_join_answer_is_refused_naming_the_broker() {
     let report = bus.shutdown(Duration::from_secs(10)).await.expect("clean shutdown");
     assert_eq!(bus.live_tasks(), 0, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_prefix_over_the_bound_of_its_request_kind_is_refused_before_anything_is_read() {
+    // An ApiVersions answer announcing 200 MiB (then nothing): refused at once for what it
+    // announces, naming the bound, rather than reserved and waited for until the timeout.
+    let _serial = SERIAL.lock().await;
+    let mut script = Script::new("prefix", 1);
+    script.raw_frames = Some(Arc::new(|request: &Request| {
+        (request.api == ApiKey::ApiVersions).then(|| {
+            let mut frame = BytesMut::new();
+            frame.put_i32(200 << 20);
+            frame.put_i32(1); // a correlation id, and nothing more
+            frame.freeze()
+        })
+    }));
+    let peer = ScriptedBroker::start(script);
+    let error = bus_kafka::connect(config(&peer.bootstrap())).await.expect_err("refused");
+    let text = error.to_string();
+    assert!(text.contains(&peer.bootstrap()), "{text}");
+    // Without the bound per kind, the 200 MiB are reserved and waited for: a timeout.
+    assert!(
+        text.contains("announces 209715200 bytes, over the bound of 65536 for ApiVersions"),
+        "{text}"
+    );
+}
