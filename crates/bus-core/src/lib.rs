@@ -12,7 +12,10 @@
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
 //!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//!   [`StartPosition`] (with [`PartitionOffset`]), [`CommitMode`], [`Subscription`],
+//!   [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//! - **Controlling a running subscription:** [`ConsumerControl`] (seek with [`SeekTo`], pause
+//!   and resume, commit by hand with its [`CommitReport`]), [`ControlError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
 //!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
 //! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`].
@@ -72,7 +75,8 @@ mod topics;
 
 pub use bus::{EventBus, ShutdownError, ShutdownReport};
 pub use consumer::{
-    Subscription, SubscriptionReport, UnsubscribeError, UnsubscribeReport, dead_letter_headers,
+    CommitReport, ConsumerControl, ControlError, SeekTo, Subscription, SubscriptionReport,
+    UnsubscribeError, UnsubscribeReport, dead_letter_headers,
 };
 pub use delivery::{Delivery, DeliveryFuture};
 pub use envelope::headers as envelope_headers;
@@ -83,7 +87,9 @@ pub use error::{ConfigError, HandlerError, PublishError, SubscribeError};
 pub use handler::{EnvelopeHandler, Handler};
 pub use health::Health;
 pub use metrics::MetricsSnapshot;
-pub use options::{OffsetReset, RetryPolicy, SubscribeOptions};
+pub use options::{
+    CommitMode, OffsetReset, PartitionOffset, RetryPolicy, StartPosition, SubscribeOptions,
+};
 pub use partition::Partitioner;
 pub use record::{Header, Headers, Message, Record, TopicPartition};
 pub use topics::Topics;

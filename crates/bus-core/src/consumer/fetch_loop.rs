@@ -5,7 +5,9 @@
 //!
 //! Invariants: a loop holds at most one fetched batch (at most `FETCH_MAX_BYTES`, bounded by the
 //! reader) while it waits for room in the dispatch; each message is moved once, from the batch
-//! into its dispatch slot; cancellation stops the loop at its next await.
+//! into its dispatch slot; cancellation stops the loop at its next await. While its partition
+//! is paused (see `pause`) the loop fetches nothing: a fetch in progress is dropped (readers are
+//! cancel-safe) and the next one starts from the same position once resumed.
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::record::{Message, TopicPartition};
 
 use super::control::RETRY;
+use super::pause::PauseWatch;
 
 /// Most bytes a fetch loop asks for at once.
 const FETCH_MAX_BYTES: usize = 1024 * 1024;
@@ -28,6 +31,8 @@ pub(super) struct FetchLoop {
     partition: TopicPartition,
     /// Largest group of messages handed to the dispatch at once (its in-flight bound).
     chunk: usize,
+    /// The partition's pause state (never paused when none).
+    pause: Option<PauseWatch>,
 }
 
 impl FetchLoop {
@@ -39,14 +44,48 @@ impl FetchLoop {
         partition: TopicPartition,
         chunk: usize,
     ) -> Self {
-        FetchLoop { reader, dispatch, metrics, token, partition, chunk }
+        FetchLoop { reader, dispatch, metrics, token, partition, chunk, pause: None }
+    }
+
+    /// Makes the loop follow `pause`.
+    pub(super) fn pausable(mut self, pause: PauseWatch) -> Self {
+        self.pause = Some(pause);
+        self
+    }
+
+    /// Waits while the partition is paused. False when cancelled meanwhile.
+    async fn wait_while_paused(&mut self) -> bool {
+        let Some(pause) = self.pause.as_mut() else { return true };
+        if !pause.is_paused() {
+            return true;
+        }
+        tracing::debug!(partition = %self.partition, "fetching paused");
+        tokio::select! {
+            biased;
+            () = self.token.cancelled() => false,
+            () = pause.resumed() => {
+                tracing::debug!(partition = %self.partition, "fetching resumed");
+                true
+            }
+        }
     }
 
     pub(super) async fn run(mut self) {
         loop {
+            if !self.wait_while_paused().await {
+                return;
+            }
+            let paused = async {
+                match self.pause.as_mut() {
+                    Some(pause) => pause.paused().await,
+                    None => std::future::pending().await,
+                }
+            };
             let batch = tokio::select! {
                 biased;
                 () = self.token.cancelled() => return,
+                // A fetch waiting for records is dropped (cancel-safe): nothing is lost.
+                () = paused => continue,
                 batch = self.reader.next_batch(FETCH_MAX_BYTES) => batch,
             };
             match batch {

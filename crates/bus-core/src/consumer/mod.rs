@@ -7,7 +7,10 @@
 //!   dead letters, poison messages) and the handler's type erasure;
 //! - `control` — the control task: group events, a fetch loop per assigned partition, the
 //!   commit schedule, revoke, rejoin and stop;
-//! - `fetch_loop` — one partition's reader feeding the keyed dispatch.
+//! - `fetch_loop` — one partition's reader feeding the keyed dispatch;
+//! - `commands` — [`ConsumerControl`], what a service asks of a running subscription (seek,
+//!   pause and resume, commit by hand);
+//! - `pause` — the subscription's pause state, which its fetch loops follow.
 //!
 //! Tasks, under the bus's `consumer` scope:
 //! ```text
@@ -29,8 +32,10 @@
 //!   batch (bounded in bytes) while it waits for room.
 //! - Nothing here spawns outside the supervisor.
 
+mod commands;
 mod control;
 mod fetch_loop;
+mod pause;
 mod process;
 
 use std::sync::Arc;
@@ -38,9 +43,10 @@ use std::time::Duration;
 
 use bus_supervisor::{JoinTimeout, Scope, ScopeShutdownError, ScopeShutdownReport, TaskInfo};
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+pub use commands::{CommitReport, ConsumerControl, ControlError, SeekTo};
 pub use process::dead_letter_headers;
 pub(crate) use process::{ErasedHandler, erase, erase_envelope};
 
@@ -52,6 +58,7 @@ use crate::options::SubscribeOptions;
 use crate::record::TopicPartition;
 use crate::topics::Topics;
 use control::Control;
+use pause::Pauses;
 use process::Runtime;
 
 /// What stopping a subscription did.
@@ -89,6 +96,7 @@ pub(crate) struct SubscriptionControl {
     pub(crate) group: String,
     pub(crate) scope: Scope,
     pub(crate) dispatch: KeyedDispatch,
+    control: ConsumerControl,
     stop: watch::Sender<Option<Instant>>,
     report: watch::Receiver<Option<SubscriptionReport>>,
 }
@@ -221,6 +229,12 @@ impl Subscription {
         &self.control.scope
     }
 
+    /// A handle to seek, pause, resume and commit this subscription while it runs (cheap to
+    /// clone; it can be moved into the handler).
+    pub fn control(&self) -> ConsumerControl {
+        self.control.control.clone()
+    }
+
     /// Stops the subscription within `timeout`: stops fetching, lets running handlers finish
     /// until the deadline (abandoning, uncommitted, those that do not), commits, leaves the group
     /// and shuts its tasks down.
@@ -279,7 +293,18 @@ pub(crate) async fn subscribe(
     )?;
     let (stop, stop_rx) = watch::channel(None);
     let (report_tx, report) = watch::channel(None);
-    let control = Control::new(Arc::clone(&runtime), member, request, &scope, dispatch.clone());
+    let (commands, inbox) = mpsc::channel(commands::COMMANDS);
+    let pauses = Arc::new(Pauses::new());
+    let handle = ConsumerControl::new(&runtime.options.group, commands, Arc::clone(&pauses));
+    let control = Control::new(
+        Arc::clone(&runtime),
+        member,
+        request,
+        &scope,
+        dispatch.clone(),
+        inbox,
+        pauses,
+    );
     scope.spawn("control", control.run(stop_rx, report_tx))?.detach();
     let control = Arc::new(SubscriptionControl {
         topic: runtime.topic.clone(),
@@ -287,6 +312,7 @@ pub(crate) async fn subscribe(
         group: runtime.options.group.clone(),
         scope,
         dispatch,
+        control: handle,
         stop,
         report,
     });
