@@ -6,14 +6,14 @@
 //!
 //! # The front page
 //!
-//! - **The bus:** [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`],
-//!   [`ShutdownError`].
+//! - **The bus:** [`EventBus`], [`Health`], [`PartitionFailure`], [`MetricsSnapshot`],
+//!   [`ShutdownReport`], [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
 //!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`StartPosition`] (with [`PartitionOffset`]), [`CommitMode`], [`Subscription`],
-//!   [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//!   [`StartPosition`] (with [`PartitionOffset`]), [`CommitMode`], [`UnreadableBatches`],
+//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
 //! - **Controlling a running subscription:** [`ConsumerControl`] (seek with [`SeekTo`], pause
 //!   and resume, commit by hand with its [`CommitReport`]), [`ControlError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
@@ -85,10 +85,11 @@ pub use envelope::{
 };
 pub use error::{ConfigError, HandlerError, PublishError, SubscribeError};
 pub use handler::{EnvelopeHandler, Handler};
-pub use health::Health;
+pub use health::{Health, PartitionFailure};
 pub use metrics::MetricsSnapshot;
 pub use options::{
     CommitMode, OffsetReset, PartitionOffset, RetryPolicy, StartPosition, SubscribeOptions,
+    UnreadableBatches,
 };
 pub use partition::Partitioner;
 pub use record::{Header, Headers, Message, Record, TopicPartition};
