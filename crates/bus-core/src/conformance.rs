@@ -72,6 +72,7 @@ macro_rules! conformance_suite {
             seek_while_running,
             pause_and_resume,
             manual_commit,
+            tombstones,
         );
     };
     (@tests $harness:expr; $($check:ident),* $(,)?) => {
@@ -123,6 +124,11 @@ fn text(bytes: &Bytes) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A value as text (a tombstone's as empty).
+fn value_text(value: &Option<Bytes>) -> String {
+    String::from_utf8_lossy(value.as_deref().unwrap_or_default()).into_owned()
+}
+
 /// Messages with the same key are handled one at a time, in publish order, while different keys
 /// run in parallel.
 pub async fn ordering_per_key_under_concurrency(h: &impl Harness) {
@@ -145,7 +151,7 @@ pub async fn ordering_per_key_under_concurrency(h: &impl Harness) {
                     }
                     peak.fetch_max(running.len(), Ordering::SeqCst);
                 }
-                let n: u32 = text(&m.value).parse().expect("number");
+                let n: u32 = value_text(&m.value).parse().expect("number");
                 tokio::time::sleep(Duration::from_micros(u64::from(n % 7) * 300)).await;
                 seen.lock().entry(key.clone()).or_default().push(n);
                 running.lock().remove(&key);
@@ -216,7 +222,7 @@ pub async fn at_least_once_retry_after_failed_handler(h: &impl Harness) {
         .subscribe(&topic, options("retry"), move |m: Message| {
             let attempts = a.clone();
             async move {
-                let value = text(&m.value);
+                let value = value_text(&m.value);
                 let attempt = {
                     let mut attempts = attempts.lock();
                     let n = attempts.entry(value.clone()).or_default();
@@ -279,7 +285,7 @@ pub async fn abandoned_handler_is_redelivered(h: &impl Harness) {
         .subscribe(&topic, options("abandon"), move |m: Message| {
             let again = a.clone();
             async move {
-                again.lock().push(text(&m.value));
+                again.lock().push(value_text(&m.value));
                 Ok(())
             }
         })
@@ -324,7 +330,7 @@ pub async fn retries_then_dead_letter(h: &impl Harness) {
         .subscribe(&topic, opts, move |m: Message| {
             let calls = c.clone();
             async move {
-                if text(&m.value) == "bad" {
+                if value_text(&m.value) == "bad" {
                     calls.fetch_add(1, Ordering::SeqCst);
                     return Err(HandlerError::new("cannot handle bad"));
                 }
@@ -340,7 +346,7 @@ pub async fn retries_then_dead_letter(h: &impl Harness) {
 
     let dead = read_topic(&bus, &dead_letters, 1).await;
     let d = &dead[0];
-    assert_eq!(text(&d.value), "bad", "value kept");
+    assert_eq!(value_text(&d.value), "bad", "value kept");
     assert_eq!(d.key.as_ref().map(text).as_deref(), Some("key-bad"), "key kept");
     assert_eq!(d.headers.get_str("trace"), Some("t-1"), "headers kept");
     assert_eq!(d.headers.get_str(dead_letter_headers::REASON), Some("handler-error"));
@@ -400,12 +406,12 @@ pub async fn dead_letter_written_while_draining_is_kept(h: &impl Harness) {
     if bus.memory_backend().is_none() {
         let reader = h.bus().await;
         let dead = read_topic(&reader, &dead_letters, 1).await;
-        assert_eq!(text(&dead[0].value), "doomed");
+        assert_eq!(value_text(&dead[0].value), "doomed");
         reader.shutdown(PATIENCE).await.expect("clean shutdown");
     } else if let Some(memory) = bus.memory_backend() {
         let stored = memory.records(&dead_letters, 0).expect("dead-letter topic exists");
         assert_eq!(stored.len(), 1);
-        assert_eq!(text(&stored[0].value), "doomed");
+        assert_eq!(value_text(&stored[0].value), "doomed");
     }
 }
 
@@ -434,7 +440,7 @@ pub async fn poison_to_dead_letter(h: &impl Harness) {
     assert_eq!(*handled.lock(), vec![1]);
     assert_eq!(bus.metrics().poison, 1);
     let dead = read_topic(&bus, &format!("{topic}.dlq"), 1).await;
-    assert_eq!(text(&dead[0].value), "{not json");
+    assert_eq!(value_text(&dead[0].value), "{not json");
     assert_eq!(dead[0].headers.get_str(dead_letter_headers::REASON), Some("poison"));
     assert_eq!(dead[0].headers.get_str(dead_letter_headers::ATTEMPTS), Some("1"));
     bus.shutdown(PATIENCE).await.expect("clean shutdown");
@@ -489,7 +495,7 @@ pub async fn groups_each_get_everything_and_members_split(h: &impl Harness) {
             bus.subscribe(&topic, options(group), move |m: Message| {
                 let seen = seen.clone();
                 async move {
-                    seen.lock().push((m.partition, m.offset, text(&m.value)));
+                    seen.lock().push((m.partition, m.offset, value_text(&m.value)));
                     Ok(())
                 }
             })
@@ -613,7 +619,7 @@ pub async fn shutdown_reports_and_leaves_nothing(h: &impl Harness) {
         .subscribe(&topic, options("shutdown").with_concurrency(3), move |m: Message| {
             let release = r.clone();
             async move {
-                if text(&m.value) == "slow" {
+                if value_text(&m.value) == "slow" {
                     release.notified().await;
                 }
                 Ok(())
@@ -695,7 +701,7 @@ pub async fn one_subscription_reads_several_topics(h: &impl Harness) {
                 let seen = s.clone();
                 async move {
                     let key = m.key.as_ref().map(text).unwrap_or_default();
-                    let value = text(&m.value);
+                    let value = value_text(&m.value);
                     seen.lock().push((m.topic.to_string(), key, value.clone()));
                     if value == "fail" {
                         return Err(HandlerError::new("asked to fail"));
@@ -733,7 +739,11 @@ pub async fn one_subscription_reads_several_topics(h: &impl Harness) {
         );
     }
     let dead = read_topic(&bus, &format!("{second}.dlq"), 1).await;
-    assert_eq!(text(&dead[0].value), "fail", "dead-lettered to its own topic's dead-letter topic");
+    assert_eq!(
+        value_text(&dead[0].value),
+        "fail",
+        "dead-lettered to its own topic's dead-letter topic"
+    );
     let report = sub.unsubscribe(PATIENCE).await.expect("stopped");
     assert_eq!(report.subscription.topic, sorted.join(","));
     let topics: BTreeSet<&str> =
@@ -759,7 +769,7 @@ pub async fn pattern_subscription_follows_new_topics(h: &impl Harness) {
             move |m: Message| {
                 let seen = s.clone();
                 async move {
-                    let value = text(&m.value);
+                    let value = value_text(&m.value);
                     seen.lock().push((m.topic.to_string(), value.clone()));
                     if value == "fail" {
                         return Err(HandlerError::new("asked to fail"));
@@ -781,7 +791,7 @@ pub async fn pattern_subscription_follows_new_topics(h: &impl Harness) {
     .await;
     // Its dead letter exists now (`<before>.dlq`, matching the pattern's text): never read.
     let dead = read_topic(&bus, &format!("{before}.dlq"), 1).await;
-    assert_eq!(text(&dead[0].value), "fail");
+    assert_eq!(value_text(&dead[0].value), "fail");
     bus.publish(keyed(&other, "c", "unmatched".into())).await.unwrap();
     let after = h.topic(&bus, &format!("{token}-after"), 2).await;
     bus.publish(keyed(&after, "d", "2".into())).await.unwrap();
@@ -808,7 +818,7 @@ async fn recording(
         .subscribe(topic, options, move |m: Message| {
             let seen = s.clone();
             async move {
-                seen.lock().push((m.partition, m.offset, text(&m.value)));
+                seen.lock().push((m.partition, m.offset, value_text(&m.value)));
                 Ok(())
             }
         })
@@ -1014,7 +1024,7 @@ pub async fn manual_commit(h: &impl Harness) {
             move |m: Message| {
                 let (seen, gate) = (s.clone(), g.clone());
                 async move {
-                    seen.lock().push((m.partition, m.offset, text(&m.value)));
+                    seen.lock().push((m.partition, m.offset, value_text(&m.value)));
                     if m.offset == 7 {
                         gate.notified().await;
                     }
@@ -1044,5 +1054,68 @@ pub async fn manual_commit(h: &impl Harness) {
     eventually("the record after the commit", || !seen.lock().is_empty()).await;
     assert_eq!(offsets(&seen), [10]);
     sub.unsubscribe(PATIENCE).await.expect("stopped");
+    bus.shutdown(PATIENCE).await.expect("clean shutdown");
+}
+
+/// A tombstone (a null value) is consumed as `None`, distinct from an empty value; an envelope
+/// subscription skips it (not poison: nothing dead-lettered) and goes on; a raw handler's failed
+/// tombstone is dead-lettered as a tombstone.
+pub async fn tombstones(h: &impl Harness) {
+    let bus = h.bus().await;
+    let topic = h.topic(&bus, "tombstone", 1).await;
+    let group = format!("tombstone-{}", token());
+    let before = Envelope::new("agg-1", "Created", 1, serde_json::json!({"n": 1})).unwrap();
+    let after = Envelope::new("agg-1", "Updated", 2, serde_json::json!({"n": 2})).unwrap();
+    bus.publish_envelope(&topic, &before).await.unwrap();
+    let gone = bus.publish(Record::tombstone(&topic, "agg-1")).await.unwrap();
+    bus.publish_envelope(&topic, &after).await.unwrap();
+    bus.publish(Record::new(&topic, "").with_key("agg-2")).await.unwrap();
+
+    let mut read = read_topic(&bus, &topic, 4).await;
+    read.sort_by_key(|m| m.offset);
+    let values: Vec<Option<&[u8]>> = read.iter().map(|m| m.value.as_deref()).collect();
+    assert_eq!(values[1], None, "the tombstone is null");
+    assert!(read[1].is_tombstone() && !read[3].is_tombstone());
+    assert_eq!(read[1].offset, gone.offset);
+    assert_eq!(read[1].key.as_deref(), Some(&b"agg-1"[..]));
+    assert_eq!(values[3], Some(&b""[..]), "an empty value stays empty, not null");
+
+    // Envelopes: the tombstone is skipped and the next event handled; only the empty value
+    // (not an envelope) is poison.
+    let versions: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let v = versions.clone();
+    let sub = bus
+        .subscribe_envelopes(&topic, options(&format!("{group}-env")), move |e: Envelope| {
+            let versions = v.clone();
+            async move {
+                versions.lock().push(e.event_version);
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribed");
+    eventually("the events after the tombstone", || versions.lock().len() == 2).await;
+    eventually("the empty value dead-lettered", || bus.metrics().dead_lettered == 1).await;
+    assert_eq!(*versions.lock(), vec![1, 2]);
+    assert_eq!(bus.metrics().poison, 1, "only the empty value is poison");
+    sub.unsubscribe(PATIENCE).await.expect("stopped");
+
+    // A raw handler failing on the tombstone dead-letters it as a tombstone.
+    let sub = bus
+        .subscribe(
+            &topic,
+            options(&format!("{group}-raw")).with_retry(RetryPolicy::none()),
+            |m: Message| async move {
+                if m.is_tombstone() { Err(HandlerError::new("refused")) } else { Ok(()) }
+            },
+        )
+        .await
+        .expect("subscribed");
+    eventually("the tombstone dead-lettered", || bus.metrics().dead_lettered == 2).await;
+    sub.unsubscribe(PATIENCE).await.expect("stopped");
+    let dead = read_topic(&bus, &format!("{topic}.dlq"), 2).await;
+    let dead: Vec<Option<&[u8]>> = dead.iter().map(|m| m.value.as_deref()).collect();
+    assert!(dead.contains(&None), "the tombstone kept its null value: {dead:?}");
+    assert!(dead.contains(&Some(&b""[..])), "the empty value kept its empty value: {dead:?}");
     bus.shutdown(PATIENCE).await.expect("clean shutdown");
 }

@@ -191,7 +191,7 @@ impl FetchLoop {
         let record = Record {
             topic: runtime.options.dead_letter_topic_for(&batch.partition.topic),
             key: None,
-            value: batch.raw.clone(),
+            value: Some(batch.raw.clone()),
             headers,
             timestamp: None,
             partition: None,
@@ -284,7 +284,7 @@ mod tests {
                     partition: 0,
                     offset: 0,
                     key: None,
-                    value: bytes::Bytes::new(),
+                    value: Some(bytes::Bytes::new()),
                     headers: Headers::new(),
                     timestamp: chrono::DateTime::default(),
                 }])

@@ -8,7 +8,7 @@
 //!   dropping a pending `next_batch` loses no record (cancel-safe); a request dropped half-way
 //!   leaves its connection poisoned, and the next fetch opens a new one. Resolving `Earliest`,
 //!   `Latest` or `Timestamp` (ListOffsets by time; the end offset when no record is that late)
-//!   fixes the position once; it is not re-resolved.
+//!   fixes the position once, when the member opens the reader; it is not re-resolved.
 //! - Records below the position (a batch is returned whole) are skipped; the records returned
 //!   are in offset order, each above the last returned (see `batch`).
 //! - A batch that cannot be read ends the fetch: the records before it are returned, and the
@@ -84,8 +84,8 @@ impl std::fmt::Debug for KafkaReader {
 
 impl KafkaReader {
     /// A reader of `partition` from `start`, resetting to `reset` when out of range (the
-    /// leader's connection and the start offset are resolved on the first fetch, where failures
-    /// are retried by the caller).
+    /// leader's connection is opened on the first fetch or [`KafkaReader::resolve`], which also
+    /// fixes a start that is not an offset; failures are retried by the caller).
     pub(crate) fn new(
         client: Arc<KafkaClient>,
         group: String,
@@ -197,6 +197,13 @@ impl KafkaReader {
         tracing::debug!(partition = %self.partition, start = ?self.position, offset, "start offset resolved");
         self.position = StartAt::Offset(offset);
         Ok(offset)
+    }
+
+    /// Resolves a start at the earliest or latest offset or at a timestamp now (the member's
+    /// `open` does, so that the position is the partition's at the open); an offset needs
+    /// nothing.
+    pub(crate) async fn resolve(&mut self) -> Result<(), GroupError> {
+        self.offset().await.map(|_| ())
     }
 
     async fn fetch(&mut self, max_bytes: usize) -> Result<Vec<Message>, ReadError> {
