@@ -905,7 +905,9 @@ pub async fn start_positions(h: &impl Harness) {
 
 /// A partition sought while running is read again from the new position (an offset, a
 /// timestamp, the earliest or latest offset), its commits follow the new position, and a seek
-/// of a partition the member does not hold is refused.
+/// of a partition the member does not hold is refused. Shown to fail (by hand) with a seek
+/// that only restarts the fetch loop, without releasing the partition: the commit tracker
+/// refuses the offsets it has seen, and the replay never comes.
 pub async fn seek_while_running(h: &impl Harness) {
     use crate::consumer::{ControlError, SeekTo};
     let bus = h.bus().await;
@@ -963,7 +965,8 @@ async fn committed_eventually(
 
 /// A paused partition is not fetched while the others are, the group keeps the member (it
 /// still holds its partitions), and resuming delivers what was published meanwhile; pausing
-/// the whole subscription stops every partition.
+/// the whole subscription stops every partition. Shown to fail (by hand) with fetch loops
+/// that do not watch the pause state.
 pub async fn pause_and_resume(h: &impl Harness) {
     let bus = h.bus().await;
     let topic = h.topic(&bus, "pause", 2).await;
@@ -1005,6 +1008,8 @@ pub async fn pause_and_resume(h: &impl Harness) {
 /// In manual commit mode nothing is committed until the service asks; a commit never passes a
 /// message that is not finished (what it cannot reach yet waits for the handler and is
 /// committed when it finishes); the next member of the group starts at what was committed.
+/// Shown to fail (by hand) with a commit not capped by the finished prefix: it commits 10
+/// while offset 7 is still running.
 pub async fn manual_commit(h: &impl Harness) {
     use crate::options::CommitMode;
     let bus = h.bus().await;
