@@ -21,6 +21,9 @@ use producer_support::peer;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// What the bus's subscriber read: offsets and values.
+type Read = Arc<Mutex<Vec<(i64, Option<Bytes>)>>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tombstones_cross_the_wire_as_null_values_on_a_compacted_topic() {
     let topic = bus_tests::unique("tombstones");
@@ -50,7 +53,7 @@ async fn tombstones_cross_the_wire_as_null_values_on_a_compacted_topic() {
     );
     assert_eq!(produced["offsets"], serde_json::json!([[0, 4], [0, 5]]));
 
-    let seen: Arc<Mutex<Vec<(i64, Option<Bytes>)>>> = Arc::default();
+    let seen: Read = Arc::default();
     let s = Arc::clone(&seen);
     let options = SubscribeOptions::new(bus_tests::unique("tombstones-reader"))
         .with_start(StartPosition::Earliest);
