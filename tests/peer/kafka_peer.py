@@ -13,6 +13,15 @@ Subcommands (each prints one JSON document on stdout):
              (murmur2_random, fnv1a, consistent, ...) and reports where librdkafka put it:
              {"partitions": {key: partition}}
 
+  compacted  --bootstrap B --topic T --partitions N
+             Creates T with cleanup.policy=compact through librdkafka's AdminClient and reads the
+             policy back (DescribeConfigs): {"cleanup.policy": ...}
+
+  produce    --bootstrap B --topic T   (records on stdin, one JSON object per line:
+             {"key": K, "value": V, "partition": P}, V null for a tombstone)
+             Produces them in order and reports where they went:
+             {"offsets": [[partition, offset]]}
+
   version    {"confluent_kafka": ..., "librdkafka": ...}
 
 Security settings (librdkafka's security.protocol, ssl.ca.location, sasl.mechanism,
@@ -28,6 +37,7 @@ import sys
 from peer_common import security, text, version  # exits 3 when confluent-kafka is missing
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 
 def read(args):
@@ -109,6 +119,55 @@ def partition(args):
     json.dump({"partitions": placed}, sys.stdout)
 
 
+def compacted(args):
+    admin = AdminClient({"bootstrap.servers": args.bootstrap, **security()})
+    topic = NewTopic(
+        args.topic,
+        num_partitions=args.partitions,
+        replication_factor=1,
+        config={"cleanup.policy": "compact"},
+    )
+    for future in admin.create_topics([topic], operation_timeout=30).values():
+        future.result(timeout=60)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, args.topic)
+    described = {}
+    for future in admin.describe_configs([resource]).values():
+        described = future.result(timeout=60)
+    policy = described.get("cleanup.policy")
+    json.dump({"cleanup.policy": policy.value if policy is not None else None}, sys.stdout)
+
+
+def produce(args):
+    records = [json.loads(line) for line in sys.stdin if line.strip()]
+    producer = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", **security()})
+    placed = [None] * len(records)
+    errors = []
+
+    def delivered(index):
+        def report(err, message):
+            if err is not None:
+                errors.append(str(err))
+            else:
+                placed[index] = [message.partition(), message.offset()]
+
+        return report
+
+    for index, record in enumerate(records):
+        key = record.get("key")
+        value = record.get("value")
+        producer.produce(
+            args.topic,
+            key=None if key is None else key.encode(),
+            value=None if value is None else value.encode(),
+            partition=record.get("partition", -1),
+            on_delivery=delivered(index),
+        )
+        producer.flush(60)
+    if errors or None in placed:
+        raise SystemExit(f"delivery failed: {errors[:5]}")
+    json.dump({"offsets": placed}, sys.stdout)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +180,15 @@ def main():
     p.add_argument("--topic", required=True)
     p.add_argument("--partitioner", required=True)
     p.set_defaults(run=partition)
+    c = sub.add_parser("compacted")
+    c.add_argument("--bootstrap", required=True)
+    c.add_argument("--topic", required=True)
+    c.add_argument("--partitions", type=int, required=True)
+    c.set_defaults(run=compacted)
+    w = sub.add_parser("produce")
+    w.add_argument("--bootstrap", required=True)
+    w.add_argument("--topic", required=True)
+    w.set_defaults(run=produce)
     v = sub.add_parser("version")
     v.set_defaults(run=version)
     args = parser.parse_args()

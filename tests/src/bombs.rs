@@ -77,7 +77,7 @@ pub fn collect(seen: &Seen) -> impl Fn(Message) -> Handled + Send + Sync + 'stat
     let seen = Arc::clone(seen);
     move |m: Message| {
         let name = String::from_utf8_lossy(m.key.as_deref().unwrap_or_default()).into_owned();
-        seen.lock().unwrap().push((name, m.value.len()));
+        seen.lock().unwrap().push((name, m.payload().len()));
         std::future::ready(Ok(()))
     }
 }

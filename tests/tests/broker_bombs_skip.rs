@@ -54,7 +54,11 @@ async fn inflating_batches_under_the_skip_policy_go_to_the_dead_letter_topic_und
         assert_eq!(h(dead_letter_headers::REASON), "unreadable-batch");
         assert_eq!(h(dead_letter_headers::FIRST_OFFSET), h(dead_letter_headers::LAST_OFFSET));
         assert!(h(dead_letter_headers::ERROR).contains("consumer.max_decompressed_batch_bytes"));
-        assert!(m.value.len() < 64 * 1024, "the raw batch as received: {} bytes", m.value.len());
+        assert!(
+            m.payload().len() < 64 * 1024,
+            "the raw batch as received: {} bytes",
+            m.payload().len()
+        );
         firsts.push(h(dead_letter_headers::FIRST_OFFSET).parse::<i64>().unwrap());
     }
     firsts.sort_unstable();

@@ -60,7 +60,7 @@ fn bus_handler(
         let name = name.clone();
         Box::pin(async move {
             let key = String::from_utf8_lossy(message.key.as_deref().unwrap_or_default());
-            let version = std::str::from_utf8(&message.value).unwrap().parse().unwrap();
+            let version = std::str::from_utf8(message.payload()).unwrap().parse().unwrap();
             let handled = Handled {
                 consumer: name,
                 partition: message.partition,

@@ -82,7 +82,7 @@ async fn consume(reset: OffsetReset) -> Vec<(i64, String)> {
         .subscribe("reset", options, move |m: Message| {
             let sink = Arc::clone(&sink);
             async move {
-                sink.lock().unwrap().push((m.offset, String::from_utf8_lossy(&m.value).into()));
+                sink.lock().unwrap().push((m.offset, String::from_utf8_lossy(m.payload()).into()));
                 Ok(())
             }
         })

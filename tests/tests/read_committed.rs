@@ -127,7 +127,7 @@ async fn bus(peer: &ScriptedBroker, isolation: IsolationLevel) -> Delivered {
         .subscribe(TOPIC, options, move |m: Message| {
             let sink = Arc::clone(&sink);
             async move {
-                let value = String::from_utf8_lossy(&m.value).into_owned();
+                let value = String::from_utf8_lossy(m.payload()).into_owned();
                 sink.lock().unwrap().entry(m.partition).or_default().push((m.offset, value));
                 Ok(())
             }

@@ -40,7 +40,7 @@ async fn round_trip(config: KafkaConfig, topic: &str, count: usize) {
         .subscribe(topic, SubscribeOptions::new(bus_tests::unique("secure")), move |m: Message| {
             let tx = tx.clone();
             async move {
-                let _ = tx.send(String::from_utf8_lossy(&m.value).into_owned());
+                let _ = tx.send(String::from_utf8_lossy(m.payload()).into_owned());
                 Ok::<(), HandlerError>(())
             }
         })

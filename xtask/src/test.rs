@@ -4,7 +4,8 @@
 //! secured one, SASL_SSL, see `secure`; and the peer clients the tests compare against, see
 //! `peer`: the Python one and the Go one), running `cargo test --workspace` with
 //! `KAFKA_BOOTSTRAP` and the secured broker's `KAFKA_SECURE_*` set, then (on a full run, no
-//! filter given) the `orders` example service against the plaintext broker and the `secure`
+//! filter given) the `orders` example service and the offset-control examples (`replay`,
+//! `seek`, `pause`, `manual_commit`, `tombstones`) against the plaintext broker and the `secure`
 //! example against the secured one, and stopping the brokers afterwards if this run started
 //! them.
 
@@ -40,6 +41,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if outcome.is_ok() && args.is_empty() {
         outcome = run_orders_example(&broker.bootstrap);
     }
+    for example in OFFSET_EXAMPLES {
+        if outcome.is_ok() && args.is_empty() {
+            outcome = run_topic_example(example, &broker.bootstrap);
+        }
+    }
     if outcome.is_ok() && args.is_empty() {
         outcome = run_secure_example(&secured);
     }
@@ -60,6 +66,21 @@ fn run_secure_example(secured: &crate::secure::Secured) -> Result<()> {
     command.args(["run", "--quiet", "-p", "bus-kafka", "--example", "secure"]);
     secured.apply(&mut command);
     command.env("SECURE_TOPIC", topic);
+    crate::cmd::run(&mut command)
+}
+
+/// The examples of offset control and tombstones (bus-kafka), each run on a topic of its own.
+const OFFSET_EXAMPLES: [&str; 5] = ["replay", "seek", "pause", "manual_commit", "tombstones"];
+
+/// Runs bus-kafka's example `name` against the broker, on a topic of its own
+/// (`EXAMPLE_TOPIC`); it exits non-zero when anything it expects does not happen.
+fn run_topic_example(name: &str, bootstrap: &str) -> Result<()> {
+    let topic = format!("{}-example-{}", name.replace('_', "-"), std::process::id());
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
+        .args(["run", "--quiet", "-p", "bus-kafka", "--example", name])
+        .env(broker::BOOTSTRAP_VAR, bootstrap)
+        .env("EXAMPLE_TOPIC", topic);
     crate::cmd::run(&mut command)
 }
 

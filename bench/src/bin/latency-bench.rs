@@ -344,7 +344,7 @@ fn bus_e2e(
     let subscribed = Instant::now();
     let _subscription = runtime
         .block_on(bus.subscribe(topic, SubscribeOptions::new(group), move |message: Message| {
-            handler_slots.receive(&message.value);
+            handler_slots.receive(message.payload());
             std::future::ready(Ok::<(), HandlerError>(()))
         }))
         .unwrap_or_else(|e| fail(&format!("bus subscribe: {e}")));

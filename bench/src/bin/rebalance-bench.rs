@@ -323,7 +323,7 @@ async fn bus_member(
     let handled = Arc::clone(handled);
     let subscription = bus
         .subscribe(topic, options, move |message: Message| {
-            handled.push(slot, restarted, message.partition, &message.value);
+            handled.push(slot, restarted, message.partition, message.payload());
             std::future::ready(Ok::<(), HandlerError>(()))
         })
         .await

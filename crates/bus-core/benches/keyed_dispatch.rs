@@ -38,7 +38,7 @@ fn messages(n: usize, keys: &[Bytes]) -> Vec<Vec<Message>> {
             partition: 0,
             offset: i as i64,
             key: Some(keys[i % keys.len()].clone()),
-            value: Bytes::from_static(b"{}"),
+            value: Some(Bytes::from_static(b"{}")),
             headers: Headers::new(),
             timestamp,
         });

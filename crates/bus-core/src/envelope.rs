@@ -329,9 +329,10 @@ impl Envelope {
         Ok(out)
     }
 
-    /// Decodes and validates the envelope in a consumed message's value.
+    /// Decodes and validates the envelope in a consumed message's value (a tombstone's null
+    /// value is refused as an empty one is).
     pub fn from_message(message: &Message) -> Result<Envelope, EnvelopeError> {
-        Envelope::from_json(&message.value)
+        Envelope::from_json(message.payload())
     }
 
     /// The record that publishes this envelope to `topic`, as the Go SDK's `PublishEnvelope`
@@ -383,8 +384,8 @@ impl Envelope {
 /// `None` when none of these gives one. "Valid" is [`Envelope::validate`]'s rule for
 /// `aggregate_id`: not blank, at most [`Envelope::MAX_AGGREGATE_ID_LEN`] bytes, `A-Z a-z 0-9 : _ - . /`.
 pub fn aggregate_id_of(message: &Message) -> Option<String> {
-    if !message.value.is_empty()
-        && let Ok(envelope) = Envelope::from_json(&message.value)
+    if let Some(value) = message.value.as_deref().filter(|v| !v.is_empty())
+        && let Ok(envelope) = Envelope::from_json(value)
     {
         return Some(envelope.aggregate_id);
     }

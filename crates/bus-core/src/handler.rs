@@ -79,6 +79,15 @@ pub(crate) struct Envelopes<H>(pub(crate) H);
 
 impl<H: EnvelopeHandler> Invoke for Envelopes<H> {
     async fn invoke(&self, message: Message) -> Result<(), Failure> {
+        if message.is_tombstone() {
+            // A deletion marker of a compacted topic, not an event: skipped (done, committed),
+            // as the Go SDK's consumer marks it consumed without calling its handler.
+            tracing::debug!(
+                topic = %message.topic, partition = message.partition, offset = message.offset,
+                "tombstone skipped by an envelope subscription"
+            );
+            return Ok(());
+        }
         let envelope = Envelope::from_message(&message)
             .map_err(|e| Failure::Poison(format!("not a valid envelope: {e}")))?;
         self.0.handle(envelope).await.map_err(Failure::Handler)

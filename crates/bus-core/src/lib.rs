@@ -12,8 +12,10 @@
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
 //!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`UnreadableBatches`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`],
-//!   [`UnsubscribeError`].
+//!   [`StartPosition`] (with [`PartitionOffset`]), [`CommitMode`], [`UnreadableBatches`],
+//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//! - **Controlling a running subscription:** [`ConsumerControl`] (seek with [`SeekTo`], pause
+//!   and resume, commit by hand with its [`CommitReport`]), [`ControlError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
 //!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
 //! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`].
@@ -73,7 +75,8 @@ mod topics;
 
 pub use bus::{EventBus, ShutdownError, ShutdownReport};
 pub use consumer::{
-    Subscription, SubscriptionReport, UnsubscribeError, UnsubscribeReport, dead_letter_headers,
+    CommitReport, ConsumerControl, ControlError, SeekTo, Subscription, SubscriptionReport,
+    UnsubscribeError, UnsubscribeReport, dead_letter_headers,
 };
 pub use delivery::{Delivery, DeliveryFuture};
 pub use envelope::headers as envelope_headers;
@@ -84,7 +87,10 @@ pub use error::{ConfigError, HandlerError, PublishError, SubscribeError};
 pub use handler::{EnvelopeHandler, Handler};
 pub use health::{Health, PartitionFailure};
 pub use metrics::MetricsSnapshot;
-pub use options::{OffsetReset, RetryPolicy, SubscribeOptions, UnreadableBatches};
+pub use options::{
+    CommitMode, OffsetReset, PartitionOffset, RetryPolicy, StartPosition, SubscribeOptions,
+    UnreadableBatches,
+};
 pub use partition::Partitioner;
 pub use record::{Header, Headers, Message, Record, TopicPartition};
 pub use topics::Topics;

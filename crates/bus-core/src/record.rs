@@ -3,6 +3,10 @@
 //! Owns: [`Record`], [`Message`], [`Headers`] and [`Header`]. These are the backend-neutral
 //! shapes every backend maps to its wire format; nothing here knows about Kafka's encoding.
 //!
+//! A value is an `Option<Bytes>`, as in Kafka: `None` is a *tombstone* (a null value: on a
+//! compacted topic, the key's deletion), distinct from `Some` of no bytes (an empty value).
+//! Every backend keeps the difference from publish to consume.
+//!
 //! Invariants:
 //! - Header names keep their case and order as given (Kafka allows repeated names); lookups by
 //!   name ignore ASCII case (`Headers::get`; the envelope's `aggregate_id_of` matches names
@@ -134,8 +138,8 @@ pub struct Record {
     /// The key; it chooses the partition (through the configured partitioner) and the order:
     /// records with the same key are handled in order.
     pub key: Option<Bytes>,
-    /// The value.
-    pub value: Bytes,
+    /// The value; `None` is a tombstone (see [`Record::tombstone`]).
+    pub value: Option<Bytes>,
     /// The headers.
     pub headers: Headers,
     /// The record's timestamp; the backend uses the publish time when absent.
@@ -150,11 +154,31 @@ impl Record {
         Record {
             topic: topic.into(),
             key: None,
-            value: value.into(),
+            value: Some(value.into()),
             headers: Headers::new(),
             timestamp: None,
             partition: None,
         }
+    }
+
+    /// A tombstone for `key` in `topic`: a record with a null value, which on a compacted topic
+    /// deletes the key (compaction keeps the last record of each key, and drops a tombstone
+    /// itself after the topic's `delete.retention.ms`). Not an envelope: envelope subscribers
+    /// skip it.
+    pub fn tombstone(topic: impl Into<String>, key: impl Into<Bytes>) -> Self {
+        Record {
+            topic: topic.into(),
+            key: Some(key.into()),
+            value: None,
+            headers: Headers::new(),
+            timestamp: None,
+            partition: None,
+        }
+    }
+
+    /// Whether this is a tombstone (its value is null).
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
     }
 
     /// Sets the key.
@@ -185,7 +209,7 @@ impl Record {
     /// used for backpressure accounting.
     pub fn size(&self) -> usize {
         self.key.as_ref().map_or(0, Bytes::len)
-            + self.value.len()
+            + self.value.as_ref().map_or(0, Bytes::len)
             + self.headers.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>()
     }
 }
@@ -202,12 +226,25 @@ pub struct Message {
     pub offset: i64,
     /// Its key.
     pub key: Option<Bytes>,
-    /// Its value.
-    pub value: Bytes,
+    /// Its value; `None` for a tombstone (a null value, distinct from an empty one).
+    pub value: Option<Bytes>,
     /// Its headers.
     pub headers: Headers,
     /// Its timestamp.
     pub timestamp: DateTime<Utc>,
+}
+
+impl Message {
+    /// Whether this is a tombstone (its value is null).
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+
+    /// The value's bytes: empty for a tombstone (use [`Message::is_tombstone`] or
+    /// [`Message::value`] to tell the two apart).
+    pub fn payload(&self) -> &[u8] {
+        self.value.as_deref().unwrap_or_default()
+    }
 }
 
 /// A partition of a topic.

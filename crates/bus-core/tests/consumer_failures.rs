@@ -54,7 +54,7 @@ async fn a_dead_letter_that_cannot_be_stored_is_retried_while_its_key_waits() {
         .subscribe("orders", options, move |m: Message| {
             let seen = Arc::clone(&seen);
             async move {
-                let value = String::from_utf8_lossy(&m.value).into_owned();
+                let value = String::from_utf8_lossy(m.payload()).into_owned();
                 seen.lock().unwrap().push(value.clone());
                 if value == "bad" { Err(HandlerError::new("refused")) } else { Ok(()) }
             }
@@ -106,7 +106,7 @@ async fn a_skipped_offset_counts_as_done_for_the_commit_position() {
         partition: 0,
         offset,
         key: None,
-        value: Bytes::new(),
+        value: Some(Bytes::new()),
         headers: Headers::new(),
         timestamp: chrono::DateTime::default(),
     };

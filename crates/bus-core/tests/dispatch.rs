@@ -29,7 +29,7 @@ fn message(partition: i32, offset: i64, key: Option<&str>) -> Message {
         partition,
         offset,
         key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-        value: Bytes::new(),
+        value: Some(Bytes::new()),
         headers: Headers::new(),
         timestamp: chrono::Utc::now(),
     }

@@ -140,7 +140,7 @@ fn payload_bytes_are_kept_exactly() {
     assert!(out.ends_with(&format!(r#""payload":{payload}}}"#)), "{out}");
     // And again through a record.
     let record = e.to_record("t").unwrap();
-    let back = Envelope::from_json(&record.value).unwrap();
+    let back = Envelope::from_json(record.value.as_deref().unwrap()).unwrap();
     assert_eq!(back.payload_json(), Some(payload));
 }
 
@@ -515,7 +515,7 @@ fn to_record_sets_key_value_and_all_headers() {
     let r = e.to_record("orders").unwrap();
     assert_eq!(r.topic, "orders");
     assert_eq!(r.key.as_deref(), Some(&b"order-123"[..]));
-    assert_eq!(r.value, Bytes::from(GO_FULL));
+    assert_eq!(r.value, Some(Bytes::from(GO_FULL)));
     assert_eq!(r.partition, None);
     assert_eq!(r.timestamp, None);
     let names: Vec<&str> = r.headers.iter().map(|h| h.name.as_str()).collect();
@@ -564,7 +564,7 @@ fn message(value: &[u8], headers: &[(&str, &[u8])], key: Option<&[u8]>) -> Messa
         partition: 0,
         offset: 0,
         key: key.map(Bytes::copy_from_slice),
-        value: Bytes::copy_from_slice(value),
+        value: Some(Bytes::copy_from_slice(value)),
         headers: h,
         timestamp: Utc::now(),
     }

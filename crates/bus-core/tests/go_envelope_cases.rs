@@ -180,7 +180,7 @@ fn message(case: &Value) -> Message {
         partition: 0,
         offset: 0,
         key: case.get("key").map(|k| Bytes::from(bytes_of(k))),
-        value: Bytes::from(bytes_of(&case["value"])),
+        value: Some(Bytes::from(bytes_of(&case["value"]))),
         headers,
         timestamp: chrono::Utc::now(),
     }

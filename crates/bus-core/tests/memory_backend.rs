@@ -222,7 +222,7 @@ async fn offsets_are_contiguous_per_partition_and_timestamps_kept() {
         for m in &records {
             assert_eq!(m.partition, p);
             let i: usize =
-                std::str::from_utf8(&m.value).unwrap()["value-".len()..].parse().unwrap();
+                std::str::from_utf8(m.payload()).unwrap()["value-".len()..].parse().unwrap();
             if i.is_multiple_of(2) {
                 assert_eq!(m.timestamp, stamp);
             } else {
@@ -323,7 +323,7 @@ async fn two_groups_each_see_every_record() {
         for tp in &partitions {
             let mut reader = member.open(tp, StartAt::Earliest).await.unwrap();
             for m in drain(&mut reader).await {
-                assert!(seen.insert(String::from_utf8(m.value.to_vec()).unwrap()));
+                assert!(seen.insert(String::from_utf8(m.payload().to_vec()).unwrap()));
             }
         }
         assert_eq!(seen, published, "group {group}");

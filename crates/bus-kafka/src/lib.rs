@@ -17,8 +17,10 @@
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
 //!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`UnreadableBatches`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`],
-//!   [`UnsubscribeError`].
+//!   [`StartPosition`] (with [`PartitionOffset`]), [`CommitMode`], [`UnreadableBatches`],
+//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//! - **Controlling a running subscription:** [`ConsumerControl`] (seek with [`SeekTo`], pause
+//!   and resume, commit by hand with its [`CommitReport`]), [`ControlError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
 //!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
 //! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`],
@@ -82,13 +84,13 @@ pub use security::{
 };
 
 pub use bus_core::{
-    ConfigError, Delivery, DeliveryFuture, Envelope, EnvelopeError, EnvelopeHandler, EventBus,
-    Handler, HandlerError, Header, Headers, Health, JsonError, Message, MetricsSnapshot,
-    OffsetReset, PartitionFailure, Partitioner, Payload, PublishError, Record, RetryPolicy,
-    ShutdownError, ShutdownReport, SubscribeError, SubscribeOptions, Subscription,
-    SubscriptionReport, Timestamp, TimestampError, TopicPartition, Topics, UnreadableBatches,
-    UnsubscribeError, UnsubscribeReport, aggregate_id_of, dead_letter_headers, envelope_headers,
-    supervisor,
+    CommitMode, CommitReport, ConfigError, ConsumerControl, ControlError, Delivery, DeliveryFuture,
+    Envelope, EnvelopeError, EnvelopeHandler, EventBus, Handler, HandlerError, Header, Headers,
+    Health, JsonError, Message, MetricsSnapshot, OffsetReset, PartitionFailure, PartitionOffset,
+    Partitioner, Payload, PublishError, Record, RetryPolicy, SeekTo, ShutdownError, ShutdownReport,
+    StartPosition, SubscribeError, SubscribeOptions, Subscription, SubscriptionReport, Timestamp,
+    TimestampError, TopicPartition, Topics, UnreadableBatches, UnsubscribeError, UnsubscribeReport,
+    aggregate_id_of, dead_letter_headers, envelope_headers, supervisor,
 };
 
 use backend::KafkaBackend;

@@ -224,7 +224,7 @@ pub fn handler(
         let name = name.clone();
         Box::pin(async move {
             let key = message.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
-            let version = std::str::from_utf8(&message.value)
+            let version = std::str::from_utf8(message.payload())
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
                 .expect("values are versions");

@@ -403,7 +403,8 @@ impl Batch {
                 partition: settings.partition,
                 offset,
                 key: record.key,
-                value: record.value.unwrap_or_default(),
+                // Length -1: a tombstone, kept distinct from an empty value.
+                value: record.value,
                 headers: record.headers,
                 timestamp: stamp.at(self.base_timestamp.saturating_add(record.timestamp_delta)),
             });

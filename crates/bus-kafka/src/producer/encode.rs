@@ -57,7 +57,7 @@ impl Stamp {
 pub(super) fn estimate(entry: &Entry) -> usize {
     let record = &entry.record;
     record.key.as_ref().map_or(0, Bytes::len)
-        + record.value.len()
+        + record.value.as_ref().map_or(0, Bytes::len)
         + record.headers.iter().map(|h| h.name.len() + h.value.len() + 10).sum::<usize>()
         + 26
 }
@@ -162,7 +162,11 @@ fn write_records(
             Some(key) => i64::try_from(key.len())?,
             None => -1,
         };
-        let value_len = i64::try_from(record.value.len())?;
+        // A tombstone (null value) is written as length -1, as a missing key is.
+        let value_len = match &record.value {
+            Some(value) => i64::try_from(value.len())?,
+            None => -1,
+        };
         let header_count = i64::try_from(record.headers.len())?;
         let mut body = 1 // attributes
             + varint_len(timestamp_delta)
@@ -170,7 +174,7 @@ fn write_records(
             + varint_len(key_len)
             + record.key.as_ref().map_or(0, Bytes::len)
             + varint_len(value_len)
-            + record.value.len()
+            + record.value.as_ref().map_or(0, Bytes::len)
             + varint_len(header_count);
         for header in &record.headers {
             let (name, value) = (header.name.len(), header.value.len());
@@ -187,7 +191,9 @@ fn write_records(
             buf.put_slice(key);
         }
         put_varint(buf, value_len);
-        buf.put_slice(&record.value);
+        if let Some(value) = &record.value {
+            buf.put_slice(value);
+        }
         put_varint(buf, header_count);
         for header in &record.headers {
             put_varint(buf, i64::try_from(header.name.len())?);
@@ -259,6 +265,7 @@ mod tests {
             ),
             entry(Record::new("t", vec![7u8; 300]).with_timestamp(later)),
             entry(Record::new("t", "").with_key("").with_timestamp(at)),
+            entry(Record::tombstone("t", "gone").with_timestamp(at)),
         ];
         for compression in [
             Compression::None,
@@ -274,7 +281,7 @@ mod tests {
                 Err(e) => panic!("{compression:?}: {e}"),
             };
             let records = set.records;
-            assert_eq!(records.len(), 3, "{compression:?}");
+            assert_eq!(records.len(), 4, "{compression:?}");
             assert_eq!(records[0].key.as_deref(), Some(&b"k1"[..]));
             assert_eq!(records[0].value.as_deref(), Some(&b"first"[..]));
             assert_eq!(records[0].timestamp, 1_600_000_000_000);
@@ -283,6 +290,8 @@ mod tests {
             assert_eq!(records[1].key, None);
             assert_eq!(records[1].value.as_deref(), Some(&[7u8; 300][..]));
             assert_eq!(records[2].key.as_deref(), Some(&b""[..]));
+            assert_eq!(records[2].value.as_deref(), Some(&b""[..]), "empty, not null");
+            assert_eq!(records[3].value, None, "a tombstone is written with length -1");
             // kafka-protocol's decoder keeps one value per header name (an IndexMap); the
             // repeats are on the wire (checked against librdkafka in the broker tests).
             assert_eq!(records[0].headers.len(), 2);

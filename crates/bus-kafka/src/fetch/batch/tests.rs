@@ -157,17 +157,26 @@ async fn every_codec_decodes_with_repeated_headers_kept_in_order() {
         assert_eq!(&*m[0].topic, "t");
         assert_eq!(m[0].partition, 3);
         assert_eq!(m[0].key.as_deref(), Some(&b"k1"[..]));
-        assert_eq!(&m[0].value[..], b"first");
+        assert_eq!(m[0].value.as_deref(), Some(&b"first"[..]));
         let headers: Vec<(&str, &[u8])> =
             m[0].headers.iter().map(|h| (h.name.as_str(), &h.value[..])).collect();
         assert_eq!(headers, vec![("a", &b"1"[..]), ("b", b"2"), ("a", b"3")]);
         assert_eq!(m[0].timestamp.timestamp_millis(), 1_600_000_000_000);
         assert_eq!(m[1].timestamp.timestamp_millis(), 1_600_000_000_250);
         assert_eq!(m[1].key, None);
-        assert_eq!(&m[1].value[..], &[7u8; 300][..]);
+        assert_eq!(m[1].value.as_deref(), Some(&[7u8; 300][..]));
         assert_eq!(m[2].key.as_deref(), Some(&b""[..]));
-        assert!(m[2].value.is_empty(), "a null value reads as empty");
+        assert_eq!(m[2].value, None, "a null value (length -1) is a tombstone");
     }
+}
+
+#[tokio::test]
+async fn a_null_value_and_an_empty_value_stay_apart() {
+    let records: Vec<Spec<'static>> =
+        vec![(Some(b"gone"), None, vec![], 0), (Some(b"empty"), Some(b""), vec![], 0)];
+    let decoded = run(&batch(0, &records, 0, false).freeze(), &settings(0)).await;
+    let values: Vec<Option<&[u8]>> = decoded.messages.iter().map(|m| m.value.as_deref()).collect();
+    assert_eq!(values, vec![None, Some(&b""[..])]);
 }
 
 #[tokio::test]

@@ -289,13 +289,16 @@ impl GroupMember for KafkaMember {
         start: StartAt,
     ) -> BoxFuture<'a, Result<Box<dyn PartitionReader>, GroupError>> {
         Box::pin(async move {
-            let reader = KafkaReader::new(
+            let mut reader = KafkaReader::new(
                 Arc::clone(&self.inner.client),
                 self.inner.group.clone(),
                 partition.clone(),
                 start,
                 self.inner.auto_offset_reset,
             );
+            // Earliest, latest or a timestamp is resolved now, so that the position is that of
+            // the open (a seek to the end misses nothing published after it returns).
+            reader.resolve().await?;
             Ok(Box::new(reader) as Box<dyn PartitionReader>)
         })
     }
