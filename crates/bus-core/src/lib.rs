@@ -13,6 +13,10 @@
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
 //!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
 //!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//! - **Administration:** [`Admin`] ([`EventBus::admin`]) with [`NewTopic`], [`TopicListing`],
+//!   [`TopicDescription`] ([`PartitionDescription`], [`ConfigEntry`]), [`GroupListing`],
+//!   [`GroupDescription`] ([`MemberDescription`], [`PartitionLag`]), [`ClusterDescription`]
+//!   ([`BrokerDescription`], [`ApiSupport`]), [`PartitionCursor`], [`AdminError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
 //!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
 //! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`].
@@ -51,6 +55,7 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod backend;
 mod bus;
 mod commit;
@@ -70,6 +75,11 @@ mod partition;
 mod record;
 mod topics;
 
+pub use admin::{
+    Admin, AdminError, ApiSupport, BrokerDescription, ClusterDescription, ConfigEntry,
+    GroupDescription, GroupListing, MemberDescription, NewTopic, PartitionCursor,
+    PartitionDescription, PartitionLag, TopicDescription, TopicListing,
+};
 pub use bus::{EventBus, ShutdownError, ShutdownReport};
 pub use consumer::{
     Subscription, SubscriptionReport, UnsubscribeError, UnsubscribeReport, dead_letter_headers,

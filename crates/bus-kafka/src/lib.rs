@@ -6,7 +6,7 @@
 //! everything used with it is re-exported here.
 //!
 //! - **Connecting:** [`connect`], [`KafkaConfig`] and its sections ([`ProducerConfig`],
-//!   [`ConsumerConfig`], [`TopicConfig`], [`MetadataConfig`], [`Compression`]), [`Admin`],
+//!   [`ConsumerConfig`], [`TopicConfig`], [`MetadataConfig`], [`Compression`]),
 //!   [`KafkaError`].
 //! - **Security:** [`SecurityConfig`] (`security.protocol` [`SecurityProtocol`], `security.tls`
 //!   [`TlsConfig`], `security.sasl` [`SaslConfig`] with [`SaslMechanism`]), [`Secret`], and for
@@ -18,6 +18,11 @@
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
 //!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
 //!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//! - **Administration:** [`admin`] (without a bus) or [`EventBus::admin`]: [`Admin`] with
+//!   [`NewTopic`], [`TopicListing`], [`TopicDescription`] ([`PartitionDescription`],
+//!   [`ConfigEntry`]), [`GroupListing`], [`GroupDescription`] ([`MemberDescription`],
+//!   [`PartitionLag`]), [`ClusterDescription`] ([`BrokerDescription`], [`ApiSupport`]),
+//!   [`PartitionCursor`], [`AdminError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
 //!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
 //! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`],
@@ -27,7 +32,7 @@
 //! own: a batching produce loop per partition, consumer groups (the classic protocol, eager or
 //! cooperative rebalancing as `consumer.assignors` chooses, static members with
 //! [`SubscribeOptions::group_instance_id`]), a fetch loop per assigned partition, metadata and
-//! topic creation.
+//! topic and group administration.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -66,7 +71,7 @@ mod transport;
 
 use std::sync::Arc;
 
-pub use admin::Admin;
+pub use admin::admin;
 pub use config::{
     Compression, ConsumerConfig, KafkaConfig, MAX_FETCH_BYTES, MetadataConfig, ProducerConfig,
     TopicConfig,
@@ -78,12 +83,14 @@ pub use security::{
 };
 
 pub use bus_core::{
-    ConfigError, Delivery, DeliveryFuture, Envelope, EnvelopeError, EnvelopeHandler, EventBus,
-    Handler, HandlerError, Header, Headers, Health, JsonError, Message, MetricsSnapshot,
-    OffsetReset, Partitioner, Payload, PublishError, Record, RetryPolicy, ShutdownError,
+    Admin, AdminError, ApiSupport, BrokerDescription, ClusterDescription, ConfigEntry, ConfigError,
+    Delivery, DeliveryFuture, Envelope, EnvelopeError, EnvelopeHandler, EventBus, GroupDescription,
+    GroupListing, Handler, HandlerError, Header, Headers, Health, JsonError, MemberDescription,
+    Message, MetricsSnapshot, NewTopic, OffsetReset, PartitionCursor, PartitionDescription,
+    PartitionLag, Partitioner, Payload, PublishError, Record, RetryPolicy, ShutdownError,
     ShutdownReport, SubscribeError, SubscribeOptions, Subscription, SubscriptionReport, Timestamp,
-    TimestampError, TopicPartition, Topics, UnsubscribeError, UnsubscribeReport, aggregate_id_of,
-    dead_letter_headers, envelope_headers, supervisor,
+    TimestampError, TopicDescription, TopicListing, TopicPartition, Topics, UnsubscribeError,
+    UnsubscribeReport, aggregate_id_of, dead_letter_headers, envelope_headers, supervisor,
 };
 
 use backend::KafkaBackend;

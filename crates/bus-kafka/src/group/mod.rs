@@ -20,8 +20,8 @@
 //! matches every `metadata.max_age`.
 
 mod assignor;
-mod codec;
-mod coordinator;
+pub(crate) mod codec;
+pub(crate) mod coordinator;
 mod member;
 
 use std::sync::Arc;
