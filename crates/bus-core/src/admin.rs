@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::backend::{AdminBackend, PartitionReader, StartAt};
+use crate::backend::{AdminBackend, PartitionReader, ReadError, StartAt};
 use crate::record::{Message, TopicPartition};
 
 /// Kafka's UNKNOWN_TOPIC_OR_PARTITION.
@@ -347,6 +347,8 @@ pub struct ApiSupport {
 pub struct PartitionCursor {
     partition: TopicPartition,
     reader: Box<dyn PartitionReader>,
+    /// Past the unreadable batch last met, if any.
+    unreadable_end: Option<i64>,
 }
 
 impl std::fmt::Debug for PartitionCursor {
@@ -367,14 +369,38 @@ impl PartitionCursor {
     ///
     /// # Errors
     ///
-    /// [`AdminError::Topic`] when reading failed.
+    /// [`AdminError::Topic`] when reading failed (try again), or when the batch at the position
+    /// cannot be read (corrupt, over a limit): then [`PartitionCursor::skip_unreadable`] moves
+    /// past it.
     pub async fn next(&mut self, max_bytes: usize) -> Result<Vec<Message>, AdminError> {
         let topic = self.partition.topic.to_string();
-        self.reader.next_batch(max_bytes).await.map_err(|e| AdminError::Topic {
-            topic,
-            code: None,
-            reason: e.reason.clone(),
-        })
+        match self.reader.next_batch(max_bytes).await {
+            Ok(batch) => Ok(batch),
+            Err(ReadError::Unreadable(batch)) => {
+                self.unreadable_end = Some(batch.last_offset.saturating_add(1));
+                Err(AdminError::Topic { topic, code: None, reason: batch.to_string() })
+            }
+            Err(ReadError::Group(error)) => {
+                Err(AdminError::Topic { topic, code: None, reason: error.reason })
+            }
+        }
+    }
+
+    /// Moves past the unreadable batch the last [`PartitionCursor::next`] met; whether there was
+    /// one.
+    pub fn skip_unreadable(&mut self) -> bool {
+        match self.unreadable_end.take() {
+            Some(offset) => {
+                self.reader.seek(offset);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The next offset to read, when known.
+    pub fn position(&self) -> Option<i64> {
+        self.reader.position()
     }
 }
 
@@ -526,6 +552,6 @@ impl Admin {
         start: StartAt,
     ) -> Result<PartitionCursor, AdminError> {
         let reader = self.backend.read(partition, start).await?;
-        Ok(PartitionCursor { partition: partition.clone(), reader })
+        Ok(PartitionCursor { partition: partition.clone(), reader, unreadable_end: None })
     }
 }

@@ -6,18 +6,19 @@
 //! everything used with it is re-exported here.
 //!
 //! - **Connecting:** [`connect`], [`KafkaConfig`] and its sections ([`ProducerConfig`],
-//!   [`ConsumerConfig`], [`TopicConfig`], [`MetadataConfig`], [`Compression`]),
-//!   [`KafkaError`].
+//!   [`ConsumerConfig`], [`TopicConfig`], [`MetadataConfig`], [`Compression`],
+//!   [`IsolationLevel`]), [`KafkaError`].
 //! - **Security:** [`SecurityConfig`] (`security.protocol` [`SecurityProtocol`], `security.tls`
 //!   [`TlsConfig`], `security.sasl` [`SaslConfig`] with [`SaslMechanism`]), [`Secret`], and for
 //!   OAUTHBEARER [`TokenProvider`], [`OAuthBearerToken`], [`TokenFuture`], [`TokenError`].
-//! - **The bus:** [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`],
-//!   [`ShutdownError`].
+//! - **The bus:** [`EventBus`], [`Health`], [`PartitionFailure`], [`MetricsSnapshot`],
+//!   [`ShutdownReport`], [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
 //!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//!   [`UnreadableBatches`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`],
+//!   [`UnsubscribeError`].
 //! - **Administration:** [`admin`] (without a bus) or [`EventBus::admin`]: [`Admin`] with
 //!   [`NewTopic`], [`TopicListing`], [`TopicDescription`] ([`PartitionDescription`],
 //!   [`ConfigEntry`]), [`GroupListing`], [`GroupDescription`] ([`MemberDescription`],
@@ -63,9 +64,12 @@ mod connection;
 mod connector;
 mod error;
 mod fetch;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod group;
 mod leader;
 mod producer;
+mod schema;
 mod security;
 mod transport;
 
@@ -73,8 +77,8 @@ use std::sync::Arc;
 
 pub use admin::admin;
 pub use config::{
-    Compression, ConsumerConfig, KafkaConfig, MAX_FETCH_BYTES, MetadataConfig, ProducerConfig,
-    TopicConfig,
+    Compression, ConsumerConfig, FETCH_RESPONSE_SLACK, IsolationLevel, KafkaConfig,
+    MAX_FETCH_BYTES, MAX_PARTITION_BUFFER_BYTES, MetadataConfig, ProducerConfig, TopicConfig,
 };
 pub use error::KafkaError;
 pub use security::{
@@ -87,10 +91,11 @@ pub use bus_core::{
     Delivery, DeliveryFuture, Envelope, EnvelopeError, EnvelopeHandler, EventBus, GroupDescription,
     GroupListing, Handler, HandlerError, Header, Headers, Health, JsonError, MemberDescription,
     Message, MetricsSnapshot, NewTopic, OffsetReset, PartitionCursor, PartitionDescription,
-    PartitionLag, Partitioner, Payload, PublishError, Record, RetryPolicy, ShutdownError,
-    ShutdownReport, SubscribeError, SubscribeOptions, Subscription, SubscriptionReport, Timestamp,
-    TimestampError, TopicDescription, TopicListing, TopicPartition, Topics, UnsubscribeError,
-    UnsubscribeReport, aggregate_id_of, dead_letter_headers, envelope_headers, supervisor,
+    PartitionFailure, PartitionLag, Partitioner, Payload, PublishError, Record, RetryPolicy,
+    ShutdownError, ShutdownReport, SubscribeError, SubscribeOptions, Subscription,
+    SubscriptionReport, Timestamp, TimestampError, TopicDescription, TopicListing, TopicPartition,
+    Topics, UnreadableBatches, UnsubscribeError, UnsubscribeReport, aggregate_id_of,
+    dead_letter_headers, envelope_headers, supervisor,
 };
 
 use backend::KafkaBackend;

@@ -146,6 +146,8 @@ impl AdminBackend for KafkaAdmin {
                         "(admin)".to_owned(),
                         partition.clone(),
                         start,
+                        // A position no longer in the partition moves to its oldest record.
+                        bus_core::OffsetReset::Earliest,
                     );
                     Ok(Box::new(reader) as Box<dyn PartitionReader>)
                 }
