@@ -112,6 +112,9 @@ pub enum StartAt {
     Earliest,
     /// After the newest record stored.
     Latest,
+    /// At the first record whose timestamp is at or after this time (milliseconds since the
+    /// Unix epoch, Kafka's ListOffsets by time); after the newest record when there is none.
+    Timestamp(i64),
 }
 
 impl From<OffsetReset> for StartAt {

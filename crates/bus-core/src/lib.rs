@@ -12,8 +12,10 @@
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
 //!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`UnreadableBatches`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`],
-//!   [`UnsubscribeError`].
+//!   [`StartPosition`] (with [`PartitionOffset`]), [`CommitMode`], [`UnreadableBatches`],
+//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//! - **Controlling a running subscription:** [`ConsumerControl`] (seek with [`SeekTo`], pause
+//!   and resume, commit by hand with its [`CommitReport`]), [`ControlError`].
 //! - **Administration:** [`Admin`] ([`EventBus::admin`]) with [`NewTopic`], [`TopicListing`],
 //!   [`TopicDescription`] ([`PartitionDescription`], [`ConfigEntry`]), [`GroupListing`],
 //!   [`GroupDescription`] ([`MemberDescription`], [`PartitionLag`]), [`ClusterDescription`]
@@ -83,7 +85,8 @@ pub use admin::{
 };
 pub use bus::{EventBus, ShutdownError, ShutdownReport};
 pub use consumer::{
-    Subscription, SubscriptionReport, UnsubscribeError, UnsubscribeReport, dead_letter_headers,
+    CommitReport, ConsumerControl, ControlError, SeekTo, Subscription, SubscriptionReport,
+    UnsubscribeError, UnsubscribeReport, dead_letter_headers,
 };
 pub use delivery::{Delivery, DeliveryFuture};
 pub use envelope::headers as envelope_headers;
@@ -94,7 +97,10 @@ pub use error::{ConfigError, HandlerError, PublishError, SubscribeError};
 pub use handler::{EnvelopeHandler, Handler};
 pub use health::{Health, PartitionFailure};
 pub use metrics::MetricsSnapshot;
-pub use options::{OffsetReset, RetryPolicy, SubscribeOptions, UnreadableBatches};
+pub use options::{
+    CommitMode, OffsetReset, PartitionOffset, RetryPolicy, StartPosition, SubscribeOptions,
+    UnreadableBatches,
+};
 pub use partition::Partitioner;
 pub use record::{Header, Headers, Message, Record, TopicPartition};
 pub use topics::Topics;

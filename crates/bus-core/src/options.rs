@@ -1,15 +1,17 @@
 //! Subscription options: consumer group (and static membership), concurrency, ordering,
 //! retries, dead letters.
 //!
-//! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`], [`UnreadableBatches`]. Each is
-//! a serde struct with
+//! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`], [`UnreadableBatches`],
+//! [`StartPosition`] (with [`PartitionOffset`]) and [`CommitMode`]. Each is a serde type with
 //! defaults; [`SubscribeOptions::validate`] names the field that is out of range.
 
 use std::time::Duration;
 
 use bus_supervisor::Backoff;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::StartAt;
 use crate::error::ConfigError;
 
 /// The longest group instance id accepted, in bytes (as long as a Kafka topic name may be).
@@ -24,6 +26,81 @@ pub enum OffsetReset {
     Earliest,
     /// From the next record published.
     Latest,
+}
+
+/// Where a subscription starts reading each partition the first time it is assigned one.
+///
+/// Applied once per partition per subscription: when the group later moves a partition away
+/// and back, or after a rejoin, it continues from its committed offset like any member. Other
+/// members of the group are not affected. Moving while running is
+/// [`ConsumerControl::seek`](crate::ConsumerControl::seek).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    /// From the group's committed offset; without one, as `auto_offset_reset` says (the
+    /// default).
+    #[default]
+    Committed,
+    /// From the oldest record stored, whatever the group committed (a replay).
+    Earliest,
+    /// From the next record published, whatever the group committed (skipping the backlog).
+    Latest,
+    /// From the first record whose timestamp is at or after this time (Kafka's ListOffsets by
+    /// time); from the next record published when there is none.
+    Timestamp(DateTime<Utc>),
+    /// From these offsets, for the partitions listed; the others as `Committed`. An offset
+    /// beyond the partition's end (or below its start) moves as `auto_offset_reset` says.
+    Offsets(Vec<PartitionOffset>),
+}
+
+impl StartPosition {
+    /// Where `partition` starts on its first assignment, when not at its committed offset.
+    pub(crate) fn start_at(&self, partition: &crate::TopicPartition) -> Option<StartAt> {
+        match self {
+            StartPosition::Committed => None,
+            StartPosition::Earliest => Some(StartAt::Earliest),
+            StartPosition::Latest => Some(StartAt::Latest),
+            StartPosition::Timestamp(time) => Some(StartAt::Timestamp(time.timestamp_millis())),
+            StartPosition::Offsets(offsets) => offsets
+                .iter()
+                .find(|p| *p.topic == *partition.topic && p.partition == partition.partition)
+                .map(|p| StartAt::Offset(p.offset)),
+        }
+    }
+}
+
+/// An offset of one partition: where [`StartPosition::Offsets`] starts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionOffset {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The next offset to read.
+    pub offset: i64,
+}
+
+impl PartitionOffset {
+    /// Partition `partition` of `topic` at `offset`.
+    pub fn new(topic: impl Into<String>, partition: i32, offset: i64) -> Self {
+        PartitionOffset { topic: topic.into(), partition, offset }
+    }
+}
+
+/// Who commits a subscription's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitMode {
+    /// The bus: every `commit_interval`, on revoke and on stop, the contiguous prefix of
+    /// finished messages (the default).
+    #[default]
+    Auto,
+    /// The service, with [`ConsumerControl::commit`](crate::ConsumerControl::commit) (up to
+    /// an offset, or a message); still only over the contiguous prefix of finished messages.
+    /// The bus commits nothing on its own, not on revoke nor on stop: what was finished and
+    /// not committed is redelivered.
+    Manual,
 }
 
 /// What a subscription does with a record batch its backend cannot read (corrupt, or over a
@@ -125,6 +202,11 @@ pub struct SubscribeOptions {
     pub handler_timeout: Option<Duration>,
     /// Where to start without a committed offset.
     pub auto_offset_reset: OffsetReset,
+    /// Where this subscription starts each partition the first time it is assigned one
+    /// (committed by default; or earliest, latest, a timestamp, explicit offsets).
+    pub start: StartPosition,
+    /// Who commits: the bus (`auto`, the default) or the service (`manual`).
+    pub commit_mode: CommitMode,
     /// How often completed offsets are committed (they are also committed on revoke and on
     /// shutdown).
     #[serde(with = "humantime_serde")]
@@ -150,6 +232,8 @@ impl Default for SubscribeOptions {
             dead_letter_topic: None,
             handler_timeout: None,
             auto_offset_reset: OffsetReset::Earliest,
+            start: StartPosition::Committed,
+            commit_mode: CommitMode::Auto,
             commit_interval: Duration::from_secs(1),
             rebalance_timeout: Duration::from_secs(30),
             unreadable_batches: UnreadableBatches::Fail,
@@ -210,6 +294,18 @@ impl SubscribeOptions {
     /// Sets where to start without a committed offset.
     pub fn with_auto_offset_reset(mut self, reset: OffsetReset) -> Self {
         self.auto_offset_reset = reset;
+        self
+    }
+
+    /// Sets where the subscription starts its partitions (see [`StartPosition`]).
+    pub fn with_start(mut self, start: StartPosition) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Sets who commits (see [`CommitMode`]).
+    pub fn with_commit_mode(mut self, mode: CommitMode) -> Self {
+        self.commit_mode = mode;
         self
     }
 
@@ -279,6 +375,29 @@ impl SubscribeOptions {
         }
         if self.handler_timeout.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::new("handler_timeout", "must be greater than zero when set"));
+        }
+        if let StartPosition::Offsets(offsets) = &self.start {
+            for (i, p) in offsets.iter().enumerate() {
+                let what = format!("`{}-{}` (entry {i})", p.topic, p.partition);
+                if p.topic.trim().is_empty() {
+                    return Err(ConfigError::new(
+                        "start.offsets",
+                        format!("entry {i} names no topic"),
+                    ));
+                }
+                if p.partition < 0 || p.offset < 0 {
+                    return Err(ConfigError::new(
+                        "start.offsets",
+                        format!("{what}: partition and offset must not be negative"),
+                    ));
+                }
+                if offsets[..i].iter().any(|q| q.topic == p.topic && q.partition == p.partition) {
+                    return Err(ConfigError::new(
+                        "start.offsets",
+                        format!("{what} is listed twice"),
+                    ));
+                }
+            }
         }
         if self.commit_interval.is_zero() {
             return Err(ConfigError::new("commit_interval", "must be greater than zero"));

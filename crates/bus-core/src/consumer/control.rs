@@ -3,7 +3,8 @@
 //!
 //! Owns: `Control` (group events: assigned (added to what is held), revoked (all or some),
 //! dropped by the group (joined again) or fenced (consuming stops for good); a fetch loop per
-//! assigned partition in its own scope; the commit schedule; the stop procedure).
+//! assigned partition in its own scope; the commit schedule; the service's requests (seek,
+//! commit, see `commands`); the stop procedure).
 //!
 //! Invariants:
 //! - A revoked (or, at stop, every) partition's fetch loop is shut down before its handlers are
@@ -16,22 +17,37 @@
 //!   its partitions, leaves its group (so that other members take them), is named failed in
 //!   the health and `subscriptions_failed`, and waits for its stop. It never holds partitions
 //!   it does not read.
+//!   The subscription's `start` position overrides the committed offsets only on a partition's
+//!   first assignment to this subscription.
+//! - A seek releases the partition as a revocation does (fetch loop stopped, queued messages
+//!   dropped, running handlers drained, the finished prefix committed as the commit mode says,
+//!   the tracker forgotten) before its reader is opened at the new position: no offset of the
+//!   old position is ever committed past an unfinished message, nor one of the new position
+//!   before it is finished.
+//! - In manual commit mode only offsets the service asked for are committed, each capped by the
+//!   finished prefix; a request is forgotten when its partition is released (revoked, sought,
+//!   stopped).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bus_supervisor::{Backoff, Scope};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::backend::{GroupError, GroupMember, JoinRequest, MemberEvent, Revocation, StartAt};
+use crate::backend::{
+    GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation, StartAt,
+};
 use crate::dispatch::KeyedDispatch;
 use crate::metrics::Metrics;
+use crate::options::CommitMode;
 use crate::record::TopicPartition;
 
 use super::SubscriptionReport;
+use super::commands::{Command, CommitReport, ControlError};
 use super::fetch_loop::FetchLoop;
+use super::pause::Pauses;
 use super::process::Runtime;
 
 /// Delay before retrying a failed group operation (a constant delay: these retries are bounded
@@ -75,6 +91,15 @@ pub(super) struct Control {
     fenced: bool,
     /// The subscription failed for good: it waits for its stop.
     failed: bool,
+    /// The service's requests.
+    commands: mpsc::Receiver<Command>,
+    /// The subscription's pause state, watched by the fetch loops.
+    pauses: Arc<Pauses>,
+    /// The partitions this subscription was ever assigned (its `start` position applies to
+    /// the others).
+    started: HashSet<TopicPartition>,
+    /// Manual commit mode: the offsets the service asked to commit, per partition held.
+    requested: HashMap<TopicPartition, i64>,
 }
 
 impl Control {
@@ -84,6 +109,8 @@ impl Control {
         join: JoinRequest,
         scope: &Scope,
         dispatch: KeyedDispatch,
+        commands: mpsc::Receiver<Command>,
+        pauses: Arc<Pauses>,
     ) -> Self {
         Control {
             runtime,
@@ -96,6 +123,10 @@ impl Control {
             last_committed: HashMap::new(),
             fenced: false,
             failed: false,
+            commands,
+            pauses,
+            started: HashSet::new(),
+            requested: HashMap::new(),
         }
     }
 
@@ -124,6 +155,7 @@ impl Control {
                     Err(error) => self.rejoin(error).await,
                 },
                 _ = tick.tick() => self.commit().await,
+                Some(command) = self.commands.recv() => self.command(command).await,
             }
         };
         let result = self.stop(deadline).await;
@@ -158,8 +190,13 @@ impl Control {
             }
         };
         for (partition, committed) in partitions.into_iter().zip(committed) {
-            let start = committed
-                .map(StartAt::Offset)
+            let first = if self.started.insert(partition.clone()) {
+                self.runtime.options.start.start_at(&partition)
+            } else {
+                None
+            };
+            let start = first
+                .or(committed.map(StartAt::Offset))
                 .unwrap_or_else(|| self.runtime.options.auto_offset_reset.into());
             let mut attempt = 0;
             let reader = loop {
@@ -175,23 +212,34 @@ impl Control {
                     }
                 }
             };
-            let scope = self.fetch.child(partition.to_string());
-            let fetch = FetchLoop::new(
-                reader,
-                self.dispatch.clone(),
-                Arc::clone(&self.runtime),
-                scope.token(),
-                partition.clone(),
-                self.runtime.options.max_in_flight,
-            );
-            match scope.spawn("fetch", fetch.run()) {
-                Ok(handle) => {
-                    handle.detach();
-                    tracing::debug!(%partition, ?start, "partition assigned");
-                    self.fetchers.insert(partition, scope);
-                }
-                Err(error) => tracing::warn!(%partition, %error, "cannot start fetch loop"),
+            self.start_fetching(partition, reader, start);
+        }
+    }
+
+    /// Starts `partition`'s fetch loop on `reader` (opened at `start`).
+    fn start_fetching(
+        &mut self,
+        partition: TopicPartition,
+        reader: Box<dyn PartitionReader>,
+        start: StartAt,
+    ) {
+        let scope = self.fetch.child(partition.to_string());
+        let fetch = FetchLoop::new(
+            reader,
+            self.dispatch.clone(),
+            Arc::clone(&self.runtime),
+            scope.token(),
+            partition.clone(),
+            self.runtime.options.max_in_flight,
+        )
+        .pausable(self.pauses.watch(partition.clone()));
+        match scope.spawn("fetch", fetch.run()) {
+            Ok(handle) => {
+                handle.detach();
+                tracing::debug!(%partition, ?start, "partition assigned");
+                self.fetchers.insert(partition, scope);
             }
+            Err(error) => tracing::warn!(%partition, %error, "cannot start fetch loop"),
         }
     }
 
@@ -213,6 +261,9 @@ impl Control {
             tracing::warn!(%error, "leaving the group failed");
         }
         self.failed = true;
+        // Requests are no longer served: they fail at once (`Stopped`), those queued too.
+        self.commands.close();
+        while self.commands.try_recv().is_ok() {}
     }
 
     /// Stops reading `partitions`, drains their handlers until `deadline`, commits them and
@@ -244,14 +295,16 @@ impl Control {
         }
         let offsets: Vec<(TopicPartition, i64)> = partitions
             .iter()
-            .filter_map(|p| self.dispatch.committable(p).map(|o| (p.clone(), o)))
+            .filter_map(|p| self.due(p).map(|o| (p.clone(), o)))
             .filter(|(p, o)| self.last_committed.get(p) != Some(o))
             .collect();
-        self.commit_offsets_by(offsets, commit_by).await;
+        // A failure is logged and counted; the messages are redelivered.
+        let _ = self.commit_offsets_by(offsets, commit_by).await;
         let mut committed = Vec::new();
         for partition in partitions {
             self.dispatch.forget(partition);
             self.runtime.health.forget(partition);
+            self.requested.remove(partition);
             if let Some(offset) = self.last_committed.remove(partition) {
                 committed.push((partition.clone(), offset));
             }
@@ -311,18 +364,130 @@ impl Control {
         revocation.complete();
     }
 
-    async fn commit(&mut self) {
-        let offsets: Vec<(TopicPartition, i64)> = self
-            .dispatch
-            .committable_all()
-            .into_iter()
-            .filter(|(p, o)| self.fetchers.contains_key(p) && self.last_committed.get(p) != Some(o))
-            .collect();
-        self.commit_offsets(offsets).await;
+    /// The offset to commit for `partition` now: the finished prefix (auto mode), or in manual
+    /// mode the service's request capped by it.
+    fn due(&self, partition: &TopicPartition) -> Option<i64> {
+        let finished = self.dispatch.committable(partition)?;
+        match self.runtime.options.commit_mode {
+            CommitMode::Auto => Some(finished),
+            CommitMode::Manual => self.requested.get(partition).map(|&asked| asked.min(finished)),
+        }
     }
 
-    async fn commit_offsets(&mut self, offsets: Vec<(TopicPartition, i64)>) {
-        self.commit_offsets_by(offsets, None).await;
+    /// The schedule's commit: every partition held whose due offset moved.
+    async fn commit(&mut self) {
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .fetchers
+            .keys()
+            .filter_map(|p| self.due(p).map(|o| (p.clone(), o)))
+            .filter(|(p, o)| self.last_committed.get(p) != Some(o))
+            .collect();
+        // A failure is logged and counted; the next turn tries again.
+        let _ = self.commit_offsets_by(offsets, None).await;
+    }
+
+    /// Serves a request of the service.
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Seek { partition, to, reply } => {
+                let result = self.seek(partition, to).await;
+                let _ = reply.send(result);
+            }
+            Command::Commit { offsets, reply } => {
+                let result = self.commit_requested(offsets).await;
+                let _ = reply.send(result);
+            }
+            Command::Committed { reply } => {
+                let mut committed: Vec<(TopicPartition, i64)> =
+                    self.last_committed.iter().map(|(p, &o)| (p.clone(), o)).collect();
+                committed.sort();
+                let _ = reply.send(committed);
+            }
+        }
+    }
+
+    fn not_assigned(&self, partition: &TopicPartition) -> ControlError {
+        ControlError::NotAssigned {
+            group: self.runtime.options.group.clone(),
+            partition: partition.clone(),
+        }
+    }
+
+    /// Moves `partition` to `to`: releases it (see the module's invariants), then opens it
+    /// there. When the new reader cannot be opened, reading goes on from the committed offset.
+    async fn seek(&mut self, partition: TopicPartition, to: StartAt) -> Result<(), ControlError> {
+        if !self.fetchers.contains_key(&partition) {
+            return Err(self.not_assigned(&partition));
+        }
+        let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
+        let released = self.release(std::slice::from_ref(&partition), deadline, None).await;
+        let error = match self.member.open(&partition, to).await {
+            Ok(reader) => {
+                tracing::info!(%partition, start = ?to, "partition sought");
+                self.start_fetching(partition, reader, to);
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        tracing::warn!(%partition, %error, "cannot seek; reading on from the committed offset");
+        let committed = match released.committed.first() {
+            Some(&(_, offset)) => Some(offset),
+            None => match self.member.committed(std::slice::from_ref(&partition)).await {
+                Ok(committed) => committed.first().copied().flatten(),
+                Err(_) => None,
+            },
+        };
+        let back = committed
+            .map(StartAt::Offset)
+            .unwrap_or_else(|| self.runtime.options.auto_offset_reset.into());
+        match self.member.open(&partition, back).await {
+            Ok(reader) => self.start_fetching(partition.clone(), reader, back),
+            // It would be held and not read: the subscription fails visibly instead.
+            Err(again) => self.fail(format!("cannot open `{partition}` again: {again}")).await,
+        }
+        Err(ControlError::Seek { partition, error })
+    }
+
+    /// Commits what the service asked for (every partition held when `None`), each capped by
+    /// the finished prefix; in manual mode what is not reached yet is remembered.
+    async fn commit_requested(
+        &mut self,
+        offsets: Option<Vec<(TopicPartition, i64)>>,
+    ) -> Result<CommitReport, ControlError> {
+        let asked: Vec<(TopicPartition, i64)> = match offsets {
+            Some(offsets) => offsets,
+            None => self
+                .fetchers
+                .keys()
+                .filter_map(|p| self.dispatch.committable(p).map(|o| (p.clone(), o)))
+                .collect(),
+        };
+        let mut report = CommitReport::default();
+        let mut due = Vec::new();
+        for (partition, offset) in asked {
+            if !self.fetchers.contains_key(&partition) {
+                return Err(self.not_assigned(&partition));
+            }
+            let finished = self.dispatch.committable(&partition);
+            let target = finished.map(|f| f.min(offset));
+            if target.is_none_or(|t| t < offset) {
+                report.waiting.push((partition.clone(), offset));
+            }
+            if self.runtime.options.commit_mode == CommitMode::Manual {
+                let entry = self.requested.entry(partition.clone()).or_insert(offset);
+                *entry = (*entry).max(offset);
+            }
+            if let Some(target) = target
+                && self.last_committed.get(&partition) != Some(&target)
+            {
+                due.push((partition, target));
+            }
+        }
+        self.commit_offsets_by(due.clone(), None).await.map_err(ControlError::Commit)?;
+        report.committed = due;
+        report.committed.sort();
+        report.waiting.sort();
+        Ok(report)
     }
 
     /// Commits `offsets`, giving up at `by` when one is given (a stop's deadline).
@@ -330,9 +495,9 @@ impl Control {
         &mut self,
         offsets: Vec<(TopicPartition, i64)>,
         by: Option<Instant>,
-    ) {
+    ) -> Result<(), GroupError> {
         if offsets.is_empty() {
-            return;
+            return Ok(());
         }
         let commit = self.member.commit(&offsets);
         let committed = match by {
@@ -350,10 +515,12 @@ impl Control {
                 for (partition, offset) in offsets {
                     self.last_committed.insert(partition, offset);
                 }
+                Ok(())
             }
             Err(error) => {
                 Metrics::bump(&self.runtime.metrics.commit_failures);
                 tracing::warn!(%error, "offset commit failed; will retry");
+                Err(error)
             }
         }
     }

@@ -14,12 +14,16 @@
 //!   health names it meanwhile), marks its offsets done for commits, and moves the reader past
 //!   it. Fetches failing `REPORT_AFTER` times in a row are named in the health the same way
 //!   until one succeeds.
+//! - While its partition is paused (see `pause`) the loop fetches nothing: a fetch in progress
+//!   is dropped (readers are cancel-safe) and the next one starts from the same position once
+//!   resumed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bus_supervisor::Backoff;
 
+use super::pause::PauseWatch;
 use super::process::{Runtime, ShuttingDown};
 use crate::backend::{PartitionReader, ReadError, UnreadableBatch};
 use crate::consumer::dead_letter_headers as h;
@@ -48,6 +52,8 @@ pub(super) struct FetchLoop {
     partition: TopicPartition,
     /// Largest group of messages handed to the dispatch at once (its in-flight bound).
     chunk: usize,
+    /// The partition's pause state (never paused when none).
+    pause: Option<PauseWatch>,
 }
 
 impl FetchLoop {
@@ -59,16 +65,50 @@ impl FetchLoop {
         partition: TopicPartition,
         chunk: usize,
     ) -> Self {
-        FetchLoop { reader, dispatch, runtime, token, partition, chunk }
+        FetchLoop { reader, dispatch, runtime, token, partition, chunk, pause: None }
+    }
+
+    /// Makes the loop follow `pause`.
+    pub(super) fn pausable(mut self, pause: PauseWatch) -> Self {
+        self.pause = Some(pause);
+        self
+    }
+
+    /// Waits while the partition is paused. False when cancelled meanwhile.
+    async fn wait_while_paused(&mut self) -> bool {
+        let Some(pause) = self.pause.as_mut() else { return true };
+        if !pause.is_paused() {
+            return true;
+        }
+        tracing::debug!(partition = %self.partition, "fetching paused");
+        tokio::select! {
+            biased;
+            () = self.token.cancelled() => false,
+            () = pause.resumed() => {
+                tracing::debug!(partition = %self.partition, "fetching resumed");
+                true
+            }
+        }
     }
 
     pub(super) async fn run(mut self) {
         // Failed reads in a row (unreadable batches included).
         let mut failures = 0_u32;
         loop {
+            if !self.wait_while_paused().await {
+                return;
+            }
+            let paused = async {
+                match self.pause.as_mut() {
+                    Some(pause) => pause.paused().await,
+                    None => std::future::pending().await,
+                }
+            };
             let batch = tokio::select! {
                 biased;
                 () = self.token.cancelled() => return,
+                // A fetch waiting for records is dropped (cancel-safe): nothing is lost.
+                () = paused => continue,
                 // The backend's configuration bounds what one fetch brings.
                 batch = self.reader.next_batch(usize::MAX) => batch,
             };

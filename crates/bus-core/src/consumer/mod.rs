@@ -9,6 +9,9 @@
 //!   commit schedule, revoke, rejoin and stop;
 //! - `fetch_loop` — one partition's reader feeding the keyed dispatch, and what happens when
 //!   the partition cannot be read (the `unreadable_batches` policy);
+//! - `commands` — [`ConsumerControl`], what a service asks of a running subscription (seek,
+//!   pause and resume, commit by hand);
+//! - `pause` — the subscription's pause state, which its fetch loops follow;
 //! - `health` — what the subscription cannot get past, for the bus's health.
 //!
 //! Tasks, under the bus's `consumer` scope:
@@ -31,9 +34,11 @@
 //!   batch (bounded in bytes) while it waits for room.
 //! - Nothing here spawns outside the supervisor.
 
+mod commands;
 mod control;
 mod fetch_loop;
 mod health;
+mod pause;
 mod process;
 
 use std::sync::Arc;
@@ -41,9 +46,10 @@ use std::time::Duration;
 
 use bus_supervisor::{JoinTimeout, Scope, ScopeShutdownError, ScopeShutdownReport, TaskInfo};
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+pub use commands::{CommitReport, ConsumerControl, ControlError, SeekTo};
 pub use process::dead_letter_headers;
 pub(crate) use process::{ErasedHandler, erase, erase_envelope};
 
@@ -57,6 +63,7 @@ use crate::record::TopicPartition;
 use crate::topics::Topics;
 use control::Control;
 use health::SubscriptionHealth;
+use pause::Pauses;
 use process::Runtime;
 
 /// What stopping a subscription did.
@@ -94,6 +101,7 @@ pub(crate) struct SubscriptionControl {
     pub(crate) group: String,
     pub(crate) scope: Scope,
     pub(crate) dispatch: KeyedDispatch,
+    control: ConsumerControl,
     pub(crate) health: Arc<SubscriptionHealth>,
     stop: watch::Sender<Option<Instant>>,
     report: watch::Receiver<Option<SubscriptionReport>>,
@@ -227,6 +235,12 @@ impl Subscription {
         &self.control.scope
     }
 
+    /// A handle to seek, pause, resume and commit this subscription while it runs (cheap to
+    /// clone; it can be moved into the handler).
+    pub fn control(&self) -> ConsumerControl {
+        self.control.control.clone()
+    }
+
     /// The partitions this subscription cannot make progress on now (a batch it cannot read
     /// under the `fail` policy, or fetches failing again and again), each with its offset and
     /// reason. The bus's [`health`](crate::EventBus::health) names them too.
@@ -293,7 +307,18 @@ pub(crate) async fn subscribe(
     )?;
     let (stop, stop_rx) = watch::channel(None);
     let (report_tx, report) = watch::channel(None);
-    let control = Control::new(Arc::clone(&runtime), member, request, &scope, dispatch.clone());
+    let (commands, inbox) = mpsc::channel(commands::COMMANDS);
+    let pauses = Arc::new(Pauses::new());
+    let handle = ConsumerControl::new(&runtime.options.group, commands, Arc::clone(&pauses));
+    let control = Control::new(
+        Arc::clone(&runtime),
+        member,
+        request,
+        &scope,
+        dispatch.clone(),
+        inbox,
+        pauses,
+    );
     scope.spawn("control", control.run(stop_rx, report_tx))?.detach();
     let control = Arc::new(SubscriptionControl {
         topic: runtime.topic.clone(),
@@ -302,6 +327,7 @@ pub(crate) async fn subscribe(
         health: Arc::clone(&runtime.health),
         scope,
         dispatch,
+        control: handle,
         stop,
         report,
     });

@@ -210,6 +210,7 @@ impl MemoryAdmin {
             StartAt::Earliest => log.start(),
             StartAt::Latest => log.end(),
             StartAt::Offset(offset) => offset.clamp(log.start(), log.end()),
+            StartAt::Timestamp(millis) => log.offset_at(millis),
         };
         Ok(MemoryReader::new(
             Arc::clone(&self.shared),

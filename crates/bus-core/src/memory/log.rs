@@ -82,6 +82,15 @@ impl PartitionLog {
         batch
     }
 
+    /// The offset of the first record held whose timestamp is at or after `millis` (since the
+    /// Unix epoch), or the end offset when there is none: Kafka's ListOffsets by time.
+    pub(crate) fn offset_at(&self, millis: i64) -> i64 {
+        self.records
+            .iter()
+            .find(|s| s.message.timestamp.timestamp_millis() >= millis)
+            .map_or_else(|| self.end(), |s| s.message.offset)
+    }
+
     /// Every record held, in offset order.
     pub(crate) fn all(&self) -> Vec<Message> {
         self.records.iter().map(|s| s.message.clone()).collect()

@@ -24,7 +24,8 @@
 //! - **Readers** of a position below a partition's log start (its records were truncated) move
 //!   to the log start, like Kafka's `earliest` reset. A reader opened at
 //!   [`StartAt::Offset`](crate::backend::StartAt::Offset) is clamped into the log's
-//!   `[start, end]`.
+//!   `[start, end]`; one opened at [`StartAt::Timestamp`](crate::backend::StartAt::Timestamp)
+//!   starts at the first record held whose timestamp is at or after it (the end when none).
 //! - **Consumer groups** follow Kafka's classic eager protocol with the round-robin assignor
 //!   (members in join order, partitions sorted by topic then number, a partition given only to
 //!   members subscribed to its topic). A join or leave revokes every partition of every member

@@ -6,8 +6,9 @@
 //! Invariants:
 //! - The position (the next offset to return) advances only when a batch is returned, so
 //!   dropping a pending `next_batch` loses no record (cancel-safe); a request dropped half-way
-//!   leaves its connection poisoned, and the next fetch opens a new one. Resolving `Earliest`
-//!   or `Latest` fixes the position once; it is not re-resolved.
+//!   leaves its connection poisoned, and the next fetch opens a new one. Resolving `Earliest`,
+//!   `Latest` or `Timestamp` (ListOffsets by time; the end offset when no record is that late)
+//!   fixes the position once; it is not re-resolved.
 //! - Records below the position (a batch is returned whole) are skipped; the records returned
 //!   are in offset order, each above the last returned (see `batch`).
 //! - A batch that cannot be read ends the fetch: the records before it are returned, and the
@@ -146,7 +147,11 @@ impl KafkaReader {
         request.replica_id = (-1).into();
         request.isolation_level = self.isolation();
         request.topics = vec![topic];
-        let which = if timestamp == EARLIEST { "earliest" } else { "latest" };
+        let which = match timestamp {
+            EARLIEST => "earliest".to_owned(),
+            LATEST => "latest".to_owned(),
+            millis => format!("first at or after {millis} ms"),
+        };
         let connection = self.connection().await?;
         let sent = match connection.version::<ListOffsetsRequest>() {
             Ok(version) => connection.send(&request, version, timeout).await,
@@ -176,14 +181,19 @@ impl KafkaReader {
         }
     }
 
-    /// The position as an offset, resolving `Earliest` / `Latest` once.
+    /// The position as an offset, resolving `Earliest`, `Latest` or `Timestamp` once.
     async fn offset(&mut self) -> Result<i64, GroupError> {
         let timestamp = match self.position {
             StartAt::Offset(offset) => return Ok(offset),
             StartAt::Earliest => EARLIEST,
             StartAt::Latest => LATEST,
+            StartAt::Timestamp(millis) => millis.max(0),
         };
-        let offset = self.list_offset(timestamp).await?;
+        let mut offset = self.list_offset(timestamp).await?;
+        if offset < 0 {
+            // No record at or after the timestamp: Kafka answers -1; start at the end.
+            offset = self.list_offset(LATEST).await?;
+        }
         tracing::debug!(partition = %self.partition, start = ?self.position, offset, "start offset resolved");
         self.position = StartAt::Offset(offset);
         Ok(offset)
@@ -345,7 +355,7 @@ impl PartitionReader for KafkaReader {
     fn position(&self) -> Option<i64> {
         match self.position {
             StartAt::Offset(offset) => Some(offset),
-            StartAt::Earliest | StartAt::Latest => None,
+            StartAt::Earliest | StartAt::Latest | StartAt::Timestamp(_) => None,
         }
     }
 }
