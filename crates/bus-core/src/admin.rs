@@ -404,8 +404,13 @@ impl PartitionCursor {
     }
 }
 
-/// Topic and group administration on a backend. Cheap to clone. See the
-/// [module documentation](self).
+/// Topic and group administration, the same on every backend: from
+/// [`EventBus::admin`](crate::EventBus::admin), or a backend's own constructor
+/// (`bus_kafka::admin`). Cheap to clone.
+///
+/// Errors name the topic or group and carry Kafka's error code where Kafka has one
+/// ([`AdminError::code`]); the in-memory backend answers the same codes for the same failures.
+/// Nothing here starts a task: every request runs in the caller's future.
 #[derive(Clone)]
 pub struct Admin {
     backend: Arc<dyn AdminBackend>,
