@@ -95,7 +95,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// says.
 pub fn admin(runtime: &tokio::runtime::Runtime, bootstrap: &str) -> bus_kafka::Admin {
     runtime
-        .block_on(bus_kafka::Admin::connect(config(bootstrap)))
+        .block_on(bus_kafka::admin(config(bootstrap)))
         .unwrap_or_else(|e| fail(&format!("admin: {e}")))
 }
 

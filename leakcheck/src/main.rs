@@ -322,7 +322,7 @@ async fn create_topics_on(
     let Some(config) = kafka_config(ctx, secure) else {
         return Err("no broker".into());
     };
-    let admin = bus_kafka::Admin::connect(config).await.map_err(|e| e.to_string())?;
+    let admin = bus_kafka::admin(config).await.map_err(|e| e.to_string())?;
     for topic in topics {
         admin.ensure_topic(topic, partitions).await.map_err(|e| e.to_string())?;
     }

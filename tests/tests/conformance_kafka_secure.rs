@@ -31,7 +31,7 @@ impl Harness for SecureKafka {
         Box::pin(async move {
             let name = bus_tests::unique(&format!("conformance-secure-{hint}"));
             let config = bus_tests::secure_config(SaslMechanism::ScramSha512);
-            let admin = bus_kafka::Admin::connect(config).await.expect("admin");
+            let admin = bus_kafka::admin(config).await.expect("admin");
             admin.ensure_topic(&name, partitions).await.expect("topic created");
             name
         })

@@ -88,7 +88,7 @@ async fn run(idempotence: bool) -> (Readback, Faults) {
     config.producer.buffer_bytes = 4 * 1024 * 1024;
     config.producer.max_batch_bytes = 256 * 1024;
     let topic = bus_tests::unique(if idempotence { "idempotent" } else { "at-least-once" });
-    Admin::connect(config.clone()).await.unwrap().ensure_topic(&topic, PARTITIONS).await.unwrap();
+    bus_kafka::admin(config.clone()).await.unwrap().ensure_topic(&topic, PARTITIONS).await.unwrap();
     let bus = bus_kafka::connect(config).await.unwrap();
 
     let acked = AtomicUsize::new(0);
@@ -250,7 +250,7 @@ async fn a_broker_that_forgot_the_producer_gets_the_records_under_a_new_epoch() 
     config.producer.delivery_timeout = Duration::from_secs(30);
     config.producer.retry_backoff = Duration::from_millis(50);
     let topic = bus_tests::unique("forgotten-producer");
-    let admin = Admin::connect(config.clone()).await.unwrap();
+    let admin = bus_kafka::admin(config.clone()).await.unwrap();
     admin.ensure_topic(&topic, 1).await.unwrap();
     let bus = bus_kafka::connect(config).await.unwrap();
     let publish = |i: usize| Record::new(topic.as_str(), value(i * KEYS)).with_key("key");

@@ -102,7 +102,7 @@ async fn confluent_kafka_reads_and_writes_over_sasl_ssl_with_the_same_credential
         // The peer writes (one probe record per key), the bus reads.
         let keys: Vec<String> = (0..10).map(|n| format!("peer-key-{n}")).collect();
         let topic = bus_tests::unique("secure-peer-write");
-        bus_kafka::Admin::connect(secure_config(mechanism))
+        bus_kafka::admin(secure_config(mechanism))
             .await
             .unwrap()
             .ensure_topic(&topic, 3)

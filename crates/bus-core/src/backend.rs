@@ -1,10 +1,10 @@
 //! The backend-author interface: what a new transport implements and what it calls. Services
 //! do not need anything here; they use the crate's front page.
 //!
-//! Owns: the traits [`Backend`], [`GroupMember`], [`PartitionReader`] and the types that cross
-//! them ([`JoinRequest`], [`MemberEvent`], [`Revocation`], [`StartAt`], [`FlushReport`],
-//! [`GroupError`], [`ReadError`], [`UnreadableBatch`]); [`supervisor`] and [`bus`], which
-//! assemble an [`EventBus`] on a backend. It
+//! Owns: the traits [`Backend`], [`GroupMember`], [`PartitionReader`], [`AdminBackend`] and the
+//! types that cross them ([`JoinRequest`], [`MemberEvent`], [`Revocation`], [`StartAt`],
+//! [`FlushReport`], [`GroupError`], [`ReadError`], [`UnreadableBatch`]); [`supervisor`] and
+//! [`bus`], which assemble an [`EventBus`] on a backend. It
 //! also re-exports what a backend calls: the delivery channel ([`delivery_channel`],
 //! [`DeliverySender`]) and the partitioning helpers ([`UnkeyedSpreader`], [`PartitionError`]);
 //! and, for backends with a consumer loop of their own and for benchmarks, the consumer
@@ -68,6 +68,10 @@ pub mod commit {
     pub use crate::commit::*;
 }
 
+use crate::admin::{
+    AdminError, ClusterDescription, GroupDescription, GroupListing, NewTopic, TopicDescription,
+    TopicListing,
+};
 use crate::bus::EventBus;
 use crate::delivery::DeliveryFuture;
 use crate::error::{PublishError, SubscribeError};
@@ -294,6 +298,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The backend's health.
     fn health(&self) -> Health;
+
+    /// The backend's topic and group administration ([`EventBus::admin`]).
+    fn admin(&self) -> Arc<dyn AdminBackend>;
 }
 
 /// One member of a consumer group, held by the subscription that joined.
@@ -351,4 +358,57 @@ pub trait PartitionReader: Send {
     /// The next offset to read, when known (a start at the earliest or latest offset may not be
     /// resolved yet): what the health names when reading keeps failing.
     fn position(&self) -> Option<i64>;
+}
+
+/// A backend's topic and group administration, behind [`Admin`](crate::Admin): what
+/// [`Backend::admin`] returns, and what a backend can offer without a bus (Kafka's
+/// `bus_kafka::admin`). Errors name the topic or group and carry Kafka's error code where
+/// there is one (see [`AdminError`]).
+pub trait AdminBackend: Send + Sync + 'static {
+    /// The backend's name (`memory`, `kafka`).
+    fn name(&self) -> &'static str;
+
+    /// Creates a topic; fails with TOPIC_ALREADY_EXISTS when it exists.
+    fn create_topic<'a>(&'a self, topic: &'a NewTopic) -> BoxFuture<'a, Result<(), AdminError>>;
+
+    /// The topics named in `topics` that exist (every topic when `None`), sorted by name.
+    fn list_topics<'a>(
+        &'a self,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, Result<Vec<TopicListing>, AdminError>>;
+
+    /// A topic's partitions and configuration.
+    fn describe_topic<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<TopicDescription, AdminError>>;
+
+    /// Deletes a topic.
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), AdminError>>;
+
+    /// Grows a topic to `total` partitions.
+    fn add_partitions<'a>(
+        &'a self,
+        topic: &'a str,
+        total: i32,
+    ) -> BoxFuture<'a, Result<(), AdminError>>;
+
+    /// Every consumer group, sorted by id.
+    fn list_groups(&self) -> BoxFuture<'_, Result<Vec<GroupListing>, AdminError>>;
+
+    /// A group's members, assignments, committed offsets and lag.
+    fn describe_group<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<GroupDescription, AdminError>>;
+
+    /// The cluster's brokers and protocol versions.
+    fn describe_cluster(&self) -> BoxFuture<'_, Result<ClusterDescription, AdminError>>;
+
+    /// A reader of `partition` from `start` outside any group.
+    fn read<'a>(
+        &'a self,
+        partition: &'a TopicPartition,
+        start: StartAt,
+    ) -> BoxFuture<'a, Result<Box<dyn PartitionReader>, AdminError>>;
 }

@@ -24,6 +24,7 @@ use bus_supervisor::{
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use crate::admin::AdminError;
 use crate::backend::Backend;
 use crate::consumer::{self, Registry, Subscription, SubscriptionReport};
 use crate::delivery::{Delivery, DeliveryFuture};
@@ -34,7 +35,7 @@ use crate::health::Health;
 use crate::memory::{MemoryBackend, MemoryConfig};
 use crate::metrics::{Gauges, Metrics, MetricsSnapshot};
 use crate::options::SubscribeOptions;
-use crate::record::Record;
+use crate::record::{Record, TopicPartition};
 use crate::topics::Topics;
 
 /// The event bus. Cheap to clone; all clones are the same bus.
@@ -136,6 +137,12 @@ impl EventBus {
                 shutdown: OnceCell::new(),
             }),
         }
+    }
+
+    /// Topic and group administration on the bus's backend (create, describe and delete
+    /// topics, add partitions, list and describe groups with their lag).
+    pub fn admin(&self) -> crate::admin::Admin {
+        crate::admin::Admin::new(self.inner.backend.admin())
     }
 
     /// The in-memory backend, when the bus runs on it (to create topics and inspect offsets).
@@ -397,6 +404,87 @@ impl Backend for Unavailable {
 
     fn health(&self) -> Health {
         Health::Closed
+    }
+
+    fn admin(&self) -> Arc<dyn crate::backend::AdminBackend> {
+        Arc::new(Unavailable)
+    }
+}
+
+/// Every administrative request fails on the backend that refuses everything.
+fn unavailable<'a, T: Send + 'a>() -> crate::backend::BoxFuture<'a, Result<T, AdminError>> {
+    Box::pin(async {
+        Err(AdminError::Unavailable { reason: "the bus has no usable backend".into() })
+    })
+}
+
+impl crate::backend::AdminBackend for Unavailable {
+    fn name(&self) -> &'static str {
+        "unavailable"
+    }
+
+    fn create_topic<'a>(
+        &'a self,
+        _topic: &'a crate::admin::NewTopic,
+    ) -> crate::backend::BoxFuture<'a, Result<(), AdminError>> {
+        unavailable()
+    }
+
+    fn list_topics<'a>(
+        &'a self,
+        _topics: Option<&'a [String]>,
+    ) -> crate::backend::BoxFuture<'a, Result<Vec<crate::admin::TopicListing>, AdminError>> {
+        unavailable()
+    }
+
+    fn describe_topic<'a>(
+        &'a self,
+        _topic: &'a str,
+    ) -> crate::backend::BoxFuture<'a, Result<crate::admin::TopicDescription, AdminError>> {
+        unavailable()
+    }
+
+    fn delete_topic<'a>(
+        &'a self,
+        _topic: &'a str,
+    ) -> crate::backend::BoxFuture<'a, Result<(), AdminError>> {
+        unavailable()
+    }
+
+    fn add_partitions<'a>(
+        &'a self,
+        _topic: &'a str,
+        _total: i32,
+    ) -> crate::backend::BoxFuture<'a, Result<(), AdminError>> {
+        unavailable()
+    }
+
+    fn list_groups(
+        &self,
+    ) -> crate::backend::BoxFuture<'_, Result<Vec<crate::admin::GroupListing>, AdminError>> {
+        unavailable()
+    }
+
+    fn describe_group<'a>(
+        &'a self,
+        _group: &'a str,
+    ) -> crate::backend::BoxFuture<'a, Result<crate::admin::GroupDescription, AdminError>> {
+        unavailable()
+    }
+
+    fn describe_cluster(
+        &self,
+    ) -> crate::backend::BoxFuture<'_, Result<crate::admin::ClusterDescription, AdminError>> {
+        unavailable()
+    }
+
+    fn read<'a>(
+        &'a self,
+        _partition: &'a TopicPartition,
+        _start: crate::backend::StartAt,
+    ) -> crate::backend::BoxFuture<'a, Result<Box<dyn crate::backend::PartitionReader>, AdminError>>
+    {
+        unavailable()
     }
 }
 

@@ -16,6 +16,10 @@
 //!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
 //! - **Controlling a running subscription:** [`ConsumerControl`] (seek with [`SeekTo`], pause
 //!   and resume, commit by hand with its [`CommitReport`]), [`ControlError`].
+//! - **Administration:** [`Admin`] ([`EventBus::admin`]) with [`NewTopic`], [`TopicListing`],
+//!   [`TopicDescription`] ([`PartitionDescription`], [`ConfigEntry`]), [`GroupListing`],
+//!   [`GroupDescription`] ([`MemberDescription`], [`PartitionLag`]), [`ClusterDescription`]
+//!   ([`BrokerDescription`], [`ApiSupport`]), [`PartitionCursor`], [`AdminError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
 //!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
 //! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`].
@@ -54,6 +58,7 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod backend;
 mod bus;
 mod commit;
@@ -73,6 +78,11 @@ mod partition;
 mod record;
 mod topics;
 
+pub use admin::{
+    Admin, AdminError, ApiSupport, BrokerDescription, ClusterDescription, ConfigEntry,
+    GroupDescription, GroupListing, MemberDescription, NewTopic, PartitionCursor,
+    PartitionDescription, PartitionLag, TopicDescription, TopicListing,
+};
 pub use bus::{EventBus, ShutdownError, ShutdownReport};
 pub use consumer::{
     CommitReport, ConsumerControl, ControlError, SeekTo, Subscription, SubscriptionReport,

@@ -85,4 +85,8 @@ impl Backend for KafkaBackend {
             other => other,
         }
     }
+
+    fn admin(&self) -> Arc<dyn bus_core::backend::AdminBackend> {
+        Arc::new(crate::admin::KafkaAdmin { client: Arc::clone(&self.client) })
+    }
 }

@@ -283,6 +283,63 @@ impl KafkaClient {
         Ok(())
     }
 
+    /// The cluster's metadata for `topics` (every topic when `None`; brokers and controller
+    /// only when empty), retried as every call is.
+    ///
+    /// # Errors
+    ///
+    /// The last failure, when no broker answered within the call's bound.
+    pub(crate) async fn cluster_metadata(
+        &self,
+        topics: Option<&[String]>,
+    ) -> Result<MetadataResponse, String> {
+        self.retrying(|| self.metadata_of(topics)).await
+    }
+
+    /// A connection to a bootstrap broker, retried as every call is.
+    ///
+    /// # Errors
+    ///
+    /// The last failure, when none answered within the call's bound.
+    pub(crate) async fn any_broker(&self) -> Result<Connection, String> {
+        self.retrying(|| self.bootstrap_connection()).await
+    }
+
+    /// A connection to the controller the metadata names (the bootstrap broker asked when it
+    /// names none), retried as every call is.
+    ///
+    /// # Errors
+    ///
+    /// The last failure, when no broker answered within the call's bound.
+    pub(crate) async fn controller(&self) -> Result<Connection, String> {
+        self.retrying(|| async {
+            let timeout = self.config.request_timeout;
+            let mut connection = self.bootstrap_connection().await?;
+            let metadata = metadata_on(&mut connection, Some(&[]), timeout).await?;
+            let controller = metadata
+                .brokers
+                .iter()
+                .find(|b| b.node_id == metadata.controller_id)
+                .map(|b| address(b.host.as_str(), b.port));
+            match controller {
+                Some(controller) if controller != connection.broker() => {
+                    Ok(self.open(&controller).await?)
+                }
+                _ => Ok(connection),
+            }
+        })
+        .await
+    }
+
+    /// A connection to `broker` (`host:port`), one attempt.
+    ///
+    /// # Errors
+    ///
+    /// Why it could not be opened.
+    pub(crate) async fn broker(&self, broker: &str) -> Result<Connection, RequestError> {
+        self.open(broker).await
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, or `request_timeout` has passed since
     /// the first attempt (waiting [`RETRY`] between attempts); the last failure is returned.
     async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, String>

@@ -53,10 +53,13 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
-    HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest,
+    InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
     ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
     OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
     RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse,
@@ -255,6 +258,59 @@ api!(
     schema::SASL_AUTHENTICATE,
     MIB
 );
+// Administration (`admin`): topic configuration, deletion and growth at the controller (v1 of
+// DescribeConfigs is the first with each entry's source), groups on every broker and at their
+// coordinator.
+api!(
+    DescribeConfigsRequest,
+    DescribeConfigsResponse,
+    DescribeConfigs,
+    "DescribeConfigs",
+    1,
+    4,
+    schema::DESCRIBE_CONFIGS,
+    4 * MIB
+);
+api!(
+    DeleteTopicsRequest,
+    DeleteTopicsResponse,
+    DeleteTopics,
+    "DeleteTopics",
+    1,
+    6,
+    schema::DELETE_TOPICS,
+    MIB
+);
+api!(
+    CreatePartitionsRequest,
+    CreatePartitionsResponse,
+    CreatePartitions,
+    "CreatePartitions",
+    0,
+    3,
+    schema::CREATE_PARTITIONS,
+    MIB
+);
+api!(
+    ListGroupsRequest,
+    ListGroupsResponse,
+    ListGroups,
+    "ListGroups",
+    0,
+    5,
+    schema::LIST_GROUPS,
+    4 * MIB
+);
+api!(
+    DescribeGroupsRequest,
+    DescribeGroupsResponse,
+    DescribeGroups,
+    "DescribeGroups",
+    0,
+    5,
+    schema::DESCRIBE_GROUPS,
+    4 * MIB
+);
 // The idempotent producer's id and epoch (v3 is the first that can bump an epoch: KIP-360).
 api!(
     InitProducerIdRequest,
@@ -384,9 +440,25 @@ impl RequestError {
 }
 
 /// A Kafka error code's name, for messages: `NAME (error N)`.
+///
+/// The name is Kafka's own (`TOPIC_ALREADY_EXISTS`, as the Java client's `Errors` spells it).
 pub(crate) fn code_name(code: i16) -> String {
-    ResponseError::try_from_code(code)
-        .map_or_else(|| format!("error code {code}"), |e| format!("{e} (error {code})"))
+    ResponseError::try_from_code(code).map_or_else(
+        || format!("error code {code}"),
+        |e| format!("{} (error {code})", screaming_snake(&format!("{e:?}"))),
+    )
+}
+
+/// `TopicAlreadyExists` as `TOPIC_ALREADY_EXISTS`.
+fn screaming_snake(camel: &str) -> String {
+    let mut name = String::with_capacity(camel.len() + 8);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 /// A connection to one broker. See the module documentation for its invariants.
@@ -537,6 +609,11 @@ impl Connection {
     /// Whether the connection can still be used (not poisoned or closed).
     pub(crate) fn is_usable(&self) -> bool {
         self.stream.is_some() && !self.in_flight
+    }
+
+    /// The versions the broker offers, by API key (from its ApiVersions answer).
+    pub(crate) fn versions(&self) -> &HashMap<i16, (i16, i16)> {
+        &self.versions
     }
 
     /// The version `R` is sent in: the highest both sides support.

@@ -18,10 +18,12 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiVersionsRequest, CreateTopicsRequest, FetchRequest, FindCoordinatorRequest,
+    ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
     HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
-    SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
+    SyncGroupRequest,
 };
 
 use crate::connection::{Api, decode_frame, response_size};
@@ -29,7 +31,7 @@ use crate::fetch::fuzzing as fetch;
 
 /// The responses the crate reads, by name, with the versions it asks for: the index into
 /// this list selects one in [`decode_response_frame`].
-pub const RESPONSES: [(&str, i16, i16); 16] = [
+pub const RESPONSES: [(&str, i16, i16); 21] = [
     ("ApiVersions", ApiVersionsRequest::MIN, ApiVersionsRequest::MAX),
     ("FindCoordinator", FindCoordinatorRequest::MIN, FindCoordinatorRequest::MAX),
     ("JoinGroup", JoinGroupRequest::MIN, JoinGroupRequest::MAX),
@@ -46,6 +48,11 @@ pub const RESPONSES: [(&str, i16, i16); 16] = [
     ("SaslHandshake", SaslHandshakeRequest::MIN, SaslHandshakeRequest::MAX),
     ("SaslAuthenticate", SaslAuthenticateRequest::MIN, SaslAuthenticateRequest::MAX),
     ("InitProducerId", InitProducerIdRequest::MIN, InitProducerIdRequest::MAX),
+    ("DescribeConfigs", DescribeConfigsRequest::MIN, DescribeConfigsRequest::MAX),
+    ("DeleteTopics", DeleteTopicsRequest::MIN, DeleteTopicsRequest::MAX),
+    ("CreatePartitions", CreatePartitionsRequest::MIN, CreatePartitionsRequest::MAX),
+    ("ListGroups", ListGroupsRequest::MIN, ListGroupsRequest::MAX),
+    ("DescribeGroups", DescribeGroupsRequest::MIN, DescribeGroupsRequest::MAX),
 ];
 
 /// Frames and decodes `frame` (a size prefix, then the response: header and body) as the
@@ -83,6 +90,11 @@ pub fn decode_response_frame(api: usize, version: i16, frame: &[u8]) -> Result<(
         13 => run(SaslHandshakeRequest::default(), version, frame),
         14 => run(SaslAuthenticateRequest::default(), version, frame),
         15 => run(InitProducerIdRequest::default(), version, frame),
+        16 => run(DescribeConfigsRequest::default(), version, frame),
+        17 => run(DeleteTopicsRequest::default(), version, frame),
+        18 => run(CreatePartitionsRequest::default(), version, frame),
+        19 => run(ListGroupsRequest::default(), version, frame),
+        20 => run(DescribeGroupsRequest::default(), version, frame),
         _ => Err(format!("no response {api}")),
     }
 }

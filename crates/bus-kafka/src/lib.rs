@@ -7,7 +7,7 @@
 //!
 //! - **Connecting:** [`connect`], [`KafkaConfig`] and its sections ([`ProducerConfig`],
 //!   [`ConsumerConfig`], [`TopicConfig`], [`MetadataConfig`], [`Compression`],
-//!   [`IsolationLevel`]), [`Admin`], [`KafkaError`].
+//!   [`IsolationLevel`]), [`KafkaError`].
 //! - **Security:** [`SecurityConfig`] (`security.protocol` [`SecurityProtocol`], `security.tls`
 //!   [`TlsConfig`], `security.sasl` [`SaslConfig`] with [`SaslMechanism`]), [`Secret`], and for
 //!   OAUTHBEARER [`TokenProvider`], [`OAuthBearerToken`], [`TokenFuture`], [`TokenError`].
@@ -21,6 +21,11 @@
 //!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
 //! - **Controlling a running subscription:** [`ConsumerControl`] (seek with [`SeekTo`], pause
 //!   and resume, commit by hand with its [`CommitReport`]), [`ControlError`].
+//! - **Administration:** [`admin`] (without a bus) or [`EventBus::admin`]: [`Admin`] with
+//!   [`NewTopic`], [`TopicListing`], [`TopicDescription`] ([`PartitionDescription`],
+//!   [`ConfigEntry`]), [`GroupListing`], [`GroupDescription`] ([`MemberDescription`],
+//!   [`PartitionLag`]), [`ClusterDescription`] ([`BrokerDescription`], [`ApiSupport`]),
+//!   [`PartitionCursor`], [`AdminError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
 //!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
 //! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`],
@@ -30,7 +35,7 @@
 //! own: a batching produce loop per partition, consumer groups (the classic protocol, eager or
 //! cooperative rebalancing as `consumer.assignors` chooses, static members with
 //! [`SubscribeOptions::group_instance_id`]), a fetch loop per assigned partition, metadata and
-//! topic creation.
+//! topic and group administration.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -72,7 +77,7 @@ mod transport;
 
 use std::sync::Arc;
 
-pub use admin::Admin;
+pub use admin::admin;
 pub use config::{
     Compression, ConsumerConfig, FETCH_RESPONSE_SLACK, IsolationLevel, KafkaConfig,
     MAX_FETCH_BYTES, MAX_PARTITION_BUFFER_BYTES, MetadataConfig, ProducerConfig, TopicConfig,
@@ -84,13 +89,16 @@ pub use security::{
 };
 
 pub use bus_core::{
-    CommitMode, CommitReport, ConfigError, ConsumerControl, ControlError, Delivery, DeliveryFuture,
-    Envelope, EnvelopeError, EnvelopeHandler, EventBus, Handler, HandlerError, Header, Headers,
-    Health, JsonError, Message, MetricsSnapshot, OffsetReset, PartitionFailure, PartitionOffset,
-    Partitioner, Payload, PublishError, Record, RetryPolicy, SeekTo, ShutdownError, ShutdownReport,
-    StartPosition, SubscribeError, SubscribeOptions, Subscription, SubscriptionReport, Timestamp,
-    TimestampError, TopicPartition, Topics, UnreadableBatches, UnsubscribeError, UnsubscribeReport,
-    aggregate_id_of, dead_letter_headers, envelope_headers, supervisor,
+    Admin, AdminError, ApiSupport, BrokerDescription, ClusterDescription, CommitMode, CommitReport,
+    ConfigEntry, ConfigError, ConsumerControl, ControlError, Delivery, DeliveryFuture, Envelope,
+    EnvelopeError, EnvelopeHandler, EventBus, GroupDescription, GroupListing, Handler,
+    HandlerError, Header, Headers, Health, JsonError, MemberDescription, Message, MetricsSnapshot,
+    NewTopic, OffsetReset, PartitionCursor, PartitionDescription, PartitionFailure, PartitionLag,
+    PartitionOffset, Partitioner, Payload, PublishError, Record, RetryPolicy, SeekTo,
+    ShutdownError, ShutdownReport, StartPosition, SubscribeError, SubscribeOptions, Subscription,
+    SubscriptionReport, Timestamp, TimestampError, TopicDescription, TopicListing, TopicPartition,
+    Topics, UnreadableBatches, UnsubscribeError, UnsubscribeReport, aggregate_id_of,
+    dead_letter_headers, envelope_headers, supervisor,
 };
 
 use backend::KafkaBackend;

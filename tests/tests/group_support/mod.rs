@@ -14,9 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_kafka::{
-    Admin, EventBus, HandlerError, KafkaConfig, Message, SubscribeOptions, Subscription,
-};
+use bus_kafka::{EventBus, HandlerError, KafkaConfig, Message, SubscribeOptions, Subscription};
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 
@@ -72,7 +70,7 @@ impl Source {
 
     /// [`Source::new`] on the broker at `bootstrap`.
     pub async fn at(bootstrap: &str, topic: &str, partitions: i32, keys: usize) -> Source {
-        let admin = Admin::connect(KafkaConfig::new(bootstrap)).await.unwrap();
+        let admin = bus_kafka::admin(KafkaConfig::new(bootstrap)).await.unwrap();
         admin.ensure_topic(topic, partitions).await.unwrap();
         let client = ClientBuilder::new(vec![bootstrap.to_owned()])
             .backoff_config(rskafka::BackoffConfig {

@@ -52,6 +52,11 @@ pub mod dead_letter_headers {
     pub const FIRST_OFFSET: &str = "X-DLQ-First-Offset";
     /// For a record batch that could not be read: its last offset.
     pub const LAST_OFFSET: &str = "X-DLQ-Last-Offset";
+    /// On a record replayed from a dead-letter topic to its source topic (by `busctl dlq
+    /// replay`): where it was dead-lettered, `<dead-letter topic>/<partition>/<offset>`. The
+    /// replay also writes a marker to `<dead-letter topic>.replayed` (key `<partition>/<offset>`),
+    /// which a later replay reads to skip what was replayed already.
+    pub const REPLAYED_FROM: &str = "X-DLQ-Replayed-From";
 }
 
 /// Everything a subscription's tasks share (the handler aside: see [`Processor`]).

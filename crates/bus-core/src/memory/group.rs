@@ -116,6 +116,26 @@ impl GroupState {
         self.generation
     }
 
+    /// The group's state as Kafka names it: `Empty` without members, `PreparingRebalance`
+    /// while a rebalance is due or under way, else `Stable`.
+    pub(super) fn state_name(&self) -> &'static str {
+        if self.members.is_empty() {
+            "Empty"
+        } else if self.phase == Phase::Revoking || self.needs_rebalance {
+            "PreparingRebalance"
+        } else {
+            "Stable"
+        }
+    }
+
+    /// Each member's id and the partitions it holds, in join order.
+    pub(super) fn assignments(&self) -> Vec<(String, Vec<TopicPartition>)> {
+        self.members
+            .values()
+            .map(|m| (m.id.clone(), m.assigned.iter().cloned().collect()))
+            .collect()
+    }
+
     /// Removes member `seq` (it left); the others rebalance.
     fn remove_member(&mut self, seq: u64) -> bool {
         let removed = self.members.remove(&seq).is_some();
@@ -265,6 +285,31 @@ pub(super) fn topic_created(state: &mut State, topic: &str) {
                 t.groups.insert(name.clone());
             }
             tracing::debug!(group = %name, topic, "memory backend: a new topic matches a pattern");
+            g.needs_rebalance = true;
+            g.changed.notify_waiters();
+        }
+    }
+}
+
+/// `topic` gained partitions or was deleted: every group with a member reading it rebalances
+/// (a deleted topic leaves the pattern members' topics, and its committed offsets are
+/// dropped). Called under the backend's state lock.
+pub(super) fn topic_changed(state: &mut State, topic: &str, deleted: bool) {
+    for (name, g) in &mut state.groups {
+        let mut reads = false;
+        for m in g.members.values_mut() {
+            if m.topics.contains(topic) {
+                reads = true;
+                if deleted && m.subscription.is_pattern() {
+                    m.topics.remove(topic);
+                }
+            }
+        }
+        if deleted {
+            g.offsets.retain(|tp, _| &*tp.topic != topic);
+        }
+        if reads {
+            tracing::debug!(group = %name, topic, deleted, "memory backend: a topic changed");
             g.needs_rebalance = true;
             g.changed.notify_waiters();
         }

@@ -1,8 +1,8 @@
 //! Topics and partition logs of the in-memory backend.
 //!
 //! Owns: [`TopicLog`] (a topic's partitions, its byte account, the groups that ever subscribed
-//! to it, the FIFO of publishes waiting for room) and [`PartitionLog`] (an append-only log of
-//! messages with contiguous offsets).
+//! to it, the FIFO of publishes waiting for room, the configuration it was created with) and
+//! [`PartitionLog`] (an append-only log of messages with contiguous offsets).
 //!
 //! Invariants (all kept under the backend's state lock):
 //! - A partition's offsets are contiguous: the records held are exactly `start..end`, and `end`
@@ -14,7 +14,7 @@
 //!   (zero when there is none, or when one of them has not committed the partition). A record
 //!   nobody committed past is never dropped.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -114,6 +114,8 @@ pub(crate) struct TopicLog {
     pub(crate) waiters: VecDeque<u64>,
     /// Woken (all waiters) when room may have been freed or the head of `waiters` changed.
     room: Arc<Notify>,
+    /// The configuration it was created with (Kafka's keys; kept and reported, not enforced).
+    pub(crate) config: BTreeMap<String, String>,
 }
 
 impl TopicLog {
@@ -129,6 +131,16 @@ impl TopicLog {
             groups: BTreeSet::new(),
             waiters: VecDeque::new(),
             room: Arc::new(Notify::new()),
+            config: BTreeMap::new(),
+        }
+    }
+
+    /// Grows the topic to `total` empty partitions more (`total` was validated to be more than
+    /// it has).
+    pub(crate) fn grow(&mut self, total: i32) {
+        let total = usize::try_from(total).unwrap_or(0);
+        while self.partitions.len() < total {
+            self.partitions.push(PartitionLog::new());
         }
     }
 

@@ -36,6 +36,10 @@
 //!   created later that matches it (by [`MemoryBackend::create_topic`] or auto-created) joins
 //!   its subscription at once and its group rebalances. Every member is dynamic (a group
 //!   instance id is ignored): there is no session to keep a member's place.
+//! - **Administration** ([`Backend::admin`]): topics are created with a configuration (kept
+//!   and reported, not enforced), described, deleted (their committed offsets dropped) and
+//!   grown; groups listed and described with their lag. Groups reading a topic that gains
+//!   partitions or is deleted rebalance.
 //! - **Closing.** [`MemoryBackend::close`] (or the cancellation of the backend's scope) freezes
 //!   admission: publishes and joins fail with `Closed`, and publishes waiting for room are failed
 //!   back with [`PublishError::Closed`]. Existing members may still commit, read and leave, so
@@ -45,6 +49,7 @@
 //! `.await`; nothing that takes it (a member's or a waiting publish's `Drop`) is dropped while
 //! it is held.
 
+mod admin;
 mod config;
 mod group;
 mod log;
@@ -607,5 +612,9 @@ impl Backend for MemoryBackend {
 
     fn health(&self) -> Health {
         if self.shared.is_closed() { Health::Closed } else { Health::Ready }
+    }
+
+    fn admin(&self) -> Arc<dyn crate::backend::AdminBackend> {
+        Arc::new(admin::MemoryAdmin { shared: Arc::clone(&self.shared) })
     }
 }

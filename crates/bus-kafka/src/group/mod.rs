@@ -21,7 +21,7 @@
 
 mod assignor;
 pub(crate) mod codec;
-mod coordinator;
+pub(crate) mod coordinator;
 mod member;
 
 use std::sync::Arc;

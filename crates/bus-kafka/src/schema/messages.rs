@@ -781,3 +781,216 @@ pub(super) mod consumer_protocol_assignment {
         tagged: &[],
     };
 }
+
+/// `DescribeConfigsResponse`: versions 1-4, flexible from 4.
+pub(super) mod describe_configs_response {
+    use super::super::Kind::{Array, Struct};
+    use super::super::{BOOL, I8, I16, I32, LAST, Message, STRING, Shape, f};
+
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "DescribeConfigsResponse",
+        min: 1,
+        max: 4,
+        flexible: 4,
+        root: &DESCRIBE_CONFIGS_RESPONSE,
+    };
+
+    const DESCRIBE_CONFIGS_SYNONYM: Shape = Shape {
+        name: "DescribeConfigsSynonym",
+        fields: &[
+            f("name", 1, LAST, STRING),
+            f("value", 1, LAST, STRING),
+            f("source", 1, LAST, I8),
+        ],
+        tagged: &[],
+    };
+
+    const DESCRIBE_CONFIGS_RESOURCE_RESULT: Shape = Shape {
+        name: "DescribeConfigsResourceResult",
+        fields: &[
+            f("name", 0, LAST, STRING),
+            f("value", 0, LAST, STRING),
+            f("read_only", 0, LAST, BOOL),
+            f("config_source", 0, LAST, I8),
+            f("is_sensitive", 0, LAST, BOOL),
+            f("synonyms", 0, LAST, Array(&Struct(&DESCRIBE_CONFIGS_SYNONYM))),
+            f("config_type", 3, LAST, I8),
+            f("documentation", 3, LAST, STRING),
+        ],
+        tagged: &[],
+    };
+
+    const DESCRIBE_CONFIGS_RESULT: Shape = Shape {
+        name: "DescribeConfigsResult",
+        fields: &[
+            f("error_code", 0, LAST, I16),
+            f("error_message", 0, LAST, STRING),
+            f("resource_type", 0, LAST, I8),
+            f("resource_name", 0, LAST, STRING),
+            f("configs", 0, LAST, Array(&Struct(&DESCRIBE_CONFIGS_RESOURCE_RESULT))),
+        ],
+        tagged: &[],
+    };
+
+    const DESCRIBE_CONFIGS_RESPONSE: Shape = Shape {
+        name: "DescribeConfigsResponse",
+        fields: &[
+            f("throttle_time_ms", 0, LAST, I32),
+            f("results", 0, LAST, Array(&Struct(&DESCRIBE_CONFIGS_RESULT))),
+        ],
+        tagged: &[],
+    };
+}
+
+/// `DeleteTopicsResponse`: versions 1-6, flexible from 4.
+pub(super) mod delete_topics_response {
+    use super::super::Kind::{Array, Struct};
+    use super::super::{I16, I32, LAST, Message, STRING, Shape, UUID, f};
+
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "DeleteTopicsResponse",
+        min: 1,
+        max: 6,
+        flexible: 4,
+        root: &DELETE_TOPICS_RESPONSE,
+    };
+
+    const DELETABLE_TOPIC_RESULT: Shape = Shape {
+        name: "DeletableTopicResult",
+        fields: &[
+            f("name", 0, LAST, STRING),
+            f("topic_id", 6, LAST, UUID),
+            f("error_code", 0, LAST, I16),
+            f("error_message", 5, LAST, STRING),
+        ],
+        tagged: &[],
+    };
+
+    const DELETE_TOPICS_RESPONSE: Shape = Shape {
+        name: "DeleteTopicsResponse",
+        fields: &[
+            f("throttle_time_ms", 1, LAST, I32),
+            f("responses", 0, LAST, Array(&Struct(&DELETABLE_TOPIC_RESULT))),
+        ],
+        tagged: &[],
+    };
+}
+
+/// `CreatePartitionsResponse`: versions 0-3, flexible from 2.
+pub(super) mod create_partitions_response {
+    use super::super::Kind::{Array, Struct};
+    use super::super::{I16, I32, LAST, Message, STRING, Shape, f};
+
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "CreatePartitionsResponse",
+        min: 0,
+        max: 3,
+        flexible: 2,
+        root: &CREATE_PARTITIONS_RESPONSE,
+    };
+
+    const CREATE_PARTITIONS_TOPIC_RESULT: Shape = Shape {
+        name: "CreatePartitionsTopicResult",
+        fields: &[
+            f("name", 0, LAST, STRING),
+            f("error_code", 0, LAST, I16),
+            f("error_message", 0, LAST, STRING),
+        ],
+        tagged: &[],
+    };
+
+    const CREATE_PARTITIONS_RESPONSE: Shape = Shape {
+        name: "CreatePartitionsResponse",
+        fields: &[
+            f("throttle_time_ms", 0, LAST, I32),
+            f("results", 0, LAST, Array(&Struct(&CREATE_PARTITIONS_TOPIC_RESULT))),
+        ],
+        tagged: &[],
+    };
+}
+
+/// `ListGroupsResponse`: versions 0-5, flexible from 3.
+pub(super) mod list_groups_response {
+    use super::super::Kind::{Array, Struct};
+    use super::super::{I16, I32, LAST, Message, STRING, Shape, f};
+
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "ListGroupsResponse",
+        min: 0,
+        max: 5,
+        flexible: 3,
+        root: &LIST_GROUPS_RESPONSE,
+    };
+
+    const LISTED_GROUP: Shape = Shape {
+        name: "ListedGroup",
+        fields: &[
+            f("group_id", 0, LAST, STRING),
+            f("protocol_type", 0, LAST, STRING),
+            f("group_state", 4, LAST, STRING),
+            f("group_type", 5, LAST, STRING),
+        ],
+        tagged: &[],
+    };
+
+    const LIST_GROUPS_RESPONSE: Shape = Shape {
+        name: "ListGroupsResponse",
+        fields: &[
+            f("throttle_time_ms", 1, LAST, I32),
+            f("error_code", 0, LAST, I16),
+            f("groups", 0, LAST, Array(&Struct(&LISTED_GROUP))),
+        ],
+        tagged: &[],
+    };
+}
+
+/// `DescribeGroupsResponse`: versions 0-6, flexible from 5.
+pub(super) mod describe_groups_response {
+    use super::super::Kind::{Array, Struct};
+    use super::super::{BYTES, I16, I32, LAST, Message, STRING, Shape, f};
+
+    pub(in super::super) const MESSAGE: Message = Message {
+        name: "DescribeGroupsResponse",
+        min: 0,
+        max: 6,
+        flexible: 5,
+        root: &DESCRIBE_GROUPS_RESPONSE,
+    };
+
+    const DESCRIBED_GROUP_MEMBER: Shape = Shape {
+        name: "DescribedGroupMember",
+        fields: &[
+            f("member_id", 0, LAST, STRING),
+            f("group_instance_id", 4, LAST, STRING),
+            f("client_id", 0, LAST, STRING),
+            f("client_host", 0, LAST, STRING),
+            f("member_metadata", 0, LAST, BYTES),
+            f("member_assignment", 0, LAST, BYTES),
+        ],
+        tagged: &[],
+    };
+
+    const DESCRIBED_GROUP: Shape = Shape {
+        name: "DescribedGroup",
+        fields: &[
+            f("error_code", 0, LAST, I16),
+            f("error_message", 6, LAST, STRING),
+            f("group_id", 0, LAST, STRING),
+            f("group_state", 0, LAST, STRING),
+            f("protocol_type", 0, LAST, STRING),
+            f("protocol_data", 0, LAST, STRING),
+            f("members", 0, LAST, Array(&Struct(&DESCRIBED_GROUP_MEMBER))),
+            f("authorized_operations", 3, LAST, I32),
+        ],
+        tagged: &[],
+    };
+
+    const DESCRIBE_GROUPS_RESPONSE: Shape = Shape {
+        name: "DescribeGroupsResponse",
+        fields: &[
+            f("throttle_time_ms", 1, LAST, I32),
+            f("groups", 0, LAST, Array(&Struct(&DESCRIBED_GROUP))),
+        ],
+        tagged: &[],
+    };
+}

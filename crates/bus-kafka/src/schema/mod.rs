@@ -66,6 +66,16 @@ pub(crate) const SASL_HANDSHAKE: &Message = &messages::sasl_handshake_response::
 pub(crate) const SASL_AUTHENTICATE: &Message = &messages::sasl_authenticate_response::MESSAGE;
 /// The InitProducerId response.
 pub(crate) const INIT_PRODUCER_ID: &Message = &messages::init_producer_id_response::MESSAGE;
+/// The DescribeConfigs response.
+pub(crate) const DESCRIBE_CONFIGS: &Message = &messages::describe_configs_response::MESSAGE;
+/// The DeleteTopics response.
+pub(crate) const DELETE_TOPICS: &Message = &messages::delete_topics_response::MESSAGE;
+/// The CreatePartitions response.
+pub(crate) const CREATE_PARTITIONS: &Message = &messages::create_partitions_response::MESSAGE;
+/// The ListGroups response.
+pub(crate) const LIST_GROUPS: &Message = &messages::list_groups_response::MESSAGE;
+/// The DescribeGroups response.
+pub(crate) const DESCRIBE_GROUPS: &Message = &messages::describe_groups_response::MESSAGE;
 /// The `consumer` protocol's subscription (a JoinGroup member's metadata).
 pub(crate) const SUBSCRIPTION: &Message = &messages::consumer_protocol_subscription::MESSAGE;
 /// The `consumer` protocol's assignment (a SyncGroup answer's assignment).
@@ -73,7 +83,7 @@ pub(crate) const ASSIGNMENT: &Message = &messages::consumer_protocol_assignment:
 
 /// Every message shape, for tests.
 #[cfg(test)]
-pub(crate) const ALL: [&Message; 18] = [
+pub(crate) const ALL: [&Message; 23] = [
     API_VERSIONS,
     FIND_COORDINATOR,
     JOIN_GROUP,
@@ -90,6 +100,11 @@ pub(crate) const ALL: [&Message; 18] = [
     SASL_HANDSHAKE,
     SASL_AUTHENTICATE,
     INIT_PRODUCER_ID,
+    DESCRIBE_CONFIGS,
+    DELETE_TOPICS,
+    CREATE_PARTITIONS,
+    LIST_GROUPS,
+    DESCRIBE_GROUPS,
     SUBSCRIPTION,
     ASSIGNMENT,
 ];

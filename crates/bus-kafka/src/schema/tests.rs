@@ -125,6 +125,11 @@ fn kafka_protocol_reads(message: &Message, version: i16, bytes: &Bytes) -> Resul
         "SaslHandshakeResponse" => SaslHandshakeResponse::decode(&mut buf, version).map(drop),
         "SaslAuthenticateResponse" => SaslAuthenticateResponse::decode(&mut buf, version).map(drop),
         "InitProducerIdResponse" => InitProducerIdResponse::decode(&mut buf, version).map(drop),
+        "DescribeConfigsResponse" => DescribeConfigsResponse::decode(&mut buf, version).map(drop),
+        "DeleteTopicsResponse" => DeleteTopicsResponse::decode(&mut buf, version).map(drop),
+        "CreatePartitionsResponse" => CreatePartitionsResponse::decode(&mut buf, version).map(drop),
+        "ListGroupsResponse" => ListGroupsResponse::decode(&mut buf, version).map(drop),
+        "DescribeGroupsResponse" => DescribeGroupsResponse::decode(&mut buf, version).map(drop),
         "ConsumerProtocolSubscription" => {
             ConsumerProtocolSubscription::decode(&mut buf, version).map(drop)
         }
@@ -308,6 +313,11 @@ fn decode_seed(kind: u8, offset: u8, frame: &[u8]) -> Result<(), String> {
         13 => run::<SaslHandshakeRequest>(offset, frame),
         14 => run::<SaslAuthenticateRequest>(offset, frame),
         15 => run::<InitProducerIdRequest>(offset, frame),
+        16 => run::<DescribeConfigsRequest>(offset, frame),
+        17 => run::<DeleteTopicsRequest>(offset, frame),
+        18 => run::<CreatePartitionsRequest>(offset, frame),
+        19 => run::<ListGroupsRequest>(offset, frame),
+        20 => run::<DescribeGroupsRequest>(offset, frame),
         other => Err(format!("no kind {other}")),
     }
 }
