@@ -20,7 +20,8 @@
 //! Modules for other readers: [`memory`] (the in-memory backend's configuration and inspection,
 //! for tests), [`supervisor`] (the task tree: snapshots, leak guards, the scope-level shutdown
 //! report), [`backend`] (the interface a new transport implements), `conformance` (feature
-//! `conformance`: the behavioural suite every backend runs).
+//! `conformance`: the behavioural suite every backend runs), [`fault`] (fault points; arming
+//! them only with the `fault-injection` feature, for tests).
 //!
 //! # Example
 //!
@@ -61,6 +62,7 @@ mod delivery;
 mod dispatch;
 mod envelope;
 mod error;
+pub mod fault;
 mod handler;
 mod health;
 pub mod memory;
