@@ -76,6 +76,9 @@ impl Backend for KafkaBackend {
         if self.closed.load(Ordering::Acquire) {
             return Health::Closed;
         }
+        if let Some(escalation) = self.producer.failure() {
+            return Health::Degraded { reason: format!("the producer failed: {escalation}") };
+        }
         match self.producer.health() {
             Health::Ready => match self.client.connector().trouble() {
                 // A broker refusing TLS or SASL: whatever part of the bus met it.

@@ -102,7 +102,8 @@ pub async fn connect(config: KafkaConfig) -> Result<EventBus, KafkaError> {
     let client = Arc::new(KafkaClient::connect(Arc::clone(&config)).await?);
     let supervisor = bus_core::backend::supervisor();
     let scope = supervisor.root().child("kafka");
-    let producer = producer::Producer::start(scope.child("producer"), Arc::clone(&client))?;
+    let producer =
+        producer::Producer::start(scope.isolated_child("producer"), Arc::clone(&client))?;
     let backend = Arc::new(KafkaBackend::new(scope, client, producer));
     Ok(bus_core::backend::bus(supervisor, backend))
 }

@@ -334,9 +334,26 @@ impl Producer {
     pub(crate) fn health(&self) -> Health {
         self.shared.health.health()
     }
+
+    /// The escalation that failed the producer (a partition loop that kept panicking), if any.
+    pub(crate) fn failure(&self) -> Option<bus_supervisor::Escalation> {
+        self.shared.scope.failure()
+    }
 }
 
 impl Shared {
+    /// Why a record cannot be accepted now that the producer's scope is over: its failure (a
+    /// partition loop that kept panicking past its restart intensity), or `Closed`.
+    fn failed_or_closed(&self) -> PublishError {
+        match self.scope.failure() {
+            Some(escalation) => PublishError::Backend {
+                backend: BACKEND,
+                reason: format!("the producer failed: {escalation}"),
+            },
+            None => PublishError::Closed,
+        }
+    }
+
     /// The topic's registry entry, resolving (and auto-creating) it on first use.
     async fn topic(&self, name: &str) -> Result<Arc<Topic>, PublishError> {
         if let Some(topic) = self.topics.read().get(name) {
@@ -482,11 +499,11 @@ impl Shared {
         // Counted before the loop can take it, so that the loop's decrement never comes first.
         let before = state.queued_bytes.fetch_add(size, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(mut entry)) = handle.tx.send(entry) {
-            // The loop is gone (the producer's scope was shut down): not accepted.
+            // The loop is gone (the producer's scope was shut down, or failed): not accepted.
             state.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             entry.delivery.take();
             self.buffer.add_permits(size);
-            return Err(PublishError::Closed);
+            return Err(self.failed_or_closed());
         }
         state.sent.fetch_add(1, Ordering::Release);
         let max = self.config.producer.max_batch_bytes;
@@ -632,8 +649,14 @@ impl Topic {
             fail_back: Notify::new(),
         });
         let name = format!("{}-{partition}", self.name);
-        let task = partition::run(Arc::clone(shared), Arc::clone(&state), rx);
-        shared.scope.spawn(name, task).map_err(|_| PublishError::Closed)?.detach();
+        let handover = partition::handover(Arc::clone(shared), Arc::clone(&state), rx);
+        let monitor = shared
+            .scope
+            .supervise(name, partition::child_spec(), move |scope| {
+                partition::run(scope, Arc::clone(&handover))
+            })
+            .map_err(|_| shared.failed_or_closed())?;
+        monitor.detach();
         let _ = slot.set(PartitionHandle { tx, state });
         slot.get().ok_or_else(missing)
     }
