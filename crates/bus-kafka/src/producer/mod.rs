@@ -37,6 +37,7 @@ mod health;
 mod identity;
 mod partition;
 mod produce;
+mod telemetry;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -130,6 +131,8 @@ pub(crate) struct PartitionState {
     batch_full: Notify,
     /// Woken when `fail_through` rises.
     fail_back: Notify,
+    /// The partition's metrics handles.
+    metrics: telemetry::PartitionMetrics,
 }
 
 /// What [`Producer::try_send`] decided.
@@ -572,9 +575,11 @@ impl Shared {
     fn resolved(&self, state: &PartitionState, acked: u64, failed: u64) {
         if acked > 0 {
             self.acked.fetch_add(acked, Ordering::AcqRel);
+            state.metrics.acked.increment(acked);
         }
         if failed > 0 {
             self.failed.fetch_add(failed, Ordering::AcqRel);
+            state.metrics.failed.increment(failed);
         }
         state.resolved.fetch_add(acked + failed, Ordering::AcqRel);
         self.progress.notify_waiters();
@@ -647,6 +652,7 @@ impl Topic {
             queued_bytes: AtomicUsize::new(0),
             batch_full: Notify::new(),
             fail_back: Notify::new(),
+            metrics: telemetry::PartitionMetrics::new(&self.name, partition),
         });
         let name = format!("{}-{partition}", self.name);
         let handover = partition::handover(Arc::clone(shared), Arc::clone(&state), rx);

@@ -792,6 +792,7 @@ impl Batcher {
             "produce failed; retrying"
         );
         self.shared.health.retrying(&self.state.topic, self.state.partition, &reason);
+        self.state.metrics.retries.increment(1);
         self.last_error = Some(reason);
     }
 
@@ -900,6 +901,11 @@ impl Batcher {
         self.retries = 0;
         let partition = self.state.partition;
         let acked = sealed.entries.len() as u64;
+        let metrics = &self.state.metrics;
+        metrics.batch_records.record(acked as f64);
+        if let Some(oldest) = sealed.entries.first() {
+            metrics.latency.record(oldest.accepted.elapsed().as_secs_f64());
+        }
         let shared = Arc::clone(&self.shared);
         let mut release = Release::new(&shared.buffer);
         match stored {
