@@ -17,10 +17,16 @@
 //! [`secure_config`]. [`OwnSecureBroker`] is a private one whose users a test changes between
 //! restarts; [`Certificates`] makes CAs and certificates (rcgen); [`capture_logs`] records the
 //! tracing output of a test.
+//!
+//! For the hostile-peer tests: the peak resident memory of the process ([`peak_rss`],
+//! [`reset_peak_rss`]), decompression bombs (`bombs`), and `scripted`: a scripted Kafka peer
+//! (an adversary and an oracle's stage, not a stand-in for Kafka).
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // test helpers: failing loudly is their job
 
+pub mod bombs;
 pub mod proxy;
+pub mod scripted;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -769,4 +775,37 @@ pub fn capture_logs() -> CapturedLogs {
         .finish();
     let guard = tracing::subscriber::set_default(subscriber);
     CapturedLogs { buffer, _guard: guard }
+}
+
+/// The process's peak resident set size (VmHWM), in bytes.
+///
+/// # Panics
+///
+/// When `/proc/self/status` cannot be read.
+pub fn peak_rss() -> u64 {
+    proc_status_kib("VmHWM:") * 1024
+}
+
+/// The process's resident set size now (VmRSS), in bytes.
+///
+/// # Panics
+///
+/// When `/proc/self/status` cannot be read.
+pub fn rss() -> u64 {
+    proc_status_kib("VmRSS:") * 1024
+}
+
+fn proc_status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+/// Resets the peak resident set size to the current one (writes 5 to `/proc/self/clear_refs`).
+/// Returns false where the kernel does not allow it (the peak then counts from the start).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }

@@ -1,14 +1,17 @@
 //! `cargo xtask ci`: the gate every change passes, and what `.ci/run` calls.
 //!
 //! Owns the order of the checks: formatting, clippy (warnings are errors), rustdoc (broken links
-//! are errors), cargo-deny (licenses,
-//! bans, sources; the advisory database cannot be fetched on these machines), every test against
-//! a broker, then the leak scenarios. The first failure stops the run.
+//! are errors), cargo-deny (licenses, bans, sources; the advisory database cannot be fetched on
+//! these machines), each fuzz target briefly (`FUZZ_SECONDS`), every test against a broker, then
+//! the leak scenarios. The first failure stops the run.
 
 use std::process::Command;
 
 use crate::Result;
 use crate::cmd::{Step, run as run_command};
+
+/// Seconds each fuzz target runs in CI (the build of the targets is most of the step).
+const FUZZ_SECONDS: u64 = 5;
 
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -40,6 +43,10 @@ pub(crate) fn run() -> Result<()> {
         )?;
     }
     deny()?;
+    {
+        let _step = Step::new("fuzz");
+        crate::fuzz::run(FUZZ_SECONDS, None)?;
+    }
     {
         let _step = Step::new("test");
         crate::test::run(&[])?;

@@ -2,7 +2,8 @@
 //!
 //! Owns the command line (clap) and dispatch to one module per tool: `ci` (the CI gate), `test`
 //! (every test against a broker), `broker` (start, stop, status of the test broker), `bench`
-//! (benchmarks side by side with peers), `tools` (installing pinned tools on first use), `cmd`
+//! (benchmarks side by side with peers), `fuzz` (the fuzz targets, and their seeds from real
+//! traffic), `tools` (installing pinned tools on first use), `cmd`
 //! (running commands with visible output).
 //!
 //! Invariant: xtask never leaves a process it started running, except a broker started with
@@ -12,6 +13,7 @@ mod bench;
 mod broker;
 mod ci;
 mod cmd;
+mod fuzz;
 mod leakcheck;
 mod peer;
 mod secure;
@@ -67,6 +69,20 @@ enum Command {
     },
     /// Run cargo-deny's licenses, bans and sources checks (installing cargo-deny if missing).
     Deny,
+    /// Run the fuzz targets of `fuzz/` (installing cargo-fuzz if missing) and print their
+    /// executions, coverage and crashes.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (record_batches, responses, consumer_protocol, envelope).
+        #[arg(long)]
+        target: Option<String>,
+        /// Instead, capture seed corpora from real traffic with the test broker into
+        /// `fuzz/corpus`.
+        #[arg(long)]
+        seeds: bool,
+    },
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -87,6 +103,8 @@ fn main() -> ExitCode {
         Command::Bench { which, record, tls } => bench::run(which, record, tls),
         Command::Deny => ci::deny(),
         Command::Leakcheck { args } => leakcheck::run(&args),
+        Command::Fuzz { seeds: true, .. } => fuzz::seeds(),
+        Command::Fuzz { seconds, target, seeds: false } => fuzz::run(seconds, target.as_deref()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

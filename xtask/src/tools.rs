@@ -1,5 +1,5 @@
-//! Pinned tools installed on first use: cargo-deny and the nisshi broker; Debian packages a
-//! command needs (installed with apt-get as root, otherwise named).
+//! Pinned tools installed on first use: cargo-deny, cargo-fuzz and the nisshi broker; Debian
+//! packages a command needs (installed with apt-get as root, otherwise named).
 //!
 //! Owns: finding a tool (on the PATH or in cargo's bin directory) and installing it with
 //! `cargo install` when missing, showing progress. A tool installed once is reused.
@@ -28,6 +28,16 @@ pub(crate) const CARGO_DENY: Tool = Tool {
     krate: "cargo-deny",
     binary: "cargo-deny",
     version: "0.20.2",
+    install_flags: &["--locked"],
+    note: "about 4 minutes on 2 cores, once",
+};
+
+/// cargo-fuzz: builds and runs the libFuzzer targets of `fuzz/` (on stable Rust with
+/// `RUSTC_BOOTSTRAP=1`, see `fuzz`). Measured: 4 minutes to install on a loaded 2-core machine.
+pub(crate) const CARGO_FUZZ: Tool = Tool {
+    krate: "cargo-fuzz",
+    binary: "cargo-fuzz",
+    version: "0.13.2",
     install_flags: &["--locked"],
     note: "about 4 minutes on 2 cores, once",
 };

@@ -3,7 +3,8 @@
 //!
 //! Owns: the traits [`Backend`], [`GroupMember`], [`PartitionReader`] and the types that cross
 //! them ([`JoinRequest`], [`MemberEvent`], [`Revocation`], [`StartAt`], [`FlushReport`],
-//! [`GroupError`]); [`supervisor`] and [`bus`], which assemble an [`EventBus`] on a backend. It
+//! [`GroupError`], [`ReadError`], [`UnreadableBatch`]); [`supervisor`] and [`bus`], which
+//! assemble an [`EventBus`] on a backend. It
 //! also re-exports what a backend calls: the delivery channel ([`delivery_channel`],
 //! [`DeliverySender`]) and the partitioning helpers ([`UnkeyedSpreader`], [`PartitionError`]);
 //! and, for backends with a consumer loop of their own and for benchmarks, the consumer
@@ -38,6 +39,10 @@
 //!   away any subset of them.
 //! - [`MemberEvent::Assigned`] lists only partitions the member does not hold already, and
 //!   [`MemberEvent::Revoked`] only partitions it holds.
+//! - A reader that meets a batch it cannot decode (or that is over a limit of its
+//!   configuration) returns the records before it, then, from its first offset, an
+//!   [`UnreadableBatch`] until [`PartitionReader::seek`] moves it past: a partition is never
+//!   skipped by a backend on its own, and never stuck without the runtime knowing why.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -130,6 +135,9 @@ pub struct JoinRequest {
     /// How long the member may take to complete a [`Revocation`] before the group moves on
     /// without it.
     pub rebalance_timeout: std::time::Duration,
+    /// Where a reader goes when its position is no longer in the partition (out of range):
+    /// the subscription's `auto_offset_reset`.
+    pub auto_offset_reset: OffsetReset,
 }
 
 /// What the group decided for a member.
@@ -210,6 +218,35 @@ impl GroupError {
     pub fn fenced(group: impl Into<String>, reason: impl Into<String>) -> Self {
         GroupError { group: group.into(), reason: reason.into(), retriable: false, fenced: true }
     }
+}
+
+/// Why a reader returned no records.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// Reading failed (a broker unreachable, a request refused): retrying may succeed.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// The batch at the reader's position cannot be read: it stays there until
+    /// [`PartitionReader::seek`] moves it past.
+    #[error("{0}")]
+    Unreadable(UnreadableBatch),
+}
+
+/// A record batch a reader cannot decode (corrupt, in a format it does not read) or that is
+/// over a limit of its configuration (the error names the limit).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{partition}` offsets {first_offset}-{last_offset} cannot be read: {reason}")]
+pub struct UnreadableBatch {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// The batch's first offset (the reader's position stays there).
+    pub first_offset: i64,
+    /// Its last offset (its first when the batch's header cannot be trusted).
+    pub last_offset: i64,
+    /// The batch as received (what a dead-letter record carries).
+    pub raw: bytes::Bytes,
+    /// Why it cannot be read, naming the broker and the limit where there is one.
+    pub reason: String,
 }
 
 /// What a flush achieved.
@@ -295,6 +332,20 @@ pub trait GroupMember: Send + Sync {
 pub trait PartitionReader: Send {
     /// The next records from the current position: waits until there is at least one, or until
     /// the backend's poll interval passes (then returns an empty batch). At most about
-    /// `max_bytes` (but always at least one record when one is there). Cancel-safe.
-    fn next_batch(&mut self, max_bytes: usize) -> BoxFuture<'_, Result<Vec<Message>, GroupError>>;
+    /// `max_bytes` (but always at least one record when one is there); a backend may bound it
+    /// further by its own configuration. Cancel-safe.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Group`] when reading failed (retry); [`ReadError::Unreadable`] when the
+    /// batch at the position cannot be read (the records before it were returned first).
+    fn next_batch(&mut self, max_bytes: usize) -> BoxFuture<'_, Result<Vec<Message>, ReadError>>;
+
+    /// Moves the position to `offset`: the next batch starts there (used to step past an
+    /// [`UnreadableBatch`] once it is dead-lettered).
+    fn seek(&mut self, offset: i64);
+
+    /// The next offset to read, when known (a start at the earliest or latest offset may not be
+    /// resolved yet): what the health names when reading keeps failing.
+    fn position(&self) -> Option<i64>;
 }

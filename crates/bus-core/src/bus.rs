@@ -280,12 +280,34 @@ impl EventBus {
         .await
     }
 
-    /// The bus's health: the backend's, or `Closed` once shutdown began.
+    /// The bus's health: `Closed` once shutdown began; otherwise the backend's, `Degraded`
+    /// also while a subscription is stuck somewhere (a partition it cannot read, a message it
+    /// cannot dead-letter, a failure), each named with its topic, partition, offset and reason.
     pub fn health(&self) -> Health {
         if self.inner.closed.load(Ordering::Acquire) {
-            Health::Closed
-        } else {
-            self.inner.backend.health()
+            return Health::Closed;
+        }
+        let backend = self.inner.backend.health();
+        let troubles: Vec<String> = self
+            .inner
+            .subscriptions
+            .lock()
+            .iter()
+            .filter_map(|s| {
+                let trouble = s.health.trouble()?;
+                Some(format!("subscription `{}` (group `{}`): {trouble}", s.topic, s.group))
+            })
+            .collect();
+        if troubles.is_empty() {
+            return backend;
+        }
+        let troubles = troubles.join("; ");
+        match backend {
+            Health::Ready => Health::Degraded { reason: troubles },
+            Health::Degraded { reason } => {
+                Health::Degraded { reason: format!("{reason}; {troubles}") }
+            }
+            Health::Closed => Health::Closed,
         }
     }
 

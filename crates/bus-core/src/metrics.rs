@@ -68,6 +68,9 @@ pub(crate) struct Metrics {
     pub(crate) partitions_revoked: AtomicU64,
     pub(crate) abandoned: AtomicU64,
     pub(crate) group_failures: AtomicU64,
+    pub(crate) partitions_failed: AtomicU64,
+    pub(crate) batches_dead_lettered: AtomicU64,
+    pub(crate) subscriptions_failed: AtomicU64,
 }
 
 /// Gauges read from the live parts of the bus when a snapshot is taken.
@@ -107,6 +110,9 @@ impl Metrics {
             partitions_revoked: get(&self.partitions_revoked),
             abandoned: get(&self.abandoned),
             group_failures: get(&self.group_failures),
+            partitions_failed: get(&self.partitions_failed),
+            batches_dead_lettered: get(&self.batches_dead_lettered),
+            subscriptions_failed: get(&self.subscriptions_failed),
             subscriptions: gauges.subscriptions,
             in_flight: gauges.in_flight,
             live_tasks: gauges.live_tasks,
@@ -155,6 +161,16 @@ pub struct MetricsSnapshot {
     /// Times a subscription's member was dropped by its group, or could not read its committed
     /// offsets or open a partition (each is logged with the reason).
     pub group_failures: u64,
+    /// Times a partition stopped making progress (a batch it cannot read under the `fail`
+    /// policy, or fetches failing again and again), each named in the bus's health until it
+    /// recovers.
+    pub partitions_failed: u64,
+    /// Record batches that could not be read, sent whole to the dead-letter topic (the `skip`
+    /// policy).
+    pub batches_dead_lettered: u64,
+    /// Subscriptions that failed for good (committed offsets unreadable past the rebalance
+    /// timeout), each named in the bus's health.
+    pub subscriptions_failed: u64,
     /// Gauge: active subscriptions.
     pub subscriptions: usize,
     /// Gauge: messages accepted by subscriptions' dispatch and not finished (queued or running).

@@ -1,7 +1,8 @@
 //! Subscription options: consumer group (and static membership), concurrency, ordering,
 //! retries, dead letters.
 //!
-//! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`]. Each is a serde struct with
+//! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`], [`UnreadableBatches`]. Each is
+//! a serde struct with
 //! defaults; [`SubscribeOptions::validate`] names the field that is out of range.
 
 use std::time::Duration;
@@ -23,6 +24,21 @@ pub enum OffsetReset {
     Earliest,
     /// From the next record published.
     Latest,
+}
+
+/// What a subscription does with a record batch its backend cannot read (corrupt, or over a
+/// limit of the backend's configuration, such as a compressed batch inflating past its bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnreadableBatches {
+    /// The records before it are handled; then the partition stops there and the subscription
+    /// reports it failed (the bus's health names the topic, partition, offset and reason;
+    /// `partitions_failed` counts it), retrying with backoff in case the cause passes.
+    #[default]
+    Fail,
+    /// The batch is sent whole to the dead-letter topic (headers name its offset range and the
+    /// error; retried with backoff until stored), then the partition moves past it.
+    Skip,
 }
 
 /// How a failed handler is retried before its message is dead-lettered.
@@ -114,9 +130,12 @@ pub struct SubscribeOptions {
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// How long in-flight handlers may run on after their partition is revoked; those still
-    /// running are abandoned, uncommitted, for the new owner to redeliver.
+    /// running are abandoned, uncommitted, for the new owner to redeliver. Also how long
+    /// reading the committed offsets of an assignment is retried before the subscription fails.
     #[serde(with = "humantime_serde")]
     pub rebalance_timeout: Duration,
+    /// What to do with a record batch that cannot be read: `fail` (the default) or `skip`.
+    pub unreadable_batches: UnreadableBatches,
 }
 
 impl Default for SubscribeOptions {
@@ -133,6 +152,7 @@ impl Default for SubscribeOptions {
             auto_offset_reset: OffsetReset::Earliest,
             commit_interval: Duration::from_secs(1),
             rebalance_timeout: Duration::from_secs(30),
+            unreadable_batches: UnreadableBatches::Fail,
         }
     }
 }
@@ -202,6 +222,12 @@ impl SubscribeOptions {
     /// Sets the rebalance timeout.
     pub fn with_rebalance_timeout(mut self, timeout: Duration) -> Self {
         self.rebalance_timeout = timeout;
+        self
+    }
+
+    /// Sets what to do with record batches that cannot be read.
+    pub fn with_unreadable_batches(mut self, policy: UnreadableBatches) -> Self {
+        self.unreadable_batches = policy;
         self
     }
 

@@ -41,6 +41,7 @@ fn request(
         group_instance_id: None,
         scope: supervisor.root().child(format!("sub-{group}")),
         rebalance_timeout: rebalance,
+        auto_offset_reset: bus_core::OffsetReset::Earliest,
     }
 }
 

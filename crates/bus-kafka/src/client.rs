@@ -300,7 +300,8 @@ impl KafkaClient {
                 Err(_) => {
                     let earlier = last.map(|l| format!("; the attempt before: {l}"));
                     return Err(format!(
-                        "no answer within request_timeout ({:?}){}",
+                        "no answer from the cluster (bootstrap {}) within request_timeout ({:?}){}",
+                        self.config.bootstrap.join(","),
                         self.config.request_timeout,
                         earlier.unwrap_or_default()
                     ));

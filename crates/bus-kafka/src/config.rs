@@ -1,8 +1,9 @@
 //! The Kafka backend's configuration: serde structs with defaults, validated field by field.
 //!
 //! Owns: [`KafkaConfig`] and its sections [`ProducerConfig`], [`ConsumerConfig`],
-//! [`TopicConfig`], [`MetadataConfig`], and [`Compression`], and `ASSIGNORS` (the assignors
-//! a member may offer; the `security` section is the crate's `security` module's).
+//! [`TopicConfig`], [`MetadataConfig`], [`Compression`] and [`IsolationLevel`], and
+//! `ASSIGNORS` (the assignors a member may offer; the `security` section is the crate's
+//! `security` module's).
 //! [`KafkaConfig::validate`] names the first field out of range (`producer.linger`,
 //! `consumer.session_timeout`, `security.sasl.password`, …).
 
@@ -17,15 +18,34 @@ use crate::security::SecurityConfig;
 /// keeps the state of a producer's last five batches per partition, so Kafka requires at most 5.
 pub(crate) const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
 
-/// The largest `consumer.fetch_max_bytes`: a Fetch response is read into memory whole, and
-/// responses over twice this are refused as corrupt.
-pub const MAX_FETCH_BYTES: usize = 128 * 1024 * 1024;
 /// The partition assignors a member can offer (see [`ConsumerConfig::assignors`]).
 pub(crate) const ASSIGNORS: [&str; 4] = ["range", "roundrobin", "sticky", "cooperative-sticky"];
 
 /// The assignor that supports the cooperative rebalance protocol.
 pub(crate) const COOPERATIVE_STICKY: &str = "cooperative-sticky";
 
+/// The largest `consumer.fetch_max_bytes`: a Fetch response is read into memory whole.
+pub const MAX_FETCH_BYTES: usize = 128 * 1024 * 1024;
+
+/// The room a Fetch response may take beyond `consumer.fetch_max_bytes` (a broker returns the
+/// first batch whole even when it is larger: up to Kafka's default `message.max.bytes` of
+/// 1 MiB, plus framing); a larger response is refused.
+pub const FETCH_RESPONSE_SLACK: usize = 1024 * 1024 + 64 * 1024;
+
+/// The largest `consumer.partition_buffer_bytes` (and `consumer.max_decompressed_batch_bytes`).
+pub const MAX_PARTITION_BUFFER_BYTES: usize = 4 * 1024 * 1024 * 1024 - 1;
+
+/// Which records a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationLevel {
+    /// Records of committed transactions and records written outside transactions; records of
+    /// aborted transactions are never delivered (Kafka's `read_committed`).
+    #[default]
+    ReadCommitted,
+    /// Every record, aborted transactions' included (Kafka's `read_uncommitted`).
+    ReadUncommitted,
+}
 /// Record-batch compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -147,6 +167,17 @@ pub struct ConsumerConfig {
     /// its members twice: first to `["cooperative-sticky", "range"]` (still eager, but
     /// offering the cooperative assignor), then to `["cooperative-sticky"]`.
     pub assignors: Vec<String>,
+    /// Which records are read: `read_committed` (the default) or `read_uncommitted`.
+    pub isolation_level: IsolationLevel,
+    /// The most one compressed record batch may decompress to. A batch that would inflate
+    /// further is not decompressed past this bound: it is refused, naming this field (the
+    /// subscription's `unreadable_batches` policy then applies).
+    pub max_decompressed_batch_bytes: usize,
+    /// Memory each assigned partition's reader may hold: Fetch responses and decompressed
+    /// batches that messages not yet handled still reference. Fetching and decompressing wait
+    /// for room (backpressure). At least `fetch_max_bytes` + [`FETCH_RESPONSE_SLACK`] +
+    /// `max_decompressed_batch_bytes`, so that a response and its largest batch always fit.
+    pub partition_buffer_bytes: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -157,6 +188,9 @@ impl Default for ConsumerConfig {
             fetch_max_bytes: 1024 * 1024,
             fetch_max_wait: Duration::from_millis(500),
             assignors: vec!["range".into(), "roundrobin".into()],
+            isolation_level: IsolationLevel::ReadCommitted,
+            max_decompressed_batch_bytes: 16 * 1024 * 1024,
+            partition_buffer_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -311,6 +345,33 @@ impl KafkaConfig {
             return Err(ConfigError::new(
                 "consumer.fetch_max_bytes",
                 format!("must be between 1 and {MAX_FETCH_BYTES} (128 MiB)"),
+            ));
+        }
+        if c.max_decompressed_batch_bytes == 0
+            || c.max_decompressed_batch_bytes > MAX_PARTITION_BUFFER_BYTES
+        {
+            return Err(ConfigError::new(
+                "consumer.max_decompressed_batch_bytes",
+                format!("must be between 1 and {MAX_PARTITION_BUFFER_BYTES}"),
+            ));
+        }
+        let least_buffer = c
+            .fetch_max_bytes
+            .saturating_add(FETCH_RESPONSE_SLACK)
+            .saturating_add(c.max_decompressed_batch_bytes);
+        if c.partition_buffer_bytes < least_buffer {
+            return Err(ConfigError::new(
+                "consumer.partition_buffer_bytes",
+                format!(
+                    "must be at least consumer.fetch_max_bytes + {FETCH_RESPONSE_SLACK} + \
+                     consumer.max_decompressed_batch_bytes ({least_buffer})"
+                ),
+            ));
+        }
+        if c.partition_buffer_bytes > MAX_PARTITION_BUFFER_BYTES {
+            return Err(ConfigError::new(
+                "consumer.partition_buffer_bytes",
+                format!("must be at most {MAX_PARTITION_BUFFER_BYTES}"),
             ));
         }
         if c.assignors.is_empty() {

@@ -35,9 +35,15 @@
 //!   it does support), and the request is repeated in a version it offers.
 //! - A request is encoded into one buffer sized up front (fields of type `Bytes`, such as a
 //!   Produce request's record batch, are passed in by reference count, not copied before
-//!   encoding). A response is read into one buffer of its size (not zeroed first), at most
-//!   `MAX_RESPONSE_BYTES`; decoded fields of type `Bytes` (a Fetch response's records) are
-//!   slices of it, not copies.
+//!   encoding). A response is read into one buffer (not zeroed first); decoded fields of type
+//!   `Bytes` (a Fetch response's records) are slices of it, not copies.
+//! - Whatever a broker sends, reading a response costs memory in proportion to what it did
+//!   send, within a bound per request kind ([`Api::response_limit`]: a few KiB to a few MiB; a
+//!   Fetch response, what it asked for plus room for one oversized batch): a size prefix over
+//!   the bound fails the request before anything is reserved, and the buffer grows with the
+//!   bytes as they arrive, not with the prefix. A response body is checked against its shape
+//!   (the crate's `schema`: no array count larger than the bytes left) before `kafka-protocol`
+//!   decodes it.
 //! - No task is spawned here: the caller's future drives every read and write.
 
 use std::collections::{HashMap, VecDeque};
@@ -64,9 +70,14 @@ use tokio::time::Instant;
 use crate::security::{Authenticator, Security, reauthenticate_at};
 use crate::transport::Transport;
 
-/// The largest response accepted (a sanity bound against a corrupt size prefix; a Fetch
-/// response is at most `consumer.fetch_max_bytes` of records plus its framing).
-const MAX_RESPONSE_BYTES: usize = 2 * crate::config::MAX_FETCH_BYTES;
+use crate::config::FETCH_RESPONSE_SLACK;
+use crate::schema;
+
+/// What a response buffer reserves before its bytes arrive (it grows with them after).
+const FIRST_READ_BYTES: usize = 64 * 1024;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
 
 /// The ApiVersions version tried first (the broker answers in v0 when it does not support it).
 const API_VERSIONS_VERSION: i16 = 3;
@@ -86,44 +97,175 @@ pub(crate) trait Api: Encodable + HeaderVersion {
     const MAX: i16;
     /// The response type.
     type Response: Decodable + HeaderVersion;
+    /// The response's shape, checked before it is decoded.
+    const SHAPE: &'static schema::Message;
+    /// The largest response body accepted for this kind of request.
+    const MAX_RESPONSE_BYTES: usize;
+
+    /// The largest response body accepted for this request (the kind's bound unless the
+    /// request itself says how much it asks for).
+    fn response_limit(&self) -> usize {
+        Self::MAX_RESPONSE_BYTES
+    }
 }
 
 macro_rules! api {
-    ($request:ty, $response:ty, $key:ident, $name:literal, $min:literal, $max:literal) => {
+    (
+        $request:ty, $response:ty, $key:ident, $name:literal, $min:literal, $max:literal,
+        $shape:expr, $limit:expr $(, fn $limit_fn:ident($self:ident) $body:block)?
+    ) => {
         impl Api for $request {
             const KEY: ApiKey = ApiKey::$key;
             const NAME: &'static str = $name;
             const MIN: i16 = $min;
             const MAX: i16 = $max;
             type Response = $response;
+            const SHAPE: &'static schema::Message = $shape;
+            const MAX_RESPONSE_BYTES: usize = $limit;
+            $(fn $limit_fn(&$self) -> usize $body)?
         }
     };
 }
 
-api!(ApiVersionsRequest, ApiVersionsResponse, ApiVersions, "ApiVersions", 0, 4);
+// The bounds on responses: generous for what the broker can have to say (a group of a thousand
+// members, a topic of ten thousand partitions), small against what memory a hostile one could
+// make us reserve (the schema check bounds what decoding makes of them to a few times their
+// size).
+api!(
+    ApiVersionsRequest,
+    ApiVersionsResponse,
+    ApiVersions,
+    "ApiVersions",
+    0,
+    4,
+    schema::API_VERSIONS,
+    64 * KIB
+);
 // The group plane's coordinator links.
-api!(FindCoordinatorRequest, FindCoordinatorResponse, FindCoordinator, "FindCoordinator", 0, 6);
-api!(JoinGroupRequest, JoinGroupResponse, JoinGroup, "JoinGroup", 0, 9);
-api!(SyncGroupRequest, SyncGroupResponse, SyncGroup, "SyncGroup", 0, 5);
-api!(HeartbeatRequest, HeartbeatResponse, Heartbeat, "Heartbeat", 0, 4);
-api!(LeaveGroupRequest, LeaveGroupResponse, LeaveGroup, "LeaveGroup", 0, 5);
-api!(OffsetCommitRequest, OffsetCommitResponse, OffsetCommit, "OffsetCommit", 2, 9);
-api!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, "OffsetFetch", 1, 9);
+api!(
+    FindCoordinatorRequest,
+    FindCoordinatorResponse,
+    FindCoordinator,
+    "FindCoordinator",
+    0,
+    6,
+    schema::FIND_COORDINATOR,
+    64 * KIB
+);
+api!(JoinGroupRequest, JoinGroupResponse, JoinGroup, "JoinGroup", 0, 9, schema::JOIN_GROUP, MIB);
+api!(SyncGroupRequest, SyncGroupResponse, SyncGroup, "SyncGroup", 0, 5, schema::SYNC_GROUP, MIB);
+api!(
+    HeartbeatRequest,
+    HeartbeatResponse,
+    Heartbeat,
+    "Heartbeat",
+    0,
+    4,
+    schema::HEARTBEAT,
+    64 * KIB
+);
+api!(
+    LeaveGroupRequest,
+    LeaveGroupResponse,
+    LeaveGroup,
+    "LeaveGroup",
+    0,
+    5,
+    schema::LEAVE_GROUP,
+    64 * KIB
+);
+api!(
+    OffsetCommitRequest,
+    OffsetCommitResponse,
+    OffsetCommit,
+    "OffsetCommit",
+    2,
+    9,
+    schema::OFFSET_COMMIT,
+    MIB
+);
+api!(
+    OffsetFetchRequest,
+    OffsetFetchResponse,
+    OffsetFetch,
+    "OffsetFetch",
+    1,
+    9,
+    schema::OFFSET_FETCH,
+    4 * MIB
+);
 // Leader lookup (producer and readers), start offsets and records (the readers: topics by
 // name; v12 is the last Fetch version that names them, v13+ name topics by id).
-api!(MetadataRequest, MetadataResponse, Metadata, "Metadata", 1, 9);
-api!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, "ListOffsets", 1, 7);
-api!(FetchRequest, FetchResponse, Fetch, "Fetch", 4, 12);
+api!(MetadataRequest, MetadataResponse, Metadata, "Metadata", 1, 9, schema::METADATA, 4 * MIB);
+api!(
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsets,
+    "ListOffsets",
+    1,
+    7,
+    schema::LIST_OFFSETS,
+    MIB
+);
+api!(
+    FetchRequest,
+    FetchResponse,
+    Fetch,
+    "Fetch",
+    4,
+    12,
+    schema::FETCH,
+    crate::config::MAX_FETCH_BYTES + FETCH_RESPONSE_SLACK,
+    fn response_limit(self) {
+        usize::try_from(self.max_bytes).unwrap_or(0).saturating_add(FETCH_RESPONSE_SLACK)
+    }
+);
 // Topic creation at the controller (the cluster client).
-api!(CreateTopicsRequest, CreateTopicsResponse, CreateTopics, "CreateTopics", 1, 7);
+api!(
+    CreateTopicsRequest,
+    CreateTopicsResponse,
+    CreateTopics,
+    "CreateTopics",
+    1,
+    7,
+    schema::CREATE_TOPICS,
+    MIB
+);
 // The producer (v3 is the first with record batches v2; v13 the first naming topics by id).
-api!(ProduceRequest, ProduceResponse, Produce, "Produce", 3, 9);
+api!(ProduceRequest, ProduceResponse, Produce, "Produce", 3, 9, schema::PRODUCE, MIB);
 // SASL (v0 of SaslHandshake means unframed SASL tokens, which we do not speak; SaslAuthenticate
 // v1 is the first with the session lifetime).
-api!(SaslHandshakeRequest, SaslHandshakeResponse, SaslHandshake, "SaslHandshake", 1, 1);
-api!(SaslAuthenticateRequest, SaslAuthenticateResponse, SaslAuthenticate, "SaslAuthenticate", 0, 2);
+api!(
+    SaslHandshakeRequest,
+    SaslHandshakeResponse,
+    SaslHandshake,
+    "SaslHandshake",
+    1,
+    1,
+    schema::SASL_HANDSHAKE,
+    64 * KIB
+);
+api!(
+    SaslAuthenticateRequest,
+    SaslAuthenticateResponse,
+    SaslAuthenticate,
+    "SaslAuthenticate",
+    0,
+    2,
+    schema::SASL_AUTHENTICATE,
+    MIB
+);
 // The idempotent producer's id and epoch (v3 is the first that can bump an epoch: KIP-360).
-api!(InitProducerIdRequest, InitProducerIdResponse, InitProducerId, "InitProducerId", 0, 5);
+api!(
+    InitProducerIdRequest,
+    InitProducerIdResponse,
+    InitProducerId,
+    "InitProducerId",
+    0,
+    5,
+    schema::INIT_PRODUCER_ID,
+    64 * KIB
+);
 
 /// A request to a broker that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -421,9 +563,10 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`RequestError::Io`], [`RequestError::Timeout`] or [`RequestError::Protocol`], each of
-    /// which poisons the connection; [`RequestError::Encode`] or [`RequestError::TooLarge`]
-    /// when the request cannot be framed (nothing is sent).
+    /// [`RequestError::Io`], [`RequestError::Timeout`] or [`RequestError::Protocol`] (also a
+    /// response over its bound or not of its shape), each of which poisons the connection;
+    /// [`RequestError::Encode`] or [`RequestError::TooLarge`] when the request cannot be
+    /// framed (nothing is sent).
     pub(crate) async fn send<R: Api>(
         &mut self,
         request: &R,
@@ -447,13 +590,17 @@ impl Connection {
     ) -> Result<R::Response, RequestError> {
         let frame = self.frame(request, version)?;
         let correlation = self.correlation;
-        let body = self.round_trip(R::NAME, version, frame, timeout, BytesMut::new()).await?;
-        self.decode::<R>(body, version, correlation)
+        let limit = request.response_limit();
+        let body =
+            self.round_trip(R::NAME, version, frame, timeout, limit, BytesMut::new()).await?;
+        self.decode::<R>(body.freeze(), version, correlation)
     }
 
     /// [`Connection::send`], reading the response into `buffer` (cleared first; grown when
-    /// too small), and returning the response frame too: a caller that keeps it can take its
-    /// memory back (`Bytes::try_into_mut`) once nothing decoded from it is referenced any more.
+    /// too small), then making it shared with `hold` before decoding: the response's `Bytes`
+    /// fields are slices of what `hold` returns, which is also returned. A caller can so tie
+    /// the response's memory to an owner of its own (`Bytes::from_owner`), to learn when
+    /// nothing decoded from it is referenced any more and to take the memory back.
     ///
     /// # Errors
     ///
@@ -464,11 +611,14 @@ impl Connection {
         version: i16,
         timeout: Duration,
         buffer: BytesMut,
+        hold: impl FnOnce(BytesMut) -> Bytes,
     ) -> Result<(R::Response, Bytes), RequestError> {
         self.reauthenticate_if_due(timeout).await?;
         let frame = self.frame(request, version)?;
         let correlation = self.correlation;
-        let body = self.round_trip(R::NAME, version, frame, timeout, buffer).await?;
+        let limit = request.response_limit();
+        let body = self.round_trip(R::NAME, version, frame, timeout, limit, buffer).await?;
+        let body = hold(body);
         let response = self.decode::<R>(body.clone(), version, correlation)?;
         Ok((response, body))
     }
@@ -522,17 +672,19 @@ impl Connection {
         Ok(buf.freeze())
     }
 
-    /// Writes `frame` and reads its response into `buffer` within `timeout`; poisons the
-    /// connection on any failure.
+    /// Writes `frame` and reads its response (at most `limit` bytes) into `buffer` within
+    /// `timeout`; poisons the connection on any failure.
     async fn round_trip(
         &mut self,
         api: &'static str,
         version: i16,
         frame: Bytes,
         timeout: Duration,
+        limit: usize,
         buffer: BytesMut,
-    ) -> Result<Bytes, RequestError> {
-        match tokio::time::timeout(timeout, self.exchange(api, frame, buffer)).await {
+    ) -> Result<BytesMut, RequestError> {
+        match tokio::time::timeout(timeout, self.exchange(api, version, frame, limit, buffer)).await
+        {
             Ok(Ok(body)) => Ok(body),
             Ok(Err(error)) => {
                 self.poison();
@@ -545,14 +697,17 @@ impl Connection {
         }
     }
 
-    /// Writes one frame and reads one response frame into `body` (cleared first). Marks the
-    /// connection in flight for the duration, so a dropped future leaves it poisoned.
+    /// Writes one frame and reads one response frame of at most `limit` bytes into `body`
+    /// (cleared first), growing it as the bytes arrive. Marks the connection in flight for
+    /// the duration, so a dropped future leaves it poisoned.
     async fn exchange(
         &mut self,
         api: &'static str,
+        version: i16,
         frame: Bytes,
+        limit: usize,
         mut body: BytesMut,
-    ) -> Result<Bytes, RequestError> {
+    ) -> Result<BytesMut, RequestError> {
         let io = |reason: String| RequestError::Io { broker: self.broker.clone(), api, reason };
         if self.in_flight {
             self.stream = None;
@@ -562,18 +717,28 @@ impl Connection {
         };
         self.in_flight = true;
         stream.write_all(&frame).await.map_err(|e| io(format!("write: {e}")))?;
+        // A TLS stream holds what is written until flushed.
         stream.flush().await.map_err(|e| io(format!("write: {e}")))?;
-        let size = stream.read_i32().await.map_err(|e| io(format!("read: {e}")))?;
-        let size = usize::try_from(size)
-            .ok()
-            .filter(|s| *s >= 4 && *s <= MAX_RESPONSE_BYTES)
-            .ok_or_else(|| io(format!("invalid response size {size}")))?;
+        let prefix = stream.read_i32().await.map_err(|e| io(format!("read: {e}")))?;
+        let size = response_size(prefix, limit, api).map_err(|reason| RequestError::Protocol {
+            broker: self.broker.clone(),
+            api,
+            version,
+            reason,
+        })?;
         body.clear();
-        body.reserve(size);
+        // Memory follows the bytes that arrive, not the prefix: reserve a first read (or what
+        // the reused buffer has), then grow by what has arrived (doubling).
+        if body.capacity() < size.min(FIRST_READ_BYTES) {
+            body.reserve(size.min(FIRST_READ_BYTES));
+        }
         // Read exactly `size` bytes: never into the next response (there is none in flight,
         // but the limit keeps the framing exact).
         while body.len() < size {
             let want = size - body.len();
+            if body.capacity() == body.len() {
+                body.reserve(want.min(body.len().max(FIRST_READ_BYTES)));
+            }
             let read = stream
                 .read_buf(&mut (&mut body).limit(want))
                 .await
@@ -583,34 +748,19 @@ impl Connection {
             }
         }
         self.in_flight = false;
-        Ok(body.freeze())
+        #[cfg(feature = "fuzzing")]
+        crate::fuzzing::capture(api, version, &body);
+        Ok(body)
     }
 
-    /// Decodes a response frame: header (checking the correlation id), then body. Poisons the
-    /// connection when it cannot.
+    /// Decodes a response frame (see [`decode_frame`]). Poisons the connection when it cannot.
     fn decode<R: Api>(
         &mut self,
-        mut body: Bytes,
+        body: Bytes,
         version: i16,
         correlation: i32,
     ) -> Result<R::Response, RequestError> {
-        let decoded = ResponseHeader::decode(&mut body, R::Response::header_version(version))
-            .map_err(|e| format!("cannot decode the response header: {e}"))
-            .and_then(|header| {
-                if header.correlation_id == correlation {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "correlation id {} does not match the request's {correlation}",
-                        header.correlation_id
-                    ))
-                }
-            })
-            .and_then(|()| {
-                R::Response::decode(&mut body, version)
-                    .map_err(|e| format!("cannot decode the response: {e}"))
-            });
-        decoded.map_err(|reason| {
+        decode_frame::<R>(body, version, correlation).map_err(|reason| {
             self.poison();
             RequestError::Protocol { broker: self.broker.clone(), api: R::NAME, version, reason }
         })
@@ -628,8 +778,11 @@ impl Connection {
         for _ in 0..3 {
             let frame = self.frame(&request, version)?;
             let correlation = self.correlation;
-            let mut body =
-                self.round_trip("ApiVersions", version, frame, timeout, BytesMut::new()).await?;
+            let limit = request.response_limit();
+            let mut body = self
+                .round_trip("ApiVersions", version, frame, timeout, limit, BytesMut::new())
+                .await?
+                .freeze();
             let protocol = |reason: String| RequestError::Protocol {
                 broker: self.broker.clone(),
                 api: "ApiVersions",
@@ -648,13 +801,19 @@ impl Connection {
             let error_code = body.get(0..2).map_or(0, |b| i16::from_be_bytes([b[0], b[1]]));
             // An unsupported version is answered in v0, listing the versions it does support.
             let decode_version = if error_code == UNSUPPORTED_VERSION { 0 } else { version };
-            let response = match ApiVersionsResponse::decode(&mut body, decode_version) {
+            let decoded = schema::check(schema::API_VERSIONS, decode_version, &body)
+                .map_err(|e| protocol(format!("malformed response: {e}")))
+                .and_then(|()| {
+                    ApiVersionsResponse::decode(&mut body, decode_version)
+                        .map_err(|e| protocol(format!("cannot decode the response: {e}")))
+                });
+            let response = match decoded {
                 Ok(response) => response,
                 Err(_) if version > 0 => {
                     version = 0;
                     continue;
                 }
-                Err(e) => return Err(protocol(format!("cannot decode the response: {e}"))),
+                Err(e) => return Err(e),
             };
             if response.error_code == UNSUPPORTED_VERSION {
                 let offered = response
@@ -692,6 +851,8 @@ struct Pending {
     api: &'static str,
     version: i16,
     sent: Instant,
+    /// The bound on its response (its kind's, see [`Api::response_limit`]).
+    limit: usize,
 }
 
 /// A [`Connection`] carrying several requests at once (pipelining, as the Java client and
@@ -706,8 +867,9 @@ struct Pending {
 ///   pipeline, so dropping its future (a `select!` choosing another branch) loses nothing and
 ///   the next call carries on. Every read is bounded by the caller's deadline; at the deadline,
 ///   or on any I/O or protocol failure, the pipeline is poisoned.
-/// - A response is at most the bound given to [`Connection::into_pipeline`]; a larger size
-///   prefix poisons the pipeline.
+/// - A response is at most its request's bound ([`Api::response_limit`]) and passes the
+///   schema check before it is decoded, as on a [`Connection`]; a larger size prefix poisons
+///   the pipeline.
 /// - Nothing is read beyond the response being read (the next one stays in the socket).
 #[derive(Debug)]
 pub(crate) struct Pipeline {
@@ -716,18 +878,12 @@ pub(crate) struct Pipeline {
     pending: VecDeque<Pending>,
     /// What has been read of the next response (its size prefix first).
     received: BytesMut,
-    max_response_bytes: usize,
 }
 
 impl Connection {
-    /// This connection as a [`Pipeline`] whose responses are at most `max_response_bytes`.
-    pub(crate) fn into_pipeline(self, max_response_bytes: usize) -> Pipeline {
-        Pipeline {
-            connection: self,
-            pending: VecDeque::new(),
-            received: BytesMut::new(),
-            max_response_bytes: max_response_bytes.min(MAX_RESPONSE_BYTES),
-        }
+    /// This connection as a [`Pipeline`].
+    pub(crate) fn into_pipeline(self) -> Pipeline {
+        Pipeline { connection: self, pending: VecDeque::new(), received: BytesMut::new() }
     }
 }
 
@@ -804,6 +960,7 @@ impl Pipeline {
             api: R::NAME,
             version,
             sent: Instant::now(),
+            limit: request.response_limit(),
         });
         Ok(())
     }
@@ -836,7 +993,8 @@ impl Pipeline {
                 reason: format!("the next response answers {}, not {}", pending.api, R::NAME),
             });
         }
-        let body = match tokio::time::timeout_at(deadline, self.read_frame(pending.api)).await {
+        let read = self.read_frame(pending);
+        let body = match tokio::time::timeout_at(deadline, read).await {
             Ok(Ok(body)) => body,
             Ok(Err(error)) => {
                 self.connection.poison();
@@ -858,7 +1016,8 @@ impl Pipeline {
 
     /// Reads one whole response frame (without its size prefix), keeping what it has read in
     /// `received` across cancellations.
-    async fn read_frame(&mut self, api: &'static str) -> Result<Bytes, RequestError> {
+    async fn read_frame(&mut self, pending: Pending) -> Result<Bytes, RequestError> {
+        let api = pending.api;
         let io = |reason: String| RequestError::Io {
             broker: self.connection.broker.clone(),
             api,
@@ -874,14 +1033,21 @@ impl Pipeline {
                     self.received[2],
                     self.received[3],
                 ]);
-                let size = usize::try_from(size)
-                    .ok()
-                    .filter(|s| *s >= 4 && *s <= self.max_response_bytes)
-                    .ok_or_else(|| io(format!("invalid response size {size}")))?;
+                let size = response_size(size, pending.limit, api).map_err(|reason| {
+                    RequestError::Protocol {
+                        broker: self.connection.broker.clone(),
+                        api,
+                        version: pending.version,
+                        reason,
+                    }
+                })?;
                 let have = self.received.len() - 4;
                 if have == size {
                     let mut frame = std::mem::take(&mut self.received);
-                    return Ok(frame.split_off(4).freeze());
+                    let body = frame.split_off(4);
+                    #[cfg(feature = "fuzzing")]
+                    crate::fuzzing::capture(api, pending.version, &body);
+                    return Ok(body.freeze());
                 }
                 size - have
             };
@@ -890,7 +1056,8 @@ impl Pipeline {
                     io("the connection is closed (an earlier request on it failed)".into()),
                 );
             };
-            self.received.reserve(want);
+            // Memory follows the bytes that arrive, not the prefix (as on a `Connection`).
+            self.received.reserve(want.min(FIRST_READ_BYTES));
             // Exactly what this response still lacks: never into the next one.
             let read = stream
                 .read_buf(&mut (&mut self.received).limit(want))
@@ -901,4 +1068,46 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The size a response's prefix announces, checked: at least a header's 4 bytes, at most
+/// `limit` (the bound for `api`'s responses).
+///
+/// # Errors
+///
+/// Why the prefix is refused.
+pub(crate) fn response_size(prefix: i32, limit: usize, api: &str) -> Result<usize, String> {
+    let size = usize::try_from(prefix)
+        .ok()
+        .filter(|s| *s >= 4)
+        .ok_or_else(|| format!("invalid response size {prefix}"))?;
+    if size > limit {
+        return Err(format!(
+            "the response announces {size} bytes, over the bound of {limit} for {api} responses"
+        ));
+    }
+    Ok(size)
+}
+
+/// Decodes a response frame (what follows its size prefix): the header (checking the
+/// correlation id), then the body in `version`, once its shape is checked.
+///
+/// # Errors
+///
+/// Why it cannot be decoded.
+pub(crate) fn decode_frame<R: Api>(
+    mut body: Bytes,
+    version: i16,
+    correlation: i32,
+) -> Result<R::Response, String> {
+    let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
+        .map_err(|e| format!("cannot decode the response header: {e}"))?;
+    if header.correlation_id != correlation {
+        return Err(format!(
+            "correlation id {} does not match the request's {correlation}",
+            header.correlation_id
+        ));
+    }
+    schema::check(R::SHAPE, version, &body).map_err(|e| format!("malformed response: {e}"))?;
+    R::Response::decode(&mut body, version).map_err(|e| format!("cannot decode the response: {e}"))
 }

@@ -6,18 +6,19 @@
 //! everything used with it is re-exported here.
 //!
 //! - **Connecting:** [`connect`], [`KafkaConfig`] and its sections ([`ProducerConfig`],
-//!   [`ConsumerConfig`], [`TopicConfig`], [`MetadataConfig`], [`Compression`]), [`Admin`],
-//!   [`KafkaError`].
+//!   [`ConsumerConfig`], [`TopicConfig`], [`MetadataConfig`], [`Compression`],
+//!   [`IsolationLevel`]), [`Admin`], [`KafkaError`].
 //! - **Security:** [`SecurityConfig`] (`security.protocol` [`SecurityProtocol`], `security.tls`
 //!   [`TlsConfig`], `security.sasl` [`SaslConfig`] with [`SaslMechanism`]), [`Secret`], and for
 //!   OAUTHBEARER [`TokenProvider`], [`OAuthBearerToken`], [`TokenFuture`], [`TokenError`].
-//! - **The bus:** [`EventBus`], [`Health`], [`MetricsSnapshot`], [`ShutdownReport`],
-//!   [`ShutdownError`].
+//! - **The bus:** [`EventBus`], [`Health`], [`PartitionFailure`], [`MetricsSnapshot`],
+//!   [`ShutdownReport`], [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
 //! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
 //!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
+//!   [`UnreadableBatches`], [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`],
+//!   [`UnsubscribeError`].
 //! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
 //!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
 //! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`],
@@ -58,9 +59,12 @@ mod connection;
 mod connector;
 mod error;
 mod fetch;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod group;
 mod leader;
 mod producer;
+mod schema;
 mod security;
 mod transport;
 
@@ -68,8 +72,8 @@ use std::sync::Arc;
 
 pub use admin::Admin;
 pub use config::{
-    Compression, ConsumerConfig, KafkaConfig, MAX_FETCH_BYTES, MetadataConfig, ProducerConfig,
-    TopicConfig,
+    Compression, ConsumerConfig, FETCH_RESPONSE_SLACK, IsolationLevel, KafkaConfig,
+    MAX_FETCH_BYTES, MAX_PARTITION_BUFFER_BYTES, MetadataConfig, ProducerConfig, TopicConfig,
 };
 pub use error::KafkaError;
 pub use security::{
@@ -80,10 +84,11 @@ pub use security::{
 pub use bus_core::{
     ConfigError, Delivery, DeliveryFuture, Envelope, EnvelopeError, EnvelopeHandler, EventBus,
     Handler, HandlerError, Header, Headers, Health, JsonError, Message, MetricsSnapshot,
-    OffsetReset, Partitioner, Payload, PublishError, Record, RetryPolicy, ShutdownError,
-    ShutdownReport, SubscribeError, SubscribeOptions, Subscription, SubscriptionReport, Timestamp,
-    TimestampError, TopicPartition, Topics, UnsubscribeError, UnsubscribeReport, aggregate_id_of,
-    dead_letter_headers, envelope_headers, supervisor,
+    OffsetReset, PartitionFailure, Partitioner, Payload, PublishError, Record, RetryPolicy,
+    ShutdownError, ShutdownReport, SubscribeError, SubscribeOptions, Subscription,
+    SubscriptionReport, Timestamp, TimestampError, TopicPartition, Topics, UnreadableBatches,
+    UnsubscribeError, UnsubscribeReport, aggregate_id_of, dead_letter_headers, envelope_headers,
+    supervisor,
 };
 
 use backend::KafkaBackend;

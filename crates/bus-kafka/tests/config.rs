@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use bus_core::Partitioner;
-use bus_kafka::{Compression, KafkaConfig, KafkaError, MAX_FETCH_BYTES};
+use bus_kafka::{
+    Compression, FETCH_RESPONSE_SLACK, IsolationLevel, KafkaConfig, KafkaError, MAX_FETCH_BYTES,
+    MAX_PARTITION_BUFFER_BYTES,
+};
 
 fn config() -> KafkaConfig {
     KafkaConfig::new("127.0.0.1:9092")
@@ -60,6 +63,18 @@ fn every_rule_names_its_field() {
         }),
         ("consumer.fetch_max_bytes", |c| c.consumer.fetch_max_bytes = 0),
         ("consumer.fetch_max_bytes", |c| c.consumer.fetch_max_bytes = MAX_FETCH_BYTES + 1),
+        ("consumer.max_decompressed_batch_bytes", |c| c.consumer.max_decompressed_batch_bytes = 0),
+        ("consumer.partition_buffer_bytes", |c| {
+            c.consumer.partition_buffer_bytes = c.consumer.max_decompressed_batch_bytes;
+        }),
+        ("consumer.partition_buffer_bytes", |c| {
+            // Raising the fetch size without the buffer: a response and its largest batch
+            // would not fit.
+            c.consumer.fetch_max_bytes = 64 * 1024 * 1024;
+        }),
+        ("consumer.partition_buffer_bytes", |c| {
+            c.consumer.partition_buffer_bytes = MAX_PARTITION_BUFFER_BYTES + 1;
+        }),
         ("consumer.assignors", |c| c.consumer.assignors.clear()),
         ("consumer.assignors", |c| c.consumer.assignors = vec!["fancy".into()]),
         ("consumer.assignors", |c| c.consumer.assignors = vec!["range".into(), "range".into()]),
@@ -75,6 +90,8 @@ fn every_rule_names_its_field() {
     // The edges that are allowed.
     let mut edges = config();
     edges.consumer.fetch_max_bytes = MAX_FETCH_BYTES;
+    edges.consumer.partition_buffer_bytes =
+        MAX_FETCH_BYTES + FETCH_RESPONSE_SLACK + edges.consumer.max_decompressed_batch_bytes;
     edges.consumer.heartbeat_interval = edges.consumer.session_timeout / 3;
     edges.producer.linger = edges.producer.delivery_timeout;
     edges.producer.buffer_bytes = edges.producer.max_batch_bytes;
@@ -98,7 +115,12 @@ fn json_with_humantime_durations_and_omitted_fields_reads_as_the_defaults_plus_w
             "request_timeout": "45s",
             "producer": { "linger": "20ms", "compression": "zstd", "idempotence": false,
                           "max_in_flight": 3 },
-            "consumer": { "session_timeout": "30s", "assignors": ["roundrobin"] }
+            "consumer": {
+                "session_timeout": "30s",
+                "assignors": ["roundrobin"],
+                "isolation_level": "read_uncommitted",
+                "max_decompressed_batch_bytes": 8388608
+            }
         }"#,
     )
     .unwrap();
@@ -111,7 +133,10 @@ fn json_with_humantime_durations_and_omitted_fields_reads_as_the_defaults_plus_w
     expected.producer.max_in_flight = 3;
     expected.consumer.session_timeout = Duration::from_secs(30);
     expected.consumer.assignors = vec!["roundrobin".into()];
+    expected.consumer.isolation_level = IsolationLevel::ReadUncommitted;
+    expected.consumer.max_decompressed_batch_bytes = 8 * 1024 * 1024;
     assert_eq!(read, expected);
+    assert_eq!(KafkaConfig::default().consumer.isolation_level, IsolationLevel::ReadCommitted);
     assert_eq!(rejected_field(&read), None);
     // Written out and read back: the same.
     let written = serde_json::to_string(&read).unwrap();

@@ -11,7 +11,11 @@
 //! - Only offsets the keyed dispatch reports committable are committed (the contiguous prefix of
 //!   finished messages); an offset already committed is not sent again.
 //! - Committed offsets are read before a partition's reader is opened: a partition is never
-//!   started at a guessed position.
+//!   started at a guessed position. Reading them (and opening the readers) is retried with
+//!   backoff up to the rebalance timeout; past it the subscription fails visibly: it releases
+//!   its partitions, leaves its group (so that other members take them), is named failed in
+//!   the health and `subscriptions_failed`, and waits for its stop. It never holds partitions
+//!   it does not read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +47,11 @@ pub(super) const RETRY: Backoff = Backoff {
     multiplier: 1.0,
 };
 
+/// The delays between attempts to read an assignment's committed offsets (or open its
+/// readers): 100 ms, doubling, at most 2 s, until the rebalance timeout.
+const ASSIGN_RETRY: Backoff =
+    Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2), multiplier: 2.0 };
+
 /// What releasing partitions did.
 struct Released {
     discarded: usize,
@@ -64,6 +73,8 @@ pub(super) struct Control {
     last_committed: HashMap<TopicPartition, i64>,
     /// Set once the member was fenced: no more group events are read.
     fenced: bool,
+    /// The subscription failed for good: it waits for its stop.
+    failed: bool,
 }
 
 impl Control {
@@ -84,6 +95,7 @@ impl Control {
             fetchers: HashMap::new(),
             last_committed: HashMap::new(),
             fenced: false,
+            failed: false,
         }
     }
 
@@ -95,6 +107,9 @@ impl Control {
         let mut tick = tokio::time::interval(self.runtime.options.commit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = loop {
+            if self.failed {
+                break requested_deadline(&mut stop).await;
+            }
             tokio::select! {
                 biased;
                 deadline = requested_deadline(&mut stop) => break deadline,
@@ -120,24 +135,25 @@ impl Control {
             return;
         }
         Metrics::add(&self.runtime.metrics.partitions_assigned, partitions.len() as u64);
-        // The committed offsets are needed to start at the right place: retried (never guessed,
-        // which would skip or replay records) until the rebalance timeout, after which these
-        // partitions stay unread until the next assignment.
+        // The committed offsets are needed to start at the right place: retried with backoff
+        // (never guessed, which would skip or replay records) until the rebalance timeout,
+        // after which the subscription fails visibly rather than hold partitions unread.
         let give_up = Instant::now() + self.runtime.options.rebalance_timeout;
+        let mut attempt = 0;
         let committed = loop {
             match self.member.committed(&partitions).await {
                 Ok(committed) => break committed,
                 Err(error) if error.retriable && Instant::now() < give_up => {
                     tracing::warn!(%error, "cannot read committed offsets; retrying");
-                    tokio::time::sleep(RETRY.delay(0)).await;
+                    tokio::time::sleep(ASSIGN_RETRY.delay(attempt)).await;
+                    attempt += 1;
                 }
                 Err(error) => {
-                    Metrics::bump(&self.runtime.metrics.group_failures);
-                    tracing::error!(
-                        ?partitions, %error,
-                        "cannot read committed offsets; these partitions stay unread until the next assignment"
+                    let reason = format!(
+                        "cannot read the committed offsets of {}: {error}",
+                        list(&partitions)
                     );
-                    return;
+                    return self.fail(reason).await;
                 }
             }
         };
@@ -145,29 +161,25 @@ impl Control {
             let start = committed
                 .map(StartAt::Offset)
                 .unwrap_or_else(|| self.runtime.options.auto_offset_reset.into());
+            let mut attempt = 0;
             let reader = loop {
                 match self.member.open(&partition, start).await {
-                    Ok(reader) => break Some(reader),
+                    Ok(reader) => break reader,
                     Err(error) if error.retriable && Instant::now() < give_up => {
                         tracing::warn!(%partition, %error, "cannot open partition; retrying");
-                        tokio::time::sleep(RETRY.delay(0)).await;
+                        tokio::time::sleep(ASSIGN_RETRY.delay(attempt)).await;
+                        attempt += 1;
                     }
                     Err(error) => {
-                        Metrics::bump(&self.runtime.metrics.group_failures);
-                        tracing::error!(
-                            %partition, %error,
-                            "cannot open partition; it stays unread until the next assignment"
-                        );
-                        break None;
+                        return self.fail(format!("cannot open `{partition}`: {error}")).await;
                     }
                 }
             };
-            let Some(reader) = reader else { continue };
             let scope = self.fetch.child(partition.to_string());
             let fetch = FetchLoop::new(
                 reader,
                 self.dispatch.clone(),
-                Arc::clone(&self.runtime.metrics),
+                Arc::clone(&self.runtime),
                 scope.token(),
                 partition.clone(),
                 self.runtime.options.max_in_flight,
@@ -181,6 +193,26 @@ impl Control {
                 Err(error) => tracing::warn!(%partition, %error, "cannot start fetch loop"),
             }
         }
+    }
+
+    /// The subscription cannot go on (`reason`): release every partition (handlers drain,
+    /// offsets are committed), leave the group so that other members take the partitions, and
+    /// say so in the health and metrics. The control task then waits for its stop.
+    async fn fail(&mut self, reason: String) {
+        Metrics::bump(&self.runtime.metrics.group_failures);
+        Metrics::bump(&self.runtime.metrics.subscriptions_failed);
+        tracing::error!(
+            group = %self.runtime.options.group, topic = %self.runtime.topic, %reason,
+            "the subscription failed; it leaves its group and consumes no more"
+        );
+        self.runtime.health.failed(reason);
+        let partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
+        let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
+        self.release(&partitions, deadline, None).await;
+        if let Err(error) = self.member.leave().await {
+            tracing::warn!(%error, "leaving the group failed");
+        }
+        self.failed = true;
     }
 
     /// Stops reading `partitions`, drains their handlers until `deadline`, commits them and
@@ -219,6 +251,7 @@ impl Control {
         let mut committed = Vec::new();
         for partition in partitions {
             self.dispatch.forget(partition);
+            self.runtime.health.forget(partition);
             if let Some(offset) = self.last_committed.remove(partition) {
                 committed.push((partition.clone(), offset));
             }
@@ -259,6 +292,9 @@ impl Control {
             group = %self.runtime.options.group, %error,
             "fenced by a newer instance with the same group instance id; this subscription stops consuming"
         );
+        self.runtime
+            .health
+            .failed(format!("fenced by a newer instance with the same group instance id: {error}"));
         let partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
         let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
         self.release(&partitions, deadline, None).await;
@@ -333,6 +369,8 @@ impl Control {
             self.release(&partitions, drain_until, Some(deadline)).await;
         let left_group = match tokio::time::timeout_at(deadline, self.member.leave()).await {
             Ok(Ok(())) => true,
+            // A failed subscription left already.
+            Ok(Err(_)) if self.failed => true,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "leaving the group failed");
                 false
@@ -362,4 +400,9 @@ async fn requested_deadline(stop: &mut watch::Receiver<Option<Instant>>) -> Inst
         Ok(deadline) => deadline.unwrap_or_else(Instant::now),
         Err(_) => Instant::now(),
     }
+}
+
+/// Partitions for a message: `t-0, t-1`.
+fn list(partitions: &[TopicPartition]) -> String {
+    partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }

@@ -1,29 +1,49 @@
 //! One partition's fetch loop: reads its reader into the subscription's keyed dispatch until
-//! cancelled.
+//! cancelled, and decides what happens when the partition cannot be read.
 //!
 //! Owns: `FetchLoop` and `submit_in_chunks`.
 //!
-//! Invariants: a loop holds at most one fetched batch (at most `FETCH_MAX_BYTES`, bounded by the
-//! reader) while it waits for room in the dispatch; each message is moved once, from the batch
-//! into its dispatch slot; cancellation stops the loop at its next await.
+//! Invariants:
+//! - A loop holds at most one fetched batch (bounded by the backend's configuration) while it
+//!   waits for room in the dispatch; each message is moved once, from the batch into its
+//!   dispatch slot; cancellation stops the loop at its next await.
+//! - No partition is stuck without a word. A batch the reader cannot read follows the
+//!   subscription's `unreadable_batches` policy: `fail` names the partition, offset and reason
+//!   in the subscription's health (counted once in `partitions_failed`) and retries with
+//!   backoff; `skip` stores the raw batch in the dead-letter topic (retried until stored; the
+//!   health names it meanwhile), marks its offsets done for commits, and moves the reader past
+//!   it. Fetches failing `REPORT_AFTER` times in a row are named in the health the same way
+//!   until one succeeds.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::backend::PartitionReader;
+use bus_supervisor::Backoff;
+
+use super::process::{Runtime, ShuttingDown};
+use crate::backend::{PartitionReader, ReadError, UnreadableBatch};
+use crate::consumer::dead_letter_headers as h;
 use crate::dispatch::KeyedDispatch;
+use crate::health::PartitionFailure;
 use crate::metrics::Metrics;
-use crate::record::{Message, TopicPartition};
+use crate::options::UnreadableBatches;
+use crate::record::{Headers, Message, Record, TopicPartition};
 
-use super::control::RETRY;
+/// The delays between retries of a failed fetch: 200 ms, doubling, at most 5 s.
+const FETCH_RETRY: Backoff =
+    Backoff { initial: Duration::from_millis(200), max: Duration::from_secs(5), multiplier: 2.0 };
 
-/// Most bytes a fetch loop asks for at once.
-const FETCH_MAX_BYTES: usize = 1024 * 1024;
+/// Failed fetches in a row after which the partition is named in the health.
+const REPORT_AFTER: u32 = 5;
+
+/// The reason of a dead-lettered batch.
+const UNREADABLE_BATCH: &str = "unreadable-batch";
 
 /// Reads one partition into the dispatch until cancelled, pausing while the dispatch is full.
 pub(super) struct FetchLoop {
     reader: Box<dyn PartitionReader>,
     dispatch: KeyedDispatch,
-    metrics: Arc<Metrics>,
+    runtime: Arc<Runtime>,
     token: bus_supervisor::CancellationToken,
     partition: TopicPartition,
     /// Largest group of messages handed to the dispatch at once (its in-flight bound).
@@ -34,37 +54,129 @@ impl FetchLoop {
     pub(super) fn new(
         reader: Box<dyn PartitionReader>,
         dispatch: KeyedDispatch,
-        metrics: Arc<Metrics>,
+        runtime: Arc<Runtime>,
         token: bus_supervisor::CancellationToken,
         partition: TopicPartition,
         chunk: usize,
     ) -> Self {
-        FetchLoop { reader, dispatch, metrics, token, partition, chunk }
+        FetchLoop { reader, dispatch, runtime, token, partition, chunk }
     }
 
     pub(super) async fn run(mut self) {
+        // Failed reads in a row (unreadable batches included).
+        let mut failures = 0_u32;
         loop {
             let batch = tokio::select! {
                 biased;
                 () = self.token.cancelled() => return,
-                batch = self.reader.next_batch(FETCH_MAX_BYTES) => batch,
+                // The backend's configuration bounds what one fetch brings.
+                batch = self.reader.next_batch(usize::MAX) => batch,
             };
-            match batch {
-                Ok(batch) if batch.is_empty() => {}
+            let failure = match batch {
                 Ok(batch) => {
-                    Metrics::add(&self.metrics.received, batch.len() as u64);
+                    if failures > 0 {
+                        failures = 0;
+                        self.runtime.health.partition_recovered(&self.partition);
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    Metrics::add(&self.runtime.metrics.received, batch.len() as u64);
                     if !submit_in_chunks(&self.dispatch, &self.token, self.chunk, batch).await {
                         return;
                     }
+                    continue;
                 }
-                Err(error) => {
-                    tracing::warn!(partition = %self.partition, %error, "fetch failed; retrying");
-                    tokio::select! {
-                        () = self.token.cancelled() => return,
-                        () = tokio::time::sleep(RETRY.delay(0)) => {}
+                Err(ReadError::Unreadable(batch)) => {
+                    match self.runtime.options.unreadable_batches {
+                        UnreadableBatches::Skip => {
+                            if !self.skip(batch).await {
+                                return;
+                            }
+                            continue;
+                        }
+                        UnreadableBatches::Fail => {
+                            let failure = PartitionFailure {
+                                partition: self.partition.clone(),
+                                offset: Some(batch.first_offset),
+                                reason: batch.to_string(),
+                            };
+                            if failures == 0 {
+                                tracing::error!(
+                                    partition = %self.partition, offset = batch.first_offset,
+                                    reason = %batch.reason,
+                                    "a record batch cannot be read; the partition stops here \
+                                     (policy `fail`; retrying with backoff)"
+                                );
+                            }
+                            Some(failure)
+                        }
                     }
                 }
+                Err(ReadError::Group(error)) => {
+                    tracing::warn!(partition = %self.partition, %error, "fetch failed; retrying");
+                    (failures + 1 >= REPORT_AFTER).then(|| PartitionFailure {
+                        partition: self.partition.clone(),
+                        offset: self.reader.position(),
+                        reason: format!("{} fetches in a row failed: {error}", failures + 1),
+                    })
+                }
+            };
+            if let Some(failure) = failure {
+                self.runtime.health.partition_failed(failure, &self.runtime.metrics);
             }
+            let delay = FETCH_RETRY.delay(failures);
+            failures = failures.saturating_add(1);
+            tokio::select! {
+                () = self.token.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// The `skip` policy: stores `batch` whole in the dead-letter topic (retrying until it is
+    /// stored), marks its offsets done and moves the reader past it. False when the loop must
+    /// stop (cancelled, or the bus is shutting down: the batch stays uncommitted).
+    async fn skip(&mut self, batch: UnreadableBatch) -> bool {
+        let runtime = Arc::clone(&self.runtime);
+        let mut headers = Headers::new();
+        headers.set(h::REASON, UNREADABLE_BATCH.to_owned());
+        headers.set(h::ERROR, batch.reason.clone());
+        headers.set(h::SOURCE_TOPIC, batch.partition.topic.to_string());
+        headers.set(h::SOURCE_PARTITION, batch.partition.partition.to_string());
+        headers.set(h::SOURCE_OFFSET, batch.first_offset.to_string());
+        headers.set(h::FIRST_OFFSET, batch.first_offset.to_string());
+        headers.set(h::LAST_OFFSET, batch.last_offset.to_string());
+        headers.set(h::GROUP, runtime.options.group.clone());
+        let record = Record {
+            topic: runtime.options.dead_letter_topic_for(&batch.partition.topic),
+            key: None,
+            value: batch.raw.clone(),
+            headers,
+            timestamp: None,
+            partition: None,
+        };
+        let what = "unreadable record batch";
+        let storing = runtime.store_dead_letter(record, &self.partition, batch.first_offset, what);
+        let stored = tokio::select! {
+            biased;
+            () = self.token.cancelled() => return false,
+            stored = storing => stored,
+        };
+        match stored {
+            Ok(delivery) => {
+                Metrics::bump(&runtime.metrics.batches_dead_lettered);
+                tracing::warn!(
+                    partition = %self.partition, first_offset = batch.first_offset,
+                    last_offset = batch.last_offset, dead_letter_topic = %delivery.topic,
+                    dead_letter_offset = delivery.offset, reason = %batch.reason,
+                    "a record batch that cannot be read was dead-lettered whole; skipping it"
+                );
+                self.dispatch.skip(&self.partition, batch.last_offset);
+                self.reader.seek(batch.last_offset.max(batch.first_offset).saturating_add(1));
+                true
+            }
+            Err(ShuttingDown) => false,
         }
     }
 }
@@ -92,4 +204,94 @@ async fn submit_in_chunks(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::Mutex;
+
+    use bus_supervisor::Supervisor;
+
+    use super::*;
+    use crate::backend::{BoxFuture, dispatch::ProcessFn};
+    use crate::dispatch::{DispatchConfig, Processed};
+    use crate::memory::{MemoryBackend, MemoryConfig};
+    use crate::options::SubscribeOptions;
+
+    /// A reader that records what it is asked for and returns one message, once.
+    struct Recording {
+        asked: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl PartitionReader for Recording {
+        fn next_batch(
+            &mut self,
+            max_bytes: usize,
+        ) -> BoxFuture<'_, Result<Vec<Message>, ReadError>> {
+            let first = {
+                let mut asked = self.asked.lock().unwrap();
+                asked.push(max_bytes);
+                asked.len() == 1
+            };
+            Box::pin(async move {
+                if !first {
+                    std::future::pending::<()>().await;
+                }
+                Ok(vec![Message {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 0,
+                    key: None,
+                    value: bytes::Bytes::new(),
+                    headers: Headers::new(),
+                    timestamp: chrono::DateTime::default(),
+                }])
+            })
+        }
+
+        fn seek(&mut self, _offset: i64) {}
+
+        fn position(&self) -> Option<i64> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn the_loop_leaves_the_fetch_size_to_the_backend_configuration() {
+        // Before, the loop asked for at most 1 MiB whatever `consumer.fetch_max_bytes` said.
+        let supervisor = Supervisor::builder("test").build();
+        let backend =
+            MemoryBackend::new(supervisor.root().child("memory"), MemoryConfig::default()).unwrap();
+        let runtime = Arc::new(Runtime::new(
+            backend,
+            Arc::new(Metrics::default()),
+            "t",
+            SubscribeOptions::new("g"),
+        ));
+        let process: ProcessFn = Arc::new(|_m: Message| Box::pin(async { Processed::Done }));
+        let dispatch =
+            KeyedDispatch::start(&supervisor.root().child("d"), DispatchConfig::default(), process)
+                .unwrap();
+        let asked: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let reader = Box::new(Recording { asked: Arc::clone(&asked) });
+        let scope = supervisor.root().child("fetch");
+        let fetch = FetchLoop::new(
+            reader,
+            dispatch.clone(),
+            runtime,
+            scope.token(),
+            TopicPartition::new("t", 0),
+            16,
+        );
+        scope.spawn("fetch", fetch.run()).unwrap().detach();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while asked.lock().unwrap().len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the loop fetched twice");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(asked.lock().unwrap().iter().all(|&n| n == usize::MAX), "{asked:?}");
+        supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
 }

@@ -7,7 +7,9 @@
 //!   dead letters, poison messages) and the handler's type erasure;
 //! - `control` — the control task: group events, a fetch loop per assigned partition, the
 //!   commit schedule, revoke, rejoin and stop;
-//! - `fetch_loop` — one partition's reader feeding the keyed dispatch.
+//! - `fetch_loop` — one partition's reader feeding the keyed dispatch, and what happens when
+//!   the partition cannot be read (the `unreadable_batches` policy);
+//! - `health` — what the subscription cannot get past, for the bus's health.
 //!
 //! Tasks, under the bus's `consumer` scope:
 //! ```text
@@ -31,6 +33,7 @@
 
 mod control;
 mod fetch_loop;
+mod health;
 mod process;
 
 use std::sync::Arc;
@@ -47,11 +50,13 @@ pub(crate) use process::{ErasedHandler, erase, erase_envelope};
 use crate::backend::{Backend, JoinRequest};
 use crate::dispatch::{DispatchConfig, KeyedDispatch};
 use crate::error::SubscribeError;
+use crate::health::PartitionFailure;
 use crate::metrics::Metrics;
 use crate::options::SubscribeOptions;
 use crate::record::TopicPartition;
 use crate::topics::Topics;
 use control::Control;
+use health::SubscriptionHealth;
 use process::Runtime;
 
 /// What stopping a subscription did.
@@ -89,6 +94,7 @@ pub(crate) struct SubscriptionControl {
     pub(crate) group: String,
     pub(crate) scope: Scope,
     pub(crate) dispatch: KeyedDispatch,
+    pub(crate) health: Arc<SubscriptionHealth>,
     stop: watch::Sender<Option<Instant>>,
     report: watch::Receiver<Option<SubscriptionReport>>,
 }
@@ -221,6 +227,13 @@ impl Subscription {
         &self.control.scope
     }
 
+    /// The partitions this subscription cannot make progress on now (a batch it cannot read
+    /// under the `fail` policy, or fetches failing again and again), each with its offset and
+    /// reason. The bus's [`health`](crate::EventBus::health) names them too.
+    pub fn failed_partitions(&self) -> Vec<PartitionFailure> {
+        self.control.health.failed_partitions()
+    }
+
     /// Stops the subscription within `timeout`: stops fetching, lets running handlers finish
     /// until the deadline (abandoning, uncommitted, those that do not), commits, leaves the group
     /// and shuts its tasks down.
@@ -269,6 +282,7 @@ pub(crate) async fn subscribe(
         group_instance_id: options.group_instance_id.clone(),
         scope: scope.child("member"),
         rebalance_timeout: options.rebalance_timeout,
+        auto_offset_reset: options.auto_offset_reset,
     };
     let member = backend.join(request.clone()).await?;
     let runtime = Arc::new(Runtime::new(backend, metrics, &label, options));
@@ -285,6 +299,7 @@ pub(crate) async fn subscribe(
         topic: runtime.topic.clone(),
         topics,
         group: runtime.options.group.clone(),
+        health: Arc::clone(&runtime.health),
         scope,
         dispatch,
         stop,

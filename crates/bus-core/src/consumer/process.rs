@@ -10,20 +10,26 @@
 //!   starts the subscription's keyed dispatch with a `Processor` generic over the handler, so a
 //!   handler's future is polled in place on a dispatch worker, never boxed on the first attempt.
 //! - A message ends `Done` only when its handler succeeded or it was stored in the dead-letter
-//!   topic; a failed dead-letter publish ends it `Retain` (never committed, so redelivered).
+//!   topic. A failed dead-letter publish is retried with backoff (the subscription's retry
+//!   delays) for as long as it fails, the message's key blocked meanwhile (later messages of the
+//!   key wait: order is kept) and the failure named in the subscription's health; only a
+//!   shutting-down backend ends it `Retain` (never committed, so redelivered), as does its
+//!   abandonment at a revoke or shutdown deadline.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use bus_supervisor::{Scope, SpawnError};
 
+use super::health::SubscriptionHealth;
 use crate::backend::Backend;
+use crate::delivery::Delivery;
 use crate::dispatch::{DispatchConfig, KeyedDispatch, Process, Processed};
-use crate::error::HandlerError;
+use crate::error::{HandlerError, PublishError};
 use crate::handler::{EnvelopeHandler, Envelopes, Failure, Handler, Invoke, Raw};
 use crate::metrics::Metrics;
 use crate::options::SubscribeOptions;
-use crate::record::{Message, Record};
+use crate::record::{Message, Record, TopicPartition};
 
 /// Headers added to a dead-lettered record (its key, value and own headers are kept).
 pub mod dead_letter_headers {
@@ -41,6 +47,11 @@ pub mod dead_letter_headers {
     pub const GROUP: &str = "X-DLQ-Group";
     /// Handler attempts made.
     pub const ATTEMPTS: &str = "X-DLQ-Attempts";
+    /// For a record batch that could not be read (reason `unreadable-batch`; the record's value
+    /// is the batch as received): its first offset.
+    pub const FIRST_OFFSET: &str = "X-DLQ-First-Offset";
+    /// For a record batch that could not be read: its last offset.
+    pub const LAST_OFFSET: &str = "X-DLQ-Last-Offset";
 }
 
 /// Everything a subscription's tasks share (the handler aside: see [`Processor`]).
@@ -50,6 +61,27 @@ pub(crate) struct Runtime {
     /// The subscription's label (its topics, as `Topics` displays them).
     pub(super) topic: String,
     pub(super) options: SubscribeOptions,
+    pub(super) health: Arc<SubscriptionHealth>,
+}
+
+/// A dead-letter record could not be stored because the backend is shutting down.
+#[derive(Debug)]
+pub(super) struct ShuttingDown;
+
+/// Clears a message's dead-letter failure from the health when dropped (stored, or abandoned).
+struct Blocked<'a> {
+    health: &'a SubscriptionHealth,
+    partition: TopicPartition,
+    offset: i64,
+    set: bool,
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        if self.set {
+            self.health.dead_letter_done(&self.partition, self.offset);
+        }
+    }
 }
 
 /// The processing of a subscription's messages, generic over its handler, so that a dispatch
@@ -115,7 +147,64 @@ impl Runtime {
         topic: &str,
         options: SubscribeOptions,
     ) -> Self {
-        Runtime { backend, metrics, topic: topic.to_owned(), options }
+        Runtime {
+            backend,
+            metrics,
+            topic: topic.to_owned(),
+            health: SubscriptionHealth::new(),
+            options,
+        }
+    }
+
+    /// Stores `record` in the dead-letter topic, retrying with the subscription's retry delays
+    /// for as long as it fails (each failure counted, logged with `what`, and named in the
+    /// health as blocking `partition` at `offset` until it is stored or this is dropped).
+    ///
+    /// # Errors
+    ///
+    /// [`ShuttingDown`] when the backend no longer admits records (the caller keeps the
+    /// message uncommitted: it is redelivered).
+    pub(super) async fn store_dead_letter(
+        &self,
+        record: Record,
+        partition: &TopicPartition,
+        offset: i64,
+        what: &str,
+    ) -> Result<Delivery, ShuttingDown> {
+        let backoff = self.options.retry.as_backoff();
+        let mut blocked =
+            Blocked { health: &self.health, partition: partition.clone(), offset, set: false };
+        let mut failures = 0_u32;
+        let dead_letter_topic = record.topic.clone();
+        loop {
+            let stored = match self.backend.send(record.clone()).await {
+                Ok(delivery) => delivery.await,
+                Err(e) => Err(e),
+            };
+            let error = match stored {
+                Ok(delivery) => return Ok(delivery),
+                Err(PublishError::Closed | PublishError::NotAcknowledgedAtShutdown { .. }) => {
+                    Metrics::bump(&self.metrics.dead_letter_failures);
+                    tracing::error!(
+                        %partition, offset, %dead_letter_topic,
+                        "{what}: the bus is shutting down; it stays uncommitted"
+                    );
+                    return Err(ShuttingDown);
+                }
+                Err(error) => error,
+            };
+            Metrics::bump(&self.metrics.dead_letter_failures);
+            let delay = backoff.delay(failures);
+            failures = failures.saturating_add(1);
+            tracing::error!(
+                %partition, offset, %dead_letter_topic, %error,
+                attempt = failures, retry_in = ?delay,
+                "{what}: dead-lettering failed; retrying (its key waits)"
+            );
+            self.health.dead_letter_failing(partition, offset, error.to_string());
+            blocked.set = true;
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// Handles one message to the end: handler (with timeout and retries), or dead letter.
@@ -195,8 +284,8 @@ impl Runtime {
 
     /// Publishes `message` to the dead-letter topic (the configured one, else `<its
     /// topic>.dlq`: a subscription to several topics dead-letters each to its own) with the
-    /// error in headers. `Done` once stored; `Retain` (never committed, so redelivered) when
-    /// that fails.
+    /// error in headers, retrying while storing fails (its key waits). `Done` once stored;
+    /// `Retain` (never committed, so redelivered) when the bus shuts down first.
     async fn dead_letter(
         &self,
         message: &Message,
@@ -213,20 +302,17 @@ impl Runtime {
         headers.set(h::SOURCE_OFFSET, message.offset.to_string());
         headers.set(h::GROUP, self.options.group.clone());
         headers.set(h::ATTEMPTS, attempts.to_string());
-        let dead_letter_topic = self.options.dead_letter_topic_for(&message.topic);
         let record = Record {
-            topic: dead_letter_topic.clone(),
+            topic: self.options.dead_letter_topic_for(&message.topic),
             key: message.key.clone(),
             value: message.value.clone(),
             headers,
             timestamp: Some(message.timestamp),
             partition: None,
         };
-        let stored = match self.backend.send(record).await {
-            Ok(delivery) => delivery.await,
-            Err(e) => Err(e),
-        };
-        match stored {
+        let partition = TopicPartition::new(Arc::clone(&message.topic), message.partition);
+        let what = "message dead-letter";
+        match self.store_dead_letter(record, &partition, message.offset, what).await {
             Ok(delivery) => {
                 Metrics::bump(&self.metrics.dead_lettered);
                 tracing::warn!(
@@ -237,15 +323,7 @@ impl Runtime {
                 );
                 Processed::Done
             }
-            Err(e) => {
-                Metrics::bump(&self.metrics.dead_letter_failures);
-                tracing::error!(
-                    topic = %message.topic, partition = message.partition,
-                    offset = message.offset, %dead_letter_topic,
-                    error = %e, "dead-lettering failed; the message stays uncommitted"
-                );
-                Processed::Retain
-            }
+            Err(ShuttingDown) => Processed::Retain,
         }
     }
 }

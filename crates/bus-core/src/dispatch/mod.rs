@@ -151,6 +151,19 @@ impl KeyedDispatch {
         all
     }
 
+    /// Records `offset` of `partition` as done without a message: the last offset of a batch
+    /// that could not be read and was dead-lettered whole, so that the commit position passes
+    /// it once everything before it is done. False (nothing recorded) when `offset` is not
+    /// above the last offset submitted.
+    pub fn skip(&self, partition: &TopicPartition, offset: i64) -> bool {
+        let mut st = self.handle.shared.state.lock();
+        let p = st.part_for(&partition.topic, partition.partition);
+        match st.parts[p].as_mut() {
+            Some(part) => part.tracker.submit(offset) && part.tracker.mark_done(offset),
+            None => false,
+        }
+    }
+
     /// The offsets of `partition` submitted and not done (queued, running, retained, discarded
     /// or abandoned).
     pub fn pending(&self, partition: &TopicPartition) -> usize {

@@ -197,7 +197,7 @@ impl State {
         self.parts.iter().position(|p| p.as_ref().is_some_and(matches))
     }
 
-    fn part_for(&mut self, topic: &str, partition: i32) -> usize {
+    pub(super) fn part_for(&mut self, topic: &str, partition: i32) -> usize {
         if let Some(p) = self.find_part(topic, partition) {
             self.last_part = p;
             return p;

@@ -139,6 +139,7 @@ pub(super) fn join(
         group_instance_id: _,
         scope: _,
         rebalance_timeout,
+        auto_offset_reset: _,
     } = request;
     if group.trim().is_empty() {
         return Err(SubscribeError::InvalidOptions(ConfigError::new(

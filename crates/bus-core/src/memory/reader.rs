@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::backend::{BoxFuture, GroupError, PartitionReader, TopicPartition};
+use crate::backend::{BoxFuture, GroupError, PartitionReader, ReadError, TopicPartition};
 use crate::record::Message;
 
 /// Reads one partition of the in-memory backend in offset order (returned by
@@ -59,7 +59,7 @@ impl MemoryReader {
 }
 
 impl PartitionReader for MemoryReader {
-    fn next_batch(&mut self, max_bytes: usize) -> BoxFuture<'_, Result<Vec<Message>, GroupError>> {
+    fn next_batch(&mut self, max_bytes: usize) -> BoxFuture<'_, Result<Vec<Message>, ReadError>> {
         Box::pin(async move {
             let deadline = Instant::now() + self.shared.config.poll_interval;
             loop {
@@ -76,5 +76,13 @@ impl PartitionReader for MemoryReader {
                 }
             }
         })
+    }
+
+    fn seek(&mut self, offset: i64) {
+        self.position = offset;
+    }
+
+    fn position(&self) -> Option<i64> {
+        Some(self.position)
     }
 }

@@ -4,9 +4,12 @@
 //!
 //! Owns: [`KafkaReader`] and the submodules:
 //! - `reader` — the [`bus_core::backend::PartitionReader`] of one partition (its position, its
-//!   connection to the leader, the reset past the end of the partition, the reuse of response
-//!   memory);
-//! - `batch` — the record batches of a Fetch response decoded into messages (zero-copy).
+//!   connection to the leader, the reset when out of range, unreadable batches reported);
+//! - `batch` — the record batches of a Fetch response decoded into messages (zero-copy,
+//!   bounded whatever the batch says, read_committed);
+//! - `inflate` — the four codecs, decompressing within a bound;
+//! - `memory` — the reader's memory budget (responses and decompressed batches its messages
+//!   still reference) and the reuse of response buffers.
 //!
 //! Invariants: a reader starts no task: the caller's future (a fetch loop of the consumer
 //! runtime) drives every request. Readers are opened by the group member's `open` (the
@@ -14,6 +17,47 @@
 //! about group membership or committed offsets.
 
 mod batch;
+mod inflate;
+mod memory;
 mod reader;
 
 pub(crate) use reader::KafkaReader;
+
+/// The decoding of a partition's records as a reader runs it, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::batch::{self, AbortedTransactions, Settings};
+    use super::memory::Budget;
+    use crate::fuzzing::Records;
+
+    /// [`batch::decode`] on `records`, with a budget larger than any decode holds.
+    pub(crate) async fn decode(
+        records: Bytes,
+        topic: Arc<str>,
+        from: i64,
+        read_committed: bool,
+        aborted: Vec<(i64, i64)>,
+        max_decompressed: usize,
+    ) -> Records {
+        let settings = Settings {
+            topic,
+            partition: 0,
+            from,
+            fetch_limit: 1 << 20,
+            max_decompressed,
+            read_committed,
+        };
+        let budget = Budget::new(u32::MAX as usize);
+        let aborted = AbortedTransactions::new(aborted);
+        let decoded = batch::decode(&records, &settings, aborted, &budget).await;
+        Records {
+            offsets: decoded.messages.iter().map(|m| m.offset).collect(),
+            next: decoded.next,
+            unreadable: decoded.unreadable.map(|u| (u.first_offset, u.reason)),
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Reading one assigned partition: the [`PartitionReader`] on our own Fetch requests.
 //!
-//! Owns: [`KafkaReader`] (a partition's position and its connection to the partition's leader,
-//! found with the crate's `leader` lookup).
+//! Owns: [`KafkaReader`] (a partition's position, its connection to the partition's leader,
+//! found with the crate's `leader` lookup, and its memory budget).
 //!
 //! Invariants:
 //! - The position (the next offset to return) advances only when a batch is returned, so
@@ -10,47 +10,53 @@
 //!   or `Latest` fixes the position once; it is not re-resolved.
 //! - Records below the position (a batch is returned whole) are skipped; the records returned
 //!   are in offset order, each above the last returned (see `batch`).
+//! - A batch that cannot be read ends the fetch: the records before it are returned, and the
+//!   next fetch (from its first offset) returns it as [`ReadError::Unreadable`], naming the
+//!   broker, topic, partition, offsets and reason (or the limit), until the runtime seeks past
+//!   it. The reader never skips records on its own.
 //! - A fetch answered with OFFSET_OUT_OF_RANGE, or with nothing from a position above both the
 //!   high watermark and the partition's end offset (brokers that do not report the error),
-//!   resets the position to the partition's earliest offset (logged), as
-//!   `auto.offset.reset = earliest` does.
-//! - Each fetch asks for at most `consumer.fetch_max_bytes` (and the caller's `max_bytes`) and
-//!   lets the broker wait at most `consumer.fetch_max_wait` for records; it reads committed
-//!   records only (isolation level read_committed).
+//!   moves the position as the subscription's `auto_offset_reset` says (earliest or latest
+//!   offset; logged).
+//! - Each fetch asks for `consumer.fetch_max_bytes` (at most the caller's `max_bytes`) and lets
+//!   the broker wait at most `consumer.fetch_max_wait` for records; it reads as
+//!   `consumer.isolation_level` says (read_committed: records of aborted transactions are
+//!   skipped, see `batch`).
 //! - One connection per reader, to the partition's leader as the bootstrap brokers' metadata
 //!   names it; a leadership error or any failed request drops it, and the next fetch looks the
 //!   leader up again.
-//! - Response memory is reused: the reader keeps its last `KEPT_FRAMES` Fetch responses and
-//!   reads the next one into the first whose messages have all been dropped (its memory is
-//!   then no longer shared), rather than into fresh pages each time. So a reader holds at most
-//!   that many responses of memory beyond what its messages in flight still reference.
+//! - Memory: what the reader's messages reference (responses and decompressed batches) is held
+//!   against a budget of `consumer.partition_buffer_bytes` (`memory`); a fetch first reserves
+//!   room for the largest response it may get, waiting for handlers to release memory when
+//!   there is none (backpressure). Response buffers are reused once nothing references them.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bus_core::backend::{BoxFuture, GroupError, PartitionReader, StartAt};
-use bus_core::{Message, TopicPartition};
-use bytes::{Bytes, BytesMut};
+use bus_core::backend::{
+    BoxFuture, GroupError, PartitionReader, ReadError, StartAt, UnreadableBatch,
+};
+use bus_core::{Message, OffsetReset, TopicPartition};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::batch;
+use super::batch::{self, AbortedTransactions, Settings};
+use super::memory::Budget;
 use crate::client::KafkaClient;
-use crate::connection::{Connection, code_name};
+use crate::config::IsolationLevel;
+use crate::connection::{Api, Connection, code_name};
 use crate::leader::leader;
 
 /// OFFSET_OUT_OF_RANGE.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
-/// Read committed records only.
+/// Isolation levels as Kafka encodes them.
+const READ_UNCOMMITTED: i8 = 0;
 const READ_COMMITTED: i8 = 1;
 /// ListOffsets' timestamp for the earliest offset.
 const EARLIEST: i64 = -2;
 /// ListOffsets' timestamp for the end offset.
 const LATEST: i64 = -1;
-/// Fetch responses kept for their memory.
-const KEPT_FRAMES: usize = 3;
 
 /// Reads one partition of a Kafka topic (returned by the member's `open`).
 pub(crate) struct KafkaReader {
@@ -60,8 +66,10 @@ pub(crate) struct KafkaReader {
     topic: TopicName,
     connection: Option<Connection>,
     position: StartAt,
-    /// The last responses, oldest first: their memory is reused once unshared.
-    frames: VecDeque<Bytes>,
+    /// Where an out-of-range position goes.
+    reset: OffsetReset,
+    /// What the reader's messages may hold.
+    budget: Budget,
 }
 
 impl std::fmt::Debug for KafkaReader {
@@ -74,15 +82,18 @@ impl std::fmt::Debug for KafkaReader {
 }
 
 impl KafkaReader {
-    /// A reader of `partition` from `start` (the leader's connection and the start offset are
-    /// resolved on the first fetch, where failures are retried by the caller).
+    /// A reader of `partition` from `start`, resetting to `reset` when out of range (the
+    /// leader's connection and the start offset are resolved on the first fetch, where failures
+    /// are retried by the caller).
     pub(crate) fn new(
         client: Arc<KafkaClient>,
         group: String,
         partition: TopicPartition,
         start: StartAt,
+        reset: OffsetReset,
     ) -> Self {
         let topic = TopicName(StrBytes::from_string(partition.topic.to_string()));
+        let budget = Budget::new(client.config().consumer.partition_buffer_bytes);
         KafkaReader {
             client,
             group,
@@ -90,12 +101,20 @@ impl KafkaReader {
             topic,
             connection: None,
             position: start,
-            frames: VecDeque::with_capacity(KEPT_FRAMES + 1),
+            reset,
+            budget,
         }
     }
 
     fn error(&self, what: &str, error: impl std::fmt::Display) -> GroupError {
         GroupError::retriable(&self.group, format!("`{}`: {what}: {error}", self.partition))
+    }
+
+    fn isolation(&self) -> i8 {
+        match self.client.config().consumer.isolation_level {
+            IsolationLevel::ReadCommitted => READ_COMMITTED,
+            IsolationLevel::ReadUncommitted => READ_UNCOMMITTED,
+        }
     }
 
     /// The connection to the partition's leader, opened (after a Metadata lookup) when there is
@@ -125,7 +144,7 @@ impl KafkaReader {
         topic.partitions = vec![wanted];
         let mut request = ListOffsetsRequest::default();
         request.replica_id = (-1).into();
-        request.isolation_level = READ_COMMITTED;
+        request.isolation_level = self.isolation();
         request.topics = vec![topic];
         let which = if timestamp == EARLIEST { "earliest" } else { "latest" };
         let connection = self.connection().await?;
@@ -170,13 +189,21 @@ impl KafkaReader {
         Ok(offset)
     }
 
-    async fn fetch(&mut self, max_bytes: usize) -> Result<Vec<Message>, GroupError> {
+    async fn fetch(&mut self, max_bytes: usize) -> Result<Vec<Message>, ReadError> {
         let offset = self.offset().await?;
         let consumer = &self.client.config().consumer;
-        let limit =
-            i32::try_from(max_bytes.min(consumer.fetch_max_bytes).max(1)).unwrap_or(i32::MAX);
+        let limit = max_bytes.min(consumer.fetch_max_bytes).max(1);
         let wait = consumer.fetch_max_wait;
         let timeout = wait + self.client.config().request_timeout;
+        let settings = Settings {
+            topic: Arc::clone(&self.partition.topic),
+            partition: self.partition.partition,
+            from: offset,
+            fetch_limit: limit,
+            max_decompressed: consumer.max_decompressed_batch_bytes,
+            read_committed: consumer.isolation_level == IsolationLevel::ReadCommitted,
+        };
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let mut wanted = FetchPartition::default();
         wanted.partition = self.partition.partition;
         wanted.current_leader_epoch = -1;
@@ -192,30 +219,37 @@ impl KafkaReader {
         request.max_wait_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
         request.min_bytes = 1;
         request.max_bytes = limit;
-        request.isolation_level = READ_COMMITTED;
+        request.isolation_level = self.isolation();
         request.session_id = 0;
         request.session_epoch = -1;
         request.topics = vec![topic];
-        let buffer = self.spare_buffer();
+        // Room for the largest response this fetch may get, before asking for it: waits for
+        // the messages of earlier fetches to be handled when the budget is spent.
+        let reserved = self
+            .budget
+            .reserve(request.response_limit())
+            .await
+            .ok_or_else(|| self.error("fetch", "the reader's memory budget is closed"))?;
+        let buffer = self.budget.spare_buffer();
+        let budget = self.budget.clone();
         let connection = self.connection().await?;
+        let broker = connection.broker().to_owned();
         let sent = match connection.version::<FetchRequest>() {
-            Ok(version) => connection.send_into(&request, version, timeout, buffer).await,
+            Ok(version) => {
+                let hold = move |body| budget.hold_frame(body, reserved);
+                connection.send_into(&request, version, timeout, buffer, hold).await
+            }
             Err(e) => Err(e),
         };
-        let (response, frame) = sent.map_err(|e| {
+        let (response, _frame) = sent.map_err(|e| {
             self.connection = None;
             self.error(&format!("fetch at offset {offset} failed"), e)
         })?;
-        self.frames.push_back(frame);
-        if self.frames.len() > KEPT_FRAMES {
-            self.frames.pop_front();
-        }
         if response.error_code != 0 {
             self.connection = None;
-            return Err(self.error(
-                &format!("fetch at offset {offset} failed"),
-                code_name(response.error_code),
-            ));
+            return Err(self
+                .error(&format!("fetch at offset {offset} failed"), code_name(response.error_code))
+                .into());
         }
         let answer = response
             .responses
@@ -224,32 +258,50 @@ impl KafkaReader {
             .flat_map(|t| t.partitions)
             .find(|p| p.partition_index == self.partition.partition);
         let Some(answer) = answer else {
-            return Err(self.error(
-                &format!("fetch at offset {offset} failed"),
-                "the answer names no such partition",
-            ));
+            return Err(self
+                .error(
+                    &format!("fetch at offset {offset} failed"),
+                    "the answer names no such partition",
+                )
+                .into());
         };
         match answer.error_code {
             0 => {}
             OFFSET_OUT_OF_RANGE => {
-                return self.reset_to_earliest(offset, "out of range (OFFSET_OUT_OF_RANGE)").await;
+                return self.reset(offset, "out of range (OFFSET_OUT_OF_RANGE)").await;
             }
             code => {
                 // Not the leader any more, unknown partition, fenced epoch…: look the leader
                 // up again on the next fetch.
                 self.connection = None;
-                return Err(
-                    self.error(&format!("fetch at offset {offset} failed"), code_name(code))
-                );
+                return Err(self
+                    .error(&format!("fetch at offset {offset} failed"), code_name(code))
+                    .into());
             }
         }
+        let aborted = AbortedTransactions::new(
+            answer.aborted_transactions.iter().flatten().map(|t| (t.producer_id.0, t.first_offset)),
+        );
         let decoded = match &answer.records {
-            Some(records) => {
-                batch::decode(records, &self.partition.topic, self.partition.partition, offset)
-                    .map_err(|e| self.error(&format!("fetch at offset {offset}"), e))?
-            }
+            Some(records) => batch::decode(records, &settings, aborted, &self.budget).await,
             None => batch::Decoded::default(),
         };
+        if let Some(next) = decoded.next {
+            self.position = StartAt::Offset(next.max(offset));
+        }
+        match decoded.unreadable {
+            Some(unreadable) if decoded.messages.is_empty() && decoded.next.is_none() => {
+                return Err(ReadError::Unreadable(UnreadableBatch {
+                    partition: self.partition.clone(),
+                    first_offset: unreadable.first_offset,
+                    last_offset: unreadable.last_offset,
+                    raw: unreadable.raw,
+                    reason: format!("broker {broker}: {}", unreadable.reason),
+                }));
+            }
+            // The records before it first; the next fetch starts with it.
+            _ => {}
+        }
         if decoded.next.is_none() && offset > answer.high_watermark {
             // Past the end. Kafka answers OFFSET_OUT_OF_RANGE here; some brokers (nisshi
             // 0.8.1, docs/BROKER.md) answer an empty batch and would stall the reader for
@@ -257,50 +309,43 @@ impl KafkaReader {
             // moment after a leader change) before resetting.
             let latest = self.list_offset(LATEST).await?;
             return if offset > latest {
-                self.reset_to_earliest(offset, "beyond the end of the partition").await
+                self.reset(offset, "beyond the end of the partition").await
             } else {
                 Ok(Vec::new())
             };
         }
-        if let Some(next) = decoded.next {
-            self.position = StartAt::Offset(next.max(offset));
-        }
         Ok(decoded.messages)
     }
 
-    /// The memory of a kept response nothing references any more (taken out of the kept ones),
-    /// or a new buffer.
-    fn spare_buffer(&mut self) -> BytesMut {
-        for _ in 0..self.frames.len() {
-            let Some(frame) = self.frames.pop_front() else {
-                break;
-            };
-            match frame.try_into_mut() {
-                Ok(buffer) => return buffer,
-                Err(frame) => self.frames.push_back(frame),
-            }
-        }
-        BytesMut::new()
-    }
-
-    /// Moves the position to the partition's earliest offset (logged): `offset` is `why`.
-    async fn reset_to_earliest(
-        &mut self,
-        offset: i64,
-        why: &str,
-    ) -> Result<Vec<Message>, GroupError> {
-        let earliest = self.list_offset(EARLIEST).await?;
+    /// Moves the position as `auto_offset_reset` says (logged): `offset` is `why`.
+    async fn reset(&mut self, offset: i64, why: &str) -> Result<Vec<Message>, ReadError> {
+        let (timestamp, to) = match self.reset {
+            OffsetReset::Earliest => (EARLIEST, "earliest"),
+            OffsetReset::Latest => (LATEST, "latest"),
+        };
+        let target = self.list_offset(timestamp).await?;
         tracing::warn!(
-            group = %self.group, partition = %self.partition, offset, earliest,
-            "offset {why}; resetting to the earliest offset"
+            group = %self.group, partition = %self.partition, offset, target,
+            "offset {why}; resetting to the {to} offset (auto_offset_reset)"
         );
-        self.position = StartAt::Offset(earliest);
+        self.position = StartAt::Offset(target);
         Ok(Vec::new())
     }
 }
 
 impl PartitionReader for KafkaReader {
-    fn next_batch(&mut self, max_bytes: usize) -> BoxFuture<'_, Result<Vec<Message>, GroupError>> {
+    fn next_batch(&mut self, max_bytes: usize) -> BoxFuture<'_, Result<Vec<Message>, ReadError>> {
         Box::pin(self.fetch(max_bytes))
+    }
+
+    fn seek(&mut self, offset: i64) {
+        self.position = StartAt::Offset(offset);
+    }
+
+    fn position(&self) -> Option<i64> {
+        match self.position {
+            StartAt::Offset(offset) => Some(offset),
+            StartAt::Earliest | StartAt::Latest => None,
+        }
     }
 }

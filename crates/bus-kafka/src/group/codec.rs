@@ -14,6 +14,10 @@
 //!   does.
 //! - An empty assignment (zero bytes: what a coordinator sends a member the leader did not
 //!   assign) is an empty assignment, not an error.
+//! - What other members (subscriptions) and the leader (assignments) wrote is untrusted: its
+//!   shape is checked (the crate's `schema`: no array count larger than the bytes left) before
+//!   `kafka-protocol` decodes it, so no member can make the leader reserve memory it did not
+//!   send.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +26,8 @@ use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as As
 use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition as OwnedTopic;
 use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription};
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
+
+use crate::schema;
 
 /// The subscription version we write.
 pub(crate) const SUBSCRIPTION_VERSION: i16 = 3;
@@ -85,6 +91,8 @@ pub(crate) fn encode_member_subscription(
 pub(crate) fn decode_subscription(metadata: &[u8]) -> Result<Subscription, String> {
     let (version, mut body) = split_version(metadata, "subscription")?;
     let read = version.min(ConsumerProtocolSubscription::VERSIONS.max);
+    schema::check(schema::SUBSCRIPTION, read, &body)
+        .map_err(|e| format!("a malformed version {version} subscription: {e}"))?;
     let subscription = ConsumerProtocolSubscription::decode(&mut body, read)
         .map_err(|e| format!("cannot decode a version {version} subscription: {e}"))?;
     let mut owned: BTreeMap<String, Vec<i32>> = BTreeMap::new();
@@ -214,6 +222,8 @@ pub(crate) fn decode_assignment(bytes: &[u8]) -> Result<BTreeMap<String, Vec<i32
     }
     let (version, mut body) = split_version(bytes, "assignment")?;
     let read = version.min(ConsumerProtocolAssignment::VERSIONS.max);
+    schema::check(schema::ASSIGNMENT, read, &body)
+        .map_err(|e| format!("a malformed version {version} assignment: {e}"))?;
     let assignment = ConsumerProtocolAssignment::decode(&mut body, read)
         .map_err(|e| format!("cannot decode a version {version} assignment: {e}"))?;
     let mut result: BTreeMap<String, Vec<i32>> = BTreeMap::new();
@@ -392,6 +402,34 @@ mod tests {
         expected.put_i32(1);
         expected.put_i32(-1); // null user data
         assert_eq!(&bytes[..], &expected[..]);
+    }
+
+    #[test]
+    fn array_count_bombs_from_other_members_are_refused_before_decoding() {
+        // A member's subscription claiming i32::MAX topics (then owned partitions) in a few
+        // bytes: kafka-protocol reserves the array before reading an element, and the leader
+        // (then every next leader) would abort on the allocation.
+        let mut topics = BytesMut::new();
+        topics.put_i16(3);
+        topics.put_i32(i32::MAX);
+        topics.put_slice(b"tiny");
+        let error = decode_subscription(&topics).unwrap_err();
+        assert!(error.contains("topics") && error.contains("cannot fit"), "{error}");
+        let mut owned = BytesMut::new();
+        owned.put_i16(1);
+        owned.put_i32(0); // no topics
+        owned.put_i32(-1); // null user data
+        owned.put_i32(i32::MAX); // owned partitions
+        let error = decode_subscription(&owned).unwrap_err();
+        assert!(error.contains("owned_partitions"), "{error}");
+        let mut assignment = BytesMut::new();
+        assignment.put_i16(0);
+        assignment.put_i32(1);
+        assignment.put_i16(1);
+        assignment.put_slice(b"t");
+        assignment.put_i32(i32::MAX); // partitions
+        let error = decode_assignment(&assignment).unwrap_err();
+        assert!(error.contains("assigned_partitions[0].partitions"), "{error}");
     }
 
     #[test]

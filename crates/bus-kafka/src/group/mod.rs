@@ -20,7 +20,7 @@
 //! matches every `metadata.max_age`.
 
 mod assignor;
-mod codec;
+pub(crate) mod codec;
 mod coordinator;
 mod member;
 

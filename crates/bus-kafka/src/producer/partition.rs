@@ -80,10 +80,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// deadline, about a tick late (a 1 ms sleep takes about 2 ms). The linger aims this much early.
 const TIMER_TICK: Duration = Duration::from_millis(1);
 
-/// The largest Produce response read (one partition's answer: an offset, perhaps an error
-/// message and per-record errors).
-const MAX_PRODUCE_RESPONSE_BYTES: usize = 1024 * 1024;
-
 /// The delays between a batch's retries: `initial` (`producer.retry_backoff`), doubling, at most
 /// [`MAX_BACKOFF`].
 fn retry_backoff(initial: Duration) -> Backoff {
@@ -572,7 +568,7 @@ impl Batcher {
             };
             let pipe = if need_pipe {
                 let leader = produce::leader(connector, topic, partition).await?;
-                Some(leader.into_pipeline(MAX_PRODUCE_RESPONSE_BYTES))
+                Some(leader.into_pipeline())
             } else {
                 None
             };

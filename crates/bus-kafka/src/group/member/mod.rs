@@ -39,7 +39,7 @@ use std::time::Duration;
 use bus_core::backend::{
     BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, StartAt,
 };
-use bus_core::{TopicPartition, Topics};
+use bus_core::{OffsetReset, TopicPartition, Topics};
 use bus_supervisor::{Backoff, CancellationToken, ChildSpec};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, watch};
@@ -143,6 +143,8 @@ struct Inner {
     client: Arc<KafkaClient>,
     config: Arc<KafkaConfig>,
     rebalance_timeout: Duration,
+    /// Where the member's readers go when their position is out of range.
+    auto_offset_reset: OffsetReset,
     state: watch::Sender<State>,
 }
 
@@ -187,8 +189,14 @@ pub(crate) fn start(
     request: JoinRequest,
     topics: Vec<String>,
 ) -> Result<KafkaMember, bus_supervisor::SpawnError> {
-    let JoinRequest { group, topics: subscription, group_instance_id, scope, rebalance_timeout } =
-        request;
+    let JoinRequest {
+        group,
+        topics: subscription,
+        group_instance_id,
+        scope,
+        rebalance_timeout,
+        auto_offset_reset,
+    } = request;
     let config = Arc::clone(client.config());
     let locator = Arc::new(Locator::new(group.clone(), Arc::clone(client.connector())));
     let (state, _) = watch::channel(State {
@@ -208,6 +216,7 @@ pub(crate) fn start(
         client,
         config,
         rebalance_timeout,
+        auto_offset_reset,
         state,
     });
     let token = scope.token().child_token();
@@ -312,6 +321,7 @@ impl GroupMember for KafkaMember {
                 self.inner.group.clone(),
                 partition.clone(),
                 start,
+                self.inner.auto_offset_reset,
             );
             Ok(Box::new(reader) as Box<dyn PartitionReader>)
         })
