@@ -6,7 +6,9 @@
 //!
 //! # The front page
 //!
-//! - **The bus:** [`EventBus`], [`Health`], [`PartitionFailure`], [`MetricsSnapshot`],
+//! - **The bus:** [`EventBus`], [`Health`] and its [`HealthReport`] ([`SubscriptionStatus`],
+//!   [`GroupState`], [`PartitionStatus`], [`ProducerPartitionStatus`], [`ProducerState`]),
+//!   [`PartitionFailure`], [`MetricsSnapshot`],
 //!   [`ShutdownReport`], [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
@@ -84,7 +86,10 @@ pub use envelope::{
 };
 pub use error::{ConfigError, HandlerError, PublishError, SubscribeError};
 pub use handler::{EnvelopeHandler, Handler};
-pub use health::{Health, PartitionFailure};
+pub use health::{
+    GroupState, Health, HealthReport, PartitionFailure, PartitionStatus, ProducerPartitionStatus,
+    ProducerState, SubscriptionStatus,
+};
 pub use metrics::MetricsSnapshot;
 pub use options::{OffsetReset, RetryPolicy, SubscribeOptions, UnreadableBatches};
 pub use partition::Partitioner;

@@ -11,7 +11,9 @@
 //! - **Security:** [`SecurityConfig`] (`security.protocol` [`SecurityProtocol`], `security.tls`
 //!   [`TlsConfig`], `security.sasl` [`SaslConfig`] with [`SaslMechanism`]), [`Secret`], and for
 //!   OAUTHBEARER [`TokenProvider`], [`OAuthBearerToken`], [`TokenFuture`], [`TokenError`].
-//! - **The bus:** [`EventBus`], [`Health`], [`PartitionFailure`], [`MetricsSnapshot`],
+//! - **The bus:** [`EventBus`], [`Health`] and its [`HealthReport`] ([`SubscriptionStatus`],
+//!   [`GroupState`], [`PartitionStatus`], [`ProducerPartitionStatus`], [`ProducerState`]),
+//!   [`PartitionFailure`], [`MetricsSnapshot`],
 //!   [`ShutdownReport`], [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
@@ -83,10 +85,11 @@ pub use security::{
 
 pub use bus_core::{
     ConfigError, Delivery, DeliveryFuture, Envelope, EnvelopeError, EnvelopeHandler, EventBus,
-    Handler, HandlerError, Header, Headers, Health, JsonError, Message, MetricsSnapshot,
-    OffsetReset, PartitionFailure, Partitioner, Payload, PublishError, Record, RetryPolicy,
-    ShutdownError, ShutdownReport, SubscribeError, SubscribeOptions, Subscription,
-    SubscriptionReport, Timestamp, TimestampError, TopicPartition, Topics, UnreadableBatches,
+    GroupState, Handler, HandlerError, Header, Headers, Health, HealthReport, JsonError, Message,
+    MetricsSnapshot, OffsetReset, PartitionFailure, PartitionStatus, Partitioner, Payload,
+    ProducerPartitionStatus, ProducerState, PublishError, Record, RetryPolicy, ShutdownError,
+    ShutdownReport, SubscribeError, SubscribeOptions, Subscription, SubscriptionReport,
+    SubscriptionStatus, Timestamp, TimestampError, TopicPartition, Topics, UnreadableBatches,
     UnsubscribeError, UnsubscribeReport, aggregate_id_of, dead_letter_headers, envelope_headers,
     supervisor,
 };

@@ -35,6 +35,7 @@ mod control;
 mod fetch_loop;
 mod health;
 mod process;
+mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +51,7 @@ pub(crate) use process::{ErasedHandler, erase, erase_envelope};
 use crate::backend::{Backend, JoinRequest};
 use crate::dispatch::{DispatchConfig, KeyedDispatch};
 use crate::error::SubscribeError;
-use crate::health::PartitionFailure;
+use crate::health::{GroupState, PartitionFailure, SubscriptionStatus};
 use crate::metrics::Metrics;
 use crate::options::SubscribeOptions;
 use crate::record::TopicPartition;
@@ -110,6 +111,19 @@ impl std::fmt::Debug for SubscriptionControl {
 }
 
 impl SubscriptionControl {
+    /// The subscription's status for the health report; failed too when one of its tasks went
+    /// past its restart intensity and its isolated scope failed.
+    pub(crate) fn status(&self) -> SubscriptionStatus {
+        let mut status = self.health.status(&self.topic, &self.group);
+        if status.failure.is_none()
+            && let Some(escalation) = self.scope.failure()
+        {
+            status.failure = Some(escalation.to_string());
+            status.state = GroupState::Failed;
+        }
+        status
+    }
+
     /// Asks the subscription to stop by `deadline`, waits for its report (the control task's
     /// stop is bounded by the deadline; [`REPORT_GRACE`] covers scheduling), then shuts its tasks
     /// down with what is left of the time.
@@ -275,12 +289,14 @@ pub(crate) async fn subscribe(
     let topics = topics.with_dead_letter_topic(options.dead_letter_topic.as_deref());
     let label = topics.to_string();
     // A pattern may hold `/`, the separator of task paths.
-    let scope = parent.child(&options.group).child(label.replace('/', "%2F"));
+    // Isolated: a task of the subscription past its restart intensity fails the subscription
+    // alone (see `control`), never the bus.
+    let scope = parent.child(&options.group).isolated_child(label.replace('/', "%2F"));
     let request = JoinRequest {
         group: options.group.clone(),
         topics: topics.clone(),
         group_instance_id: options.group_instance_id.clone(),
-        scope: scope.child("member"),
+        scope: scope.isolated_child("member"),
         rebalance_timeout: options.rebalance_timeout,
         auto_offset_reset: options.auto_offset_reset,
     };
@@ -294,7 +310,12 @@ pub(crate) async fn subscribe(
     let (stop, stop_rx) = watch::channel(None);
     let (report_tx, report) = watch::channel(None);
     let control = Control::new(Arc::clone(&runtime), member, request, &scope, dispatch.clone());
-    scope.spawn("control", control.run(stop_rx, report_tx))?.detach();
+    let handover = control.handover(stop_rx, report_tx);
+    scope
+        .supervise("control", control::child_spec(), move |scope| {
+            control::run(scope, Arc::clone(&handover))
+        })?
+        .detach();
     let control = Arc::new(SubscriptionControl {
         topic: runtime.topic.clone(),
         topics,

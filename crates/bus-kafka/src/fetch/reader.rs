@@ -70,6 +70,8 @@ pub(crate) struct KafkaReader {
     reset: OffsetReset,
     /// What the reader's messages may hold.
     budget: Budget,
+    /// The partition's high watermark in the last fetch answer.
+    high_watermark: Option<i64>,
 }
 
 impl std::fmt::Debug for KafkaReader {
@@ -103,6 +105,7 @@ impl KafkaReader {
             position: start,
             reset,
             budget,
+            high_watermark: None,
         }
     }
 
@@ -266,7 +269,11 @@ impl KafkaReader {
                 .into());
         };
         match answer.error_code {
-            0 => {}
+            0 => {
+                if answer.high_watermark >= 0 {
+                    self.high_watermark = Some(answer.high_watermark);
+                }
+            }
             OFFSET_OUT_OF_RANGE => {
                 return self.reset(offset, "out of range (OFFSET_OUT_OF_RANGE)").await;
             }
@@ -347,5 +354,9 @@ impl PartitionReader for KafkaReader {
             StartAt::Offset(offset) => Some(offset),
             StartAt::Earliest | StartAt::Latest => None,
         }
+    }
+
+    fn high_watermark(&self) -> Option<i64> {
+        self.high_watermark
     }
 }

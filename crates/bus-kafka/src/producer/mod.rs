@@ -45,7 +45,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bus_core::backend::{DeliverySender, FlushReport, UnkeyedSpreader, delivery_channel};
-use bus_core::{DeliveryFuture, Health, PublishError, Record};
+use bus_core::{DeliveryFuture, Health, ProducerPartitionStatus, PublishError, Record};
 use bus_supervisor::Scope;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc};
@@ -336,6 +336,33 @@ impl Producer {
     /// `Degraded` while produce requests fail or are being retried, `Ready` otherwise.
     pub(crate) fn health(&self) -> Health {
         self.shared.health.health()
+    }
+
+    /// The state of every partition written to so far.
+    pub(crate) fn partitions(&self) -> Vec<ProducerPartitionStatus> {
+        let mut statuses: Vec<ProducerPartitionStatus> = self
+            .shared
+            .handles()
+            .into_iter()
+            .map(|(state, _)| {
+                let (producer_state, last_error) =
+                    self.shared.health.state_of(&state.topic, state.partition);
+                let sent = state.sent.load(Ordering::Acquire);
+                let resolved = state.resolved.load(Ordering::Acquire);
+                ProducerPartitionStatus {
+                    partition: bus_core::TopicPartition::new(
+                        Arc::clone(&state.topic),
+                        state.partition,
+                    ),
+                    state: producer_state,
+                    pending: sent.saturating_sub(resolved),
+                    last_error,
+                }
+            })
+            .collect();
+        statuses.sort_by(|a, b| a.partition.cmp(&b.partition));
+        statuses.dedup_by(|a, b| a.partition == b.partition);
+        statuses
     }
 
     /// The escalation that failed the producer (a partition loop that kept panicking), if any.
