@@ -67,6 +67,11 @@ async fn the_bus_metrics_are_scraped_as_prometheus_text_with_their_labels() {
         tokio::time::timeout(DEADLINE, seen.recv()).await.unwrap().unwrap();
     }
 
+    // The handlers have returned (and counted) once the bus's own count says so.
+    bus_tests::wait_for("the handlers to return", DEADLINE, || {
+        bus.metrics().handled >= RECORDS as u64
+    })
+    .await;
     let topic_label = format!("topic=\"{topic}\"");
     let text = scrape(addr).await;
     let acked = sample(
@@ -77,6 +82,17 @@ async fn the_bus_metrics_are_scraped_as_prometheus_text_with_their_labels() {
     assert_eq!(acked, Some(RECORDS as f64), "{text}");
     assert!(text.contains("bus_publish_latency_seconds"), "{text}");
     assert!(text.contains("bus_publish_batch_records"), "{text}");
+    let group_label = format!("group=\"{group}\"");
+    let handled = sample(
+        &text,
+        "bus_consumer_messages_total",
+        &[&group_label, &topic_label, "outcome=\"handled\""],
+    );
+    assert_eq!(handled, Some(RECORDS as f64), "{text}");
+    assert!(text.contains("bus_consumer_handler_seconds"), "{text}");
+    // The lag of partition 0 as its last fetch saw it: everything handled, nothing behind.
+    let lag = sample(&text, "bus_consumer_position_lag", &[&group_label, "partition=\"0\""]);
+    assert_eq!(lag, Some(0.0), "{text}");
 
     subscription.unsubscribe(Duration::from_secs(10)).await.unwrap();
     bus.shutdown(Duration::from_secs(10)).await.unwrap();

@@ -34,9 +34,8 @@ async fn restarted(
 ) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let found = seen
-            .iter()
-            .any(|e| e.path.contains(key) && matches!(e.action, Action::Restart { .. }));
+        let found =
+            seen.iter().any(|e| e.path.contains(key) && matches!(e.action, Action::Restart { .. }));
         if found {
             return;
         }
@@ -165,6 +164,8 @@ async fn a_panicking_producer_loop_is_restarted_and_every_record_gets_exactly_on
     let stored = high_watermark(&topic, 0).await + high_watermark(&topic, 1).await;
     assert_eq!(usize::try_from(stored).unwrap(), RECORDS, "each record stored exactly once");
     restarted(&mut events, &mut Vec::new(), &key).await;
+    bus_tests::wait_for("the restart to be counted", DEADLINE, || bus.metrics().task_restarts >= 1)
+        .await;
     // The restarted loop serves.
     let after = bus.publish(Record::new(topic.as_str(), "after").with_partition(0)).await.unwrap();
     assert!(after.offset >= 0);

@@ -123,13 +123,24 @@ impl EventBus {
         memory: Option<Arc<MemoryBackend>>,
     ) -> EventBus {
         let consumers = supervisor.root().child("consumer");
+        let metrics = Arc::new(Metrics::default());
+        let root = supervisor.root();
+        let counting = crate::metrics::count_supervision(
+            supervisor.events(),
+            Arc::clone(&metrics),
+            root.token(),
+        );
+        match root.spawn("supervision-metrics", counting) {
+            Ok(task) => task.detach(),
+            Err(error) => tracing::warn!(%error, "supervision events will not be counted"),
+        }
         EventBus {
             inner: Arc::new(BusInner {
                 supervisor,
                 backend,
                 memory,
                 consumers,
-                metrics: Arc::new(Metrics::default()),
+                metrics,
                 closed: AtomicBool::new(false),
                 closing: tokio_util::sync::CancellationToken::new(),
                 subscriptions: Registry::default(),

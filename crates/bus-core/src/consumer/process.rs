@@ -221,9 +221,13 @@ impl Runtime {
         if self.options.handler_timeout.is_some() {
             return Box::pin(self.attempts(handler, message, 1, None)).await;
         }
-        match handler.invoke(message.clone()).await {
+        let started = tokio::time::Instant::now();
+        let outcome = handler.invoke(message.clone()).await;
+        self.telemetry.handler_latency.record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(()) => {
                 self.metrics.handled.bump();
+                self.telemetry.handled.increment(1);
                 Processed::Done
             }
             Err(failure) => Box::pin(self.attempts(handler, message, 1, Some(failure))).await,
@@ -242,6 +246,7 @@ impl Runtime {
         let retry = &self.options.retry;
         loop {
             let started = tokio::time::Instant::now();
+            let invoked = made.is_none();
             let outcome = match made.take() {
                 Some(failure) => Err(failure),
                 None => match self.options.handler_timeout {
@@ -259,7 +264,9 @@ impl Runtime {
                     }
                 },
             };
-            self.telemetry.handler_latency.record(started.elapsed().as_secs_f64());
+            if invoked {
+                self.telemetry.handler_latency.record(started.elapsed().as_secs_f64());
+            }
             match outcome {
                 Ok(()) => {
                     self.metrics.handled.bump();
