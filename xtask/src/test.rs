@@ -4,9 +4,9 @@
 //! secured one, SASL_SSL, see `secure`; and the peer clients the tests compare against, see
 //! `peer`: the Python one and the Go one), running `cargo test --workspace` with
 //! `KAFKA_BOOTSTRAP` and the secured broker's `KAFKA_SECURE_*` set, then (on a full run, no
-//! filter given) the fault tests with the `fault-injection` feature, the `orders` example service against the plaintext broker and the `secure`
-//! example against the secured one, and stopping the brokers afterwards if this run started
-//! them.
+//! filter given) the fault tests with the `fault-injection` feature, the `orders` example
+//! service against the plaintext broker and the `secure` example against the secured one, and
+//! stopping the brokers afterwards if this run started them.
 
 use std::process::Command;
 

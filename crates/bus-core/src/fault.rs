@@ -3,7 +3,7 @@
 //!
 //! Owns: [`point`], which every long-lived task of the bus (and of its backends) awaits once per
 //! turn of its loop with its own task path, and, with the `fault-injection` feature, the
-//! registry of armed faults ([`arm_panic`], [`arm_stall`], [`disarm`], [`met`]).
+//! registry of armed faults (`arm_panic`, `arm_stall`, `disarm`, `met`).
 //!
 //! Invariants: without the feature, [`point`] is an empty inline function (nothing is stored,
 //! nothing is checked) and the arming API does not exist; normal builds, the benchmarks and
