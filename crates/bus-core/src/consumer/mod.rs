@@ -9,14 +9,19 @@
 //!   commit schedule, revoke, rejoin and stop;
 //! - `fetch_loop` — one partition's reader feeding the keyed dispatch, and what happens when
 //!   the partition cannot be read (the `unreadable_batches` policy);
-//! - `health` — what the subscription cannot get past, for the bus's health.
+//! - `health` — what the subscription cannot get past and how it is doing (group state, lag,
+//!   progress), for the bus's health and health report;
+//! - `telemetry` — its `metrics` facade handles.
 //!
-//! Tasks, under the bus's `consumer` scope:
+//! Tasks, under the bus's `consumer` scope (`<name>.supervisor` beside each supervised child is
+//! its monitor; the scopes marked isolated contain escalations):
 //! ```text
-//! consumer/<group>/<topics>/control               group events, commits, stop
-//! consumer/<group>/<topics>/member/…              the backend's own group tasks
-//! consumer/<group>/<topics>/dispatch/worker-<i>   keyed dispatch workers
-//! consumer/<group>/<topics>/fetch/<topic>-<p>/fetch   one fetch loop per assigned partition
+//! consumer/<group>/<topics>                       isolated: the subscription
+//!   …/control                                     group events, commits, stop (supervised)
+//!   …/member/…                                    isolated: the backend's own group tasks
+//!   …/dispatch/worker-<i>                         keyed dispatch workers
+//!   …/fetch/<topic>-<p>/fetch                     isolated `fetch`: one supervised fetch loop
+//!                                                 per assigned partition
 //! ```
 //! (`<topics>` is the subscription's label: see [`Subscription::topic`].) A subscription is one
 //! group member whatever the number of its topics.
@@ -29,7 +34,8 @@
 //!   are committed before the revocation is completed.
 //! - At most `max_in_flight` messages are in the dispatch; a fetch loop holds at most one fetched
 //!   batch (bounded in bytes) while it waits for room.
-//! - Nothing here spawns outside the supervisor.
+//! - Nothing here spawns outside the supervisor; a task past its restart intensity fails its
+//!   subscription alone (see `control`).
 
 mod control;
 mod fetch_loop;
