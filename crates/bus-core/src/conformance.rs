@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -604,12 +604,14 @@ pub async fn shutdown_reports_and_leaves_nothing(h: &impl Harness) {
     let bus = h.bus().await;
     let topic = h.topic(&bus, "shutdown", 3).await;
     let release = Arc::new(Notify::new());
-    let r = release.clone();
+    let slow_started = Arc::new(AtomicBool::new(false));
+    let (r, started) = (release.clone(), slow_started.clone());
     let _sub = bus
         .subscribe(&topic, options("shutdown").with_concurrency(3), move |m: Message| {
-            let release = r.clone();
+            let (release, started) = (r.clone(), started.clone());
             async move {
                 if text(&m.value) == "slow" {
+                    started.store(true, Ordering::SeqCst);
                     release.notified().await;
                 }
                 Ok(())
@@ -619,7 +621,11 @@ pub async fn shutdown_reports_and_leaves_nothing(h: &impl Harness) {
         .expect("subscribed");
     publish_all(&bus, vec![keyed(&topic, "x", "slow".into()), keyed(&topic, "y", "ok".into())])
         .await;
-    eventually("fast one handled", || bus.metrics().handled >= 1).await;
+    // The keys may land on different partitions, read by different fetch loops: wait for both.
+    eventually("fast one handled and slow one started", || {
+        bus.metrics().handled >= 1 && slow_started.load(Ordering::SeqCst)
+    })
+    .await;
     assert!(bus.live_tasks() > 0);
     // Long enough for a loaded machine to commit and leave the group after the drain.
     let report = bus.shutdown(Duration::from_secs(2)).await.expect("clean shutdown");

@@ -474,17 +474,21 @@ impl Connection {
             versions: HashMap::new(),
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
+        // A plaintext request to a TLS listener is answered with TLS bytes (read as a size over
+        // the bound, or an invalid one) or a closed connection.
+        let hint = |reason: String| {
+            format!(
+                "{reason} (if the broker's listener is TLS, set security.protocol to ssl or \
+                 sasl_ssl)"
+            )
+        };
         connection.negotiate(remaining).await.map_err(|error| match error {
-            // A plaintext request to a TLS listener is answered with TLS bytes (read as an
-            // invalid size) or a closed connection.
-            RequestError::Io { broker, api, reason } if !tls => RequestError::Io {
-                broker,
-                api,
-                reason: format!(
-                    "{reason} (if the broker's listener is TLS, set security.protocol to ssl or \
-                     sasl_ssl)"
-                ),
-            },
+            RequestError::Io { broker, api, reason } if !tls => {
+                RequestError::Io { broker, api, reason: hint(reason) }
+            }
+            RequestError::Protocol { broker, api, version, reason } if !tls => {
+                RequestError::Protocol { broker, api, version, reason: hint(reason) }
+            }
             other => other,
         })?;
         if let Some(authenticator) = &security.sasl {

@@ -19,8 +19,9 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use kafka_protocol::messages::{
     ApiVersionsRequest, CreateTopicsRequest, FetchRequest, FindCoordinatorRequest,
-    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+    SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
 };
 
 use crate::connection::{Api, decode_frame, response_size};
@@ -28,7 +29,7 @@ use crate::fetch::fuzzing as fetch;
 
 /// The responses the crate reads, by name, with the versions it asks for: the index into
 /// this list selects one in [`decode_response_frame`].
-pub const RESPONSES: [(&str, i16, i16); 13] = [
+pub const RESPONSES: [(&str, i16, i16); 16] = [
     ("ApiVersions", ApiVersionsRequest::MIN, ApiVersionsRequest::MAX),
     ("FindCoordinator", FindCoordinatorRequest::MIN, FindCoordinatorRequest::MAX),
     ("JoinGroup", JoinGroupRequest::MIN, JoinGroupRequest::MAX),
@@ -42,6 +43,9 @@ pub const RESPONSES: [(&str, i16, i16); 13] = [
     ("Fetch", FetchRequest::MIN, FetchRequest::MAX),
     ("CreateTopics", CreateTopicsRequest::MIN, CreateTopicsRequest::MAX),
     ("Produce", ProduceRequest::MIN, ProduceRequest::MAX),
+    ("SaslHandshake", SaslHandshakeRequest::MIN, SaslHandshakeRequest::MAX),
+    ("SaslAuthenticate", SaslAuthenticateRequest::MIN, SaslAuthenticateRequest::MAX),
+    ("InitProducerId", InitProducerIdRequest::MIN, InitProducerIdRequest::MAX),
 ];
 
 /// Frames and decodes `frame` (a size prefix, then the response: header and body) as the
@@ -76,6 +80,9 @@ pub fn decode_response_frame(api: usize, version: i16, frame: &[u8]) -> Result<(
         10 => run(fetch, version, frame),
         11 => run(CreateTopicsRequest::default(), version, frame),
         12 => run(ProduceRequest::default(), version, frame),
+        13 => run(SaslHandshakeRequest::default(), version, frame),
+        14 => run(SaslAuthenticateRequest::default(), version, frame),
+        15 => run(InitProducerIdRequest::default(), version, frame),
         _ => Err(format!("no response {api}")),
     }
 }

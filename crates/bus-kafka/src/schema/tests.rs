@@ -305,6 +305,9 @@ fn decode_seed(kind: u8, offset: u8, frame: &[u8]) -> Result<(), String> {
         10 => run::<FetchRequest>(offset, frame),
         11 => run::<CreateTopicsRequest>(offset, frame),
         12 => run::<ProduceRequest>(offset, frame),
+        13 => run::<SaslHandshakeRequest>(offset, frame),
+        14 => run::<SaslAuthenticateRequest>(offset, frame),
+        15 => run::<InitProducerIdRequest>(offset, frame),
         other => Err(format!("no kind {other}")),
     }
 }
