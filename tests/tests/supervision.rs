@@ -285,3 +285,36 @@ async fn a_fetch_loop_panicking_again_and_again_fails_its_subscription_and_the_r
     bus.shutdown(Duration::from_secs(10)).await.unwrap();
     assert_eq!(bus.live_tasks(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_fetch_loop_shows_in_the_lag_and_goes_on_when_released() {
+    let topic = bus_tests::unique("heal-stall");
+    let group = bus_tests::unique("heal-group");
+    let bus = kafka_bus(&topic, 1).await;
+    let (subscription, seen) = recording(&bus, &topic, &group).await;
+    publish_range(&bus, &topic, 0, 10).await;
+    all_handled(&seen, 10).await;
+    let key = format!("{group}/{topic}/fetch/{topic}-0/fetch");
+    fault::arm_stall(&key);
+    bus_tests::wait_for("the fetch loop to stall", DEADLINE, || fault::met(&key) == 1).await;
+    publish_range(&bus, &topic, 10, 20).await;
+    // Nothing more is read, and the report says how long since the subscription progressed
+    // (its only partition stalled: no fetch moves it, none finds it caught up).
+    bus_tests::wait_for("the time since progress to grow", DEADLINE, || {
+        let report = bus.health_report();
+        report.subscriptions[0].since_progress.is_some_and(|d| d >= Duration::from_millis(500))
+    })
+    .await;
+    assert_eq!(seen.lock().unwrap().len(), 10, "a stalled loop reads nothing");
+    fault::disarm(&key);
+    all_handled(&seen, 20).await;
+    bus_tests::wait_for("the lag to drain", DEADLINE, || {
+        let report = bus.health_report();
+        let partition = &report.subscriptions[0].partitions[0];
+        partition.high_watermark == Some(20) && partition.lag == Some(0)
+    })
+    .await;
+    subscription.unsubscribe(Duration::from_secs(10)).await.unwrap();
+    bus.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(bus.live_tasks(), 0);
+}
