@@ -231,3 +231,17 @@ pub fn librdkafka_version() -> String {
 pub fn librdkafka_version() -> String {
     "not built".into()
 }
+
+/// Installs a Prometheus recorder (metrics-exporter-prometheus, no HTTP listener) as the
+/// `metrics` facade's recorder, so that the bus's metrics are recorded as a service exporting
+/// them would (the `--metrics` flag: what they cost). Rendered once at the end of the run, as a
+/// scrape would.
+pub fn install_metrics_recorder() -> metrics_exporter_prometheus::PrometheusHandle {
+    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("cannot install the metrics recorder: {error}");
+            std::process::exit(2)
+        }
+    }
+}

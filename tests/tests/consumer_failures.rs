@@ -82,13 +82,14 @@ async fn unreadable_committed_offsets_fail_the_subscription_visibly_and_it_leave
     wait_for("the subscription named failed in the health", Duration::from_secs(60), || match bus
         .health()
     {
-        Health::Degraded { reason } => {
+        // A subscription that failed for good is unhealthy (not merely degraded).
+        Health::Unhealthy { reason } => {
             reason.contains("failed: cannot read the committed offsets of committed-0")
         }
         _ => false,
     })
     .await;
-    let Health::Degraded { reason } = bus.health() else { unreachable!() };
+    let Health::Unhealthy { reason } = bus.health() else { unreachable!() };
     assert!(reason.contains("subscription `committed` (group `g`)"), "{reason}");
     assert!(reason.contains("COORDINATOR_LOAD_IN_PROGRESS") || reason.contains("(14)"), "{reason}");
     assert_eq!(bus.metrics().subscriptions_failed, 1);

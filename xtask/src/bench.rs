@@ -54,8 +54,12 @@ impl Which {
     }
 }
 
-pub(crate) fn run(which: Which, record: bool, tls: bool) -> Result<()> {
+pub(crate) fn run(which: Which, record: bool, tls: bool, metrics: bool) -> Result<()> {
     let table = match which {
+        Which::Produce | Which::Consume if metrics && !tls => against_broker_with(which, true)?,
+        _ if metrics => {
+            return Err("--metrics applies to the produce and consume benchmarks (plain)".into());
+        }
         Which::Produce | Which::Consume if tls => secured(which)?,
         _ if tls => return Err("--tls applies to the produce and consume benchmarks".into()),
         Which::Supervisor => supervisor()?,
@@ -68,6 +72,8 @@ pub(crate) fn run(which: Which, record: bool, tls: bool) -> Result<()> {
     if record {
         let (name, flag) = if tls {
             (format!("{}-tls", which.name()), " --tls")
+        } else if metrics {
+            (format!("{}-metrics", which.name()), " --metrics")
         } else {
             (which.name().to_owned(), "")
         };
@@ -210,6 +216,11 @@ fn stdout_of(command: &mut Command) -> Result<String> {
 /// The Kafka benchmarks: built with the rdkafka peer, run against a broker of their own (or the
 /// one `KAFKA_BOOTSTRAP` names).
 fn against_broker(which: Which) -> Result<String> {
+    against_broker_with(which, false)
+}
+
+/// [`against_broker`], with the benchmark's metrics recorder installed when `metrics`.
+fn against_broker_with(which: Which, metrics: bool) -> Result<String> {
     let bin = match which {
         Which::Produce => "produce-bench",
         Which::Latency => "latency-bench",
@@ -233,6 +244,9 @@ fn against_broker(which: Which) -> Result<String> {
         }
     };
     command.args(["--bootstrap", &bootstrap]);
+    if metrics {
+        command.arg("--metrics");
+    }
     // Progress shows (building librdkafka takes minutes the first time; each round's figures).
     let output = stdout_of(&mut command);
     drop(private);

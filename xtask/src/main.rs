@@ -60,6 +60,10 @@ enum Command {
         /// broker (`broker start --tls --sasl`); recorded as `produce-tls` / `consume-tls`.
         #[arg(long)]
         tls: bool,
+        /// produce and consume only: with a metrics recorder installed in the benchmark
+        /// (the bus's metrics recorded, as when a service exports them).
+        #[arg(long)]
+        metrics: bool,
     },
     /// Prove that the bus leaves no task, socket or thread behind (the leak scenarios).
     Leakcheck {
@@ -100,7 +104,7 @@ fn main() -> ExitCode {
         Command::Ci => ci::run(),
         Command::Test { args } => test::run(&args),
         Command::Broker { action } => broker::run(action),
-        Command::Bench { which, record, tls } => bench::run(which, record, tls),
+        Command::Bench { which, record, tls, metrics } => bench::run(which, record, tls, metrics),
         Command::Deny => ci::deny(),
         Command::Leakcheck { args } => leakcheck::run(&args),
         Command::Fuzz { seeds: true, .. } => fuzz::seeds(),

@@ -4,10 +4,10 @@
 //! secured one, SASL_SSL, see `secure`; and the peer clients the tests compare against, see
 //! `peer`: the Python one and the Go one), running `cargo test --workspace` with
 //! `KAFKA_BOOTSTRAP` and the secured broker's `KAFKA_SECURE_*` set, then (on a full run, no
-//! filter given) the `orders` example service and the offset-control examples (`replay`,
-//! `seek`, `pause`, `manual_commit`, `tombstones`) against the plaintext broker and the `secure`
-//! example against the secured one, and stopping the brokers afterwards if this run started
-//! them.
+//! filter given) the fault tests with the `fault-injection` feature, the `orders` example
+//! service and the offset-control examples (`replay`, `seek`, `pause`, `manual_commit`,
+//! `tombstones`) against the plaintext broker and the `secure` example against the secured one,
+//! and stopping the brokers afterwards if this run started them.
 
 use std::process::Command;
 
@@ -38,6 +38,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         .env(crate::peer::GO_PEER_VAR, go_peer);
     secured.apply(&mut command);
     let mut outcome = crate::cmd::run(&mut command);
+    if outcome.is_ok() && args.is_empty() {
+        outcome = run_fault_tests(&broker.bootstrap);
+    }
     if outcome.is_ok() && args.is_empty() {
         outcome = run_orders_example(&broker.bootstrap);
     }
@@ -81,6 +84,16 @@ fn run_topic_example(name: &str, bootstrap: &str) -> Result<()> {
         .args(["run", "--quiet", "-p", "bus-kafka", "--example", name])
         .env(broker::BOOTSTRAP_VAR, bootstrap)
         .env("EXAMPLE_TOPIC", topic);
+    crate::cmd::run(&mut command)
+}
+
+/// Runs the fault tests (`tests/tests/supervision.rs`), which need the tests package's
+/// `fault-injection` feature: a build of their own, so that no other test or build has it on.
+fn run_fault_tests(bootstrap: &str) -> Result<()> {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
+        .args(["test", "-p", "bus-tests", "--features", "fault-injection", "--test", "supervision"])
+        .env(broker::BOOTSTRAP_VAR, bootstrap);
     crate::cmd::run(&mut command)
 }
 

@@ -327,11 +327,24 @@ struct Args {
     /// The connections' security (both clients).
     #[command(flatten)]
     security: bus_bench::Security,
+    /// Install a metrics recorder (Prometheus, no listener) first: the bus's metrics are
+    /// recorded, to measure their cost against a run without.
+    #[arg(long)]
+    metrics: bool,
 }
 
 fn main() {
-    let Args { bootstrap, records, rounds, keyed_records, only, topic: existing, security } =
-        Args::parse();
+    let Args {
+        bootstrap,
+        records,
+        rounds,
+        keyed_records,
+        only,
+        topic: existing,
+        security,
+        metrics,
+    } = Args::parse();
+    let recorder = metrics.then(bus_bench::install_metrics_recorder);
     let over = security.describe();
     security.install();
     let runtime = bus_bench::runtime();
@@ -404,6 +417,11 @@ fn main() {
                 concurrency,
             )));
         }
+    }
+    if let Some(recorder) = &recorder {
+        let rendered = recorder.render();
+        let series = rendered.lines().filter(|l| l.starts_with("bus_")).count();
+        eprintln!("metrics recorder installed: {series} bus_ series rendered at the end");
     }
     if only.is_some() {
         return;

@@ -190,13 +190,18 @@ struct Args {
     /// The connections' security (both clients).
     #[command(flatten)]
     security: bus_bench::Security,
+    /// Install a metrics recorder (Prometheus, no listener) first: the bus's metrics are
+    /// recorded, to measure their cost against a run without.
+    #[arg(long)]
+    metrics: bool,
     /// Both producers without idempotence (at least once).
     #[arg(long)]
     at_least_once: bool,
 }
 
 fn main() {
-    let Args { bootstrap, records, rounds, only, security, at_least_once } = Args::parse();
+    let Args { bootstrap, records, rounds, only, security, at_least_once, metrics } = Args::parse();
+    let recorder = metrics.then(bus_bench::install_metrics_recorder);
     let over = security.describe();
     security.install();
     let idempotence = !at_least_once;
@@ -252,6 +257,11 @@ fn main() {
             run_rdkafka(&mut theirs);
             run_bus(&mut ours);
         }
+    }
+    if let Some(recorder) = &recorder {
+        let rendered = recorder.render();
+        let series = rendered.lines().filter(|l| l.starts_with("bus_")).count();
+        eprintln!("metrics recorder installed: {series} bus_ series rendered at the end");
     }
     if only.is_some() {
         return;

@@ -301,6 +301,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The backend's topic and group administration ([`EventBus::admin`]).
     fn admin(&self) -> Arc<dyn AdminBackend>;
+    /// The state of each partition its producer writes to, for the bus's
+    /// [`HealthReport`](crate::HealthReport) (none by default).
+    fn producer_partitions(&self) -> Vec<crate::ProducerPartitionStatus> {
+        Vec::new()
+    }
 }
 
 /// One member of a consumer group, held by the subscription that joined.
@@ -358,6 +363,15 @@ pub trait PartitionReader: Send {
     /// The next offset to read, when known (a start at the earliest or latest offset may not be
     /// resolved yet): what the health names when reading keeps failing.
     fn position(&self) -> Option<i64>;
+
+    /// The partition's high watermark (the offset after its last readable record) as the last
+    /// fetch saw it, `None` before the first. Refreshed from what each fetch answers anyway
+    /// (Kafka's Fetch response carries it; the in-memory log knows its end): never an extra
+    /// request. The runtime computes the lag from it (high watermark minus the committed
+    /// offset, and minus the position) once per batch.
+    fn high_watermark(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// A backend's topic and group administration, behind [`Admin`](crate::Admin): what

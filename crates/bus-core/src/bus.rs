@@ -31,7 +31,7 @@ use crate::delivery::{Delivery, DeliveryFuture};
 use crate::envelope::Envelope;
 use crate::error::{ConfigError, PublishError, SubscribeError};
 use crate::handler::{EnvelopeHandler, Handler};
-use crate::health::Health;
+use crate::health::{Health, HealthReport, SubscriptionStatus};
 use crate::memory::{MemoryBackend, MemoryConfig};
 use crate::metrics::{Gauges, Metrics, MetricsSnapshot};
 use crate::options::SubscribeOptions;
@@ -124,13 +124,24 @@ impl EventBus {
         memory: Option<Arc<MemoryBackend>>,
     ) -> EventBus {
         let consumers = supervisor.root().child("consumer");
+        let metrics = Arc::new(Metrics::default());
+        let root = supervisor.root();
+        let counting = crate::metrics::count_supervision(
+            supervisor.events(),
+            Arc::clone(&metrics),
+            root.token(),
+        );
+        match root.spawn("supervision-metrics", counting) {
+            Ok(task) => task.detach(),
+            Err(error) => tracing::warn!(%error, "supervision events will not be counted"),
+        }
         EventBus {
             inner: Arc::new(BusInner {
                 supervisor,
                 backend,
                 memory,
                 consumers,
-                metrics: Arc::new(Metrics::default()),
+                metrics,
                 closed: AtomicBool::new(false),
                 closing: tokio_util::sync::CancellationToken::new(),
                 subscriptions: Registry::default(),
@@ -287,35 +298,53 @@ impl EventBus {
         .await
     }
 
-    /// The bus's health: `Closed` once shutdown began; otherwise the backend's, `Degraded`
-    /// also while a subscription is stuck somewhere (a partition it cannot read, a message it
-    /// cannot dead-letter, a failure), each named with its topic, partition, offset and reason.
+    /// The bus's health, rolled up (see [`EventBus::health_report`] for what it is made of):
+    /// `Closed` once shutdown began; `Unhealthy` while a subscription or the producer has
+    /// failed for good; `Degraded` while something is retrying or stuck (a partition it cannot
+    /// read, a message it cannot dead-letter, produce retries); `Ready` otherwise. Each reason
+    /// names its topic, partition, offset or group.
     pub fn health(&self) -> Health {
         if self.inner.closed.load(Ordering::Acquire) {
             return Health::Closed;
         }
-        let backend = self.inner.backend.health();
-        let troubles: Vec<String> = self
-            .inner
-            .subscriptions
-            .lock()
-            .iter()
-            .filter_map(|s| {
-                let trouble = s.health.trouble()?;
-                Some(format!("subscription `{}` (group `{}`): {trouble}", s.topic, s.group))
-            })
-            .collect();
-        if troubles.is_empty() {
-            return backend;
-        }
-        let troubles = troubles.join("; ");
-        match backend {
-            Health::Ready => Health::Degraded { reason: troubles },
-            Health::Degraded { reason } => {
-                Health::Degraded { reason: format!("{reason}; {troubles}") }
+        self.roll_up(&self.subscription_statuses())
+    }
+
+    /// The bus's health in detail: the roll-up, each subscription's group state, assigned
+    /// partitions with their lag, backlog, last error and time since progress, and each
+    /// producer partition's state.
+    pub fn health_report(&self) -> HealthReport {
+        let statuses = self.subscription_statuses();
+        let health = if self.inner.closed.load(Ordering::Acquire) {
+            Health::Closed
+        } else {
+            self.roll_up(&statuses)
+        };
+        let producer = self.inner.backend.producer_partitions();
+        let subscriptions = statuses.into_iter().map(|(status, _)| status).collect();
+        HealthReport { health, subscriptions, producer }
+    }
+
+    /// Each subscription's status and its troubles (see `SubscriptionHealth::trouble`).
+    fn subscription_statuses(&self) -> Vec<(SubscriptionStatus, Option<String>)> {
+        let registry = self.inner.subscriptions.lock();
+        registry.iter().map(|s| (s.status(), s.health.trouble())).collect()
+    }
+
+    /// The backend's health and the subscriptions': a failed one is unhealthy, a troubled one
+    /// degraded.
+    fn roll_up(&self, subscriptions: &[(SubscriptionStatus, Option<String>)]) -> Health {
+        let mut health = self.inner.backend.health();
+        for (status, trouble) in subscriptions {
+            let name = format!("subscription `{}` (group `{}`)", status.topic, status.group);
+            if let Some(failure) = &status.failure {
+                let reason = format!("{name} failed: {failure}");
+                health = health.and(Health::Unhealthy { reason });
+            } else if let Some(trouble) = trouble {
+                health = health.and(Health::Degraded { reason: format!("{name}: {trouble}") });
             }
-            Health::Closed => Health::Closed,
         }
+        health
     }
 
     /// The bus's counters now.

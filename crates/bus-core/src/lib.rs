@@ -6,7 +6,9 @@
 //!
 //! # The front page
 //!
-//! - **The bus:** [`EventBus`], [`Health`], [`PartitionFailure`], [`MetricsSnapshot`],
+//! - **The bus:** [`EventBus`], [`Health`] and its [`HealthReport`] ([`SubscriptionStatus`],
+//!   [`GroupState`], [`PartitionStatus`], [`ProducerPartitionStatus`], [`ProducerState`]),
+//!   [`PartitionFailure`], [`MetricsSnapshot`],
 //!   [`ShutdownReport`], [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
@@ -27,7 +29,8 @@
 //! Modules for other readers: [`memory`] (the in-memory backend's configuration and inspection,
 //! for tests), [`supervisor`] (the task tree: snapshots, leak guards, the scope-level shutdown
 //! report), [`backend`] (the interface a new transport implements), `conformance` (feature
-//! `conformance`: the behavioural suite every backend runs).
+//! `conformance`: the behavioural suite every backend runs), [`fault`] (fault points; arming
+//! them only with the `fault-injection` feature, for tests).
 //!
 //! # Example
 //!
@@ -69,6 +72,7 @@ mod delivery;
 mod dispatch;
 mod envelope;
 mod error;
+pub mod fault;
 mod handler;
 mod health;
 pub mod memory;
@@ -95,7 +99,10 @@ pub use envelope::{
 };
 pub use error::{ConfigError, HandlerError, PublishError, SubscribeError};
 pub use handler::{EnvelopeHandler, Handler};
-pub use health::{Health, PartitionFailure};
+pub use health::{
+    GroupState, Health, HealthReport, PartitionFailure, PartitionStatus, ProducerPartitionStatus,
+    ProducerState, SubscriptionStatus,
+};
 pub use metrics::MetricsSnapshot;
 pub use options::{
     CommitMode, OffsetReset, PartitionOffset, RetryPolicy, StartPosition, SubscribeOptions,

@@ -71,6 +71,8 @@ pub(crate) struct Metrics {
     pub(crate) partitions_failed: AtomicU64,
     pub(crate) batches_dead_lettered: AtomicU64,
     pub(crate) subscriptions_failed: AtomicU64,
+    pub(crate) task_restarts: AtomicU64,
+    pub(crate) task_escalations: AtomicU64,
 }
 
 /// Gauges read from the live parts of the bus when a snapshot is taken.
@@ -113,6 +115,8 @@ impl Metrics {
             partitions_failed: get(&self.partitions_failed),
             batches_dead_lettered: get(&self.batches_dead_lettered),
             subscriptions_failed: get(&self.subscriptions_failed),
+            task_restarts: get(&self.task_restarts),
+            task_escalations: get(&self.task_escalations),
             subscriptions: gauges.subscriptions,
             in_flight: gauges.in_flight,
             live_tasks: gauges.live_tasks,
@@ -171,10 +175,70 @@ pub struct MetricsSnapshot {
     /// Subscriptions that failed for good (committed offsets unreadable past the rebalance
     /// timeout), each named in the bus's health.
     pub subscriptions_failed: u64,
+    /// Restarts of the bus's supervised tasks (producer partition loops, fetch loops, control
+    /// tasks, group members' coordinator and heartbeat tasks) after a panic or an error.
+    pub task_restarts: u64,
+    /// Supervised tasks that went past their restart intensity: each failed its subscription
+    /// (or the producer), named in the bus's health.
+    pub task_escalations: u64,
     /// Gauge: active subscriptions.
     pub subscriptions: usize,
     /// Gauge: messages accepted by subscriptions' dispatch and not finished (queued or running).
     pub in_flight: usize,
     /// Gauge: live tasks in the bus's supervisor tree.
     pub live_tasks: usize,
+}
+
+/// The kind of a supervised task, from its path: `fetch`, `control`, `heartbeat`,
+/// `coordinator`, `producer` (the `task` label of the restart metrics: bounded, unlike paths).
+fn task_kind(path: &str) -> &'static str {
+    if path.contains("/producer/") {
+        return "producer";
+    }
+    match path.rsplit('/').next() {
+        Some("fetch") => "fetch",
+        Some("control") => "control",
+        Some("heartbeat") => "heartbeat",
+        Some("coordinator") => "coordinator",
+        _ => "other",
+    }
+}
+
+/// Counts the tree's supervision events (restarts, escalations) into `metrics` and the facade
+/// (`bus_task_restarts_total{task}`, `bus_task_escalations_total{task}`) until `token` is
+/// cancelled.
+pub(crate) async fn count_supervision(
+    mut events: tokio::sync::broadcast::Receiver<bus_supervisor::SupervisionEvent>,
+    metrics: std::sync::Arc<Metrics>,
+    token: bus_supervisor::CancellationToken,
+) {
+    use bus_supervisor::Action;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            () = token.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(event) => {
+                let task = task_kind(&event.path);
+                match event.action {
+                    Action::Restart { .. } => {
+                        Metrics::bump(&metrics.task_restarts);
+                        ::metrics::counter!("bus_task_restarts_total", "task" => task).increment(1);
+                    }
+                    Action::Escalate => {
+                        Metrics::bump(&metrics.task_escalations);
+                        ::metrics::counter!("bus_task_escalations_total", "task" => task)
+                            .increment(1);
+                    }
+                    Action::Stop | Action::Shutdown => {}
+                }
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "supervision events missed by the metrics");
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
 }

@@ -110,7 +110,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let line = wait(&mut dead, "the bad order's dead letter").await?;
     println!("dead-lettered {line}");
 
-    println!("health: {:?}", bus.health());
+    let report = bus.health_report();
+    println!("health: {:?}", report.health);
+    for subscription in &report.subscriptions {
+        println!(
+            "  `{}` (group `{}`): {:?}, {} partition(s), backlog {}",
+            subscription.topic,
+            subscription.group,
+            subscription.state,
+            subscription.partitions.len(),
+            subscription.backlog
+        );
+    }
     println!("metrics: {:?}", bus.metrics());
     let unsubscribed = billing.unsubscribe(Duration::from_secs(10)).await?;
     let committed: Vec<String> = unsubscribed

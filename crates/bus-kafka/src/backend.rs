@@ -72,9 +72,16 @@ impl Backend for KafkaBackend {
         self.producer.close();
     }
 
+    fn producer_partitions(&self) -> Vec<bus_core::ProducerPartitionStatus> {
+        self.producer.partitions()
+    }
+
     fn health(&self) -> Health {
         if self.closed.load(Ordering::Acquire) {
             return Health::Closed;
+        }
+        if let Some(escalation) = self.producer.failure() {
+            return Health::Unhealthy { reason: format!("the producer failed: {escalation}") };
         }
         match self.producer.health() {
             Health::Ready => match self.client.connector().trouble() {

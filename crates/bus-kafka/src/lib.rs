@@ -11,7 +11,9 @@
 //! - **Security:** [`SecurityConfig`] (`security.protocol` [`SecurityProtocol`], `security.tls`
 //!   [`TlsConfig`], `security.sasl` [`SaslConfig`] with [`SaslMechanism`]), [`Secret`], and for
 //!   OAUTHBEARER [`TokenProvider`], [`OAuthBearerToken`], [`TokenFuture`], [`TokenError`].
-//! - **The bus:** [`EventBus`], [`Health`], [`PartitionFailure`], [`MetricsSnapshot`],
+//! - **The bus:** [`EventBus`], [`Health`] and its [`HealthReport`] ([`SubscriptionStatus`],
+//!   [`GroupState`], [`PartitionStatus`], [`ProducerPartitionStatus`], [`ProducerState`]),
+//!   [`PartitionFailure`], [`MetricsSnapshot`],
 //!   [`ShutdownReport`], [`ShutdownError`].
 //! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
 //!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
@@ -91,14 +93,15 @@ pub use security::{
 pub use bus_core::{
     Admin, AdminError, ApiSupport, BrokerDescription, ClusterDescription, CommitMode, CommitReport,
     ConfigEntry, ConfigError, ConsumerControl, ControlError, Delivery, DeliveryFuture, Envelope,
-    EnvelopeError, EnvelopeHandler, EventBus, GroupDescription, GroupListing, Handler,
-    HandlerError, Header, Headers, Health, JsonError, MemberDescription, Message, MetricsSnapshot,
-    NewTopic, OffsetReset, PartitionCursor, PartitionDescription, PartitionFailure, PartitionLag,
-    PartitionOffset, Partitioner, Payload, PublishError, Record, RetryPolicy, SeekTo,
+    EnvelopeError, EnvelopeHandler, EventBus, GroupDescription, GroupListing, GroupState, Handler,
+    HandlerError, Header, Headers, Health, HealthReport, JsonError, MemberDescription, Message,
+    MetricsSnapshot, NewTopic, OffsetReset, PartitionCursor, PartitionDescription,
+    PartitionFailure, PartitionLag, PartitionOffset, PartitionStatus, Partitioner, Payload,
+    ProducerPartitionStatus, ProducerState, PublishError, Record, RetryPolicy, SeekTo,
     ShutdownError, ShutdownReport, StartPosition, SubscribeError, SubscribeOptions, Subscription,
-    SubscriptionReport, Timestamp, TimestampError, TopicDescription, TopicListing, TopicPartition,
-    Topics, UnreadableBatches, UnsubscribeError, UnsubscribeReport, aggregate_id_of,
-    dead_letter_headers, envelope_headers, supervisor,
+    SubscriptionReport, SubscriptionStatus, Timestamp, TimestampError, TopicDescription,
+    TopicListing, TopicPartition, Topics, UnreadableBatches, UnsubscribeError, UnsubscribeReport,
+    aggregate_id_of, dead_letter_headers, envelope_headers, supervisor,
 };
 
 use backend::KafkaBackend;
@@ -117,7 +120,8 @@ pub async fn connect(config: KafkaConfig) -> Result<EventBus, KafkaError> {
     let client = Arc::new(KafkaClient::connect(Arc::clone(&config)).await?);
     let supervisor = bus_core::backend::supervisor();
     let scope = supervisor.root().child("kafka");
-    let producer = producer::Producer::start(scope.child("producer"), Arc::clone(&client))?;
+    let producer =
+        producer::Producer::start(scope.isolated_child("producer"), Arc::clone(&client))?;
     let backend = Arc::new(KafkaBackend::new(scope, client, producer));
     Ok(bus_core::backend::bus(supervisor, backend))
 }

@@ -268,6 +268,15 @@ impl Scope {
         Scope { inner: self.inner.new_child(name.as_ref(), false) }
     }
 
+    /// Creates a child scope named `name` that contains escalations: a supervised child below it
+    /// that exceeds its restart intensity fails this scope (its token is cancelled, the
+    /// escalation recorded: see [`Scope::failure`] and [`Scope::failed`]) and the failure goes
+    /// no higher. The owner of such a scope (a subscription, a producer) watches `failed` and
+    /// reports itself failed while the rest of the tree keeps running.
+    pub fn isolated_child(&self, name: impl AsRef<str>) -> Scope {
+        Scope { inner: self.inner.new_child(name.as_ref(), true) }
+    }
+
     /// Spawns `future` as a task named `name` in this scope.
     ///
     /// The task is registered before it starts, runs inside a tracing span carrying its path
@@ -492,7 +501,8 @@ impl Scope {
         Scope { inner: self.inner.new_child(name, true) }
     }
 
-    /// Whether this scope is one incarnation of a supervised child.
+    /// Whether this scope stops escalations: one incarnation of a supervised child, or an
+    /// isolated child.
     pub(crate) fn is_supervised(&self) -> bool {
         self.inner.supervised
     }

@@ -302,3 +302,28 @@ async fn shutdown_ends_supervision_without_restarting() {
     assert_eq!(monitor.await.unwrap(), SupervisionOutcome::ShutDown);
     assert_eq!(supervisor.live(), 0);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_isolated_child_contains_an_escalation_and_the_rest_of_the_tree_keeps_running() {
+    let supervisor = Supervisor::new("app");
+    let sibling = supervisor.root().child("sibling");
+    let neighbour = sibling.spawn("serving", std::future::pending::<()>()).unwrap();
+    let isolated = supervisor.root().isolated_child("subscription");
+    let spec = ChildSpec::permanent().intensity(1, Duration::from_secs(60)).backoff(
+        Duration::from_millis(10),
+        Duration::from_millis(10),
+        1.0,
+    );
+    let monitor =
+        isolated.supervise("fetch", spec, |_scope| async { Err::<(), _>("unreadable") }).unwrap();
+    let SupervisionOutcome::Escalated(escalation) = monitor.await.unwrap() else {
+        panic!("expected an escalation");
+    };
+    assert_eq!(isolated.failed().await, escalation);
+    assert!(isolated.is_cancelled(), "the isolated scope failed");
+    // Without the boundary the escalation climbs to the root and cancels the whole tree.
+    assert!(supervisor.failure().is_none(), "the failure went no higher");
+    assert!(!supervisor.root().is_cancelled());
+    assert!(!sibling.is_cancelled() && !neighbour.is_finished());
+    supervisor.shutdown(PATIENCE).await.unwrap();
+}

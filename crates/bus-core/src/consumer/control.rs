@@ -27,12 +27,21 @@
 //! - In manual commit mode only offsets the service asked for are committed, each capped by the
 //!   finished prefix; a request is forgotten when its partition is released (revoked, sought,
 //!   stopped).
+//! - Supervision: each fetch loop is a supervised child in its partition's scope under the
+//!   isolated `fetch` scope, the member's tasks under the isolated `member` scope; a task past
+//!   its restart intensity fails that isolated scope, which this task watches: the subscription
+//!   then fails visibly as above (it releases, leaves, is named failed) and the rest of the bus
+//!   goes on. The control task itself is a supervised child (`control`): restarted after a
+//!   panic, it takes over its state (member, fetch loops, committed offsets, stop and report
+//!   channels) and goes on with its loop; past its intensity the subscription's own isolated
+//!   scope fails, which the bus's health reports.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bus_supervisor::{Backoff, Scope};
+use bus_supervisor::{Backoff, ChildSpec, Scope};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -40,15 +49,68 @@ use crate::backend::{
     GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation, StartAt,
 };
 use crate::dispatch::KeyedDispatch;
+use crate::health::GroupState;
 use crate::metrics::Metrics;
 use crate::options::CommitMode;
 use crate::record::TopicPartition;
 
 use super::SubscriptionReport;
 use super::commands::{Command, CommitReport, ControlError};
-use super::fetch_loop::FetchLoop;
+use super::fetch_loop::{self, FetchLoop};
 use super::pause::Pauses;
 use super::process::Runtime;
+
+/// How the control task is supervised: restarted after a panic (it ends normally after its
+/// stop), at most 3 restarts in 30 s, 100 ms doubling to 2 s between them.
+pub(super) fn child_spec() -> ChildSpec {
+    ChildSpec::transient()
+        .intensity(3, Duration::from_secs(30))
+        .backoff(Duration::from_millis(100), Duration::from_secs(2), 2.0)
+        .shutdown_timeout(Duration::from_secs(1))
+}
+
+/// What one incarnation of the control task hands to the next.
+pub(super) type Handover = Arc<Mutex<Option<Carried>>>;
+
+/// The control task's state across incarnations: its state, where its stop comes from and
+/// where its report goes.
+pub(super) struct Carried {
+    control: Control,
+    stop: watch::Receiver<Option<Instant>>,
+    report: watch::Sender<Option<SubscriptionReport>>,
+}
+
+/// Holds an incarnation's state; a panicking incarnation leaves it for the next one.
+struct Holder {
+    carried: Option<Carried>,
+    handover: Weak<Mutex<Option<Carried>>>,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(handover) = self.handover.upgrade()
+            && let Some(carried) = self.carried.take()
+        {
+            *handover.lock() = Some(carried);
+        }
+    }
+}
+
+/// Runs one incarnation of the control task in `scope` (its supervised scope), taking over the
+/// previous incarnation's state.
+pub(super) async fn run(scope: Scope, handover: Handover) -> Result<(), &'static str> {
+    let carried = handover.lock().take();
+    let mut holder = Holder { carried, handover: Arc::downgrade(&handover) };
+    drop(handover);
+    let Some(carried) = holder.carried.as_mut() else {
+        return Err("no control state to take over");
+    };
+    carried.control.path = Arc::from(scope.path());
+    let Carried { control, stop, report } = carried;
+    control.run(stop, report).await;
+    Ok(())
+}
 
 /// Delay before retrying a failed group operation (a constant delay: these retries are bounded
 /// by the rebalance timeout, or repeated on the loop's next turn).
@@ -100,6 +162,8 @@ pub(super) struct Control {
     started: HashSet<TopicPartition>,
     /// Manual commit mode: the offsets the service asked to commit, per partition held.
     requested: HashMap<TopicPartition, i64>,
+    /// The incarnation's task path (fault points).
+    path: Arc<str>,
 }
 
 impl Control {
@@ -118,7 +182,7 @@ impl Control {
             join,
             scope: scope.clone(),
             dispatch,
-            fetch: scope.child("fetch"),
+            fetch: scope.isolated_child("fetch"),
             fetchers: HashMap::new(),
             last_committed: HashMap::new(),
             fenced: false,
@@ -127,28 +191,47 @@ impl Control {
             pauses,
             started: HashSet::new(),
             requested: HashMap::new(),
+            path: Arc::from(""),
         }
     }
 
-    pub(super) async fn run(
-        mut self,
-        mut stop: watch::Receiver<Option<Instant>>,
+    /// This task's state with its channels, ready to be supervised.
+    pub(super) fn handover(
+        self,
+        stop: watch::Receiver<Option<Instant>>,
         report: watch::Sender<Option<SubscriptionReport>>,
+    ) -> Handover {
+        Arc::new(Mutex::new(Some(Carried { control: self, stop, report })))
+    }
+
+    async fn run(
+        &mut self,
+        stop: &mut watch::Receiver<Option<Instant>>,
+        report: &watch::Sender<Option<SubscriptionReport>>,
     ) {
         let mut tick = tokio::time::interval(self.runtime.options.commit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = loop {
+            crate::fault::point(&self.path).await;
             if self.failed {
-                break requested_deadline(&mut stop).await;
+                break requested_deadline(stop).await;
             }
+            let member_scope = self.join.scope.clone();
             tokio::select! {
                 biased;
-                deadline = requested_deadline(&mut stop) => break deadline,
+                deadline = requested_deadline(stop) => break deadline,
+                escalation = self.fetch.failed() => {
+                    self.fail(format!("a fetch loop kept failing: {escalation}")).await;
+                }
+                escalation = member_scope.failed() => {
+                    self.fail(format!("the group member kept failing: {escalation}")).await;
+                }
                 event = self.member.next_event(), if !self.fenced => match event {
                     Ok(MemberEvent::Assigned(partitions)) => self.assigned(partitions).await,
                     Ok(MemberEvent::Revoked(revocation)) => self.revoked(revocation).await,
                     Err(error) if error.retriable => {
                         tracing::warn!(group = %self.runtime.options.group, %error, "group event failed; retrying");
+                        self.runtime.health.error(error.to_string());
                         tokio::time::sleep(RETRY.delay(0)).await;
                     }
                     Err(error) if error.fenced => self.fenced(error).await,
@@ -167,6 +250,7 @@ impl Control {
             return;
         }
         Metrics::add(&self.runtime.metrics.partitions_assigned, partitions.len() as u64);
+        self.runtime.health.group(GroupState::Stable);
         // The committed offsets are needed to start at the right place: retried with backoff
         // (never guessed, which would skip or replay records) until the rebalance timeout,
         // after which the subscription fails visibly rather than hold partitions unread.
@@ -216,7 +300,8 @@ impl Control {
         }
     }
 
-    /// Starts `partition`'s fetch loop on `reader` (opened at `start`).
+    /// Starts `partition`'s fetch loop on `reader` (opened at `start`), a supervised child in
+    /// the partition's own scope.
     fn start_fetching(
         &mut self,
         partition: TopicPartition,
@@ -233,10 +318,15 @@ impl Control {
             self.runtime.options.max_in_flight,
         )
         .pausable(self.pauses.watch(partition.clone()));
-        match scope.spawn("fetch", fetch.run()) {
+        let handover = fetch.handover();
+        let supervised = scope.supervise("fetch", fetch_loop::child_spec(), move |scope| {
+            fetch_loop::run(scope, Arc::clone(&handover))
+        });
+        match supervised {
             Ok(handle) => {
                 handle.detach();
                 tracing::debug!(%partition, ?start, "partition assigned");
+                self.runtime.health.assigned(std::slice::from_ref(&partition));
                 self.fetchers.insert(partition, scope);
             }
             Err(error) => tracing::warn!(%partition, %error, "cannot start fetch loop"),
@@ -254,6 +344,7 @@ impl Control {
             "the subscription failed; it leaves its group and consumes no more"
         );
         self.runtime.health.failed(reason);
+        self.runtime.telemetry.failed.set(1.0);
         let partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
         let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
         self.release(&partitions, deadline, None).await;
@@ -323,7 +414,9 @@ impl Control {
         let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
         self.release(&partitions, deadline, None).await;
         let _ = self.member.leave().await;
-        let old = std::mem::replace(&mut self.join.scope, self.scope.child("member"));
+        self.runtime.health.error(error.to_string());
+        self.runtime.health.group(GroupState::Joining);
+        let old = std::mem::replace(&mut self.join.scope, self.scope.isolated_child("member"));
         if let Err(error) = old.shutdown(Duration::from_secs(5)).await {
             tracing::error!(%error, "the dropped member's tasks would not stop");
         }
@@ -356,12 +449,18 @@ impl Control {
 
     async fn revoked(&mut self, revocation: Revocation) {
         Metrics::bump(&self.runtime.metrics.rebalances);
+        self.runtime.telemetry.rebalances.increment(1);
+        self.runtime.health.group(GroupState::Rebalancing);
         Metrics::add(&self.runtime.metrics.partitions_revoked, revocation.partitions.len() as u64);
         let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
         let partitions = revocation.partitions.clone();
         self.release(&partitions, deadline, None).await;
         tracing::debug!(?partitions, "partitions revoked");
         revocation.complete();
+        // Still reading what it keeps (cooperative), or waiting for the next assignment.
+        if !self.fetchers.is_empty() {
+            self.runtime.health.group(GroupState::Stable);
+        }
     }
 
     /// The offset to commit for `partition` now: the finished prefix (auto mode), or in manual
@@ -512,6 +611,8 @@ impl Control {
         match committed {
             Ok(()) => {
                 Metrics::bump(&self.runtime.metrics.commits);
+                self.runtime.telemetry.commits.increment(1);
+                self.runtime.health.committed(&offsets);
                 for (partition, offset) in offsets {
                     self.last_committed.insert(partition, offset);
                 }
@@ -519,6 +620,8 @@ impl Control {
             }
             Err(error) => {
                 Metrics::bump(&self.runtime.metrics.commit_failures);
+                self.runtime.telemetry.commit_failures.increment(1);
+                self.runtime.health.error(format!("offset commit failed: {error}"));
                 tracing::warn!(%error, "offset commit failed; will retry");
                 Err(error)
             }
@@ -528,7 +631,7 @@ impl Control {
     /// Stops by `deadline`: handlers drain until [`STOP_RESERVE`] before it (at most a quarter
     /// of the time left), which leaves the rest for the abandonment to take effect, the final
     /// commit and leaving the group, each cut short at the deadline.
-    async fn stop(mut self, deadline: Instant) -> SubscriptionReport {
+    async fn stop(&mut self, deadline: Instant) -> SubscriptionReport {
         let partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
         let reserve = STOP_RESERVE.min(deadline.saturating_duration_since(Instant::now()) / 4);
         let drain_until = deadline.checked_sub(reserve).unwrap_or(deadline);

@@ -17,11 +17,21 @@
 //! - While its partition is paused (see `pause`) the loop fetches nothing: a fetch in progress
 //!   is dropped (readers are cancel-safe) and the next one starts from the same position once
 //!   resumed.
+//! - A loop is a supervised child (`fetch`, in its partition's scope `fetch/<topic>-<p>`):
+//!   restarted after a panic, it takes over the previous incarnation's reader and resumes at
+//!   the next offset not handed to the dispatch (`resume`: what the dispatch holds is handled
+//!   and committed as usual, what was fetched and not handed over is fetched again), so
+//!   nothing is skipped and nothing is handed to the dispatch twice. Past its restart
+//!   intensity the failure escalates to the subscription's isolated `fetch` scope, which the
+//!   control task watches: the subscription fails visibly.
+//! - The lag is refreshed once per fetched batch from what the reader saw (high watermark,
+//!   position): no extra request, nothing per message.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bus_supervisor::Backoff;
+use bus_supervisor::{Backoff, ChildSpec, Scope};
+use parking_lot::Mutex;
 
 use super::pause::PauseWatch;
 use super::process::{Runtime, ShuttingDown};
@@ -43,6 +53,71 @@ const REPORT_AFTER: u32 = 5;
 /// The reason of a dead-lettered batch.
 const UNREADABLE_BATCH: &str = "unreadable-batch";
 
+/// How a fetch loop is supervised: restarted after a panic or an abort (it ends normally when
+/// its scope is cancelled), at most 3 restarts in 30 s, 100 ms doubling to 2 s between them; a
+/// fourth escalates (the subscription fails).
+pub(super) fn child_spec() -> ChildSpec {
+    ChildSpec::transient()
+        .intensity(3, Duration::from_secs(30))
+        .backoff(Duration::from_millis(100), Duration::from_secs(2), 2.0)
+        .shutdown_timeout(Duration::from_secs(1))
+}
+
+/// What one incarnation of a fetch loop hands to the next.
+pub(super) type Handover = Arc<Mutex<Option<FetchLoop>>>;
+
+/// Holds an incarnation's loop; a panicking incarnation leaves it for the next one.
+struct Holder {
+    fetch: Option<FetchLoop>,
+    handover: Weak<Mutex<Option<FetchLoop>>>,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(handover) = self.handover.upgrade()
+            && let Some(fetch) = self.fetch.take()
+        {
+            *handover.lock() = Some(fetch);
+        }
+    }
+}
+
+/// Runs one incarnation of a fetch loop in `scope` (its supervised scope) until the scope is
+/// cancelled, taking over the previous incarnation's loop: a restarted one moves the reader
+/// back to the next offset not handed to the dispatch.
+pub(super) async fn run(scope: Scope, handover: Handover) -> Result<(), &'static str> {
+    let fetch = handover.lock().take();
+    let mut holder = Holder { fetch, handover: Arc::downgrade(&handover) };
+    drop(handover);
+    let Some(fetch) = holder.fetch.as_mut() else {
+        return Err("no fetch loop state to take over");
+    };
+    fetch.token = scope.token();
+    fetch.path = Arc::from(scope.path());
+    if fetch.incarnations > 0 {
+        if let Some(offset) = fetch.resume {
+            fetch.reader.seek(offset);
+        }
+        tracing::warn!(
+            partition = %fetch.partition, resume = ?fetch.resume,
+            "the fetch loop restarted after a panic; reading on from the next offset not handed \
+             to the dispatch"
+        );
+    }
+    fetch.incarnations = fetch.incarnations.saturating_add(1);
+    fetch.run().await;
+    Ok(())
+}
+
+impl Drop for FetchLoop {
+    /// The loop is over for good (its partition released, or the subscription stopped): its
+    /// gauges no longer say anything.
+    fn drop(&mut self) {
+        self.lag.clear();
+    }
+}
+
 /// Reads one partition into the dispatch until cancelled, pausing while the dispatch is full.
 pub(super) struct FetchLoop {
     reader: Box<dyn PartitionReader>,
@@ -54,6 +129,16 @@ pub(super) struct FetchLoop {
     chunk: usize,
     /// The partition's pause state (never paused when none).
     pause: Option<PauseWatch>,
+    /// The next offset not handed to the dispatch, once known: where a restart resumes.
+    resume: Option<i64>,
+    /// Failed reads in a row (unreadable batches included).
+    failures: u32,
+    /// Incarnations run so far.
+    incarnations: u32,
+    /// The incarnation's task path (fault points).
+    path: Arc<str>,
+    /// The partition's lag gauges.
+    lag: super::telemetry::PartitionLag,
 }
 
 impl FetchLoop {
@@ -65,7 +150,22 @@ impl FetchLoop {
         partition: TopicPartition,
         chunk: usize,
     ) -> Self {
-        FetchLoop { reader, dispatch, runtime, token, partition, chunk, pause: None }
+        let resume = reader.position();
+        let lag = super::telemetry::PartitionLag::new(&runtime.options.group, &partition);
+        FetchLoop {
+            reader,
+            dispatch,
+            runtime,
+            token,
+            partition,
+            chunk,
+            resume,
+            failures: 0,
+            incarnations: 0,
+            path: Arc::from(""),
+            lag,
+            pause: None,
+        }
     }
 
     /// Makes the loop follow `pause`.
@@ -91,13 +191,28 @@ impl FetchLoop {
         }
     }
 
-    pub(super) async fn run(mut self) {
-        // Failed reads in a row (unreadable batches included).
-        let mut failures = 0_u32;
+    /// This loop, ready to be supervised: its first incarnation takes it over.
+    pub(super) fn handover(self) -> Handover {
+        Arc::new(Mutex::new(Some(self)))
+    }
+
+    /// Notes what the reader saw after a fetch: the partition's lag and progress.
+    fn note_progress(&self) {
+        let high_watermark = self.reader.high_watermark();
+        let position = self.reader.position();
+        let (lag, position_lag, backlog) =
+            self.runtime.health.fetched(&self.partition, high_watermark, position);
+        self.lag.set(lag, position_lag);
+        self.runtime.telemetry.backlog.set(backlog as f64);
+    }
+
+    pub(super) async fn run(&mut self) {
         loop {
+            crate::fault::point(&self.path).await;
             if !self.wait_while_paused().await {
                 return;
             }
+            let failures = self.failures;
             let paused = async {
                 match self.pause.as_mut() {
                     Some(pause) => pause.paused().await,
@@ -115,16 +230,20 @@ impl FetchLoop {
             let failure = match batch {
                 Ok(batch) => {
                     if failures > 0 {
-                        failures = 0;
+                        self.failures = 0;
                         self.runtime.health.partition_recovered(&self.partition);
                     }
+                    self.note_progress();
                     if batch.is_empty() {
                         continue;
                     }
                     Metrics::add(&self.runtime.metrics.received, batch.len() as u64);
-                    if !submit_in_chunks(&self.dispatch, &self.token, self.chunk, batch).await {
+                    self.runtime.telemetry.batch_records.record(batch.len() as f64);
+                    let (dispatch, token, chunk) = (&self.dispatch, &self.token, self.chunk);
+                    if !submit_in_chunks(dispatch, token, chunk, batch, &mut self.resume).await {
                         return;
                     }
+                    self.resume = self.reader.position().or(self.resume);
                     continue;
                 }
                 Err(ReadError::Unreadable(batch)) => {
@@ -166,7 +285,7 @@ impl FetchLoop {
                 self.runtime.health.partition_failed(failure, &self.runtime.metrics);
             }
             let delay = FETCH_RETRY.delay(failures);
-            failures = failures.saturating_add(1);
+            self.failures = failures.saturating_add(1);
             tokio::select! {
                 () = self.token.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
@@ -213,7 +332,9 @@ impl FetchLoop {
                     "a record batch that cannot be read was dead-lettered whole; skipping it"
                 );
                 self.dispatch.skip(&self.partition, batch.last_offset);
-                self.reader.seek(batch.last_offset.max(batch.first_offset).saturating_add(1));
+                let next = batch.last_offset.max(batch.first_offset).saturating_add(1);
+                self.reader.seek(next);
+                self.resume = Some(next);
                 true
             }
             Err(ShuttingDown) => false,
@@ -222,16 +343,18 @@ impl FetchLoop {
 }
 
 /// Hands `batch` to `dispatch` in chunks no larger than `chunk`, each waiting for room. Each
-/// message is moved once, from the batch into its dispatch slot. False when the loop must
-/// stop.
+/// message is moved once, from the batch into its dispatch slot. `resume` follows: the offset
+/// of the first message not handed over. False when the loop must stop.
 async fn submit_in_chunks(
     dispatch: &KeyedDispatch,
     token: &bus_supervisor::CancellationToken,
     chunk: usize,
     batch: Vec<Message>,
+    resume: &mut Option<i64>,
 ) -> bool {
     let mut rest = batch.into_iter();
-    while rest.len() > 0 {
+    while let Some(next) = rest.as_slice().first() {
+        *resume = Some(next.offset);
         let need = rest.len().min(chunk.max(1));
         tokio::select! {
             biased;
@@ -325,7 +448,8 @@ mod tests {
             TopicPartition::new("t", 0),
             16,
         );
-        scope.spawn("fetch", fetch.run()).unwrap().detach();
+        let handover = fetch.handover();
+        scope.spawn("fetch", run(scope.child("fetch"), handover)).unwrap().detach();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while asked.lock().unwrap().len() < 2 {
             assert!(tokio::time::Instant::now() < deadline, "the loop fetched twice");

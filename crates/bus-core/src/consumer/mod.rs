@@ -12,14 +12,19 @@
 //! - `commands` — [`ConsumerControl`], what a service asks of a running subscription (seek,
 //!   pause and resume, commit by hand);
 //! - `pause` — the subscription's pause state, which its fetch loops follow;
-//! - `health` — what the subscription cannot get past, for the bus's health.
+//! - `health` — what the subscription cannot get past and how it is doing (group state, lag,
+//!   progress), for the bus's health and health report;
+//! - `telemetry` — its `metrics` facade handles.
 //!
-//! Tasks, under the bus's `consumer` scope:
+//! Tasks, under the bus's `consumer` scope (`<name>.supervisor` beside each supervised child is
+//! its monitor; the scopes marked isolated contain escalations):
 //! ```text
-//! consumer/<group>/<topics>/control               group events, commits, stop
-//! consumer/<group>/<topics>/member/…              the backend's own group tasks
-//! consumer/<group>/<topics>/dispatch/worker-<i>   keyed dispatch workers
-//! consumer/<group>/<topics>/fetch/<topic>-<p>/fetch   one fetch loop per assigned partition
+//! consumer/<group>/<topics>                       isolated: the subscription
+//!   …/control                                     group events, commits, stop (supervised)
+//!   …/member/…                                    isolated: the backend's own group tasks
+//!   …/dispatch/worker-<i>                         keyed dispatch workers
+//!   …/fetch/<topic>-<p>/fetch                     isolated `fetch`: one supervised fetch loop
+//!                                                 per assigned partition
 //! ```
 //! (`<topics>` is the subscription's label: see [`Subscription::topic`].) A subscription is one
 //! group member whatever the number of its topics.
@@ -32,7 +37,8 @@
 //!   are committed before the revocation is completed.
 //! - At most `max_in_flight` messages are in the dispatch; a fetch loop holds at most one fetched
 //!   batch (bounded in bytes) while it waits for room.
-//! - Nothing here spawns outside the supervisor.
+//! - Nothing here spawns outside the supervisor; a task past its restart intensity fails its
+//!   subscription alone (see `control`).
 
 mod commands;
 mod control;
@@ -40,6 +46,7 @@ mod fetch_loop;
 mod health;
 mod pause;
 mod process;
+mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +63,7 @@ pub(crate) use process::{ErasedHandler, erase, erase_envelope};
 use crate::backend::{Backend, JoinRequest};
 use crate::dispatch::{DispatchConfig, KeyedDispatch};
 use crate::error::SubscribeError;
-use crate::health::PartitionFailure;
+use crate::health::{GroupState, PartitionFailure, SubscriptionStatus};
 use crate::metrics::Metrics;
 use crate::options::SubscribeOptions;
 use crate::record::TopicPartition;
@@ -118,6 +125,19 @@ impl std::fmt::Debug for SubscriptionControl {
 }
 
 impl SubscriptionControl {
+    /// The subscription's status for the health report; failed too when one of its tasks went
+    /// past its restart intensity and its isolated scope failed.
+    pub(crate) fn status(&self) -> SubscriptionStatus {
+        let mut status = self.health.status(&self.topic, &self.group);
+        if status.failure.is_none()
+            && let Some(escalation) = self.scope.failure()
+        {
+            status.failure = Some(escalation.to_string());
+            status.state = GroupState::Failed;
+        }
+        status
+    }
+
     /// Asks the subscription to stop by `deadline`, waits for its report (the control task's
     /// stop is bounded by the deadline; [`REPORT_GRACE`] covers scheduling), then shuts its tasks
     /// down with what is left of the time.
@@ -289,12 +309,14 @@ pub(crate) async fn subscribe(
     let topics = topics.with_dead_letter_topic(options.dead_letter_topic.as_deref());
     let label = topics.to_string();
     // A pattern may hold `/`, the separator of task paths.
-    let scope = parent.child(&options.group).child(label.replace('/', "%2F"));
+    // Isolated: a task of the subscription past its restart intensity fails the subscription
+    // alone (see `control`), never the bus.
+    let scope = parent.child(&options.group).isolated_child(label.replace('/', "%2F"));
     let request = JoinRequest {
         group: options.group.clone(),
         topics: topics.clone(),
         group_instance_id: options.group_instance_id.clone(),
-        scope: scope.child("member"),
+        scope: scope.isolated_child("member"),
         rebalance_timeout: options.rebalance_timeout,
         auto_offset_reset: options.auto_offset_reset,
     };
@@ -319,7 +341,12 @@ pub(crate) async fn subscribe(
         inbox,
         pauses,
     );
-    scope.spawn("control", control.run(stop_rx, report_tx))?.detach();
+    let handover = control.handover(stop_rx, report_tx);
+    scope
+        .supervise("control", control::child_spec(), move |scope| {
+            control::run(scope, Arc::clone(&handover))
+        })?
+        .detach();
     let control = Arc::new(SubscriptionControl {
         topic: runtime.topic.clone(),
         topics,

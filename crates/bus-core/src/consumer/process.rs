@@ -22,6 +22,7 @@ use std::sync::Arc;
 use bus_supervisor::{Scope, SpawnError};
 
 use super::health::SubscriptionHealth;
+use super::telemetry::SubscriptionMetrics;
 use crate::backend::Backend;
 use crate::delivery::Delivery;
 use crate::dispatch::{DispatchConfig, KeyedDispatch, Process, Processed};
@@ -67,6 +68,8 @@ pub(crate) struct Runtime {
     pub(super) topic: String,
     pub(super) options: SubscribeOptions,
     pub(super) health: Arc<SubscriptionHealth>,
+    /// The subscription's labelled metrics.
+    pub(super) telemetry: SubscriptionMetrics,
 }
 
 /// A dead-letter record could not be stored because the backend is shutting down.
@@ -157,6 +160,7 @@ impl Runtime {
             metrics,
             topic: topic.to_owned(),
             health: SubscriptionHealth::new(),
+            telemetry: SubscriptionMetrics::new(&options.group, topic),
             options,
         }
     }
@@ -222,9 +226,13 @@ impl Runtime {
         if self.options.handler_timeout.is_some() {
             return Box::pin(self.attempts(handler, message, 1, None)).await;
         }
-        match handler.invoke(message.clone()).await {
+        let started = tokio::time::Instant::now();
+        let outcome = handler.invoke(message.clone()).await;
+        self.telemetry.handler_latency.record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(()) => {
                 self.metrics.handled.bump();
+                self.telemetry.handled.increment(1);
                 Processed::Done
             }
             Err(failure) => Box::pin(self.attempts(handler, message, 1, Some(failure))).await,
@@ -242,6 +250,8 @@ impl Runtime {
     ) -> Processed {
         let retry = &self.options.retry;
         loop {
+            let started = tokio::time::Instant::now();
+            let invoked = made.is_none();
             let outcome = match made.take() {
                 Some(failure) => Err(failure),
                 None => match self.options.handler_timeout {
@@ -259,9 +269,13 @@ impl Runtime {
                     }
                 },
             };
+            if invoked {
+                self.telemetry.handler_latency.record(started.elapsed().as_secs_f64());
+            }
             match outcome {
                 Ok(()) => {
                     self.metrics.handled.bump();
+                    self.telemetry.handled.increment(1);
                     return Processed::Done;
                 }
                 Err(Failure::Poison(reason)) => {
@@ -270,6 +284,7 @@ impl Runtime {
                 }
                 Err(Failure::Handler(error)) => {
                     Metrics::bump(&self.metrics.handler_failures);
+                    self.telemetry.handler_failures.increment(1);
                     if error.is_retryable() && attempt < retry.max_attempts {
                         tracing::debug!(
                             topic = %message.topic, partition = message.partition,
@@ -277,6 +292,7 @@ impl Runtime {
                         );
                         tokio::time::sleep(retry.backoff(attempt)).await;
                         Metrics::bump(&self.metrics.retries);
+                        self.telemetry.retries.increment(1);
                         attempt += 1;
                         continue;
                     }
@@ -320,6 +336,7 @@ impl Runtime {
         match self.store_dead_letter(record, &partition, message.offset, what).await {
             Ok(delivery) => {
                 Metrics::bump(&self.metrics.dead_lettered);
+                self.telemetry.dead_lettered.increment(1);
                 tracing::warn!(
                     topic = %message.topic, partition = message.partition,
                     offset = message.offset, dead_letter_topic = %delivery.topic,

@@ -25,6 +25,8 @@ pub(crate) struct MemoryReader {
     partition: TopicPartition,
     position: i64,
     appended: Arc<Notify>,
+    /// The log's end at the last read.
+    end: Option<i64>,
 }
 
 impl MemoryReader {
@@ -35,11 +37,12 @@ impl MemoryReader {
         position: i64,
         appended: Arc<Notify>,
     ) -> Self {
-        MemoryReader { shared, group, partition, position, appended }
+        MemoryReader { shared, group, partition, position, appended, end: None }
     }
 
-    /// The records from `from` (clamped to the log start) and the position after them.
-    fn read(&self, max_bytes: usize) -> Result<(Vec<Message>, i64), GroupError> {
+    /// The records from `from` (clamped to the log start) and the position after them; notes
+    /// the log's end.
+    fn read(&mut self, max_bytes: usize) -> Result<(Vec<Message>, i64), GroupError> {
         let state = self.shared.state.lock();
         let log = state
             .topics
@@ -54,6 +57,9 @@ impl MemoryReader {
         let from = self.position.max(log.start());
         let batch = log.read(from, max_bytes);
         let next = batch.last().map_or(from, |m| m.offset + 1);
+        let end = log.end();
+        drop(state);
+        self.end = Some(end);
         Ok((batch, next))
     }
 }
@@ -64,7 +70,8 @@ impl PartitionReader for MemoryReader {
             let deadline = Instant::now() + self.shared.config.poll_interval;
             loop {
                 // Registered before reading: an append after the read wakes us.
-                let notified = self.appended.notified();
+                let appended = Arc::clone(&self.appended);
+                let notified = appended.notified();
                 let (batch, next) = self.read(max_bytes)?;
                 if !batch.is_empty() || Instant::now() >= deadline {
                     self.position = next;
@@ -84,5 +91,9 @@ impl PartitionReader for MemoryReader {
 
     fn position(&self) -> Option<i64> {
         Some(self.position)
+    }
+
+    fn high_watermark(&self) -> Option<i64> {
+        self.end
     }
 }

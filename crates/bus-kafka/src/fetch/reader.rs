@@ -71,6 +71,8 @@ pub(crate) struct KafkaReader {
     reset: OffsetReset,
     /// What the reader's messages may hold.
     budget: Budget,
+    /// The partition's high watermark in the last fetch answer.
+    high_watermark: Option<i64>,
 }
 
 impl std::fmt::Debug for KafkaReader {
@@ -104,6 +106,7 @@ impl KafkaReader {
             position: start,
             reset,
             budget,
+            high_watermark: None,
         }
     }
 
@@ -283,7 +286,11 @@ impl KafkaReader {
                 .into());
         };
         match answer.error_code {
-            0 => {}
+            0 => {
+                if answer.high_watermark >= 0 {
+                    self.high_watermark = Some(answer.high_watermark);
+                }
+            }
             OFFSET_OUT_OF_RANGE => {
                 return self.reset(offset, "out of range (OFFSET_OUT_OF_RANGE)").await;
             }
@@ -364,5 +371,9 @@ impl PartitionReader for KafkaReader {
             StartAt::Offset(offset) => Some(offset),
             StartAt::Earliest | StartAt::Latest | StartAt::Timestamp(_) => None,
         }
+    }
+
+    fn high_watermark(&self) -> Option<i64> {
+        self.high_watermark
     }
 }

@@ -3,13 +3,14 @@
 //! Owns: [`HealthBoard`]. A partition is troubled from its first failed produce until its next
 //! acknowledged one. It makes the producer `Degraded` while it is retrying, and for one delivery
 //! timeout after its last failure (so a failure that nobody retries stops counting once the
-//! records it concerned are long resolved).
+//! records it concerned are long resolved). The same board gives each partition's state for
+//! the bus's health report.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus_core::Health;
+use bus_core::{Health, ProducerState};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -60,6 +61,24 @@ impl HealthBoard {
         let mut troubled = self.troubled.lock();
         troubled.retain(|(t, p), _| !(t == topic && *p == partition));
         self.count.store(troubled.len(), Ordering::Release);
+    }
+
+    /// The partition's state and last error (`Ready` unless it is troubled now).
+    pub(super) fn state_of(&self, topic: &str, partition: i32) -> (ProducerState, Option<String>) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return (ProducerState::Ready, None);
+        }
+        let troubled = self.troubled.lock();
+        let Some(trouble) = troubled.get(&(topic.to_owned(), partition)) else {
+            return (ProducerState::Ready, None);
+        };
+        if trouble.retrying {
+            (ProducerState::Retrying, Some(trouble.reason.clone()))
+        } else if Instant::now().saturating_duration_since(trouble.at) < self.window {
+            (ProducerState::Failed, Some(trouble.reason.clone()))
+        } else {
+            (ProducerState::Ready, None)
+        }
     }
 
     /// `Degraded` naming the most recent trouble, or `Ready`.

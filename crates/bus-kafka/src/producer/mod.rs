@@ -37,6 +37,7 @@ mod health;
 mod identity;
 mod partition;
 mod produce;
+mod telemetry;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -44,7 +45,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bus_core::backend::{DeliverySender, FlushReport, UnkeyedSpreader, delivery_channel};
-use bus_core::{DeliveryFuture, Health, PublishError, Record};
+use bus_core::{DeliveryFuture, Health, ProducerPartitionStatus, PublishError, Record};
 use bus_supervisor::Scope;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc};
@@ -130,6 +131,8 @@ pub(crate) struct PartitionState {
     batch_full: Notify,
     /// Woken when `fail_through` rises.
     fail_back: Notify,
+    /// The partition's metrics handles.
+    metrics: telemetry::PartitionMetrics,
 }
 
 /// What [`Producer::try_send`] decided.
@@ -334,9 +337,53 @@ impl Producer {
     pub(crate) fn health(&self) -> Health {
         self.shared.health.health()
     }
+
+    /// The state of every partition written to so far.
+    pub(crate) fn partitions(&self) -> Vec<ProducerPartitionStatus> {
+        let mut statuses: Vec<ProducerPartitionStatus> = self
+            .shared
+            .handles()
+            .into_iter()
+            .map(|(state, _)| {
+                let (producer_state, last_error) =
+                    self.shared.health.state_of(&state.topic, state.partition);
+                let sent = state.sent.load(Ordering::Acquire);
+                let resolved = state.resolved.load(Ordering::Acquire);
+                ProducerPartitionStatus {
+                    partition: bus_core::TopicPartition::new(
+                        Arc::clone(&state.topic),
+                        state.partition,
+                    ),
+                    state: producer_state,
+                    pending: sent.saturating_sub(resolved),
+                    last_error,
+                }
+            })
+            .collect();
+        statuses.sort_by(|a, b| a.partition.cmp(&b.partition));
+        statuses.dedup_by(|a, b| a.partition == b.partition);
+        statuses
+    }
+
+    /// The escalation that failed the producer (a partition loop that kept panicking), if any.
+    pub(crate) fn failure(&self) -> Option<bus_supervisor::Escalation> {
+        self.shared.scope.failure()
+    }
 }
 
 impl Shared {
+    /// Why a record cannot be accepted now that the producer's scope is over: its failure (a
+    /// partition loop that kept panicking past its restart intensity), or `Closed`.
+    fn failed_or_closed(&self) -> PublishError {
+        match self.scope.failure() {
+            Some(escalation) => PublishError::Backend {
+                backend: BACKEND,
+                reason: format!("the producer failed: {escalation}"),
+            },
+            None => PublishError::Closed,
+        }
+    }
+
     /// The topic's registry entry, resolving (and auto-creating) it on first use.
     async fn topic(&self, name: &str) -> Result<Arc<Topic>, PublishError> {
         if let Some(topic) = self.topics.read().get(name) {
@@ -482,11 +529,11 @@ impl Shared {
         // Counted before the loop can take it, so that the loop's decrement never comes first.
         let before = state.queued_bytes.fetch_add(size, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(mut entry)) = handle.tx.send(entry) {
-            // The loop is gone (the producer's scope was shut down): not accepted.
+            // The loop is gone (the producer's scope was shut down, or failed): not accepted.
             state.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             entry.delivery.take();
             self.buffer.add_permits(size);
-            return Err(PublishError::Closed);
+            return Err(self.failed_or_closed());
         }
         state.sent.fetch_add(1, Ordering::Release);
         let max = self.config.producer.max_batch_bytes;
@@ -555,9 +602,11 @@ impl Shared {
     fn resolved(&self, state: &PartitionState, acked: u64, failed: u64) {
         if acked > 0 {
             self.acked.fetch_add(acked, Ordering::AcqRel);
+            state.metrics.acked.increment(acked);
         }
         if failed > 0 {
             self.failed.fetch_add(failed, Ordering::AcqRel);
+            state.metrics.failed.increment(failed);
         }
         state.resolved.fetch_add(acked + failed, Ordering::AcqRel);
         self.progress.notify_waiters();
@@ -630,10 +679,17 @@ impl Topic {
             queued_bytes: AtomicUsize::new(0),
             batch_full: Notify::new(),
             fail_back: Notify::new(),
+            metrics: telemetry::PartitionMetrics::new(&self.name, partition),
         });
         let name = format!("{}-{partition}", self.name);
-        let task = partition::run(Arc::clone(shared), Arc::clone(&state), rx);
-        shared.scope.spawn(name, task).map_err(|_| PublishError::Closed)?.detach();
+        let handover = partition::handover(Arc::clone(shared), Arc::clone(&state), rx);
+        let monitor = shared
+            .scope
+            .supervise(name, partition::child_spec(), move |scope| {
+                partition::run(scope, Arc::clone(&handover))
+            })
+            .map_err(|_| shared.failed_or_closed())?;
+        monitor.detach();
         let _ = slot.set(PartitionHandle { tx, state });
         slot.get().ok_or_else(missing)
     }

@@ -50,16 +50,17 @@
 //!   itself back from its `Drop`).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
 use bus_core::{Delivery, PublishError};
-use bus_supervisor::Backoff;
+use bus_supervisor::{Backoff, ChildSpec, Scope};
 use bytes::Bytes;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -92,22 +93,38 @@ fn advance(sequence: i32, count: usize) -> i32 {
     i32::try_from((i64::from(sequence) + count) % span).unwrap_or(0)
 }
 
-/// Runs the loop until the producer's scope is cancelled.
-pub(super) async fn run(
+/// How a partition loop is supervised: restarted after a panic (a normal end is the channel
+/// closed or the producer's scope cancelled), at most 3 restarts in 30 s, 50 ms doubling to 2 s
+/// between them; a fourth escalates and fails the producer (its isolated scope).
+pub(super) fn child_spec() -> ChildSpec {
+    ChildSpec::transient()
+        .intensity(3, Duration::from_secs(30))
+        .backoff(Duration::from_millis(50), Duration::from_secs(2), 2.0)
+        .shutdown_timeout(Duration::from_secs(1))
+}
+
+/// What one partition's loop hands from an incarnation to the next: its channel, first, and
+/// after a panic everything it held (see [`Batcher`]'s `Drop`). Dropped with the supervision
+/// (escalation, shutdown), whatever it still holds is failed back.
+pub(super) type Handover = Arc<Mutex<Option<Batcher>>>;
+
+/// A fresh loop's state for `rx`, to be taken over by its first incarnation.
+pub(super) fn handover(
     shared: Arc<Shared>,
     state: Arc<PartitionState>,
     rx: mpsc::UnboundedReceiver<Entry>,
-) {
-    let token = shared.scope.token();
+) -> Handover {
     let state_topic = state.topic.to_string();
     let producer = &shared.config.producer;
     let idempotent = producer.idempotence;
     let window = if idempotent { producer.max_in_flight.max(1) } else { 1 };
     let backoff = retry_backoff(producer.retry_backoff);
-    let mut batcher = Batcher {
+    let batcher = Batcher {
         shared,
         state,
         rx,
+        handover: Weak::new(),
+        path: Arc::from(""),
         closed: false,
         batch: Vec::new(),
         batch_bytes: 0,
@@ -127,12 +144,29 @@ pub(super) async fn run(
         last_error: None,
         wire_topic: TopicName(StrBytes::from_string(state_topic)),
     };
+    Arc::new(Mutex::new(Some(batcher)))
+}
+
+/// Runs one incarnation of the loop in `scope` (its supervised scope) until the scope is
+/// cancelled or the channel closes with nothing held. It takes over what the previous
+/// incarnation held: the channel, the batch being formed, the sealed batches with their
+/// stamps (sent again from the oldest, as after a lost connection: the broker stores each
+/// once), the session and the counters.
+pub(super) async fn run(scope: Scope, handover: Handover) -> Result<(), &'static str> {
+    let Some(mut batcher) = handover.lock().take() else {
+        return Err("no partition loop state to take over");
+    };
+    batcher.handover = Arc::downgrade(&handover);
+    batcher.path = Arc::from(scope.path());
+    drop(handover);
+    let token = scope.token();
     tokio::select! {
         biased;
         () = token.cancelled() => {}
         () = batcher.run() => {}
     }
     batcher.fail_everything();
+    Ok(())
 }
 
 /// A batch with its place in the partition's order: encoded and stamped, sent or to be sent.
@@ -168,10 +202,14 @@ struct Session {
     next_sequence: i32,
 }
 
-struct Batcher {
+pub(super) struct Batcher {
     shared: Arc<Shared>,
     state: Arc<PartitionState>,
     rx: mpsc::UnboundedReceiver<Entry>,
+    /// Where a panicking incarnation leaves what it holds for the next one.
+    handover: Weak<Mutex<Option<Batcher>>>,
+    /// The incarnation's task path (fault points).
+    path: Arc<str>,
     /// The channel has closed (the producer is gone): nothing more will come.
     closed: bool,
     /// The batch being formed, in acceptance order (younger than every sealed batch).
@@ -208,9 +246,20 @@ struct Batcher {
 }
 
 impl Drop for Batcher {
-    /// A loop dropped unfinished (aborted at a shutdown deadline, or panicking): its entries
-    /// fail themselves back (`Entry`'s `Drop`); their buffer bytes are given back here.
+    /// A loop dropped unfinished. Panicking while the producer runs, it hands everything it
+    /// holds to the next incarnation (the connection and what was in flight on it are
+    /// abandoned, to be sent again). Otherwise (aborted at a shutdown deadline, or the
+    /// supervision over), its entries fail themselves back (`Entry`'s `Drop`); their buffer
+    /// bytes are given back here.
     fn drop(&mut self) {
+        if std::thread::panicking()
+            && !self.shared.scope.is_cancelled()
+            && let Some(handover) = self.handover.upgrade()
+        {
+            let next = self.take_over();
+            *handover.lock() = Some(next);
+            return;
+        }
         self.rx.close();
         let shared = Arc::clone(&self.shared);
         let mut release = Release::new(&shared.buffer);
@@ -225,11 +274,43 @@ impl Drop for Batcher {
 }
 
 impl Batcher {
+    /// A batcher holding everything this one holds but its connection (what was in flight is
+    /// sent again, from the oldest sealed batch, with the same stamps); this one is left empty.
+    fn take_over(&mut self) -> Batcher {
+        let (_, closed) = mpsc::unbounded_channel();
+        Batcher {
+            shared: Arc::clone(&self.shared),
+            state: Arc::clone(&self.state),
+            rx: std::mem::replace(&mut self.rx, closed),
+            handover: Weak::new(),
+            path: Arc::clone(&self.path),
+            closed: self.closed,
+            batch: std::mem::take(&mut self.batch),
+            batch_bytes: std::mem::take(&mut self.batch_bytes),
+            received: self.received,
+            carry: std::mem::take(&mut self.carry),
+            lingered: self.lingered,
+            sealed: std::mem::take(&mut self.sealed),
+            sent: 0,
+            pipe: None,
+            idempotent: self.idempotent,
+            window: self.window,
+            session: self.session,
+            unusable: self.unusable.take(),
+            backoff: self.backoff,
+            retries: self.retries,
+            retry_at: None,
+            last_error: self.last_error.take(),
+            wire_topic: self.wire_topic.clone(),
+        }
+    }
+
     async fn run(&mut self) {
         let linger = self.shared.config.producer.linger;
         let max_bytes = self.shared.config.producer.max_batch_bytes;
         let delivery_timeout = self.shared.config.producer.delivery_timeout;
         loop {
+            bus_core::fault::point(&self.path).await;
             if self.fail_back_due() {
                 self.fail_back();
                 continue;
@@ -707,6 +788,7 @@ impl Batcher {
             "produce failed; retrying"
         );
         self.shared.health.retrying(&self.state.topic, self.state.partition, &reason);
+        self.state.metrics.retries.increment(1);
         self.last_error = Some(reason);
     }
 
@@ -815,6 +897,11 @@ impl Batcher {
         self.retries = 0;
         let partition = self.state.partition;
         let acked = sealed.entries.len() as u64;
+        let metrics = &self.state.metrics;
+        metrics.batch_records.record(acked as f64);
+        if let Some(oldest) = sealed.entries.first() {
+            metrics.latency.record(oldest.accepted.elapsed().as_secs_f64());
+        }
         let shared = Arc::clone(&self.shared);
         let mut release = Release::new(&shared.buffer);
         match stored {

@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use bus_supervisor::CancellationToken;
+use bus_supervisor::{CancellationToken, Scope};
 use kafka_protocol::messages::HeartbeatRequest;
 use kafka_protocol::protocol::StrBytes;
 
@@ -40,16 +40,24 @@ impl Heartbeat {
         Heartbeat { inner, link }
     }
 
-    /// Heartbeats until `token` is cancelled or the membership state is gone.
-    pub(super) async fn run(mut self, token: CancellationToken) {
+    /// Heartbeats until `token` is cancelled or the membership state is gone. One incarnation
+    /// of the supervised task (`scope`): a restarted one starts afresh from the shared
+    /// membership state (it holds nothing of its own but its connection).
+    pub(super) async fn run(
+        mut self,
+        scope: Scope,
+        token: CancellationToken,
+    ) -> Result<(), &'static str> {
+        let path: Arc<str> = Arc::from(scope.path());
         tokio::select! {
             biased;
             () = token.cancelled() => {}
-            () = self.beat() => {}
+            () = self.beat(&path) => {}
         }
+        Ok(())
     }
 
-    async fn beat(&mut self) {
+    async fn beat(&mut self, path: &str) {
         let consumer = &self.inner.config.consumer;
         let interval = consumer.heartbeat_interval;
         let session = consumer.session_timeout;
@@ -60,6 +68,7 @@ impl Heartbeat {
         let mut current: Option<(i32, String)> = None;
         let mut last_ok = tokio::time::Instant::now();
         loop {
+            bus_core::fault::point(path).await;
             let (generation, member_id) = match state.wait_for(|s| s.phase.in_generation()).await {
                 Ok(s) => (s.generation, s.member_id.clone()),
                 Err(_) => return,

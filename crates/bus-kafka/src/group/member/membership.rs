@@ -48,12 +48,12 @@
 //! - A fenced member (FENCED_INSTANCE_ID) stops at once and is reported fenced.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bus_core::TopicPartition;
 use bus_core::backend::{GroupError, MemberEvent, Revocation};
-use bus_supervisor::CancellationToken;
+use bus_supervisor::{CancellationToken, Scope};
 use bytes::Bytes;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
@@ -62,6 +62,7 @@ use kafka_protocol::messages::{
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -107,8 +108,65 @@ impl Stopped {
     }
 }
 
+/// What one incarnation of the membership task hands to the next: the membership, where it
+/// reports leaving, and whether an incarnation ran before.
+pub(super) type Handover = Arc<Mutex<Option<Carried>>>;
+
+/// The membership task's state across its incarnations.
+pub(super) struct Carried {
+    membership: Membership,
+    left: watch::Sender<Option<Result<(), GroupError>>>,
+    restarted: bool,
+}
+
+/// A new membership task's handover.
+pub(super) fn handover(
+    membership: Membership,
+    left: watch::Sender<Option<Result<(), GroupError>>>,
+) -> Handover {
+    Arc::new(Mutex::new(Some(Carried { membership, left, restarted: false })))
+}
+
+/// Holds an incarnation's state; a panicking incarnation leaves it for the next one.
+struct Holder {
+    carried: Option<Carried>,
+    handover: Weak<Mutex<Option<Carried>>>,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(handover) = self.handover.upgrade()
+            && let Some(carried) = self.carried.take()
+        {
+            *handover.lock() = Some(carried);
+        }
+    }
+}
+
+/// Runs one incarnation of the membership task in `scope` (its supervised scope), taking over
+/// the previous incarnation's membership (see [`Membership::run`]).
+pub(super) async fn run(
+    scope: Scope,
+    handover: Handover,
+    token: CancellationToken,
+) -> Result<(), &'static str> {
+    let carried = handover.lock().take();
+    let mut holder = Holder { carried, handover: Arc::downgrade(&handover) };
+    drop(handover);
+    let Some(carried) = holder.carried.as_mut() else {
+        return Err("no membership state to take over");
+    };
+    carried.membership.path = Arc::from(scope.path());
+    let restarted = std::mem::replace(&mut carried.restarted, true);
+    carried.membership.run(token, &carried.left, restarted).await;
+    Ok(())
+}
+
 /// The membership task's state.
 pub(super) struct Membership {
+    /// The task's path (fault points).
+    path: Arc<str>,
     inner: Arc<Inner>,
     link: Link,
     events: mpsc::UnboundedSender<MemberEvent>,
@@ -136,6 +194,7 @@ impl Membership {
         topics: Vec<String>,
     ) -> Self {
         Membership {
+            path: Arc::from(""),
             inner,
             link,
             events,
@@ -148,16 +207,33 @@ impl Membership {
     }
 
     /// Runs the membership until `token` is cancelled or a fatal error, then leaves the group
-    /// (a dynamic member) and reports how leaving went on `left`.
-    pub(super) async fn run(
-        mut self,
+    /// (a dynamic member) and reports how leaving went on `left`. A restarted incarnation
+    /// (`restarted`: the previous one panicked) first gives up what a rejoin gives up (an
+    /// eager member everything, a cooperative one what it no longer subscribes to) and joins
+    /// again: where the previous one stopped is not known.
+    async fn run(
+        &mut self,
         token: CancellationToken,
-        left: watch::Sender<Option<Result<(), GroupError>>>,
+        left: &watch::Sender<Option<Result<(), GroupError>>>,
+        restarted: bool,
     ) {
         let stopped = tokio::select! {
             biased;
             () = token.cancelled() => None,
-            stopped = self.membership() => Some(stopped),
+            stopped = async {
+                if restarted {
+                    tracing::warn!(
+                        group = %self.inner.group,
+                        "the membership task restarted after a panic: rejoining the group"
+                    );
+                    if self.inner.cooperative {
+                        self.revoke_unsubscribed().await;
+                    } else {
+                        self.revoke_all().await;
+                    }
+                }
+                self.membership().await
+            } => Some(stopped),
         };
         if let Some(stopped) = &stopped {
             tracing::error!(
@@ -192,6 +268,7 @@ impl Membership {
 
     /// Joins, syncs, holds, revokes and rejoins until a fatal error (returned).
     async fn membership(&mut self) -> Stopped {
+        bus_core::fault::point(&self.path).await;
         // Failed joins since the last successful one, and when the first of them began.
         let mut failures = 0u32;
         let mut failing_since: Option<Instant> = None;
@@ -199,6 +276,7 @@ impl Membership {
         let mut refresh = tokio::time::interval_at(Instant::now() + max_age, max_age);
         refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            bus_core::fault::point(&self.path).await;
             self.update(|s| {
                 s.phase = Phase::Joining;
                 s.rejoin = None;
@@ -273,6 +351,7 @@ impl Membership {
     async fn hold(&mut self, refresh: &mut Interval) -> Result<Rejoin, Stopped> {
         let mut state = self.inner.state.subscribe();
         loop {
+            bus_core::fault::point(&self.path).await;
             tokio::select! {
                 requested = async {
                     state.wait_for(|s| s.rejoin.is_some()).await.map(|s| s.rejoin.clone())

@@ -9,7 +9,10 @@
 //! - `heartbeat` — the heartbeat task (`heartbeat`), on a connection of its own;
 //! - `offsets` — OffsetCommit and OffsetFetch for the handle, on a third connection.
 //!
-//! Both tasks are spawned in the join request's scope.
+//! Both tasks are supervised children in the join request's scope (`coordinator`, `heartbeat`):
+//! restarted after a panic (a restarted membership task rejoins, holding what a rejoin holds;
+//! a restarted heartbeat task starts afresh from the shared state); past their restart
+//! intensity the failure escalates to the subscription.
 //!
 //! Invariants:
 //! - The membership state (phase, member id, generation, a pending rejoin) lives in one `watch`
@@ -37,7 +40,7 @@ use bus_core::backend::{
     BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, StartAt,
 };
 use bus_core::{OffsetReset, TopicPartition, Topics};
-use bus_supervisor::{Backoff, CancellationToken};
+use bus_supervisor::{Backoff, CancellationToken, ChildSpec};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, watch};
 
@@ -53,6 +56,16 @@ use offsets::Offsets;
 /// at most 2 s (the heartbeat task's shortest retry delay is its `initial`).
 const RETRY_BACKOFF: Backoff =
     Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2), multiplier: 2.0 };
+
+/// How the member's tasks are supervised: restarted after a panic (they end normally when
+/// the member leaves or is dropped), at most 3 restarts in 30 s, 100 ms doubling to 2 s
+/// between them; a fourth escalates and fails the subscription (its isolated scope).
+fn child_spec() -> ChildSpec {
+    ChildSpec::transient()
+        .intensity(3, Duration::from_secs(30))
+        .backoff(Duration::from_millis(100), Duration::from_secs(2), 2.0)
+        .shutdown_timeout(Duration::from_secs(1))
+}
 
 /// Where the member is in its membership cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,11 +224,25 @@ pub(crate) fn start(
     let (left_tx, left_rx) = watch::channel(None);
     let membership =
         Membership::new(Arc::clone(&inner), Link::new(Arc::clone(&locator)), events_tx, topics);
-    let heartbeat = Heartbeat::new(Arc::clone(&inner), Link::new(Arc::clone(&locator)));
-    scope.spawn("coordinator", membership.run(token.clone(), left_tx))?.detach();
-    if let Err(error) = scope.spawn("heartbeat", heartbeat.run(token.clone())) {
-        token.cancel();
-        return Err(error);
+    let handover = membership::handover(membership, left_tx);
+    let member_token = token.clone();
+    scope
+        .supervise("coordinator", child_spec(), move |incarnation| {
+            membership::run(incarnation, Arc::clone(&handover), member_token.clone())
+        })?
+        .detach();
+    let (heartbeat_inner, heartbeat_locator) = (Arc::clone(&inner), Arc::clone(&locator));
+    let heartbeat_token = token.clone();
+    let heartbeats = scope.supervise("heartbeat", child_spec(), move |incarnation| {
+        let link = Link::new(Arc::clone(&heartbeat_locator));
+        Heartbeat::new(Arc::clone(&heartbeat_inner), link).run(incarnation, heartbeat_token.clone())
+    });
+    match heartbeats {
+        Ok(monitor) => monitor.detach(),
+        Err(error) => {
+            token.cancel();
+            return Err(error);
+        }
     }
     Ok(KafkaMember {
         offsets: Offsets::new(Arc::clone(&inner), Link::new(locator)),
