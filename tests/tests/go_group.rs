@@ -31,7 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bus_core::{EventBus, HandlerError, Message, Subscription};
 use bus_tests::GoGroupMember;
-use group_support::{DEADLINE, Handled, Source, check_order, config, note, options, wait_for};
+use group_support::{
+    DEADLINE, Handled, Source, check_order, config, even_split, note, options, wait_for,
+};
 
 const PARTITIONS: i32 = 6;
 const KEYS: usize = 24;
@@ -168,15 +170,7 @@ impl Group {
             for (_, h) in self.merged().iter().filter(|(_, h)| h.version == round) {
                 owners.entry(h.partition).or_default().insert(h.consumer.clone());
             }
-            let mut split: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
-            for (partition, consumers) in &owners {
-                for consumer in consumers {
-                    split.entry(consumer.clone()).or_default().insert(*partition);
-                }
-            }
-            let single = owners.values().all(|o| o.len() == 1);
-            let even = split.values().all(|p| p.len() * expected.len() == PARTITIONS as usize);
-            if single && even && split.keys().cloned().collect::<BTreeSet<_>>() == expected {
+            if let Some(split) = even_split(&owners, PARTITIONS, &expected) {
                 note(&format!("round {round}: partitions split {split:?}"));
                 return;
             }

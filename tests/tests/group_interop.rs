@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use group_support::{
-    DEADLINE, Log, PeerConsumer, PeerEvent, Source, config, handler, note, options, wait_for,
+    DEADLINE, Log, PeerConsumer, PeerEvent, Source, config, handler, note, options, split_of,
+    wait_for,
 };
 
 const PARTITIONS: i32 = 6;
@@ -39,12 +40,7 @@ async fn until_split(
         })
         .await;
         let owners = log.owners_in_round(round);
-        let mut split: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
-        for (partition, consumers) in &owners {
-            for consumer in consumers {
-                split.entry(consumer.clone()).or_default().insert(*partition);
-            }
-        }
+        let split = split_of(&owners);
         let overlap = owners.values().any(|o| o.len() > 1);
         if !overlap && &split == expected {
             note(&format!("round {round}: partitions split {split:?}"));

@@ -11,7 +11,9 @@ mod group_support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use group_support::{DEADLINE, Log, Source, check_order, config, note, subscribe, wait_for};
+use group_support::{
+    DEADLINE, Log, Source, check_order, config, even_split, note, subscribe, wait_for,
+};
 
 const PARTITIONS: i32 = 6;
 const KEYS: usize = 24;
@@ -31,15 +33,7 @@ async fn until_split(
         wait_for(&format!("round {round} to be handled"), DEADLINE, || log.has_round(KEYS, round))
             .await;
         let owners = log.owners_in_round(round);
-        let single = owners.len() == PARTITIONS as usize && owners.values().all(|o| o.len() == 1);
-        let mut split: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
-        for (partition, consumers) in &owners {
-            for consumer in consumers {
-                split.entry(consumer.clone()).or_default().insert(*partition);
-            }
-        }
-        let even = split.values().all(|p| p.len() == PARTITIONS as usize / expected.len());
-        if single && even && split.keys().cloned().collect::<BTreeSet<_>>() == expected {
+        if let Some(split) = even_split(&owners, PARTITIONS, &expected) {
             note(&format!("round {round}: partitions split {split:?}"));
             return split;
         }

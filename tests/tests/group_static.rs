@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bus_kafka::{EventBus, Subscription};
 use group_support::{
-    DEADLINE, Log, Source, check_order, config_with, handler, note, options, wait_for,
+    DEADLINE, Log, Source, check_order, config_with, even_split, handler, note, options, wait_for,
 };
 
 const PARTITIONS: i32 = 6;
@@ -41,15 +41,7 @@ async fn until_even(
         wait_for(&format!("round {round} to be handled"), DEADLINE, || log.has_round(KEYS, round))
             .await;
         let owners = log.owners_in_round(round);
-        let single = owners.len() == PARTITIONS as usize && owners.values().all(|o| o.len() == 1);
-        let mut split: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
-        for (partition, consumers) in &owners {
-            for consumer in consumers {
-                split.entry(consumer.clone()).or_default().insert(*partition);
-            }
-        }
-        let even = split.values().all(|p| p.len() == PARTITIONS as usize / expected.len());
-        if single && even && split.keys().cloned().collect::<BTreeSet<_>>() == expected {
+        if let Some(split) = even_split(&owners, PARTITIONS, &expected) {
             note(&format!("round {round}: partitions split {split:?}"));
             return split;
         }

@@ -469,6 +469,30 @@ impl Drop for PeerConsumer {
     }
 }
 
+/// Which partitions each consumer handled, from a round's owners per partition.
+pub fn split_of(owners: &BTreeMap<i32, BTreeSet<String>>) -> BTreeMap<String, BTreeSet<i32>> {
+    let mut split: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+    for (partition, consumers) in owners {
+        for consumer in consumers {
+            split.entry(consumer.clone()).or_default().insert(*partition);
+        }
+    }
+    split
+}
+
+/// A round's split when each of the `partitions` was handled by exactly one consumer, the
+/// consumers are exactly `expected`, and each holds as many partitions as the others.
+pub fn even_split(
+    owners: &BTreeMap<i32, BTreeSet<String>>,
+    partitions: i32,
+    expected: &BTreeSet<String>,
+) -> Option<BTreeMap<String, BTreeSet<i32>>> {
+    let single = owners.len() == partitions as usize && owners.values().all(|o| o.len() == 1);
+    let split = split_of(owners);
+    let even = split.values().all(|p| p.len() * expected.len() == partitions as usize);
+    (single && even && split.keys().cloned().collect::<BTreeSet<_>>() == *expected).then_some(split)
+}
+
 /// Writes `text` to stderr for the test's log.
 pub fn note(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
