@@ -430,15 +430,7 @@ impl OwnBroker {
 
     /// Kills the broker process (its data stays on disk).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Wait until the port refuses connections.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        kill_until_closed(&mut self.child, self.port);
     }
 
     /// Starts the broker again on the same port and data, and waits until it accepts
@@ -676,14 +668,7 @@ impl OwnSecureBroker {
 
     /// Kills the broker (its storage stays).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        kill_until_closed(&mut self.child, self.port);
     }
 
     /// With the broker stopped: creates the users `create` and deletes `delete` (`(name,
@@ -808,4 +793,17 @@ fn proc_status_kib(field: &str) -> u64 {
 /// Returns false where the kernel does not allow it (the peak then counts from the start).
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Kills a private broker's process, if running, and waits (up to 10 s) until its port refuses
+/// connections.
+fn kill_until_closed(child: &mut Option<Child>, port: u16) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
