@@ -347,6 +347,8 @@ pub struct PrivateNode {
     dir: PathBuf,
     port: u16,
     advertise: u16,
+    /// The SASL_SSL listener's port, when it has one.
+    secure: Option<u16>,
     dist: Distribution,
     child: Option<Child>,
 }
@@ -356,22 +358,44 @@ impl PrivateNode {
     /// or `port` itself), in a fresh directory under the system's temporary directory; returns
     /// once it started.
     pub fn start(port: u16, advertise: u16) -> Result<PrivateNode> {
+        PrivateNode::start_with(port, advertise, None)
+    }
+
+    /// As [`PrivateNode::start`], with a second listener `SECURE` (SASL_SSL) whose settings
+    /// (`listener.name.secure.*`, the keystore) and format arguments (`--add-scram`) `secure`
+    /// gives.
+    pub fn start_secured(port: u16, secure: &cluster::Layout) -> Result<PrivateNode> {
+        PrivateNode::start_with(port, port, Some(secure))
+    }
+
+    fn start_with(
+        port: u16,
+        advertise: u16,
+        secure: Option<&cluster::Layout>,
+    ) -> Result<PrivateNode> {
         let dist = Distribution::recorded()?;
         let dir =
             std::env::temp_dir().join(format!("bus-kafka-node-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let controller = free_port()?;
+        let secure_port = secure.map(|_| free_port()).transpose()?;
+        let mut listeners =
+            format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}");
+        let mut advertised = format!("PLAINTEXT://127.0.0.1:{advertise}");
+        let mut protocols = String::from("PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT");
+        if let Some(secure) = secure_port {
+            listeners.push_str(&format!(",SECURE://127.0.0.1:{secure}"));
+            advertised.push_str(&format!(",SECURE://127.0.0.1:{secure}"));
+            protocols.push_str(",SECURE:SASL_SSL");
+        }
         let mut properties = Properties::for_test_node(&dir);
         properties
             .set("process.roles", "broker,controller")
             .set("node.id", "1")
             .set("controller.quorum.voters", format!("1@127.0.0.1:{controller}"))
-            .set(
-                "listeners",
-                format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}"),
-            )
-            .set("advertised.listeners", format!("PLAINTEXT://127.0.0.1:{advertise}"))
-            .set("listener.security.protocol.map", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT")
+            .set("listeners", listeners)
+            .set("advertised.listeners", advertised)
+            .set("listener.security.protocol.map", protocols)
             .set("controller.listener.names", "CONTROLLER")
             .set("inter.broker.listener.name", "PLAINTEXT")
             .set("offsets.topic.replication.factor", "1")
@@ -383,9 +407,13 @@ impl PrivateNode {
             .set("min.insync.replicas", "1")
             .set("share.coordinator.state.topic.replication.factor", "1")
             .set("share.coordinator.state.topic.min.isr", "1");
+        for (key, value) in secure.map(|s| s.security.as_slice()).unwrap_or_default() {
+            properties.set(key, value.clone());
+        }
         properties.write(&dir)?;
-        format(&dist, &dir, &cluster_id()?, &[])?;
-        let mut node = PrivateNode { dir, port, advertise, dist, child: None };
+        let format_args = secure.map(|s| s.format_args.as_slice()).unwrap_or_default();
+        format(&dist, &dir, &cluster_id()?, format_args)?;
+        let mut node = PrivateNode { dir, port, advertise, secure: secure_port, dist, child: None };
         node.restart()?;
         Ok(node)
     }
@@ -393,6 +421,11 @@ impl PrivateNode {
     /// `127.0.0.1:<advertised port>`: where clients bootstrap.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.advertise)
+    }
+
+    /// `127.0.0.1:<port>` of the SASL_SSL listener, when it has one.
+    pub fn secure_bootstrap(&self) -> Option<String> {
+        self.secure.map(|port| format!("127.0.0.1:{port}"))
     }
 
     /// The port the node listens on.
