@@ -438,10 +438,20 @@ pub struct Secured {
     pub user_256: String,
     /// Its password.
     pub password_256: String,
+    /// The PLAIN user (same listener).
+    pub plain_user: String,
+    /// Its password.
+    pub plain_password: String,
+    /// `host:port,...` of the SSL listener that requires a client certificate.
+    pub mtls_bootstrap: String,
+    /// The client certificate (PEM) that listener accepts, signed by [`Secured::ca`].
+    pub mtls_certificate: PathBuf,
+    /// Its key (PKCS#8 PEM).
+    pub mtls_key: PathBuf,
 }
 
 /// The secured broker: `KAFKA_SECURE_*` from the environment (set by `cargo xtask test`), else
-/// `target/broker-secure.env` (written by `cargo xtask broker start --tls --sasl`).
+/// `target/broker-secure.env` (written by `cargo xtask broker start`).
 ///
 /// # Panics
 ///
@@ -463,7 +473,7 @@ pub fn secured() -> Secured {
         from_file.get(name).cloned().unwrap_or_else(|| {
             panic!(
                 "no secured broker ({name} unknown): run the tests with `cargo xtask test`, or \
-                 start it with `cargo xtask broker start --tls --sasl`; looked in the \
+                 start it with `cargo xtask broker start`; looked in the \
                  environment and {}",
                 env_file.display()
             )
@@ -476,6 +486,11 @@ pub fn secured() -> Secured {
         password: get("KAFKA_SECURE_PASSWORD"),
         user_256: get("KAFKA_SECURE_USER_256"),
         password_256: get("KAFKA_SECURE_PASSWORD_256"),
+        plain_user: get("KAFKA_SECURE_PLAIN_USER"),
+        plain_password: get("KAFKA_SECURE_PLAIN_PASSWORD"),
+        mtls_bootstrap: get("KAFKA_SECURE_MTLS_BOOTSTRAP"),
+        mtls_certificate: PathBuf::from(get("KAFKA_SECURE_MTLS_CERT")),
+        mtls_key: PathBuf::from(get("KAFKA_SECURE_MTLS_KEY")),
     }
 }
 
@@ -492,12 +507,13 @@ impl Secured {
         ]
     }
 
-    /// The user and password of `mechanism` (SCRAM-SHA-256: the 256 user, else the 512 one).
+    /// The user and password of `mechanism` (SCRAM-SHA-256: the 256 user; PLAIN: the PLAIN
+    /// user; else the SCRAM-SHA-512 one).
     pub fn credentials(&self, mechanism: SaslMechanism) -> (&str, &str) {
-        if mechanism == SaslMechanism::ScramSha256 {
-            (&self.user_256, &self.password_256)
-        } else {
-            (&self.user, &self.password)
+        match mechanism {
+            SaslMechanism::ScramSha256 => (&self.user_256, &self.password_256),
+            SaslMechanism::Plain => (&self.plain_user, &self.plain_password),
+            _ => (&self.user, &self.password),
         }
     }
 }

@@ -108,6 +108,9 @@ impl Credentials {
         set("ssl.truststore.location", files.ca.display().to_string());
         set("ssl.endpoint.identification.algorithm", String::new());
         set("listener.name.mtls.ssl.client.auth", "required".into());
+        // KIP-368: SASL sessions last 60 s; a client must re-authenticate within that or the
+        // broker closes its connection.
+        set("connections.max.reauth.ms", "60000".into());
         set(
             "listener.name.secure.sasl.enabled.mechanisms",
             "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER".into(),
