@@ -456,9 +456,16 @@ impl PrivateNode {
     }
 }
 
+/// Set (to anything) to keep a private node's directory, its logs included, after the test.
+pub const KEEP_VAR: &str = "BUS_TESTBED_KEEP";
+
 impl Drop for PrivateNode {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os(KEEP_VAR).is_some() {
+            eprintln!("kept the private broker's directory {} ({KEEP_VAR})", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

@@ -100,6 +100,12 @@ def transactions(args):
             counts["plain"] += 1
         plain.flush(30)
         for name, transactional in (("tx1", first), ("tx2", second)):
+            # Every record on the broker before the transaction ends: aborted records must be
+            # in the log for read_committed to have something to skip (and librdkafka 2.16
+            # aborting a transaction whose records are still queued gets INVALID_TXN_STATE
+            # from Kafka 4.4's transaction version 2).
+            if transactional.flush(30) != 0:
+                raise SystemExit(f"{name}: records still queued after 30 s")
             if fates[name] == "committed":
                 transactional.commit_transaction(30)
             else:
