@@ -89,6 +89,9 @@ func produce(args []string) {
 	config.Producer.Retry.Max = 10
 	// One request in flight per broker: retries cannot reorder an aggregate's events.
 	config.Net.MaxOpenRequests = 1
+	// Idempotent: sarama does not keep the order of retried batches otherwise (seen on a
+	// three-broker cluster right after the topic was created: versions 8-13 stored before 1-7).
+	config.Producer.Idempotent = true
 	producer, err := sarama.NewSyncProducer(brokers(*bootstrap), config)
 	if err != nil {
 		fail("cannot create the producer: " + err.Error())
