@@ -7,9 +7,9 @@
 //! Also here: the Python peer client (confluent-kafka, installed by `cargo xtask test` into
 //! `target/peer-venv`), the Go peer (`tests/peer/go`: the Go SDK's envelope rules and sarama,
 //! built by `cargo xtask test` into `target/go-peer`), waiting on conditions with deadlines, and
-//! [`OwnBroker`], a private broker a test may stop and restart (nisshi with SQLite storage in a
+//! [`OwnBroker`], a private broker a test may stop and restart (a single-node Apache Kafka in a
 //! scratch directory, killed when its guard drops, also when a test fails; the shared test
-//! broker is never touched), and [`proxy::Proxy`], a loopback proxy in front of a broker whose
+//! cluster is never touched), and [`proxy::Proxy`], a loopback proxy in front of a broker whose
 //! connections a test can cut (shared with leakcheck).
 //!
 //! The secured broker (SASL_SSL: `cargo xtask broker start --tls --sasl`, started by `cargo
