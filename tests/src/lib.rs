@@ -378,6 +378,35 @@ impl Drop for GoGroupMember {
     }
 }
 
+/// Waits until every broker of the test cluster knows `topic` with `partitions` partitions, each
+/// with a leader. A topic just created is known to the controller first; a client of another
+/// language that asks another broker at once may be told the topic has no leader yet, and
+/// retries (sarama may then reorder or give up on records). Within 60 s.
+///
+/// # Panics
+///
+/// When a broker does not know it by then.
+pub async fn settle_topic(topic: &str, partitions: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for address in bootstrap().split(',') {
+        let admin = bus_kafka::admin(KafkaConfig::new(address)).await.unwrap();
+        loop {
+            let described = admin.describe_topic(topic).await;
+            let ready = described.as_ref().is_ok_and(|d| {
+                d.partitions.len() == partitions && d.partitions.iter().all(|p| p.leader.is_some())
+            });
+            if ready {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{address} does not know {topic} with {partitions} led partitions: {described:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// A free loopback port (free when asked: bind it soon).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
