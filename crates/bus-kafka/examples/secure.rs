@@ -51,7 +51,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         security["tls"] = serde_json::json!({ "ca_location": ca });
     }
     let config: KafkaConfig = serde_json::from_value(serde_json::json!({
-        "bootstrap": [bootstrap],
+        "bootstrap": bootstrap.split(',').collect::<Vec<_>>(),
         "request_timeout": "10s",
         "security": security,
     }))?;
