@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::backend::StartAt;
+use bus_kafka::StartAt;
 use bus_kafka::{Admin, Envelope, Message, TopicPartition};
 use serde::Serialize;
 use tokio::time::Instant;

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::backend::StartAt;
+use bus_kafka::StartAt;
 use bus_kafka::{KafkaConfig, PartitionCursor, TopicPartition};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -100,7 +100,7 @@ async fn tail(bus: &bus_kafka::EventBus, args: &TailArgs, out: &Output) -> Outco
     let start = match (args.beginning, args.offset, args.timestamp) {
         (true, _, _) => StartAt::Earliest,
         (_, Some(offset), _) => StartAt::Offset(offset),
-        (_, _, Some(time)) => StartAt::Timestamp(time.timestamp_millis()),
+        (_, _, Some(time)) => StartAt::Timestamp(time),
         _ => StartAt::Latest,
     };
     let mut streams = Vec::new();

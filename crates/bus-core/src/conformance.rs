@@ -20,14 +20,17 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::admin::{AdminError, NewTopic};
-use crate::backend::{BoxFuture, StartAt};
+use crate::admin::error::AdminError;
+
+use crate::admin::descriptions::NewTopic;
 use crate::bus::EventBus;
 use crate::consumer::dead_letter_headers;
 use crate::envelope::Envelope;
 use crate::error::{HandlerError, PublishError, SubscribeError};
+use crate::future::BoxFuture;
 use crate::options::{RetryPolicy, SubscribeOptions};
 use crate::record::{Message, Record, TopicPartition};
+use crate::start::StartAt;
 use crate::topics::Topics;
 
 /// How long a check waits for something that should happen.
@@ -865,7 +868,7 @@ fn offsets(seen: &Seen) -> Vec<i64> {
 /// earliest (a replay), latest (the backlog skipped), a timestamp (the first record at or after
 /// it), explicit offsets; and by default at the committed offset.
 pub async fn start_positions(h: &impl Harness) {
-    use crate::options::{PartitionOffset, StartPosition};
+    use crate::start::{PartitionOffset, StartPosition};
     let bus = h.bus().await;
     let topic = h.topic(&bus, "start", 1).await;
     let group = format!("start-{}", token());
@@ -920,7 +923,8 @@ pub async fn start_positions(h: &impl Harness) {
 /// that only restarts the fetch loop, without releasing the partition: the commit tracker
 /// refuses the offsets it has seen, and the replay never comes.
 pub async fn seek_while_running(h: &impl Harness) {
-    use crate::consumer::{ControlError, SeekTo};
+    use crate::consumer::ControlError;
+    use crate::start::StartAt;
     let bus = h.bus().await;
     let topic = h.topic(&bus, "seek", 1).await;
     let group = format!("seek-{}", token());
@@ -931,32 +935,32 @@ pub async fn seek_while_running(h: &impl Harness) {
     let control = sub.control();
     let partition = crate::TopicPartition::new(topic.as_str(), 0);
 
-    control.seek(&partition, SeekTo::Offset(6)).await.expect("sought");
+    control.seek(&partition, StartAt::Offset(6)).await.expect("sought");
     eventually("offsets 6.. again", || seen.lock().len() == 14).await;
     assert_eq!(offsets(&seen)[10..], [6, 7, 8, 9]);
 
     control
-        .seek(&partition, SeekTo::Timestamp(base + chrono::Duration::seconds(8)))
+        .seek(&partition, StartAt::Timestamp(base + chrono::Duration::seconds(8)))
         .await
         .expect("sought by time");
     eventually("offsets 8.. again", || seen.lock().len() == 16).await;
     assert_eq!(offsets(&seen)[14..], [8, 9]);
 
-    control.seek(&partition, SeekTo::Earliest).await.expect("sought to the start");
+    control.seek(&partition, StartAt::Earliest).await.expect("sought to the start");
     eventually("everything again", || seen.lock().len() == 26).await;
     assert_eq!(offsets(&seen)[16..], (0..10).collect::<Vec<_>>());
     committed_eventually(&control, &partition, 10).await;
 
-    control.seek(&partition, SeekTo::Latest).await.expect("sought to the end");
+    control.seek(&partition, StartAt::Latest).await.expect("sought to the end");
     publish_timed(&bus, &topic, 1, chrono::Utc::now()).await;
     eventually("the new record", || seen.lock().len() == 27).await;
     assert_eq!(offsets(&seen)[26..], [10]);
 
     let elsewhere = crate::TopicPartition::new(topic.as_str(), 5);
-    let refused = control.seek(&elsewhere, SeekTo::Offset(0)).await;
+    let refused = control.seek(&elsewhere, StartAt::Offset(0)).await;
     assert!(matches!(refused, Err(ControlError::NotAssigned { .. })), "{refused:?}");
     sub.unsubscribe(PATIENCE).await.expect("stopped");
-    let refused = control.seek(&partition, SeekTo::Offset(0)).await;
+    let refused = control.seek(&partition, StartAt::Offset(0)).await;
     assert!(matches!(refused, Err(ControlError::Stopped { .. })), "{refused:?}");
     bus.shutdown(PATIENCE).await.expect("clean shutdown");
 }

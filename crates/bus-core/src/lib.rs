@@ -64,15 +64,16 @@
 mod admin;
 pub mod backend;
 mod bus;
-mod commit;
+pub mod commit;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod consumer;
 mod delivery;
-mod dispatch;
+pub mod dispatch;
 mod envelope;
 mod error;
 pub mod fault;
+mod future;
 mod handler;
 mod health;
 pub mod memory;
@@ -80,6 +81,7 @@ mod metrics;
 mod options;
 mod partition;
 mod record;
+mod start;
 mod topics;
 
 pub use admin::{
@@ -89,7 +91,7 @@ pub use admin::{
 };
 pub use bus::{EventBus, ShutdownError, ShutdownReport};
 pub use consumer::{
-    CommitReport, ConsumerControl, ControlError, SeekTo, Subscription, SubscriptionReport,
+    CommitReport, ConsumerControl, ControlError, Subscription, SubscriptionReport,
     UnsubscribeError, UnsubscribeReport, dead_letter_headers,
 };
 pub use delivery::{Delivery, DeliveryFuture};
@@ -104,12 +106,10 @@ pub use health::{
     ProducerState, SubscriptionStatus,
 };
 pub use metrics::MetricsSnapshot;
-pub use options::{
-    CommitMode, OffsetReset, PartitionOffset, RetryPolicy, StartPosition, SubscribeOptions,
-    UnreadableBatches,
-};
+pub use options::{CommitMode, RetryPolicy, SubscribeOptions, UnreadableBatches};
 pub use partition::Partitioner;
 pub use record::{Header, Headers, Message, Record, TopicPartition};
+pub use start::{OffsetReset, PartitionOffset, StartAt, StartPosition};
 pub use topics::Topics;
 
 /// The task supervisor the bus runs on (the `bus-supervisor` crate): [`EventBus::snapshot`]'s

@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_core::backend::dispatch::{DispatchConfig, KeyedDispatch, ProcessFn, Processed};
+use bus_core::dispatch::{DispatchConfig, KeyedDispatch, ProcessFn, Processed};
 use bus_core::memory::MemoryConfig;
 use bus_core::{
     EventBus, HandlerError, Headers, Health, Message, Record, RetryPolicy, SubscribeOptions,

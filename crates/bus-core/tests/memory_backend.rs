@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use bus_core::backend::{
     Backend, FlushReport, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation,
-    StartAt,
 };
 use bus_core::memory::{MemoryBackend, MemoryConfig, TopicError};
 use bus_core::{
-    Health, Message, Partitioner, PublishError, Record, SubscribeError, TopicPartition,
+    Health, Message, Partitioner, PublishError, Record, StartAt, SubscribeError, TopicPartition,
 };
 use bus_supervisor::Supervisor;
 use tokio::time::{Instant, timeout};

@@ -21,7 +21,7 @@
 //!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
 //!   [`StartPosition`] (with [`PartitionOffset`]), [`CommitMode`], [`UnreadableBatches`],
 //!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
-//! - **Controlling a running subscription:** [`ConsumerControl`] (seek with [`SeekTo`], pause
+//! - **Controlling a running subscription:** [`ConsumerControl`] (seek with [`StartAt`], pause
 //!   and resume, commit by hand with its [`CommitReport`]), [`ControlError`].
 //! - **Administration:** [`admin`] (without a bus) or [`EventBus::admin`]: [`Admin`] with
 //!   [`NewTopic`], [`TopicListing`], [`TopicDescription`] ([`PartitionDescription`],
@@ -97,8 +97,8 @@ pub use bus_core::{
     HandlerError, Header, Headers, Health, HealthReport, JsonError, MemberDescription, Message,
     MetricsSnapshot, NewTopic, OffsetReset, PartitionCursor, PartitionDescription,
     PartitionFailure, PartitionLag, PartitionOffset, PartitionStatus, Partitioner, Payload,
-    ProducerPartitionStatus, ProducerState, PublishError, Record, RetryPolicy, SeekTo,
-    ShutdownError, ShutdownReport, StartPosition, SubscribeError, SubscribeOptions, Subscription,
+    ProducerPartitionStatus, ProducerState, PublishError, Record, RetryPolicy, ShutdownError,
+    ShutdownReport, StartAt, StartPosition, SubscribeError, SubscribeOptions, Subscription,
     SubscriptionReport, SubscriptionStatus, Timestamp, TimestampError, TopicDescription,
     TopicListing, TopicPartition, Topics, UnreadableBatches, UnsubscribeError, UnsubscribeReport,
     aggregate_id_of, dead_letter_headers, envelope_headers, supervisor,
@@ -118,10 +118,10 @@ use client::KafkaClient;
 pub async fn connect(config: KafkaConfig) -> Result<EventBus, KafkaError> {
     let config = Arc::new(config);
     let client = Arc::new(KafkaClient::connect(Arc::clone(&config)).await?);
-    let supervisor = bus_core::backend::supervisor();
+    let supervisor = EventBus::backend_supervisor();
     let scope = supervisor.root().child("kafka");
     let producer =
         producer::Producer::start(scope.isolated_child("producer"), Arc::clone(&client))?;
     let backend = Arc::new(KafkaBackend::new(scope, client, producer));
-    Ok(bus_core::backend::bus(supervisor, backend))
+    Ok(EventBus::on_backend(supervisor, backend))
 }

@@ -46,13 +46,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::backend::{
-    GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation, StartAt,
+    GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation,
 };
+
 use crate::dispatch::KeyedDispatch;
 use crate::health::GroupState;
 use crate::metrics::Metrics;
 use crate::options::CommitMode;
 use crate::record::TopicPartition;
+use crate::start::StartAt;
 
 use super::SubscriptionReport;
 use super::commands::{Command, CommitReport, ControlError};

@@ -378,8 +378,8 @@ mod tests {
     use bus_supervisor::Supervisor;
 
     use super::*;
-    use crate::backend::{BoxFuture, dispatch::ProcessFn};
-    use crate::dispatch::{DispatchConfig, Processed};
+    use crate::dispatch::{DispatchConfig, ProcessFn, Processed};
+    use crate::future::BoxFuture;
     use crate::memory::{MemoryBackend, MemoryConfig};
     use crate::options::SubscribeOptions;
 

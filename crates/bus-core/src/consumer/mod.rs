@@ -56,7 +56,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-pub use commands::{CommitReport, ConsumerControl, ControlError, SeekTo};
+pub use commands::{CommitReport, ConsumerControl, ControlError};
 pub use process::dead_letter_headers;
 pub(crate) use process::{ErasedHandler, erase, erase_envelope};
 

@@ -24,7 +24,8 @@ mod topics;
 
 use std::sync::Arc;
 
-use bus_core::backend::{AdminBackend, BoxFuture, PartitionReader, StartAt};
+use bus_core::StartAt;
+use bus_core::backend::{AdminBackend, BoxFuture, PartitionReader};
 use bus_core::{
     Admin, AdminError, ClusterDescription, GroupDescription, GroupListing, NewTopic,
     TopicDescription, TopicListing, TopicPartition,

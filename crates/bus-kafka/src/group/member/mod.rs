@@ -37,9 +37,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::backend::{
-    BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, StartAt,
+    BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader,
 };
-use bus_core::{OffsetReset, TopicPartition, Topics};
+use bus_core::{OffsetReset, StartAt, TopicPartition, Topics};
 use bus_supervisor::{Backoff, CancellationToken, ChildSpec};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, watch};
