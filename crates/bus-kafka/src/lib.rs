@@ -80,9 +80,10 @@ mod transport;
 use std::sync::Arc;
 
 pub use admin::admin;
+pub use config::limits::{FETCH_RESPONSE_SLACK, MAX_FETCH_BYTES, MAX_PARTITION_BUFFER_BYTES};
 pub use config::{
-    Compression, ConsumerConfig, FETCH_RESPONSE_SLACK, IsolationLevel, KafkaConfig,
-    MAX_FETCH_BYTES, MAX_PARTITION_BUFFER_BYTES, MetadataConfig, ProducerConfig, TopicConfig,
+    Compression, ConsumerConfig, IsolationLevel, KafkaConfig, MetadataConfig, ProducerConfig,
+    TopicConfig,
 };
 pub use error::KafkaError;
 pub use security::{

@@ -22,7 +22,7 @@ use bus_core::ConfigError;
 
 pub use config::{SaslConfig, SaslMechanism, SecurityConfig, SecurityProtocol, TlsConfig};
 pub use oauth::{OAuthBearerToken, TokenError, TokenFuture, TokenProvider};
-pub(crate) use sasl::{Authenticator, reauthenticate_at};
+pub(crate) use sasl::Authenticator;
 pub use secret::Secret;
 pub(crate) use tls::Tls;
 

@@ -13,6 +13,9 @@ use bus_core::{ConfigError, Partitioner};
 use serde::{Deserialize, Serialize};
 
 use crate::security::SecurityConfig;
+use limits::{FETCH_RESPONSE_SLACK, MAX_FETCH_BYTES, MAX_PARTITION_BUFFER_BYTES};
+
+pub(crate) mod limits;
 
 /// The most produce requests an idempotent producer may have in flight per partition: the broker
 /// keeps the state of a producer's last five batches per partition, so Kafka requires at most 5.
@@ -23,17 +26,6 @@ pub(crate) const ASSIGNORS: [&str; 4] = ["range", "roundrobin", "sticky", "coope
 
 /// The assignor that supports the cooperative rebalance protocol.
 pub(crate) const COOPERATIVE_STICKY: &str = "cooperative-sticky";
-
-/// The largest `consumer.fetch_max_bytes`: a Fetch response is read into memory whole.
-pub const MAX_FETCH_BYTES: usize = 128 * 1024 * 1024;
-
-/// The room a Fetch response may take beyond `consumer.fetch_max_bytes` (a broker returns the
-/// first batch whole even when it is larger: up to Kafka's default `message.max.bytes` of
-/// 1 MiB, plus framing); a larger response is refused.
-pub const FETCH_RESPONSE_SLACK: usize = 1024 * 1024 + 64 * 1024;
-
-/// The largest `consumer.partition_buffer_bytes` (and `consumer.max_decompressed_batch_bytes`).
-pub const MAX_PARTITION_BUFFER_BYTES: usize = 4 * 1024 * 1024 * 1024 - 1;
 
 /// Which records a consumer reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
