@@ -344,7 +344,7 @@ pub(crate) async fn subscribe(
     let handover = control.handover(stop_rx, report_tx);
     scope
         .supervise("control", control::child_spec(), move |scope| {
-            control::run(scope, Arc::clone(&handover))
+            control::run(scope, handover.clone())
         })?
         .detach();
     let control = Arc::new(SubscriptionControl {

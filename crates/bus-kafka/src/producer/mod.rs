@@ -686,7 +686,7 @@ impl Topic {
         let monitor = shared
             .scope
             .supervise(name, partition::child_spec(), move |scope| {
-                partition::run(scope, Arc::clone(&handover))
+                partition::run(scope, handover.clone())
             })
             .map_err(|_| shared.failed_or_closed())?;
         monitor.detach();

@@ -50,8 +50,8 @@
 //!   itself back from its `Drop`).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -60,7 +60,6 @@ use bus_supervisor::{Backoff, ChildSpec, Scope};
 use bytes::Bytes;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -104,9 +103,10 @@ pub(super) fn child_spec() -> ChildSpec {
 }
 
 /// What one partition's loop hands from an incarnation to the next: its channel, first, and
-/// after a panic everything it held (see [`Batcher`]'s `Drop`). Dropped with the supervision
-/// (escalation, shutdown), whatever it still holds is failed back.
-pub(super) type Handover = Arc<Mutex<Option<Batcher>>>;
+/// after a panic everything it held (the connection and what was in flight on it are abandoned
+/// by the next incarnation, to be sent again). Dropped with the supervision (escalation,
+/// shutdown), whatever it still holds is failed back (see [`Batcher`]'s `Drop`).
+pub(super) type Handover = bus_supervisor::Handover<Batcher>;
 
 /// A fresh loop's state for `rx`, to be taken over by its first incarnation.
 pub(super) fn handover(
@@ -123,7 +123,6 @@ pub(super) fn handover(
         shared,
         state,
         rx,
-        handover: Weak::new(),
         path: Arc::from(""),
         closed: false,
         batch: Vec::new(),
@@ -144,7 +143,7 @@ pub(super) fn handover(
         last_error: None,
         wire_topic: TopicName(StrBytes::from_string(state_topic)),
     };
-    Arc::new(Mutex::new(Some(batcher)))
+    Handover::new(batcher)
 }
 
 /// Runs one incarnation of the loop in `scope` (its supervised scope) until the scope is
@@ -153,12 +152,15 @@ pub(super) fn handover(
 /// stamps (sent again from the oldest, as after a lost connection: the broker stores each
 /// once), the session and the counters.
 pub(super) async fn run(scope: Scope, handover: Handover) -> Result<(), &'static str> {
-    let Some(mut batcher) = handover.lock().take() else {
+    let mut held = handover.take();
+    let restarted = held.restarted();
+    let Some(batcher) = held.get_mut() else {
         return Err("no partition loop state to take over");
     };
-    batcher.handover = Arc::downgrade(&handover);
+    if restarted {
+        batcher.abandon_connection();
+    }
     batcher.path = Arc::from(scope.path());
-    drop(handover);
     let token = scope.token();
     tokio::select! {
         biased;
@@ -206,8 +208,6 @@ pub(super) struct Batcher {
     shared: Arc<Shared>,
     state: Arc<PartitionState>,
     rx: mpsc::UnboundedReceiver<Entry>,
-    /// Where a panicking incarnation leaves what it holds for the next one.
-    handover: Weak<Mutex<Option<Batcher>>>,
     /// The incarnation's task path (fault points).
     path: Arc<str>,
     /// The channel has closed (the producer is gone): nothing more will come.
@@ -246,20 +246,10 @@ pub(super) struct Batcher {
 }
 
 impl Drop for Batcher {
-    /// A loop dropped unfinished. Panicking while the producer runs, it hands everything it
-    /// holds to the next incarnation (the connection and what was in flight on it are
-    /// abandoned, to be sent again). Otherwise (aborted at a shutdown deadline, or the
-    /// supervision over), its entries fail themselves back (`Entry`'s `Drop`); their buffer
-    /// bytes are given back here.
+    /// A loop dropped unfinished (aborted at a shutdown deadline, or the supervision over):
+    /// its entries fail themselves back (`Entry`'s `Drop`); their buffer bytes are given back
+    /// here. (A panicking incarnation does not drop it: its [`Handover`] keeps it for the next.)
     fn drop(&mut self) {
-        if std::thread::panicking()
-            && !self.shared.scope.is_cancelled()
-            && let Some(handover) = self.handover.upgrade()
-        {
-            let next = self.take_over();
-            *handover.lock() = Some(next);
-            return;
-        }
         self.rx.close();
         let shared = Arc::clone(&self.shared);
         let mut release = Release::new(&shared.buffer);
@@ -274,35 +264,12 @@ impl Drop for Batcher {
 }
 
 impl Batcher {
-    /// A batcher holding everything this one holds but its connection (what was in flight is
-    /// sent again, from the oldest sealed batch, with the same stamps); this one is left empty.
-    fn take_over(&mut self) -> Batcher {
-        let (_, closed) = mpsc::unbounded_channel();
-        Batcher {
-            shared: Arc::clone(&self.shared),
-            state: Arc::clone(&self.state),
-            rx: std::mem::replace(&mut self.rx, closed),
-            handover: Weak::new(),
-            path: Arc::clone(&self.path),
-            closed: self.closed,
-            batch: std::mem::take(&mut self.batch),
-            batch_bytes: std::mem::take(&mut self.batch_bytes),
-            received: self.received,
-            carry: std::mem::take(&mut self.carry),
-            lingered: self.lingered,
-            sealed: std::mem::take(&mut self.sealed),
-            sent: 0,
-            pipe: None,
-            idempotent: self.idempotent,
-            window: self.window,
-            session: self.session,
-            unusable: self.unusable.take(),
-            backoff: self.backoff,
-            retries: self.retries,
-            retry_at: None,
-            last_error: self.last_error.take(),
-            wire_topic: self.wire_topic.clone(),
-        }
+    /// After a panic: the connection is abandoned, and what was in flight on it is sent again,
+    /// from the oldest sealed batch, with the same stamps.
+    fn abandon_connection(&mut self) {
+        self.pipe = None;
+        self.sent = 0;
+        self.retry_at = None;
     }
 
     async fn run(&mut self) {

@@ -48,7 +48,7 @@
 //! - A fenced member (FENCED_INSTANCE_ID) stops at once and is reported fenced.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::TopicPartition;
@@ -62,7 +62,6 @@ use kafka_protocol::messages::{
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
-use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -108,15 +107,14 @@ impl Stopped {
     }
 }
 
-/// What one incarnation of the membership task hands to the next: the membership, where it
-/// reports leaving, and whether an incarnation ran before.
-pub(super) type Handover = Arc<Mutex<Option<Carried>>>;
+/// What one incarnation of the membership task hands to the next: the membership and where it
+/// reports leaving.
+pub(super) type Handover = bus_supervisor::Handover<Carried>;
 
 /// The membership task's state across its incarnations.
 pub(super) struct Carried {
     membership: Membership,
     left: watch::Sender<Option<Result<(), GroupError>>>,
-    restarted: bool,
 }
 
 /// A new membership task's handover.
@@ -124,24 +122,7 @@ pub(super) fn handover(
     membership: Membership,
     left: watch::Sender<Option<Result<(), GroupError>>>,
 ) -> Handover {
-    Arc::new(Mutex::new(Some(Carried { membership, left, restarted: false })))
-}
-
-/// Holds an incarnation's state; a panicking incarnation leaves it for the next one.
-struct Holder {
-    carried: Option<Carried>,
-    handover: Weak<Mutex<Option<Carried>>>,
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(handover) = self.handover.upgrade()
-            && let Some(carried) = self.carried.take()
-        {
-            *handover.lock() = Some(carried);
-        }
-    }
+    Handover::new(Carried { membership, left })
 }
 
 /// Runs one incarnation of the membership task in `scope` (its supervised scope), taking over
@@ -151,14 +132,12 @@ pub(super) async fn run(
     handover: Handover,
     token: CancellationToken,
 ) -> Result<(), &'static str> {
-    let carried = handover.lock().take();
-    let mut holder = Holder { carried, handover: Arc::downgrade(&handover) };
-    drop(handover);
-    let Some(carried) = holder.carried.as_mut() else {
+    let mut held = handover.take();
+    let restarted = held.restarted();
+    let Some(carried) = held.get_mut() else {
         return Err("no membership state to take over");
     };
     carried.membership.path = Arc::from(scope.path());
-    let restarted = std::mem::replace(&mut carried.restarted, true);
     carried.membership.run(token, &carried.left, restarted).await;
     Ok(())
 }

@@ -228,7 +228,7 @@ pub(crate) fn start(
     let member_token = token.clone();
     scope
         .supervise("coordinator", child_spec(), move |incarnation| {
-            membership::run(incarnation, Arc::clone(&handover), member_token.clone())
+            membership::run(incarnation, handover.clone(), member_token.clone())
         })?
         .detach();
     let (heartbeat_inner, heartbeat_locator) = (Arc::clone(&inner), Arc::clone(&locator));
