@@ -35,7 +35,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bus_kafka::{KafkaConfig, SaslMechanism, SecurityConfig, SecurityProtocol, TlsConfig};
+use bus_kafka::{
+    KafkaConfig, security::SaslMechanism, security::SecurityConfig, security::SecurityProtocol,
+    security::TlsConfig,
+};
 
 /// The broker's `host:port`.
 ///

@@ -3,11 +3,11 @@
 //! errors carrying the broker's codes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use bus_kafka::{AdminError, NewTopic};
+use bus_kafka::{admin::AdminError, admin::NewTopic};
 
 #[tokio::test]
 async fn the_cluster_is_described_with_each_brokers_versions_beside_ours() {
-    let admin = bus_kafka::admin(bus_tests::config()).await.unwrap();
+    let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     let cluster = admin.describe_cluster().await.unwrap();
     assert_eq!(cluster.backend, "kafka");
     assert!(!cluster.brokers.is_empty());
@@ -26,7 +26,7 @@ async fn the_cluster_is_described_with_each_brokers_versions_beside_ours() {
 
 #[tokio::test]
 async fn a_broker_without_create_partitions_is_named_in_the_refusal() {
-    let admin = bus_kafka::admin(bus_tests::config()).await.unwrap();
+    let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     let topic = bus_tests::unique("admin-grow");
     admin.ensure_topic(&topic, 1).await.unwrap();
     let error = admin.add_partitions(&topic, 2).await.expect_err("nisshi 0.8.1 cannot");
@@ -41,7 +41,7 @@ async fn a_broker_without_create_partitions_is_named_in_the_refusal() {
 
 #[tokio::test]
 async fn refusals_carry_the_brokers_error_code_and_name_the_topic() {
-    let admin = bus_kafka::admin(bus_tests::config()).await.unwrap();
+    let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     let invalid = admin.create_topic(&NewTopic::new("no spaces allowed", 1)).await.unwrap_err();
     assert_eq!(invalid.code(), Some(17), "INVALID_TOPIC_EXCEPTION: {invalid}");
     assert!(invalid.to_string().contains("`no spaces allowed`"), "{invalid}");

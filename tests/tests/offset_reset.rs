@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_kafka::{KafkaConfig, Message, OffsetReset, SubscribeOptions};
+use bus_kafka::{KafkaConfig, Message, SubscribeOptions, subscription::OffsetReset};
 use bus_tests::scripted::{BatchKind, Request, Script, ScriptedBroker};
 use bus_tests::wait_for;
 use bytes::BytesMut;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_kafka::{IsolationLevel, KafkaConfig, Message, SubscribeOptions};
+use bus_kafka::{KafkaConfig, Message, SubscribeOptions, config::IsolationLevel};
 use bus_tests::scripted::{BatchKind, Log, Script, ScriptedBroker};
 use bus_tests::{run_peer, wait_for};
 use kafka_protocol::records::Compression;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus_kafka::StartAt;
-use bus_kafka::{Admin, Envelope, Message, TopicPartition};
+use bus_kafka::{Envelope, Message, TopicPartition, admin::Admin};
 use serde::Serialize;
 use tokio::time::Instant;
 

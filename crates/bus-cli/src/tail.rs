@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus_kafka::StartAt;
-use bus_kafka::{KafkaConfig, PartitionCursor, TopicPartition};
+use bus_kafka::{KafkaConfig, TopicPartition, admin::PartitionCursor};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
@@ -61,7 +61,7 @@ pub(crate) struct TailArgs {
 }
 
 /// What one partition's stream yields.
-type Step = Result<Vec<bus_kafka::Message>, bus_kafka::AdminError>;
+type Step = Result<Vec<bus_kafka::Message>, bus_kafka::admin::AdminError>;
 
 /// One partition read from its start until `end` (when set).
 fn partition_stream(cursor: PartitionCursor, end: Option<i64>) -> BoxStream<'static, Step> {

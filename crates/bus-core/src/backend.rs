@@ -4,7 +4,7 @@
 //! Owns: the traits [`Backend`], [`GroupMember`], [`PartitionReader`], [`AdminBackend`] and the
 //! types that cross them ([`JoinRequest`], [`MemberEvent`], [`Revocation`], [`FlushReport`],
 //! [`GroupError`], [`ReadError`], [`UnreadableBatch`]). Where a reader starts is the front
-//! page's [`StartAt`](crate::StartAt). It also re-exports what a backend calls: [`BoxFuture`],
+//! page's [`StartAt`]. It also re-exports what a backend calls: [`BoxFuture`],
 //! the delivery channel ([`delivery_channel`], [`DeliverySender`]) and the partitioning helpers
 //! ([`UnkeyedSpreader`], [`PartitionError`]). An [`EventBus`](crate::EventBus) is assembled on a
 //! backend by [`EventBus::backend_supervisor`](crate::EventBus::backend_supervisor) and
@@ -241,7 +241,7 @@ pub trait Backend: Send + Sync + 'static {
     /// ([`EventBus::admin`](crate::EventBus::admin)).
     fn admin(&self) -> Arc<dyn AdminBackend>;
     /// The state of each partition its producer writes to, for the bus's
-    /// [`HealthReport`](crate::HealthReport) (none by default).
+    /// [`HealthReport`](crate::health::HealthReport) (none by default).
     fn producer_partitions(&self) -> Vec<ProducerPartitionStatus> {
         Vec::new()
     }
@@ -313,7 +313,7 @@ pub trait PartitionReader: Send {
     }
 }
 
-/// A backend's topic and group administration, behind [`Admin`](crate::Admin): what
+/// A backend's topic and group administration, behind [`Admin`](crate::admin::Admin): what
 /// [`Backend::admin`] returns, and what a backend can offer without a bus (Kafka's
 /// `bus_kafka::admin`). Errors name the topic or group and carry Kafka's error code where
 /// there is one (see [`AdminError`]).

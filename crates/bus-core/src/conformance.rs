@@ -685,7 +685,7 @@ pub async fn closed_bus_refuses_work(h: &impl Harness) {
     let refused =
         bus.subscribe(&topic, options("closed"), |_m: Message| async { Ok(()) }).await.err();
     assert!(matches!(refused, Some(SubscribeError::Closed)), "{refused:?}");
-    assert_eq!(bus.health(), crate::Health::Closed);
+    assert_eq!(bus.health(), crate::health::Health::Closed);
 }
 
 /// A token unique to this process and call, for names a pattern must single out.

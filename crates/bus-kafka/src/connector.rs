@@ -24,13 +24,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::ConfigError;
+use bus_core::errors::ConfigError;
 use bus_supervisor::Backoff;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::KafkaConfig;
+use crate::config::kafka::KafkaConfig;
 use crate::connection::{Authenticate, Connection, RequestError};
 use crate::security::Security;
 use crate::transport::Transport;

@@ -7,7 +7,7 @@
 //! [`TopicDescription`], [`PartitionDescription`], [`ConfigEntry`], [`GroupListing`],
 //! [`GroupDescription`], [`MemberDescription`], [`PartitionLag`], [`ClusterDescription`],
 //! [`BrokerDescription`], [`ApiSupport`], [`PartitionCursor`]) and [`AdminError`]. Backends
-//! implement [`AdminBackend`](crate::backend::AdminBackend).
+//! implement [`AdminBackend`].
 //!
 //! Invariants:
 //! - Errors name the topic or group, and carry Kafka's error code where Kafka has one for the

@@ -34,7 +34,7 @@
 use std::sync::Arc;
 
 use bus_core::backend::{BoxFuture, GroupError, PartitionReader, ReadError, UnreadableBatch};
-use bus_core::{Message, OffsetReset, StartAt, TopicPartition};
+use bus_core::{Message, StartAt, TopicPartition, subscription::OffsetReset};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, TopicName};

@@ -55,7 +55,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
-use bus_core::{Delivery, PublishError};
+use bus_core::{Delivery, errors::PublishError};
 use bus_supervisor::{Backoff, ChildSpec, Scope};
 use bytes::Bytes;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};

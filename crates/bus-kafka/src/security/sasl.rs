@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use bus_core::ConfigError;
+use bus_core::errors::ConfigError;
 use bytes::Bytes;
 use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::StrBytes;

@@ -39,14 +39,14 @@ use std::time::Duration;
 use bus_core::backend::{
     BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader,
 };
-use bus_core::{OffsetReset, StartAt, TopicPartition, Topics};
+use bus_core::{StartAt, TopicPartition, Topics, subscription::OffsetReset};
 use bus_supervisor::{Backoff, CancellationToken, ChildSpec};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, watch};
 
 use super::coordinator::{Failure, Link, Locator};
 use crate::client::KafkaClient;
-use crate::config::KafkaConfig;
+use crate::config::kafka::KafkaConfig;
 use crate::fetch::KafkaReader;
 use heartbeat::Heartbeat;
 use membership::Membership;
