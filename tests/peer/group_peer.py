@@ -21,10 +21,6 @@ Subcommands:
   commit     --bootstrap B --topic T --group G --partition P --offset O
              Commits offset O for partition P in group G (without joining it): {"committed": O}
 
-  recreate   --bootstrap B --topic T --partitions N
-             Deletes topic T and creates it again with N partitions (the only way to change a
-             partition count on a broker without CreatePartitions): {"recreated": N}
-
   version    {"confluent_kafka": ..., "librdkafka": ...}
 
 Exits with status 3 and a message on stderr when confluent-kafka is not installed.
@@ -139,28 +135,6 @@ def commit(args):
     print(json.dumps({"committed": args.offset}))
 
 
-def recreate(args):
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": args.bootstrap})
-    for future in admin.delete_topics([args.topic], operation_timeout=30).values():
-        future.result()
-    deadline = time.monotonic() + 30
-    while True:
-        futures = admin.create_topics(
-            [NewTopic(args.topic, num_partitions=args.partitions, replication_factor=1)]
-        )
-        try:
-            for future in futures.values():
-                future.result()
-            break
-        except Exception as error:  # the deletion may not be complete yet
-            if time.monotonic() > deadline:
-                raise SystemExit(f"cannot create {args.topic} again: {error}")
-            time.sleep(0.2)
-    print(json.dumps({"recreated": args.partitions}))
-
-
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,10 +157,6 @@ def main():
     m.add_argument("--group", required=True)
     m.add_argument("--partition", type=int, required=True)
     m.add_argument("--offset", type=int, required=True)
-    r = sub.add_parser("recreate")
-    r.add_argument("--bootstrap", required=True)
-    r.add_argument("--topic", required=True)
-    r.add_argument("--partitions", type=int, required=True)
     sub.add_parser("version")
     args = parser.parse_args()
     if args.command == "consume":
@@ -195,8 +165,6 @@ def main():
         committed(args)
     elif args.command == "commit":
         commit(args)
-    elif args.command == "recreate":
-        recreate(args)
     else:
         version()
 

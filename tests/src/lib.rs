@@ -386,29 +386,14 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A private nisshi broker with SQLite storage, killed on drop.
+/// A private Apache Kafka broker (a single-node KRaft cluster, see `testbed::PrivateNode`) that
+/// a test stops and restarts; the shared cluster is never touched. Killed on drop.
 pub struct OwnBroker {
-    port: u16,
-    /// The port it advertises to clients (its own, or a proxy's in front of it).
-    advertise: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-fn nisshi() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path).map(|d| d.join("nisshi")).find(|p| p.is_file())
-    });
-    let in_cargo = std::env::var_os("HOME")
-        .map(|home| PathBuf::from(home).join(".cargo").join("bin").join("nisshi"))
-        .filter(|p| p.is_file());
-    on_path.or(in_cargo).unwrap_or_else(|| {
-        panic!("nisshi is not installed: `cargo xtask broker start` installs it (once)")
-    })
+    node: testbed::PrivateNode,
 }
 
 impl OwnBroker {
-    /// Starts a broker on a free port in a fresh scratch directory and waits until it answers.
+    /// Starts a broker on a free port in a fresh scratch directory and waits until it started.
     pub fn start() -> OwnBroker {
         let port = free_port();
         OwnBroker::start_advertising(port, port)
@@ -416,64 +401,28 @@ impl OwnBroker {
 
     /// Starts a broker listening on `port` and advertising `advertise` (a [`proxy::Proxy`] in
     /// front of it, so that every connection a client makes goes through the proxy), and waits
-    /// until it answers.
+    /// until it started.
     pub fn start_advertising(port: u16, advertise: u16) -> OwnBroker {
-        let dir =
-            std::env::temp_dir().join(format!("bus-producer-broker-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut broker = OwnBroker { port, advertise, dir, child: None };
-        broker.restart();
-        broker
+        let node = testbed::PrivateNode::start(port, advertise)
+            .unwrap_or_else(|e| panic!("the private broker did not start: {e}"));
+        OwnBroker { node }
     }
 
     /// `127.0.0.1:<advertised port>`: where clients bootstrap.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.advertise)
+        self.node.bootstrap()
     }
 
-    /// Kills the broker process (its data stays on disk).
+    /// Kills the broker process (SIGKILL; its data stays on disk) and waits until its port is
+    /// closed.
     pub fn stop(&mut self) {
-        kill_until_closed(&mut self.child, self.port);
+        self.node.stop();
+        wait_closed(self.node.port());
     }
 
-    /// Starts the broker again on the same port and data, and waits until it accepts
-    /// connections.
+    /// Starts the broker again on the same port and data, and waits until it started.
     pub fn restart(&mut self) {
-        self.stop();
-        let listen = format!("tcp://127.0.0.1:{}", self.port);
-        let advertise = format!("tcp://{}", self.bootstrap());
-        let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
-        let child = Command::new(nisshi())
-            .args(["broker", "--listener-url", &listen, "--advertised-listener-url", &advertise])
-            .args(["--storage-engine", "sqlite://broker.db"])
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!(
-                    "the private broker exited at start ({status}); log in {}",
-                    self.dir.display()
-                );
-            }
-            assert!(Instant::now() < deadline, "the private broker did not listen within 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.node.restart().unwrap_or_else(|e| panic!("the private broker did not restart: {e}"));
     }
 }
 
@@ -492,10 +441,20 @@ pub struct Secured {
     pub user_256: String,
     /// Its password.
     pub password_256: String,
+    /// The PLAIN user (same listener).
+    pub plain_user: String,
+    /// Its password.
+    pub plain_password: String,
+    /// `host:port,...` of the SSL listener that requires a client certificate.
+    pub mtls_bootstrap: String,
+    /// The client certificate (PEM) that listener accepts, signed by [`Secured::ca`].
+    pub mtls_certificate: PathBuf,
+    /// Its key (PKCS#8 PEM).
+    pub mtls_key: PathBuf,
 }
 
 /// The secured broker: `KAFKA_SECURE_*` from the environment (set by `cargo xtask test`), else
-/// `target/broker-secure.env` (written by `cargo xtask broker start --tls --sasl`).
+/// `target/broker-secure.env` (written by `cargo xtask broker start`).
 ///
 /// # Panics
 ///
@@ -517,7 +476,7 @@ pub fn secured() -> Secured {
         from_file.get(name).cloned().unwrap_or_else(|| {
             panic!(
                 "no secured broker ({name} unknown): run the tests with `cargo xtask test`, or \
-                 start it with `cargo xtask broker start --tls --sasl`; looked in the \
+                 start it with `cargo xtask broker start`; looked in the \
                  environment and {}",
                 env_file.display()
             )
@@ -530,6 +489,11 @@ pub fn secured() -> Secured {
         password: get("KAFKA_SECURE_PASSWORD"),
         user_256: get("KAFKA_SECURE_USER_256"),
         password_256: get("KAFKA_SECURE_PASSWORD_256"),
+        plain_user: get("KAFKA_SECURE_PLAIN_USER"),
+        plain_password: get("KAFKA_SECURE_PLAIN_PASSWORD"),
+        mtls_bootstrap: get("KAFKA_SECURE_MTLS_BOOTSTRAP"),
+        mtls_certificate: PathBuf::from(get("KAFKA_SECURE_MTLS_CERT")),
+        mtls_key: PathBuf::from(get("KAFKA_SECURE_MTLS_KEY")),
     }
 }
 
@@ -546,12 +510,13 @@ impl Secured {
         ]
     }
 
-    /// The user and password of `mechanism` (SCRAM-SHA-256: the 256 user, else the 512 one).
+    /// The user and password of `mechanism` (SCRAM-SHA-256: the 256 user; PLAIN: the PLAIN
+    /// user; else the SCRAM-SHA-512 one).
     pub fn credentials(&self, mechanism: SaslMechanism) -> (&str, &str) {
-        if mechanism == SaslMechanism::ScramSha256 {
-            (&self.user_256, &self.password_256)
-        } else {
-            (&self.user, &self.password)
+        match mechanism {
+            SaslMechanism::ScramSha256 => (&self.user_256, &self.password_256),
+            SaslMechanism::Plain => (&self.plain_user, &self.plain_password),
+            _ => (&self.user, &self.password),
         }
     }
 }
@@ -606,103 +571,100 @@ impl Certificates {
     }
 }
 
-/// A private secured nisshi (TLS listener, SCRAM, SQLite storage) whose users can change
-/// between restarts; killed on drop.
+/// A private Apache Kafka broker with a SASL_SSL listener (its own CA, SCRAM users created at
+/// start) whose users can change, through the Admin API of the peer client; killed on drop.
 pub struct OwnSecureBroker {
-    port: u16,
+    node: testbed::PrivateNode,
     dir: PathBuf,
     /// The CA of its certificate.
     pub ca: PathBuf,
-    child: Option<Child>,
+}
+
+fn scram_name(mechanism: &str) -> &'static str {
+    if mechanism == "scram256" { "SCRAM-SHA-256" } else { "SCRAM-SHA-512" }
 }
 
 impl OwnSecureBroker {
     /// Starts one with the SCRAM users `(name, password, mechanism)` (`scram256` or
     /// `scram512`).
     pub fn start(users: &[(&str, &str, &str)]) -> OwnSecureBroker {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir =
-            std::env::temp_dir().join(format!("bus-secure-broker-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("bus-secure-broker"));
         let certificates = Certificates::new(&dir, "own");
         let (pem, key) = certificates.issue("server", &["127.0.0.1", "localhost"]);
-        std::fs::rename(pem, dir.join("server.pem")).unwrap();
-        std::fs::rename(key, dir.join("server.key")).unwrap();
-        let mut broker = OwnSecureBroker { port, dir, ca: certificates.ca.clone(), child: None };
-        broker.change_users(users, &[]);
-        broker.restart();
-        broker
+        let keystore = dir.join("server-keystore.pem");
+        let text = std::fs::read_to_string(&key).unwrap() + &std::fs::read_to_string(&pem).unwrap();
+        std::fs::write(&keystore, text).unwrap();
+        let mut layout = testbed::cluster::Layout::default();
+        for (key, value) in [
+            ("ssl.keystore.type", "PEM".to_owned()),
+            ("ssl.keystore.location", keystore.display().to_string()),
+            ("listener.name.secure.sasl.enabled.mechanisms", "SCRAM-SHA-256,SCRAM-SHA-512".into()),
+            (
+                "listener.name.secure.scram-sha-256.sasl.jaas.config",
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;".into(),
+            ),
+            (
+                "listener.name.secure.scram-sha-512.sasl.jaas.config",
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;".into(),
+            ),
+        ] {
+            layout.security.push((key.to_owned(), value));
+        }
+        for (name, password, mechanism) in users {
+            layout.format_args.push("--add-scram".into());
+            layout
+                .format_args
+                .push(format!("{}=[name={name},password={password}]", scram_name(mechanism)));
+        }
+        let node = testbed::PrivateNode::start_secured(port, &layout)
+            .unwrap_or_else(|e| panic!("the private secured broker did not start: {e}"));
+        OwnSecureBroker { node, dir, ca: certificates.ca.clone() }
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` of the SASL_SSL listener.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.node.secure_bootstrap().unwrap_or_default()
     }
 
-    fn spawn(&self, secured: bool, log: &str) -> Child {
-        let url = format!("tcp://{}", self.bootstrap());
-        let log = std::fs::File::create(self.dir.join(log)).unwrap();
-        let mut command = Command::new(nisshi());
-        command
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://broker.db"]);
-        if secured {
-            command.args(["--cert", "server.pem", "--key", "server.key", "--authentication"]);
-        }
-        command
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    }
-
-    fn wait_listening(&self, child: &mut Child) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the private broker exited at start ({status}); see {}", self.dir.display());
-            }
-            assert!(Instant::now() < deadline, "the private broker did not listen within 60 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the broker (its storage stays).
-    pub fn stop(&mut self) {
-        kill_until_closed(&mut self.child, self.port);
-    }
-
-    /// With the broker stopped: creates the users `create` and deletes `delete` (`(name,
-    /// mechanism)`), through a plain broker on the same storage (`nisshi user` speaks neither
-    /// TLS nor SASL).
+    /// Creates the users `create` and deletes `delete` (`(name, mechanism)`) on the running
+    /// broker, through the peer client's Admin API on the plaintext listener.
     pub fn change_users(&mut self, create: &[(&str, &str, &str)], delete: &[(&str, &str)]) {
-        self.stop();
-        let mut plain = self.spawn(false, "setup.log");
-        self.wait_listening(&mut plain);
-        let url = format!("tcp://{}", self.bootstrap());
-        let run = |args: &[&str]| {
-            let status = Command::new(nisshi()).args(args).stdin(Stdio::null()).status().unwrap();
-            assert!(status.success(), "nisshi {} failed ({status})", args.join(" "));
-        };
+        let mut script = String::from(
+            "import sys\n\
+             from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechanism,\n\
+                 UserScramCredentialUpsertion, UserScramCredentialDeletion)\n\
+             admin = AdminClient({'bootstrap.servers': sys.argv[1]})\n\
+             changes = []\n",
+        );
         for (name, password, mechanism) in create {
-            run(&["user", "create", "--broker", &url, name, password, "--mechanism", mechanism]);
+            script.push_str(&format!(
+                "changes.append(UserScramCredentialUpsertion('{name}', ScramCredentialInfo(\
+                 ScramMechanism.{}, 4096), b'{password}'))\n",
+                scram_name(mechanism).replace('-', "_")
+            ));
         }
         for (name, mechanism) in delete {
-            run(&["user", "delete", "--broker", &url, name, "--mechanism", mechanism]);
+            script.push_str(&format!(
+                "changes.append(UserScramCredentialDeletion('{name}', ScramMechanism.{}))\n",
+                scram_name(mechanism).replace('-', "_")
+            ));
         }
-        let _ = plain.kill();
-        let _ = plain.wait();
-        self.stop();
+        script.push_str(
+            "for f in admin.alter_user_scram_credentials(changes).values(): f.result()\n",
+        );
+        let status = Command::new(peer_python())
+            .args(["-c", &script, &self.node.bootstrap()])
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "changing the SCRAM users failed ({status})");
     }
 
-    /// Starts the secured broker again on the same port and storage.
+    /// Kills the broker (its data stays) and starts it again on the same ports: every
+    /// connection is cut.
     pub fn restart(&mut self) {
-        self.stop();
-        let mut child = self.spawn(true, "broker.log");
-        self.wait_listening(&mut child);
-        self.child = Some(child);
+        self.node.restart().unwrap_or_else(|e| panic!("the private broker did not restart: {e}"));
     }
 
     /// A SASL_SSL configuration for it.
@@ -719,10 +681,6 @@ impl OwnSecureBroker {
 
 impl Drop for OwnSecureBroker {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -798,13 +756,8 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// Kills a private broker's process, if running, and waits (up to 10 s) until its port refuses
-/// connections.
-fn kill_until_closed(child: &mut Option<Child>, port: u16) {
-    if let Some(mut child) = child.take() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+/// Waits (up to 10 s) until a stopped private broker's port refuses connections.
+fn wait_closed(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_ok() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

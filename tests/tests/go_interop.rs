@@ -183,6 +183,8 @@ fn envelope(n: usize) -> Envelope {
 }
 
 async fn bus_publishes_go_consumes(compression: Compression) {
+    // The bus's warnings in the output of a failed run (a retry, a new producer epoch).
+    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).try_init();
     let codec = codec_name(compression);
     let topic = new_topic(&format!("bus-to-go-{codec}")).await;
     let mut config = bus_tests::config();
@@ -216,7 +218,15 @@ async fn bus_publishes_go_consumes(compression: Compression) {
     let mut last_version: HashMap<String, i64> = HashMap::new();
     for r in records {
         let place = (r["partition"].as_i64().unwrap(), r["offset"].as_i64().unwrap());
-        let n = deliveries[&place];
+        let Some(&n) = deliveries.get(&place) else {
+            let mut ours: Vec<_> =
+                deliveries.keys().filter(|(partition, _)| *partition == place.0).collect();
+            ours.sort();
+            panic!(
+                "Go read a record at {place:?} that no delivery of ours reported: {r}\n\
+                 our deliveries on that partition: {ours:?}"
+            );
+        };
         let sent = &envelopes[n];
         let verdict = &r["verdict"];
         assert_eq!(verdict["accepted"], true, "the Go SDK refused envelope {n}: {verdict}");

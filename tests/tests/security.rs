@@ -1,19 +1,21 @@
-//! TLS and SASL against real brokers: the secured test broker (nisshi, TLS listener, SCRAM),
-//! private secured brokers whose users change, and the shared plaintext broker.
+//! TLS and SASL against the test cluster's secured listeners (SASL_SSL with SCRAM, PLAIN and
+//! OAUTHBEARER; SSL with client certificates required), a private secured broker whose users
+//! change, and the plaintext listener.
 //!
 //! - SASL_SSL with SCRAM-SHA-256 and SCRAM-SHA-512: publish and consume; confluent-kafka
 //!   (librdkafka) reads what the bus wrote and writes what the bus reads, with the same
 //!   credentials (proof the set-up is the standard one).
 //! - A wrong password: `connect` fails at once with an authentication error naming mechanism
-//!   and broker. Credentials revoked while the bus runs (a private broker restarted without the
-//!   user): `publish` and `subscribe` fail with that error within `request_timeout`, the bus's
+//!   and broker. Credentials revoked while the bus runs (the user deleted on a private broker,
+//!   which then restarts): `publish` and `subscribe` fail with that error within `request_timeout`, the bus's
 //!   health says why, and the brokers see few attempts (the connector's backoff), not a storm.
 //! - Untrusted certificate, wrong server name: a TLS error naming the broker.
 //! - Plaintext against the TLS listener and TLS against a plaintext listener: a clear error
 //!   within the timeout.
-//! - PLAIN and OAUTHBEARER, which nisshi does not offer: the broker's refusal, named. Mutual
-//!   TLS, which nisshi does not ask for: against a TLS server (not Kafka) that requires a client
-//!   certificate, the bus presents the configured one.
+//! - PLAIN: publish and consume, a wrong password refused naming the mechanism. OAUTHBEARER:
+//!   the token provider's unsigned token accepted by Kafka's unsecured validator (publish and
+//!   consume), a malformed or expired one refused. Mutual TLS: the listener that requires a
+//!   client certificate accepts ours and refuses a client without one.
 //! - KIP-368: the broker sets a 60 s session lifetime; a connection in use past it
 //!   re-authenticates and keeps working.
 //! - No secret in the captured tracing output (every level) or in the configuration's `Debug`.
@@ -253,16 +255,18 @@ async fn an_untrusted_certificate_or_a_wrong_server_name_is_a_tls_error_naming_t
     untrusted.security.tls.ca_location = Some(other.ca.clone());
     let error = connect_error(untrusted, Duration::from_secs(5)).await;
     assert!(
-        error.contains(&format!("TLS handshake with broker {} failed", broker.bootstrap))
-            && error.contains("UnknownIssuer"),
+        broker.bootstrap.split(',').any(|address| {
+            error.contains(&format!("TLS handshake with broker {address} failed"))
+        }) && error.contains("UnknownIssuer"),
         "{error}"
     );
     let mut misnamed = secure_config(SaslMechanism::ScramSha512);
     misnamed.security.tls.server_name = Some("kafka.example.com".into());
     let error = connect_error(misnamed, Duration::from_secs(5)).await;
     assert!(
-        error.contains(&format!("TLS handshake with broker {} failed", broker.bootstrap))
-            && error.contains("not valid for name"),
+        broker.bootstrap.split(',').any(|address| {
+            error.contains(&format!("TLS handshake with broker {address} failed"))
+        }) && error.contains("not valid for name"),
         "{error}"
     );
     // danger_accept_invalid_certs accepts both (and logs a warning).
@@ -300,31 +304,69 @@ async fn plaintext_against_tls_and_tls_against_plaintext_fail_clearly_within_the
     assert!(error.contains(&bus_tests::bootstrap()) && error.contains("TLS"), "{error}");
 }
 
-#[tokio::test]
-async fn plain_and_oauthbearer_are_refused_by_a_broker_that_offers_only_scram_naming_both() {
-    let plain = secure_config(SaslMechanism::Plain);
-    let error = connect_error(plain, Duration::from_secs(5)).await;
-    assert!(
-        error.contains("SASL authentication with PLAIN failed")
-            && error.contains(&bus_tests::secured().bootstrap)
-            && error.contains("does not offer PLAIN")
-            && error.contains("SCRAM-SHA-512"),
-        "{error}"
-    );
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    let mut oauth = secure_config(SaslMechanism::ScramSha512);
-    oauth.security.sasl = bus_kafka::security::SaslConfig {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_publishes_and_consumes_and_a_wrong_password_is_refused_naming_plain() {
+    round_trip(secure_config(SaslMechanism::Plain), &bus_tests::unique("sasl-plain"), 10).await;
+    let mut wrong = secure_config(SaslMechanism::Plain);
+    wrong.security.sasl.password = Some("not-the-password".into());
+    let error = connect_error(wrong, Duration::from_secs(5)).await;
+    assert!(error.contains("SASL authentication with PLAIN failed"), "{error}");
+}
+
+/// An unsigned JWS (`alg: none`) for `subject` that expires `expires_in` seconds from now (in
+/// the past when negative): what Kafka's unsecured validator accepts while unexpired.
+fn unsigned_token(subject: &str, expires_in: f64) -> String {
+    use base64::Engine;
+    let encode = |json: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string())
+    };
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let header = encode(serde_json::json!({ "alg": "none" }));
+    let claims = encode(serde_json::json!({
+        "sub": subject,
+        "iat": now,
+        "exp": now + expires_in,
+    }));
+    format!("{header}.{claims}.")
+}
+
+fn oauth_config(provider: TokenProvider) -> KafkaConfig {
+    let mut config = secure_config(SaslMechanism::ScramSha512);
+    config.security.sasl = bus_kafka::security::SaslConfig {
         mechanism: Some(SaslMechanism::OAuthBearer),
-        token_provider: Some(TokenProvider::new(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-            async { Ok(OAuthBearerToken::new("header.payload.signature", Duration::from_secs(60))) }
-        })),
+        token_provider: Some(provider),
         ..Default::default()
     };
-    let error = connect_error(oauth, Duration::from_secs(5)).await;
-    assert!(error.contains("does not offer OAUTHBEARER"), "{error}");
+    config
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_with_the_token_providers_token_publishes_and_consumes() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let provider = TokenProvider::new(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Ok(OAuthBearerToken::new(unsigned_token("bus-oauth", HOUR.as_secs_f64()), HOUR)) }
+    });
+    round_trip(oauth_config(provider), &bus_tests::unique("sasl-oauth"), 10).await;
+    assert!(calls.load(Ordering::SeqCst) >= 1, "the provider gave the token");
+    // A token the validator cannot parse is refused, and the error names the mechanism.
+    let garbage = TokenProvider::new(|| async {
+        Ok(OAuthBearerToken::new("header.payload.signature", Duration::from_secs(60)))
+    });
+    let error = connect_error(oauth_config(garbage), Duration::from_secs(5)).await;
+    assert!(error.contains("SASL authentication with OAUTHBEARER failed"), "{error}");
+    // An expired one too.
+    let expired = TokenProvider::new(|| async {
+        let token = unsigned_token("bus-oauth", -60.0);
+        Ok(OAuthBearerToken::new(token, Duration::from_secs(60)))
+    });
+    let error = connect_error(oauth_config(expired), Duration::from_secs(5)).await;
+    assert!(error.contains("OAUTHBEARER"), "{error}");
+}
+
+const HOUR: Duration = Duration::from_secs(3_600);
 
 #[tokio::test]
 async fn bad_security_settings_are_configuration_errors_naming_the_field() {
@@ -349,67 +391,29 @@ async fn bad_security_settings_are_configuration_errors_naming_the_field() {
     assert_eq!(field(unset).await, "security.sasl.password_env");
 }
 
-#[tokio::test]
-async fn the_client_certificate_is_presented_to_a_server_that_requires_one() {
-    use rustls::server::WebPkiClientVerifier;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-    let dir = std::env::temp_dir().join(bus_tests::unique("mtls"));
-    let authority = Certificates::new(&dir, "mtls");
-    let (server_pem, server_key) = authority.issue("server", &["127.0.0.1"]);
-    let (client_pem, client_key) = authority.issue("client", &["bus-client"]);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_file(&authority.ca).unwrap()).unwrap();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .build()
-            .unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![CertificateDer::from_pem_file(&server_pem).unwrap()],
-            PrivateKeyDer::from_pem_file(&server_key).unwrap(),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_requires_a_client_certificate_accepts_ours_and_refuses_none() {
+    let broker = secured();
     let config = |certificate: bool| {
-        let mut config = KafkaConfig::new(&address);
-        config.request_timeout = Duration::from_secs(3);
+        let mut config = KafkaConfig::new(&broker.mtls_bootstrap);
+        config.request_timeout = Duration::from_secs(5);
         config.security.protocol = SecurityProtocol::Ssl;
-        config.security.tls.ca_location = Some(authority.ca.clone());
+        config.security.tls.ca_location = Some(broker.ca.clone());
         if certificate {
-            config.security.tls.certificate_location = Some(client_pem.clone());
-            config.security.tls.key_location = Some(client_key.clone());
+            config.security.tls.certificate_location = Some(broker.mtls_certificate.clone());
+            config.security.tls.key_location = Some(broker.mtls_key.clone());
         }
         config
     };
-    // One handshake at the server (driven alongside the client in this test's future: no
-    // task), reporting the client certificate's subject it verified, if any.
-    let serve_once = || async {
-        let (tcp, _) = listener.accept().await.unwrap();
-        match acceptor.accept(tcp).await {
-            Ok(stream) => {
-                let (_, session) = stream.get_ref();
-                session.peer_certificates().map(|c| c.len())
-            }
-            Err(_) => None,
-        }
-    };
-    // With the certificate: the server verified one (then it closes: it is not Kafka).
-    let (presented, _error) = tokio::join!(serve_once(), bus_kafka::connect(config(true)));
-    assert_eq!(presented, Some(1), "the server verified the client's certificate");
-    // Without: the server refuses the handshake, and the bus reports a TLS error.
-    let (presented, result) = tokio::join!(serve_once(), bus_kafka::connect(config(false)));
-    assert_eq!(presented, None);
-    let error = result.map(|_| ()).unwrap_err().to_string();
-    assert!(error.contains(&address), "{error}");
-    let _ = std::fs::remove_dir_all(dir);
+    // With the certificate: a working session.
+    round_trip(config(true), &bus_tests::unique("mtls"), 10).await;
+    // Without: the broker ends the handshake, and the error names the broker and TLS.
+    let error = connect_error(config(false), Duration::from_secs(10)).await;
+    assert!(
+        broker.mtls_bootstrap.split(',').any(|address| error.contains(address)),
+        "names the broker: {error}"
+    );
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -435,9 +439,8 @@ async fn no_secret_reaches_the_logs_or_the_configurations_debug() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn connections_reauthenticate_before_the_brokers_session_lifetime_ends() {
-    // nisshi sets a 60 s session lifetime (it does not enforce it: a connection that never
-    // re-authenticated would keep working there, so this shows that we re-authenticate, and
-    // keep working afterwards, not that a broker would cut us off without it).
+    // The cluster sets a 60 s session lifetime (connections.max.reauth.ms) and enforces it: a
+    // connection that did not re-authenticate in time is closed by the broker.
     let logs = capture_logs();
     let mut config = secure_config(SaslMechanism::ScramSha256);
     config.request_timeout = Duration::from_secs(10);

@@ -51,7 +51,10 @@ async fn restarted(
 
 /// The partition's high watermark, read with rskafka (independent of the bus).
 async fn high_watermark(topic: &str, partition: i32) -> i64 {
-    let client = ClientBuilder::new(vec![bus_tests::bootstrap()]).build().await.unwrap();
+    let client = ClientBuilder::new(bus_tests::bootstrap().split(',').map(str::to_owned).collect())
+        .build()
+        .await
+        .unwrap();
     let partition =
         client.partition_client(topic, partition, UnknownTopicHandling::Retry).await.unwrap();
     partition.get_offset(OffsetAt::Latest).await.unwrap()

@@ -1,15 +1,14 @@
 //! `cargo xtask bench`: benchmarks run side by side with their peers, printed as tables and,
 //! with `--record`, written to `docs/BENCHMARKS.md` between markers that name the benchmark.
 //!
-//! The Kafka benchmarks (produce, consume, latency, rebalance) run against a nisshi of their own
-//! (in-memory, started for the run on a free port and stopped afterwards, so that a long-lived
-//! broker's growth, and the tests other people run on the shared one, do not weigh on them), unless
-//! `KAFKA_BOOTSTRAP` names a broker to use. With `--tls`, produce and consume run both clients
-//! over SASL_SSL (SCRAM-SHA-512) on the secured broker (see `secure`; its storage is SQLite, as
-//! nisshi keeps SCRAM credentials only there), and over TLS alone on a private TLS broker.
+//! The Kafka benchmarks (produce, consume, latency, rebalance) run against the test cluster (three
+//! Apache Kafka nodes, replication factor 3, `min.insync.replicas` 2; started for the run when it
+//! is not running and stopped after), unless `KAFKA_BOOTSTRAP` names a cluster to use. With
+//! `--tls`, produce and consume run both clients over TLS alone (the cluster's TLS listener) and
+//! over SASL_SSL (SCRAM-SHA-512).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use clap::ValueEnum;
 
@@ -26,15 +25,15 @@ pub(crate) enum Which {
     Produce,
     /// Group consume against rdkafka's BaseConsumer on the same broker and records (1,000,000
     /// records of 100 bytes, 6 partitions, no-op handler), and keyed dispatch with 1 ms handlers
-    /// over 1,000 keys (package `bus-bench`, a private nisshi).
+    /// over 1,000 keys (package `bus-bench`).
     Consume,
     /// Latency at a fixed rate (20,000 records/s) against rdkafka on the same broker: produce
     /// (send to acknowledgement), end to end (send to consumer), and shutdown time (package
-    /// `bus-bench`, a private nisshi).
+    /// `bus-bench`).
     Latency,
     /// A rolling restart of a group's three members while records flow: the time each member
     /// spends not processing, eager against cooperative-sticky against static membership, the
-    /// bus against rdkafka with the same settings (package `bus-bench`, a private nisshi).
+    /// bus against rdkafka with the same settings (package `bus-bench`).
     Rebalance,
     /// bus-core alone: the in-memory bus's publish and consume throughput against a plain mpsc
     /// channel, and the keyed dispatch with 1 ms handlers over 1,000 keys and with a no-op one.
@@ -233,94 +232,73 @@ fn against_broker_with(which: Which, metrics: bool) -> Result<String> {
         .current_dir(crate::workspace_root());
     // All need cmake and the curl headers to build librdkafka.
     crate::peer::ensure_rdkafka_build_deps()?;
-    let mut private = None;
-    let bootstrap = match std::env::var(crate::broker::BOOTSTRAP_VAR) {
-        Ok(bootstrap) if !bootstrap.trim().is_empty() => bootstrap,
-        _ => {
-            let started = PrivateBroker::start()?;
-            let bootstrap = started.bootstrap.clone();
-            private = Some(started);
-            bootstrap
-        }
-    };
-    command.args(["--bootstrap", &bootstrap]);
+    let broker = crate::broker::ensure_running()?;
+    command.args(["--bootstrap", &broker.bootstrap]);
     if metrics {
         command.arg("--metrics");
     }
     // Progress shows (building librdkafka takes minutes the first time; each round's figures).
     let output = stdout_of(&mut command);
-    drop(private);
+    if broker.started_here {
+        crate::broker::stop()?;
+    }
     output
 }
 
-/// Records and rounds of the SASL_SSL run: the secured broker stores on SQLite (nisshi keeps
-/// SCRAM credentials only there), which takes tens of thousands of records per second, not a
-/// million.
-const SASL_SSL_RUN: [&str; 4] = ["--records", "200000", "--rounds", "1"];
-
-/// produce or consume with both clients over TLS: first TLS alone on a private in-memory nisshi
-/// with a TLS listener (the full workload: the clients' cost of TLS, comparable with the
-/// plaintext run), then SASL_SSL (SCRAM-SHA-512) on the secured broker (started if need be,
-/// stopped after when started here; SQLite storage, so a smaller run, broker-bound).
+/// produce or consume with both clients over TLS: first TLS alone (the cluster's TLS listener,
+/// no client certificate), then SASL_SSL (SCRAM-SHA-512), the same workload as the plaintext run.
 fn secured(which: Which) -> Result<String> {
     let bin = if matches!(which, Which::Produce) { "produce-bench" } else { "consume-bench" };
     crate::peer::ensure_rdkafka_build_deps()?;
-    let run = |extra: &[&str], security: &[&str], broker: &crate::secure::Secured| {
+    let broker = crate::broker::ensure_running()?;
+    let Some(secured) = broker.secured.as_ref() else {
+        return Err("the cluster's secured listeners are unknown (KAFKA_SECURE_* not set)".into());
+    };
+    let var = |name: &str| secured.vars.get(name).cloned().unwrap_or_default();
+    let run = |bootstrap: &str, security: &[&str]| {
         let mut command = cargo();
         command
             .args(["run", "--release", "-p", "bus-bench", "--features", "peer", "--bin", bin])
             .arg("--")
-            .args(["--bootstrap", broker.bootstrap()])
+            .args(["--bootstrap", bootstrap])
             .args(security)
-            .args(extra)
             .current_dir(crate::workspace_root());
-        broker.apply(&mut command);
+        secured.apply(&mut command);
         stdout_of(&mut command)
     };
-    let ca = |broker: &crate::secure::Secured| {
-        broker.vars.get("KAFKA_SECURE_CA").cloned().unwrap_or_default()
-    };
-    eprintln!("1/2: TLS alone, on a private in-memory broker with a TLS listener");
-    let dir = crate::workspace_root().join("target").join("bench-broker-tls");
-    let (child, vars) = crate::secure::launch(&dir, true, false, false)?;
-    let private = PrivateBroker { bootstrap: String::new(), child };
-    let tls_broker = crate::secure::Secured { vars, started_here: true };
+    let ca = var("KAFKA_SECURE_CA");
+    eprintln!("1/2: TLS alone, on the cluster's TLS listener");
     let tls = run(
-        &[],
-        &["--security-protocol", "ssl", "--ssl-ca-location", &ca(&tls_broker)],
-        &tls_broker,
+        &var("KAFKA_SECURE_TLS_BOOTSTRAP"),
+        &["--security-protocol", "ssl", "--ssl-ca-location", &ca],
     );
-    drop(private);
-    let tls = tls?;
-    eprintln!("2/2: SASL_SSL (SCRAM-SHA-512) on the secured broker (SQLite storage)");
-    let broker = crate::secure::ensure_running(true, true)?;
-    let user = broker.vars.get("KAFKA_SECURE_USER").cloned().unwrap_or_default();
-    let mut extra = SASL_SSL_RUN.to_vec();
-    if matches!(which, Which::Consume) {
-        extra.extend(["--keyed-records", "2000"]);
-    }
-    let ca_file = ca(&broker);
-    let security = [
-        "--security-protocol",
-        "sasl_ssl",
-        "--ssl-ca-location",
-        &ca_file,
-        "--sasl-mechanism",
-        "SCRAM-SHA-512",
-        "--sasl-username",
-        &user,
-        "--sasl-password-env",
-        "KAFKA_SECURE_PASSWORD",
-    ];
-    let sasl = run(&extra, &security, &broker);
+    eprintln!("2/2: SASL_SSL (SCRAM-SHA-512)");
+    let user = var("KAFKA_SECURE_USER");
+    let sasl = tls.and_then(|tls| {
+        run(
+            secured.bootstrap(),
+            &[
+                "--security-protocol",
+                "sasl_ssl",
+                "--ssl-ca-location",
+                &ca,
+                "--sasl-mechanism",
+                "SCRAM-SHA-512",
+                "--sasl-username",
+                &user,
+                "--sasl-password-env",
+                "KAFKA_SECURE_PASSWORD",
+            ],
+        )
+        .map(|sasl| (tls, sasl))
+    });
     if broker.started_here {
-        crate::secure::stop()?;
+        crate::broker::stop()?;
     }
+    let (tls, sasl) = sasl?;
     Ok(format!(
-        "**TLS alone** (security.protocol ssl), a private in-memory nisshi with a TLS listener:\n\n\
-         {tls}\n\n**SASL_SSL** (SCRAM-SHA-512) on the secured broker, whose SQLite storage \
-         bounds both clients (the SASL exchange itself happens once per connection):\n\n{}",
-        sasl?
+        "**TLS alone** (security.protocol ssl):\n\n{tls}\n\n**SASL_SSL** (SCRAM-SHA-512; the SASL \
+         exchange happens once per connection):\n\n{sasl}"
     ))
 }
 
@@ -369,29 +347,4 @@ fn write_section(name: &str, body: &str) -> Result<()> {
         _ => format!("{}\n{replacement}\n", text.trim_end()),
     };
     std::fs::write(&path, updated).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// A nisshi started for one benchmark run (in-memory storage, a free loopback port, its own
-/// working directory under `target/`); stopped (killed and waited for) when dropped.
-struct PrivateBroker {
-    bootstrap: String,
-    child: Child,
-}
-
-impl PrivateBroker {
-    fn start() -> Result<PrivateBroker> {
-        let workdir = crate::workspace_root().join("target").join("bench-broker");
-        let log = workdir.join("broker.log");
-        eprintln!("starting a broker of its own for this benchmark");
-        let (child, bootstrap) = crate::broker::launch(&workdir, &log, false)?;
-        eprintln!("benchmark broker at {bootstrap}");
-        Ok(PrivateBroker { bootstrap, child })
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

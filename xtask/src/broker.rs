@@ -1,126 +1,105 @@
-//! The Kafka-compatible broker the tests run against.
+//! The test cluster: three Apache Kafka 4.4 nodes in KRaft mode on loopback (see
+//! `testbed::cluster`), with plaintext, SASL_SSL and mTLS listeners (see `secure`).
 //!
-//! Owns: `cargo xtask broker start|stop|status`, and [`ensure_running`] / [`stop`] for the other
-//! tools. The broker is nisshi (pinned in `tools`), listening on a free loopback port with
-//! in-memory storage. Its address and process id are written to `target/broker.env`, where tests
-//! and tools find them. With `--tls` and/or `--sasl` the commands act on the secured broker
-//! instead, a second one (see `secure`).
+//! Owns: `cargo xtask broker start|stop|status|kill|start-node|freeze|thaw`, and
+//! [`ensure_running`] / [`stop`] for the other tools. The cluster is recorded in
+//! `target/broker.env` (`KAFKA_BOOTSTRAP`, each node's address and process), its secured
+//! listeners in `target/broker-secure.env`; tests and tools find them there.
 //!
 //! Invariants:
-//! - When `KAFKA_BOOTSTRAP` is set, it names the broker to use (a user's own cluster): nothing is
-//!   installed, started or stopped.
-//! - `stop` ends only the process recorded in `target/broker.env`, and only if that process is
-//!   a nisshi broker.
-//! - A broker is reported ready only after it answered an ApiVersions request.
+//! - When `KAFKA_BOOTSTRAP` is set, it names the cluster to use (a user's own): nothing is
+//!   resolved, started or stopped.
+//! - `stop` ends only the processes recorded, and only those whose command line marks them as
+//!   this cluster's nodes.
+//! - The cluster is reported ready only after each node logged that it started and its plaintext
+//!   listener answered an ApiVersions request, and the SASL_SSL listener answered one over TLS.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use clap::Subcommand;
+use testbed::cluster::{Cluster, Listener, NODES};
 
 use crate::Result;
-use crate::tools;
+use crate::secure::{self, Credentials, Secured};
 
-/// What to do with the broker.
+/// What to do with the cluster.
 #[derive(Subcommand, Clone, Copy)]
 pub(crate) enum Action {
-    /// Start the broker (installing nisshi on first use) unless one is already running.
-    Start {
-        /// The secured broker instead, with a TLS listener (a CA and a server certificate made
-        /// in target/broker-secure/).
-        #[arg(long)]
-        tls: bool,
-        /// The secured broker instead, with SASL/SCRAM (SCRAM-SHA-256 and SCRAM-SHA-512 users;
-        /// all in target/broker-secure.env).
-        #[arg(long)]
-        sasl: bool,
-    },
-    /// Stop the broker started by `start` (with `--tls` or `--sasl`: the secured one).
-    Stop {
-        /// The secured broker.
-        #[arg(long)]
-        tls: bool,
-        /// The secured broker.
-        #[arg(long)]
-        sasl: bool,
-    },
-    /// Print the brokers' addresses and whether they answer.
+    /// Start the three-node cluster (resolving Apache Kafka with Maven on first use) unless it
+    /// is running.
+    Start,
+    /// Stop the cluster started by `start`.
+    Stop,
+    /// Print each node's addresses and whether it answers.
     Status,
+    /// Kill node N (SIGKILL, as a crash would); its data stays.
+    Kill {
+        /// The node, 1 to 3.
+        node: u32,
+    },
+    /// Start node N again (after `kill`), with its configuration, ports and data.
+    StartNode {
+        /// The node, 1 to 3.
+        node: u32,
+    },
+    /// Cut node N off: it stops answering clients and the other nodes (SIGSTOP), connections
+    /// stay open.
+    Freeze {
+        /// The node, 1 to 3.
+        node: u32,
+    },
+    /// Let a frozen node go on (SIGCONT).
+    Thaw {
+        /// The node, 1 to 3.
+        node: u32,
+    },
 }
 
-/// The environment variable that names a broker to use instead of starting one.
+/// The environment variable that names a cluster to use instead of starting one.
 pub(crate) const BOOTSTRAP_VAR: &str = "KAFKA_BOOTSTRAP";
 
-/// A broker in use.
+/// A cluster in use.
 pub(crate) struct Broker {
-    /// `host:port` to bootstrap from.
+    /// The comma-separated `host:port` list to bootstrap from.
     pub(crate) bootstrap: String,
+    /// Its secured listeners, when known.
+    pub(crate) secured: Option<Secured>,
     /// Whether this call started it (and so the caller should stop it when done).
     pub(crate) started_here: bool,
 }
 
 pub(crate) fn run(action: Action) -> Result<()> {
     match action {
-        Action::Start { tls: false, sasl: false } => {
+        Action::Start => {
             let broker = ensure_running()?;
             println!("{BOOTSTRAP_VAR}={}", broker.bootstrap);
-            Ok(())
-        }
-        Action::Start { tls, sasl } => {
-            let broker = crate::secure::ensure_running(tls, sasl)?;
-            for (name, value) in &broker.vars {
-                println!("{name}={value}");
+            if let Some(secured) = &broker.secured {
+                println!("{}={}", secure::BOOTSTRAP_VAR, secured.bootstrap());
             }
             Ok(())
         }
-        Action::Stop { tls: false, sasl: false } => stop(),
-        Action::Stop { .. } => crate::secure::stop(),
-        Action::Status => {
-            let plain = status();
-            crate::secure::status().and(plain)
+        Action::Stop => stop(),
+        Action::Status => status(),
+        Action::Kill { node } => {
+            Cluster::recorded()?.kill(node)?;
+            eprintln!("node {node} killed");
+            Ok(())
         }
-    }
-}
-
-fn env_file() -> PathBuf {
-    crate::workspace_root().join("target").join("broker.env")
-}
-
-fn log_file() -> PathBuf {
-    crate::workspace_root().join("target").join("broker.log")
-}
-
-struct Recorded {
-    bootstrap: String,
-    pid: Option<u32>,
-}
-
-fn read_recorded() -> Option<Recorded> {
-    let text = std::fs::read_to_string(env_file()).ok()?;
-    let mut bootstrap = None;
-    let mut pid = None;
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("KAFKA_BOOTSTRAP=") {
-            bootstrap = Some(v.trim().to_owned());
-        } else if let Some(v) = line.strip_prefix("BROKER_PID=") {
-            pid = v.trim().parse().ok();
+        Action::StartNode { node } => {
+            let mut cluster = Cluster::recorded()?;
+            cluster.start_node(node)?;
+            eprintln!("node {node} started at {}", cluster.node(node)?.address(Listener::Client));
+            Ok(())
         }
+        Action::Freeze { node } => Cluster::recorded()?.freeze(node),
+        Action::Thaw { node } => Cluster::recorded()?.thaw(node),
     }
-    Some(Recorded { bootstrap: bootstrap?, pid })
 }
 
 fn external() -> Option<String> {
     std::env::var(BOOTSTRAP_VAR).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// Whether `pid` is a live nisshi process.
-pub(crate) fn is_our_broker(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("nisshi"))
-        .unwrap_or(false)
 }
 
 /// Sends an ApiVersions v0 request and checks the answer: the broker speaks Kafka.
@@ -164,143 +143,105 @@ pub(crate) fn api_versions(stream: &mut (impl Read + Write), bootstrap: &str) ->
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
-}
-
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// Starts a nisshi (installed on first use) on a free loopback port with in-memory storage,
-/// working in `workdir` and writing its output to `log`; returns it once it answers, with its
-/// address. `detached` puts it in a process group of its own (it outlives a Ctrl-C of the
-/// command that started it). The caller owns the process: it is not recorded anywhere.
-pub(crate) fn launch(workdir: &Path, log: &Path, detached: bool) -> Result<(Child, String)> {
-    let nisshi = tools::ensure(&tools::NISSHI)?;
-    let port = free_port()?;
-    let bootstrap = format!("127.0.0.1:{port}");
-    let url = format!("tcp://{bootstrap}");
-    std::fs::create_dir_all(workdir)
-        .map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
-    let out =
-        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    let mut command = Command::new(&nisshi);
-    command
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://nisshi/"])
-        .current_dir(workdir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    if detached {
-        use std::os::unix::process::CommandExt;
-        command.process_group(0);
-    }
-    eprintln!("$ {}", crate::cmd::describe(&command));
-    let mut child =
-        command.spawn().map_err(|e| format!("cannot start {}: {e}", nisshi.display()))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("the broker exited at start ({status}):\n{}", log_tail(log)));
-        }
-        if probe(&bootstrap).is_ok() {
-            return Ok((child, bootstrap));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("the broker did not answer within 60 s:\n{}", log_tail(log)));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Returns a broker that answers: the one named by `KAFKA_BOOTSTRAP`, the one already recorded,
-/// or a new one started now.
+/// Returns a cluster that answers: the one named by `KAFKA_BOOTSTRAP`, the one recorded, or a
+/// new one started now.
 pub(crate) fn ensure_running() -> Result<Broker> {
     if let Some(bootstrap) = external() {
-        probe(&bootstrap)
-            .map_err(|e| format!("{BOOTSTRAP_VAR}={bootstrap} does not answer: {e}"))?;
-        eprintln!("using the broker at {bootstrap} ({BOOTSTRAP_VAR})");
-        return Ok(Broker { bootstrap, started_here: false });
+        let first = bootstrap.split(',').next().unwrap_or_default();
+        probe(first).map_err(|e| format!("{BOOTSTRAP_VAR}={bootstrap} does not answer: {e}"))?;
+        eprintln!("using the cluster at {bootstrap} ({BOOTSTRAP_VAR})");
+        return Ok(Broker { bootstrap, secured: Secured::current(), started_here: false });
     }
-    if let Some(recorded) = read_recorded() {
-        let alive = recorded.pid.is_some_and(is_our_broker);
-        if alive && probe(&recorded.bootstrap).is_ok() {
-            eprintln!("broker already running at {}", recorded.bootstrap);
-            return Ok(Broker { bootstrap: recorded.bootstrap, started_here: false });
+    if let Ok(mut cluster) = Cluster::recorded() {
+        let answering = cluster
+            .nodes
+            .iter()
+            .all(|node| node.alive() && probe(&node.address(Listener::Client)).is_ok());
+        let secured = Secured::current();
+        if answering && secured.as_ref().is_some_and(|s| secure::probe(s).is_ok()) {
+            let bootstrap = cluster.bootstrap(Listener::Client);
+            eprintln!("cluster already running at {bootstrap}");
+            return Ok(Broker { bootstrap, secured, started_here: false });
         }
-        // Stale record: the process is gone (a reboot, a kill). Forget it.
-        let _ = std::fs::remove_file(env_file());
+        // A stale or damaged record (a reboot, a node killed and left): start afresh.
+        eprintln!("the recorded cluster is not whole; starting a new one");
+        cluster.stop()?;
     }
-    let workdir = crate::workspace_root().join("target").join("broker");
-    // Its own process group: a Ctrl-C meant for a test run does not kill it half-way.
-    let (child, bootstrap) = launch(&workdir, &log_file(), true)?;
-    let pid = child.id();
-    std::fs::write(
-        env_file(),
-        format!(
-            "KAFKA_BOOTSTRAP={bootstrap}\nBROKER_PID={pid}\nBROKER_LOG={}\n",
-            log_file().display()
-        ),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", env_file().display()))?;
-    eprintln!("broker started at {bootstrap} (pid {pid}, log {})", log_file().display());
-    Ok(Broker { bootstrap, started_here: true })
+    let credentials = Credentials::make()?;
+    eprintln!(
+        "starting a three-node Apache Kafka {} cluster in target/kafka",
+        testbed::KAFKA_VERSION
+    );
+    let started = std::time::Instant::now();
+    let cluster = Cluster::start(&credentials.layout)?;
+    let secured = credentials.record(
+        &cluster.bootstrap(Listener::Secure),
+        &cluster.bootstrap(Listener::Mtls),
+        &cluster.bootstrap(Listener::Tls),
+    )?;
+    for node in &cluster.nodes {
+        probe(&node.address(Listener::Client))?;
+    }
+    secure::probe(&secured)?;
+    let bootstrap = cluster.bootstrap(Listener::Client);
+    eprintln!(
+        "cluster started in {:.0?}: {BOOTSTRAP_VAR}={bootstrap} (logs in target/kafka/node*/server.log)",
+        started.elapsed()
+    );
+    Ok(Broker { bootstrap, secured: Some(secured), started_here: true })
 }
 
-/// Stops the broker recorded in `target/broker.env`, if it is ours and alive.
+/// Stops the recorded cluster, if there is one.
 pub(crate) fn stop() -> Result<()> {
     if external().is_some() {
-        eprintln!("{BOOTSTRAP_VAR} is set: that broker is not ours to stop");
+        eprintln!("{BOOTSTRAP_VAR} is set: that cluster is not ours to stop");
         return Ok(());
     }
-    let Some(recorded) = read_recorded() else {
-        eprintln!("no broker recorded in {}", env_file().display());
-        return Ok(());
-    };
-    if let Some(pid) = recorded.pid.filter(|&pid| is_our_broker(pid)) {
-        kill(pid);
-        eprintln!("broker at {} (pid {pid}) stopped", recorded.bootstrap);
-    } else {
-        eprintln!("the recorded broker at {} is not running", recorded.bootstrap);
-    }
-    std::fs::remove_file(env_file())
-        .map_err(|e| format!("cannot remove {}: {e}", env_file().display()))
-}
-
-/// Ends the broker process `pid` (checked to be ours by the caller): TERM, then KILL after 10 s.
-pub(crate) fn kill(pid: u32) {
-    let _ = Command::new("kill").arg(pid.to_string()).status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while is_our_broker(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if is_our_broker(pid) {
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    match Cluster::recorded() {
+        Ok(mut cluster) => {
+            cluster.stop()?;
+            secure::forget();
+            eprintln!("cluster stopped");
+            Ok(())
+        }
+        Err(_) => {
+            eprintln!("no cluster recorded");
+            Ok(())
+        }
     }
 }
 
 fn status() -> Result<()> {
-    let (bootstrap, source) = match (external(), read_recorded()) {
-        (Some(b), _) => (b, BOOTSTRAP_VAR.to_owned()),
-        (None, Some(r)) => (r.bootstrap, env_file().display().to_string()),
-        (None, None) => {
-            println!("no broker: run `cargo xtask broker start`");
-            return Ok(());
+    if let Some(bootstrap) = external() {
+        for address in bootstrap.split(',') {
+            match probe(address) {
+                Ok(()) => println!("{address} (from {BOOTSTRAP_VAR}): answering"),
+                Err(e) => println!("{address} (from {BOOTSTRAP_VAR}): {e}"),
+            }
         }
-    };
-    match probe(&bootstrap) {
-        Ok(()) => {
-            println!("{BOOTSTRAP_VAR}={bootstrap} (from {source}): answering");
-            Ok(())
-        }
-        Err(e) => Err(format!("{bootstrap} (from {source}) does not answer: {e}")),
+        return Ok(());
     }
+    let Ok(cluster) = Cluster::recorded() else {
+        println!("no cluster: run `cargo xtask broker start`");
+        return Ok(());
+    };
+    let mut whole = true;
+    for node in &cluster.nodes {
+        let address = node.address(Listener::Client);
+        let state = match (node.alive(), probe(&address)) {
+            (false, _) => "not running".to_owned(),
+            (true, Ok(())) => "answering".to_owned(),
+            (true, Err(e)) => format!("running, not answering ({e})"),
+        };
+        whole &= state == "answering";
+        println!(
+            "node {} pid {}: {address} (SASL_SSL {}, mTLS {}): {state}",
+            node.id,
+            node.pid.map_or("-".to_owned(), |p| p.to_string()),
+            node.address(Listener::Secure),
+            node.address(Listener::Mtls),
+        );
+    }
+    println!("{BOOTSTRAP_VAR}={}", cluster.bootstrap(Listener::Client));
+    if whole { Ok(()) } else { Err(format!("not every one of the {NODES} nodes answers")) }
 }

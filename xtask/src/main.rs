@@ -6,8 +6,9 @@
 //! traffic), `tools` (installing pinned tools on first use), `cmd`
 //! (running commands with visible output).
 //!
-//! Invariant: xtask never leaves a process it started running, except a broker started with
-//! `broker start`, which is recorded in `target/broker.env` and ended by `broker stop`.
+//! Invariant: xtask never leaves a process it started running, except the cluster started with
+//! `broker start` (or a node started with `broker start-node`), which is recorded in
+//! `target/broker.env` and ended by `broker stop`.
 
 mod bench;
 mod broker;
@@ -43,7 +44,7 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Manage the Kafka-compatible test broker.
+    /// Manage the test cluster: three Apache Kafka 4.4 nodes on loopback.
     Broker {
         #[command(subcommand)]
         action: broker::Action,
@@ -56,8 +57,8 @@ enum Command {
         /// Write the result into docs/BENCHMARKS.md.
         #[arg(long)]
         record: bool,
-        /// produce and consume only: both clients over SASL_SSL (SCRAM-SHA-512) on the secured
-        /// broker (`broker start --tls --sasl`); recorded as `produce-tls` / `consume-tls`.
+        /// produce and consume only: both clients over TLS alone and over SASL_SSL
+        /// (SCRAM-SHA-512) on the cluster; recorded as `produce-tls` / `consume-tls`.
         #[arg(long)]
         tls: bool,
         /// produce and consume only: with a metrics recorder installed in the benchmark

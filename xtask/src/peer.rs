@@ -2,9 +2,9 @@
 //!
 //! Owns: the Python peer (`confluent-kafka`, bundling librdkafka 2.16, pinned) in a virtual
 //! environment under `target/peer-venv`; the Go peer (`tests/peer/go`: the Go SDK's envelope
-//! rules on Go 1.19 and sarama 1.22.1, Debian's `golang-go` and
-//! `golang-github-shopify-sarama-dev`, built in GOPATH mode into `target/go-peer`, since the Go
-//! module proxy is not reachable from these machines); and the Debian packages that building
+//! rules on sarama v1.46.0, the version the Go SDK pins, a Go module whose dependencies come
+//! from the Go module proxy, built with the machine's Go into `target/go-peer`); and the Debian
+//! packages that building
 //! the `rdkafka` crate's vendored librdkafka needs (cmake, the curl headers). Each is checked
 //! first and only installed when missing; what is installed is said before it happens.
 
@@ -73,45 +73,29 @@ pub(crate) fn ensure_python() -> Result<PathBuf> {
 /// The environment variable through which the tests find the Go peer's executable.
 pub(crate) const GO_PEER_VAR: &str = "BUS_GO_PEER";
 
-/// Where Debian's Go packages put their sources (GOPATH layout).
-const DEBIAN_GOPATH: &str = "/usr/share/gocode";
-
 /// The Go peer's executable, built from `tests/peer/go` into `target/go-peer/bus-go-peer`
-/// (installing Go and sarama with apt-get first when missing and running as root; about a
-/// minute, once). `go build` is incremental: when nothing changed it takes about a second.
+/// (its modules from the Go module proxy the first time, pinned by `go.sum`; Go installed with
+/// apt-get first when missing and running as root). `go build` is incremental: when nothing
+/// changed it takes about a second.
 pub(crate) fn ensure_go_peer() -> Result<PathBuf> {
-    let sarama = std::path::Path::new(DEBIAN_GOPATH)
-        .join("src/github.com/Shopify/sarama/sarama.go")
-        .is_file();
     crate::tools::ensure_debian_packages(
         "the tests' Go peer",
-        &[
-            ("golang-go", crate::tools::runs("go", "version")),
-            ("golang-github-shopify-sarama-dev", sarama),
-        ],
+        &[("golang-go", crate::tools::runs("go", "version"))],
     )?;
     let dir = crate::workspace_root().join("target").join("go-peer");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let binary = dir.join("bus-go-peer");
-    let gopath = format!("{}:{DEBIAN_GOPATH}", dir.join("gopath").display());
-    eprintln!(
-        "building the Go peer (tests/peer/go; cgo's deprecation warning for zstd is harmless)"
-    );
+    eprintln!("building the Go peer (tests/peer/go, sarama v1.46.0)");
     crate::cmd::run(
         Command::new("go")
-            .args(["build", "-o"])
+            .arg("-C")
+            .arg(crate::workspace_root().join("tests").join("peer").join("go"))
+            .args(["build", "-mod=readonly", "-o"])
             .arg(&binary)
-            .arg("./tests/peer/go")
-            .env("GOPATH", gopath)
-            .env("GO111MODULE", "off")
-            .env("GOCACHE", dir.join("cache"))
+            .arg(".")
             .env("GOFLAGS", ""),
     )
-    .map_err(|e| {
-        format!(
-            "{e}: the Go peer did not build (Debian: golang-go, golang-github-shopify-sarama-dev)"
-        )
-    })?;
+    .map_err(|e| format!("{e}: the Go peer did not build (tests/peer/go)"))?;
     Ok(binary)
 }
 

@@ -1,13 +1,13 @@
 //! `cargo xtask test`: every test in the workspace against a broker.
 //!
-//! Owns: bringing the brokers up when they are not running (the shared plaintext one and the
-//! secured one, SASL_SSL, see `secure`; and the peer clients the tests compare against, see
-//! `peer`: the Python one and the Go one), running `cargo test --workspace` with
-//! `KAFKA_BOOTSTRAP` and the secured broker's `KAFKA_SECURE_*` set, then (on a full run, no
-//! filter given) the fault tests with the `fault-injection` feature, the `orders` example
-//! service and the offset-control examples (`replay`, `seek`, `pause`, `manual_commit`,
-//! `tombstones`) against the plaintext broker and the `secure` example against the secured one,
-//! and stopping the brokers afterwards if this run started them.
+//! Owns: bringing the test cluster up when it is not running (see `broker`; and the peer
+//! clients the tests compare against, see `peer`: the Python one and the Go one), running
+//! `cargo test --workspace` with `KAFKA_BOOTSTRAP`, the secured listeners' `KAFKA_SECURE_*` and
+//! the Kafka classpath (for tests that run a private node) set, then (on a full run, no filter
+//! given) the fault tests with the `fault-injection` feature, the `orders` example service and
+//! the offset-control examples (`replay`, `seek`, `pause`, `manual_commit`, `tombstones`) on the
+//! plaintext listener and the `secure` example on SASL_SSL, and stopping the cluster afterwards
+//! if this run started it.
 
 use std::process::Command;
 
@@ -20,22 +20,22 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     // The Go peer: the Go SDK's envelope rules and sarama (tests/peer/go).
     let go_peer = crate::peer::ensure_go_peer()?;
     let broker = broker::ensure_running()?;
-    let secured = match crate::secure::ensure_running(true, true) {
-        Ok(secured) => secured,
-        Err(error) => {
-            if broker.started_here {
-                broker::stop()?;
-            }
-            return Err(error);
-        }
+    let Some(secured) = broker.secured.as_ref() else {
+        return Err(format!(
+            "{} names a cluster but not its secured listeners (KAFKA_SECURE_BOOTSTRAP and the \
+             rest, as in target/broker-secure.env)",
+            broker::BOOTSTRAP_VAR
+        ));
     };
+    let classpath = testbed::Distribution::resolve()?;
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command
         .args(["test", "--workspace"])
         .args(args)
         .env(broker::BOOTSTRAP_VAR, &broker.bootstrap)
         .env(crate::peer::PYTHON_VAR, python)
-        .env(crate::peer::GO_PEER_VAR, go_peer);
+        .env(crate::peer::GO_PEER_VAR, go_peer)
+        .env(testbed::CLASSPATH_VAR, classpath.classpath());
     secured.apply(&mut command);
     let mut outcome = crate::cmd::run(&mut command);
     if outcome.is_ok() && args.is_empty() {
@@ -50,10 +50,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         }
     }
     if outcome.is_ok() && args.is_empty() {
-        outcome = run_secure_example(&secured);
-    }
-    if secured.started_here {
-        crate::secure::stop()?;
+        outcome = run_secure_example(secured);
     }
     if broker.started_here {
         broker::stop()?;

@@ -1,4 +1,4 @@
-//! Pinned tools installed on first use: cargo-deny, cargo-fuzz and the nisshi broker; Debian
+//! Pinned tools installed on first use: cargo-deny and cargo-fuzz; Debian
 //! packages a command needs (installed with apt-get as root, otherwise named).
 //!
 //! Owns: finding a tool (on the PATH or in cargo's bin directory) and installing it with
@@ -40,16 +40,6 @@ pub(crate) const CARGO_FUZZ: Tool = Tool {
     version: "0.13.2",
     install_flags: &["--locked"],
     note: "about 4 minutes on 2 cores, once",
-};
-
-/// nisshi: the Apache-Kafka-compatible broker the tests run against. A dependency in its lock
-/// file declares Rust 1.96, yet it builds and runs on 1.95: hence `--ignore-rust-version`.
-pub(crate) const NISSHI: Tool = Tool {
-    krate: "nisshi",
-    binary: "nisshi",
-    version: "0.8.1",
-    install_flags: &["--locked", "--ignore-rust-version"],
-    note: "12 to 16 minutes on 2 cores, once",
 };
 
 fn cargo_bin_dir() -> Option<PathBuf> {

@@ -1128,9 +1128,10 @@ pub async fn admin_topic_lifecycle(h: &impl Harness) {
     admin.ensure_topic(&name, 2).await.expect("ensure accepts the same count");
     admin.ensure_topic(&name, 3).await.expect_err("ensure refuses another count");
 
+    // Keyed: a compacted topic refuses records without a key (Apache Kafka: INVALID_RECORD).
     publish_all(
         &bus,
-        (0..3).map(|i| Record::new(&name, i.to_string()).with_partition(1)).collect(),
+        (0..3).map(|i| keyed(&name, &format!("k{i}"), i.to_string()).with_partition(1)).collect(),
     )
     .await;
     let described = admin.describe_topic(&name).await.expect("described");

@@ -59,7 +59,11 @@ fn differences(ours: &Envelope, go: &Value, with_payload: bool) -> Vec<String> {
     check("aggregate_id", ours.aggregate_id.clone(), text_of(&go["aggregate_id"]));
     check("event_type", ours.event_type.clone(), text_of(&go["event_type"]));
     check("event_version", ours.event_version.to_string(), go["event_version"].to_string());
-    check("timestamp", ours.timestamp.to_string(), go["timestamp"].as_str().unwrap().to_owned());
+    let go_timestamp = go["timestamp"].as_str().unwrap();
+    // "error: ..." when Go cannot print it (its instant and offset are still compared below).
+    if !go_timestamp.starts_with("error: ") {
+        check("timestamp", ours.timestamp.to_string(), go_timestamp.to_owned());
+    }
     check(
         "timestamp instant",
         format!(
@@ -123,6 +127,14 @@ fn judge(case: &Value) -> Vec<String> {
 /// Go; and Go's encoding decodes here to the same fields (Go compacts the payload).
 fn encoding_differences(envelope: &Envelope, case: &Value) -> Vec<String> {
     let mut diffs = Vec::new();
+    if case["encoded"].is_null() {
+        // Go's MarshalJSON refused it (a timestamp it cannot print): so must we.
+        match envelope.to_json() {
+            Err(e) if e.field() == Some("timestamp") => {}
+            other => diffs.push(format!("Go could not encode it; ours: {other:?}")),
+        }
+        return diffs;
+    }
     let go_encoded = bytes_of(&case["encoded"]);
     let go_reread = Envelope::from_json(&go_encoded);
     match (envelope.to_json(), &go_reread) {

@@ -1,15 +1,13 @@
 //! Broker faults: connections cut through a loopback TCP proxy, and the broker stopped and
 //! restarted mid-stream. No acknowledged message may be lost.
 //!
-//! Owns: [`broker_faults`] and the private broker it runs against ([`PrivateBroker`]: nisshi
-//! with SQLite storage, so that a restart keeps the data, advertising the proxy's address so
+//! Owns: [`broker_faults`] and the private broker it runs against ([`PrivateBroker`]: a
+//! single-node Apache Kafka whose data survives a restart, advertising the proxy's address so
 //! that every connection goes through the proxy). The proxy is the integration tests' own
 //! ([`bus_tests::proxy::Proxy`], whose tasks live in a supervisor of their own: the tool follows
 //! the rule it checks).
 
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,82 +17,33 @@ use bus_tests::proxy::Proxy;
 use indicatif::ProgressBar;
 use parking_lot::Mutex;
 
-use super::{OrderBook, Run, shut_down, subscribe_checked, wait_until};
+use super::{OrderBook, Run, shut_down, subscribe_checked};
 
-/// A nisshi broker of the scenario's own, killed on drop.
+/// A broker of the scenario's own (a single-node Apache Kafka, see `testbed::PrivateNode`),
+/// killed on drop.
 struct PrivateBroker {
-    listen: u16,
-    advertise: u16,
-    dir: PathBuf,
-    child: Option<Child>,
+    node: testbed::PrivateNode,
 }
 
 fn free_port() -> Result<u16, String> {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
-fn nisshi() -> Result<PathBuf, String> {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path).map(|d| d.join("nisshi")).find(|p| p.is_file())
-    });
-    let in_cargo = std::env::var_os("HOME")
-        .map(|home| PathBuf::from(home).join(".cargo").join("bin").join("nisshi"))
-        .filter(|p| p.is_file());
-    on_path
-        .or(in_cargo)
-        .ok_or_else(|| "nisshi is not installed (cargo xtask broker start installs it)".into())
+    testbed::free_port()
 }
 
 impl PrivateBroker {
     /// Starts a broker listening on `listen` and advertising `advertise` (the proxy).
     async fn start(listen: u16, advertise: u16) -> Result<PrivateBroker, String> {
-        let dir =
-            std::env::temp_dir().join(format!("leakcheck-broker-{}-{listen}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut broker = PrivateBroker { listen, advertise, dir, child: None };
-        broker.restart().await?;
-        Ok(broker)
+        let node = tokio::task::block_in_place(|| testbed::PrivateNode::start(listen, advertise))?;
+        Ok(PrivateBroker { node })
     }
 
+    /// Kills the broker (SIGKILL: a crash); its data stays.
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.node.stop();
     }
 
-    /// (Re)starts the broker on the same ports and data; returns once it accepts connections.
+    /// (Re)starts the broker on the same ports and data; returns once it started.
     async fn restart(&mut self) -> Result<(), String> {
-        self.stop();
-        let listen = format!("tcp://127.0.0.1:{}", self.listen);
-        let advertise = format!("tcp://127.0.0.1:{}", self.advertise);
-        let log = std::fs::File::create(self.dir.join("broker.log")).map_err(|e| e.to_string())?;
-        let log_err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(nisshi()?)
-            .args(["broker", "--listener-url", &listen, "--advertised-listener-url", &advertise])
-            .args(["--storage-engine", "sqlite://broker.db"])
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| format!("cannot start nisshi: {e}"))?;
-        self.child = Some(child);
-        let listening = wait_until(Duration::from_secs(60), || {
-            StdStream::connect(("127.0.0.1", self.listen)).is_ok()
-        })
-        .await;
-        if listening { Ok(()) } else { Err("the private broker did not listen within 60 s".into()) }
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        tokio::task::block_in_place(|| self.node.restart())
     }
 }
 

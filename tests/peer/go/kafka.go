@@ -1,4 +1,4 @@
-// Kafka through sarama 1.22.1, as a Go service on the SDK uses it: envelopes published with
+// Kafka through sarama v1.46.0 (the version the Go SDK pins), as a Go service on the SDK uses it: envelopes published with
 // sarama's hash partitioner (FNV-1a) and the SDK's X-* headers; topics read back and every
 // envelope validated; a consumer-group member with the range strategy.
 
@@ -18,10 +18,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/Shopify/sarama"
+	"github.com/IBM/sarama"
 )
 
-const saramaVersion = "1.22.1"
+const saramaVersion = "1.46.0"
 
 // kafkaVersion is the protocol level sarama speaks: 2.1 (zstd needs it; consumer groups work
 // with the test broker at this level).
@@ -70,7 +70,7 @@ type sentEnvelope struct {
 // X-Trace-ID, X-Correlation-ID, X-Tenant-ID; partitioned by sarama's NewHashPartitioner.
 func produce(args []string) {
 	flags := flag.NewFlagSet("produce", flag.ExitOnError)
-	bootstrap := flags.String("bootstrap", "", "broker host:port")
+	bootstrap := flags.String("bootstrap", "", "brokers, host:port[,host:port...]")
 	topic := flags.String("topic", "", "topic")
 	codec := flags.String("codec", "none", "none, gzip, snappy, lz4 or zstd")
 	aggregates := flags.Int("aggregates", 50, "number of aggregates")
@@ -89,7 +89,10 @@ func produce(args []string) {
 	config.Producer.Retry.Max = 10
 	// One request in flight per broker: retries cannot reorder an aggregate's events.
 	config.Net.MaxOpenRequests = 1
-	producer, err := sarama.NewSyncProducer([]string{*bootstrap}, config)
+	// Idempotent: sarama does not keep the order of retried batches otherwise (seen on a
+	// three-broker cluster right after the topic was created: versions 8-13 stored before 1-7).
+	config.Producer.Idempotent = true
+	producer, err := sarama.NewSyncProducer(brokers(*bootstrap), config)
 	if err != nil {
 		fail("cannot create the producer: " + err.Error())
 	}
@@ -186,7 +189,7 @@ type consumedRecord struct {
 // read (or --timeout passes), judging each value with the SDK's FromBytes.
 func consume(args []string) {
 	flags := flag.NewFlagSet("consume", flag.ExitOnError)
-	bootstrap := flags.String("bootstrap", "", "broker host:port")
+	bootstrap := flags.String("bootstrap", "", "brokers, host:port[,host:port...]")
 	topic := flags.String("topic", "", "topic")
 	expect := flags.Int("expect", 0, "records to read")
 	timeout := flags.Duration("timeout", 60*time.Second, "give up after this long")
@@ -195,7 +198,7 @@ func consume(args []string) {
 		fail("consume needs --bootstrap, --topic and --expect >= 1")
 	}
 
-	client, err := sarama.NewClient([]string{*bootstrap}, newConfig("bus-go-peer-consumer"))
+	client, err := sarama.NewClient(brokers(*bootstrap), newConfig("bus-go-peer-consumer"))
 	if err != nil {
 		fail("cannot connect: " + err.Error())
 	}
@@ -337,7 +340,7 @@ func (h *groupHandler) ConsumeClaim(session sarama.ConsumerGroupSession, claim s
 // commits are OffsetCommit v1 (sarama's default) or, with --offset-retention, v2.
 func group(args []string) {
 	flags := flag.NewFlagSet("group", flag.ExitOnError)
-	bootstrap := flags.String("bootstrap", "", "broker host:port")
+	bootstrap := flags.String("bootstrap", "", "brokers, host:port[,host:port...]")
 	topic := flags.String("topic", "", "topic")
 	groupID := flags.String("group", "", "consumer group")
 	out := flags.String("out", "", "JSON lines log")
@@ -365,7 +368,7 @@ func group(args []string) {
 	config.Consumer.Offsets.CommitInterval = 200 * time.Millisecond
 	config.Consumer.Offsets.Retention = *retention
 	config.Consumer.Return.Errors = true
-	member, err := sarama.NewConsumerGroup([]string{*bootstrap}, *groupID, config)
+	member, err := sarama.NewConsumerGroup(brokers(*bootstrap), *groupID, config)
 	if err != nil {
 		fail("cannot create the consumer group: " + err.Error())
 	}
@@ -398,3 +401,8 @@ func group(args []string) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// brokers splits a bootstrap list (`host:port,host:port`) as sarama wants it.
+func brokers(bootstrap string) []string {
+	return strings.Split(bootstrap, ",")
+}

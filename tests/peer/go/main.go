@@ -11,7 +11,7 @@
 //	group      a sarama consumer-group member logging what it is assigned and handles
 //	version    the Go and sarama versions
 //
-// Built by `cargo xtask test` (GOPATH mode: Debian's golang-go and sarama packages).
+// Built by `cargo xtask test` (a Go module: sarama v1.46.0 from the Go module proxy, pinned by go.sum).
 package main
 
 import (

@@ -72,7 +72,7 @@ impl Source {
     pub async fn at(bootstrap: &str, topic: &str, partitions: i32, keys: usize) -> Source {
         let admin = bus_kafka::admin::connect(KafkaConfig::new(bootstrap)).await.unwrap();
         admin.ensure_topic(topic, partitions).await.unwrap();
-        let client = ClientBuilder::new(vec![bootstrap.to_owned()])
+        let client = ClientBuilder::new(bootstrap.split(',').map(str::to_owned).collect())
             .backoff_config(rskafka::BackoffConfig {
                 deadline: Some(Duration::from_secs(5)),
                 ..rskafka::BackoffConfig::default()

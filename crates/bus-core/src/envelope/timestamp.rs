@@ -109,17 +109,20 @@ impl Timestamp {
         self.utc.naive_utc().checked_add_signed(TimeDelta::seconds(self.offset_seconds.into()))
     }
 
-    /// Why Go could not read this timestamp back once printed, if it could not: Go's
-    /// `MarshalJSON` refuses years outside 0 to 9999 (as shown at the offset); an offset that
-    /// is not whole minutes, or of 100 hours or more, prints as text that is not the same time
-    /// or not RFC 3339 (Go itself prints an offset of 99:99 as `+100:39`).
+    /// Why Go could not print this timestamp, if it could not: Go's `MarshalJSON` (Go 1.20
+    /// and later) refuses years outside 0 to 9999 (as shown at the offset) and an offset of 24
+    /// hours or more; an offset that is not whole minutes prints as text that is not the same
+    /// time.
     pub(crate) fn encodable(&self) -> Result<(), &'static str> {
         let year = self.local().map(|l| l.year());
         if !year.is_some_and(|y| (0..=9999).contains(&y)) {
             return Err("year outside of range [0,9999]");
         }
-        if self.offset_seconds % 60 != 0 || self.offset_seconds.unsigned_abs() >= 100 * 3600 {
-            return Err("UTC offset cannot be written as RFC 3339 (±hh:mm, hh below 100)");
+        if self.offset_seconds.unsigned_abs() >= 24 * 3600 {
+            return Err("timezone hour outside of range [0,23]");
+        }
+        if self.offset_seconds % 60 != 0 {
+            return Err("UTC offset cannot be written as RFC 3339 (±hh:mm)");
         }
         Ok(())
     }
@@ -317,7 +320,8 @@ impl Parser<'_> {
         nanos
     }
 
-    /// `Z`, or `±hh:mm` with two digits each (Go accepts any up to 99), in seconds east.
+    /// `Z`, or `±hh:mm` with two digits each, in seconds east. As Go's `time.Parse` (Go 1.20
+    /// and later): hours up to 24 and minutes up to 60 (24:00 and 01:60 read, 24:01 too).
     fn offset(&mut self) -> Result<i32, TimestampError> {
         if self.rest.first() == Some(&b'Z') {
             self.advance(1);
@@ -329,7 +333,13 @@ impl Parser<'_> {
         }
         let two = |a: usize| -> Option<u32> { Some(self.digit(a)? * 10 + self.digit(a + 1)?) };
         let (hours, minutes) = two(1).zip(two(4)).ok_or_else(bad)?;
-        // At most (99 * 60 + 99) * 60 = 362,340 seconds: lossless.
+        if hours > 24 {
+            return Err(TimestampError::new("time zone offset hour out of range"));
+        }
+        if minutes > 60 {
+            return Err(TimestampError::new("time zone offset minute out of range"));
+        }
+        // At most (24 * 60 + 60) * 60 = 90,000 seconds: lossless.
         let seconds = ((hours * 60 + minutes) * 60) as i32;
         let offset = match self.rest.first() {
             Some(b'+') => seconds,
@@ -366,9 +376,11 @@ mod tests {
             "2024-03-01T12:34:56.5Z"
         );
         assert_eq!(
-            Timestamp::parse("2024-03-01T12:34:56+99:99").unwrap().to_string(),
-            "2024-03-01T12:34:56+100:39"
+            Timestamp::parse("2024-03-01T12:34:56+01:60").unwrap().to_string(),
+            "2024-03-01T12:34:56+02:00"
         );
+        assert!(Timestamp::parse("2024-03-01T12:34:56+99:99").is_err(), "minute out of range");
+        assert!(Timestamp::parse("2024-03-01T12:34:56-25:00").is_err(), "hour out of range");
         assert_eq!(Timestamp::zero().to_string(), "0001-01-01T00:00:00Z");
     }
 
@@ -383,8 +395,9 @@ mod tests {
 
     #[test]
     fn encodable_only_as_go_reads_back() {
-        assert!(Timestamp::parse("2024-03-01T12:34:56-99:59").unwrap().encodable().is_ok());
-        assert!(Timestamp::parse("2024-03-01T12:34:56+99:60").unwrap().encodable().is_err());
+        assert!(Timestamp::parse("2024-03-01T12:34:56-23:59").unwrap().encodable().is_ok());
+        assert!(Timestamp::parse("2024-03-01T12:34:56+24:00").unwrap().encodable().is_err());
+        assert!(Timestamp::parse("2024-03-01T12:34:56+23:60").unwrap().encodable().is_err());
         let utc = Timestamp::zero().utc();
         assert!(Timestamp::with_offset(utc, 30).encodable().is_err(), "not whole minutes");
         let year_0 = Timestamp::parse("0000-01-01T00:00:00Z").unwrap().utc();
