@@ -203,14 +203,21 @@ fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// A new KRaft cluster id: 16 random bytes, base64url without padding (22 characters).
+/// A new KRaft cluster id: 16 random bytes, base64url without padding (22 characters), never
+/// starting with `-` (which a command line would read as an option; Kafka's own
+/// `Uuid.randomUuid` draws again in that case too).
 pub fn cluster_id() -> Result<String> {
     use base64::Engine;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
+    let mut source = std::fs::File::open("/dev/urandom")
         .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    loop {
+        let mut bytes = [0u8; 16];
+        source.read_exact(&mut bytes).map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        if !id.starts_with('-') {
+            return Ok(id);
+        }
+    }
 }
 
 /// Formats the storage of the node configured in `dir` (its `server.properties` written) for
@@ -222,8 +229,9 @@ pub fn format(dist: &Distribution, dir: &Path, cluster_id: &str, extra: &[String
     let err = out.try_clone().map_err(|e| e.to_string())?;
     let status = dist
         .java("256m", &[log4j_option(dir)], "kafka.tools.StorageTool")
-        .args(["format", "--ignore-formatted", "-t", cluster_id, "-c"])
+        .args(["format", "--ignore-formatted", "-c"])
         .arg(dir.join("server.properties"))
+        .arg(format!("--cluster-id={cluster_id}"))
         .args(extra)
         .stdout(out)
         .stderr(err)

@@ -7,9 +7,9 @@
 //! Also here: the Python peer client (confluent-kafka, installed by `cargo xtask test` into
 //! `target/peer-venv`), the Go peer (`tests/peer/go`: the Go SDK's envelope rules and sarama,
 //! built by `cargo xtask test` into `target/go-peer`), waiting on conditions with deadlines, and
-//! [`OwnBroker`], a private broker a test may stop and restart (nisshi with SQLite storage in a
+//! [`OwnBroker`], a private broker a test may stop and restart (a single-node Apache Kafka in a
 //! scratch directory, killed when its guard drops, also when a test fails; the shared test
-//! broker is never touched), and [`proxy::Proxy`], a loopback proxy in front of a broker whose
+//! cluster is never touched), and [`proxy::Proxy`], a loopback proxy in front of a broker whose
 //! connections a test can cut (shared with leakcheck).
 //!
 //! The secured broker (SASL_SSL: `cargo xtask broker start --tls --sasl`, started by `cargo
@@ -378,6 +378,35 @@ impl Drop for GoGroupMember {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+/// Waits until every broker of the test cluster knows `topic` with `partitions` partitions, each
+/// with a leader. A topic just created is known to the controller first; a client of another
+/// language that asks another broker at once may be told the topic has no leader yet, and
+/// retries (sarama may then reorder or give up on records). Within 60 s.
+///
+/// # Panics
+///
+/// When a broker does not know it by then.
+pub async fn settle_topic(topic: &str, partitions: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for address in bootstrap().split(',') {
+        let admin = bus_kafka::admin::connect(KafkaConfig::new(address)).await.unwrap();
+        loop {
+            let described = admin.describe_topic(topic).await;
+            let ready = described.as_ref().is_ok_and(|d| {
+                d.partitions.len() == partitions && d.partitions.iter().all(|p| p.leader.is_some())
+            });
+            if ready {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{address} does not know {topic} with {partitions} led partitions: {described:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

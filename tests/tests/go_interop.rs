@@ -41,6 +41,7 @@ async fn new_topic(prefix: &str) -> String {
     let topic = bus_tests::unique(prefix);
     let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     admin.ensure_topic(&topic, PARTITIONS).await.unwrap();
+    bus_tests::settle_topic(&topic, PARTITIONS as usize).await;
     topic
 }
 

@@ -1,6 +1,6 @@
-//! The group plane when the broker goes away. Each test runs a private nisshi with SQLite
-//! storage (records, committed offsets and group membership survive its restart); the shared
-//! test broker is never touched.
+//! The group plane when the broker goes away. Each test runs a private single-node Apache Kafka
+//! (records, committed offsets and group membership survive its restart); the shared test
+//! cluster is never touched.
 //!
 //! - A coordinator restart is ridden out: the member reconnects (finding the coordinator again)
 //!   and carries on; nothing is lost and per-key order holds.

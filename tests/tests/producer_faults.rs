@@ -2,8 +2,7 @@
 //! without rebuilding the bus once the broker is back, health following along; backpressure
 //! (the buffer fills, publish waits, then `BufferFull`; closing wakes waiters with `Closed`);
 //! and records in flight at shutdown failed back and counted. Each test runs its own broker
-//! (a second nisshi with SQLite storage) that it stops and restarts; the shared one is never
-//! touched.
+//! (a single-node Apache Kafka) that it stops and restarts; the shared cluster is never touched.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -131,9 +131,9 @@ pub async fn admin_group_members_and_lag(h: &impl Harness) {
             *seen.lock() = Some(format!("{described:?}"));
             let Ok(d) = described else { return false };
             let committed: i64 = d.offsets.iter().filter_map(|o| o.committed).sum();
-            // A broker that does not report assignments in DescribeGroups (nisshi 0.8.1
-            // answers every member's assignment empty: docs/BROKER.md) is described without
-            // them; where one is reported, it must be right.
+            // A broker that does not report assignments in DescribeGroups (nisshi 0.8.1, which
+            // the tests no longer use, answers every member's assignment empty) is described
+            // without them; where one is reported, it must be right.
             let reported = d.members.iter().any(|m| !m.assignment.is_empty());
             d.members.len() == 1
                 && committed == 10
