@@ -94,13 +94,13 @@ pub(super) async fn run(scope: Scope, handover: Handover) -> Result<(), &'static
     Ok(())
 }
 
-/// Delay before retrying a failed group operation (a constant delay: these retries are bounded
-/// by the rebalance timeout, or repeated on the loop's next turn).
 /// What a stop keeps of its time, at most, after draining handlers: for the abandonment of those
 /// still running to take effect (the dispatch's `ABANDON_GRACE`), the final commit and leaving
 /// the group.
 const STOP_RESERVE: Duration = Duration::from_millis(500);
 
+/// Delay before retrying a failed group operation (a constant delay: these retries are bounded
+/// by the rebalance timeout, or repeated on the loop's next turn).
 pub(super) const RETRY: Backoff = Backoff {
     initial: Duration::from_millis(200),
     max: Duration::from_millis(200),
