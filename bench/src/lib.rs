@@ -93,9 +93,9 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// An admin client on `bootstrap` (to create the benchmark's topics), secured as [`Security`]
 /// says.
-pub fn admin(runtime: &tokio::runtime::Runtime, bootstrap: &str) -> bus_kafka::Admin {
+pub fn admin(runtime: &tokio::runtime::Runtime, bootstrap: &str) -> bus_kafka::admin::Admin {
     runtime
-        .block_on(bus_kafka::admin(config(bootstrap)))
+        .block_on(bus_kafka::admin::connect(config(bootstrap)))
         .unwrap_or_else(|e| fail(&format!("admin: {e}")))
 }
 

@@ -261,14 +261,14 @@ async fn checked(ctx: &Ctx, scenario: Scenario, count: u64) -> Row {
 fn secure_config() -> Option<KafkaConfig> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let mut config = KafkaConfig::new(&var("KAFKA_SECURE_BOOTSTRAP")?);
-    config.security = bus_kafka::SecurityConfig {
-        protocol: bus_kafka::SecurityProtocol::SaslSsl,
-        tls: bus_kafka::TlsConfig {
+    config.security = bus_kafka::security::SecurityConfig {
+        protocol: bus_kafka::security::SecurityProtocol::SaslSsl,
+        tls: bus_kafka::security::TlsConfig {
             ca_location: var("KAFKA_SECURE_CA").map(PathBuf::from),
             ..Default::default()
         },
-        sasl: bus_kafka::SaslConfig {
-            mechanism: Some(bus_kafka::SaslMechanism::ScramSha512),
+        sasl: bus_kafka::security::SaslConfig {
+            mechanism: Some(bus_kafka::security::SaslMechanism::ScramSha512),
             username: Some(var("KAFKA_SECURE_USER")?),
             password_env: Some("KAFKA_SECURE_PASSWORD".into()),
             ..Default::default()
@@ -322,7 +322,7 @@ async fn create_topics_on(
     let Some(config) = kafka_config(ctx, secure) else {
         return Err("no broker".into());
     };
-    let admin = bus_kafka::admin(config).await.map_err(|e| e.to_string())?;
+    let admin = bus_kafka::admin::connect(config).await.map_err(|e| e.to_string())?;
     for topic in topics {
         admin.ensure_topic(topic, partitions).await.map_err(|e| e.to_string())?;
     }

@@ -35,7 +35,7 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 /// When the topic cannot be made or the producer fails.
 pub async fn topic() -> (String, BTreeMap<String, i64>) {
     let topic = unique("bombs");
-    bus_kafka::admin(config()).await.unwrap().ensure_topic(&topic, 1).await.unwrap();
+    bus_kafka::admin::connect(config()).await.unwrap().ensure_topic(&topic, 1).await.unwrap();
     let out = run_peer(
         "bomb_peer.py",
         &[

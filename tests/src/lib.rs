@@ -35,7 +35,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bus_kafka::{KafkaConfig, SaslMechanism, SecurityConfig, SecurityProtocol, TlsConfig};
+use bus_kafka::{
+    KafkaConfig, security::SaslMechanism, security::SecurityConfig, security::SecurityProtocol,
+    security::TlsConfig,
+};
 
 /// The broker's `host:port`.
 ///
@@ -389,7 +392,7 @@ impl Drop for GoGroupMember {
 pub async fn settle_topic(topic: &str, partitions: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for address in bootstrap().split(',') {
-        let admin = bus_kafka::admin(KafkaConfig::new(address)).await.unwrap();
+        let admin = bus_kafka::admin::connect(KafkaConfig::new(address)).await.unwrap();
         loop {
             let described = admin.describe_topic(topic).await;
             let ready = described.as_ref().is_ok_and(|d| {

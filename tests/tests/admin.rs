@@ -4,11 +4,11 @@
 //! errors carrying the broker's codes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use bus_kafka::NewTopic;
+use bus_kafka::admin::NewTopic;
 
 #[tokio::test]
 async fn the_cluster_is_described_with_each_brokers_versions_beside_ours() {
-    let admin = bus_kafka::admin(bus_tests::config()).await.unwrap();
+    let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     let cluster = admin.describe_cluster().await.unwrap();
     assert_eq!(cluster.backend, "kafka");
     assert_eq!(cluster.brokers.len(), 3, "{cluster:?}");
@@ -30,7 +30,7 @@ async fn the_cluster_is_described_with_each_brokers_versions_beside_ours() {
 
 #[tokio::test]
 async fn partitions_added_to_a_topic_are_there_and_fewer_are_refused() {
-    let admin = bus_kafka::admin(bus_tests::config()).await.unwrap();
+    let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     let topic = bus_tests::unique("admin-grow");
     admin.ensure_topic(&topic, 1).await.unwrap();
     admin.add_partitions(&topic, 3).await.unwrap();
@@ -49,7 +49,7 @@ async fn partitions_added_to_a_topic_are_there_and_fewer_are_refused() {
 
 #[tokio::test]
 async fn refusals_carry_the_brokers_error_code_and_name_the_topic() {
-    let admin = bus_kafka::admin(bus_tests::config()).await.unwrap();
+    let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     let invalid = admin.create_topic(&NewTopic::new("no spaces allowed", 1)).await.unwrap_err();
     assert_eq!(invalid.code(), Some(17), "INVALID_TOPIC_EXCEPTION: {invalid}");
     assert!(invalid.to_string().contains("`no spaces allowed`"), "{invalid}");

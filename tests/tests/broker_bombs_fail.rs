@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_kafka::{Health, SubscribeOptions};
+use bus_kafka::{SubscribeOptions, health::Health};
 use bus_tests::bombs::*;
 use bus_tests::{config, peak_rss, reset_peak_rss, unique, wait_for};
 

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_kafka::{Message, SubscribeOptions, UnreadableBatches, dead_letter_headers};
+use bus_kafka::{Message, SubscribeOptions, headers::dead_letter, subscription::UnreadableBatches};
 use bus_tests::bombs::*;
 use bus_tests::{config, peak_rss, reset_peak_rss, unique, wait_for};
 
@@ -55,15 +55,15 @@ async fn inflating_batches_under_the_skip_policy_go_to_the_dead_letter_topic_und
     let mut firsts = Vec::new();
     for m in dead.lock().unwrap().iter() {
         let h = |name| m.headers.get_str(name).unwrap().to_owned();
-        assert_eq!(h(dead_letter_headers::REASON), "unreadable-batch");
-        assert_eq!(h(dead_letter_headers::FIRST_OFFSET), h(dead_letter_headers::LAST_OFFSET));
-        assert!(h(dead_letter_headers::ERROR).contains("consumer.max_decompressed_batch_bytes"));
+        assert_eq!(h(dead_letter::REASON), "unreadable-batch");
+        assert_eq!(h(dead_letter::FIRST_OFFSET), h(dead_letter::LAST_OFFSET));
+        assert!(h(dead_letter::ERROR).contains("consumer.max_decompressed_batch_bytes"));
         assert!(
             m.payload().len() < 64 * 1024,
             "the raw batch as received: {} bytes",
             m.payload().len()
         );
-        firsts.push(h(dead_letter_headers::FIRST_OFFSET).parse::<i64>().unwrap());
+        firsts.push(h(dead_letter::FIRST_OFFSET).parse::<i64>().unwrap());
     }
     firsts.sort_unstable();
     let bombs: Vec<i64> = (0..BOMBS).map(|i| offsets[&format!("bomb-{i}")]).collect();

@@ -27,7 +27,7 @@ impl Harness for Kafka {
     ) -> BoxFuture<'a, String> {
         Box::pin(async move {
             let name = bus_tests::unique(&format!("conformance-{hint}"));
-            let admin = bus_kafka::admin(bus_tests::config()).await.expect("admin");
+            let admin = bus_kafka::admin::connect(bus_tests::config()).await.expect("admin");
             admin.ensure_topic(&name, partitions).await.expect("topic created");
             name
         })

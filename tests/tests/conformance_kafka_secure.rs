@@ -6,7 +6,7 @@
 use bus_core::EventBus;
 use bus_core::backend::BoxFuture;
 use bus_core::conformance::Harness;
-use bus_kafka::SaslMechanism;
+use bus_kafka::security::SaslMechanism;
 
 /// Buses connected to the secured test broker; topics created with a unique name each.
 struct SecureKafka;
@@ -31,7 +31,7 @@ impl Harness for SecureKafka {
         Box::pin(async move {
             let name = bus_tests::unique(&format!("conformance-secure-{hint}"));
             let config = bus_tests::secure_config(SaslMechanism::ScramSha512);
-            let admin = bus_kafka::admin(config).await.expect("admin");
+            let admin = bus_kafka::admin::connect(config).await.expect("admin");
             admin.ensure_topic(&name, partitions).await.expect("topic created");
             name
         })

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus_kafka::{Health, KafkaConfig, Message, SubscribeOptions};
+use bus_kafka::{KafkaConfig, Message, SubscribeOptions, health::Health};
 use bus_tests::scripted::{Request, Script, ScriptedBroker};
 use bus_tests::wait_for;
 use bytes::{Bytes, BytesMut};

@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus_core::{
-    Envelope, HandlerError, Message, OffsetReset, Partitioner, SubscribeOptions, aggregate_id_of,
+    Envelope, HandlerError, Message, Partitioner, SubscribeOptions, aggregate_id_of,
+    subscription::OffsetReset,
 };
-use bus_kafka::Compression;
+use bus_kafka::config::Compression;
 use bus_tests::{go_bytes, go_field_differences, run_go_peer_json, wait_for};
 use serde_json::{Value, json};
 
@@ -38,7 +39,7 @@ fn codec_name(compression: Compression) -> &'static str {
 
 async fn new_topic(prefix: &str) -> String {
     let topic = bus_tests::unique(prefix);
-    let admin = bus_kafka::admin(bus_tests::config()).await.unwrap();
+    let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     admin.ensure_topic(&topic, PARTITIONS).await.unwrap();
     bus_tests::settle_topic(&topic, PARTITIONS as usize).await;
     topic

@@ -23,7 +23,7 @@ mod group_support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bus_kafka::{EventBus, MetricsSnapshot, Subscription};
+use bus_kafka::{EventBus, Subscription, health::MetricsSnapshot};
 use group_support::{
     DEADLINE, Log, PeerConsumer, PeerEvent, Source, check_order, config_with, even_split, handler,
     note, options, wait_for,

@@ -51,7 +51,7 @@ async fn the_leader_rebalances_when_a_topic_gains_partitions() {
 
 /// Grows `topic` to `partitions` (CreatePartitions) and waits until the metadata shows them.
 async fn grow(topic: &str, partitions: i32) {
-    let admin = bus_kafka::admin(bus_tests::config()).await.unwrap();
+    let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     admin.add_partitions(topic, partitions).await.unwrap();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while admin.partitions(topic).await.unwrap() != Some(partitions) {

@@ -25,7 +25,9 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bus_kafka::{FETCH_RESPONSE_SLACK, Health, KafkaConfig, Message, SubscribeOptions};
+use bus_kafka::{
+    KafkaConfig, Message, SubscribeOptions, config::FETCH_RESPONSE_SLACK, health::Health,
+};
 use bus_tests::scripted::{BatchKind, Request, Script, ScriptedBroker, batch_around, forge_count};
 use bus_tests::{peak_rss, reset_peak_rss, rss, wait_for};
 use bytes::{BufMut, Bytes, BytesMut};

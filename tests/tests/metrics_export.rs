@@ -45,7 +45,7 @@ async fn the_bus_metrics_are_scraped_as_prometheus_text_with_their_labels() {
     let topic = bus_tests::unique("metrics");
     let group = bus_tests::unique("metrics-group");
     let config = bus_tests::config();
-    bus_kafka::admin(config.clone()).await.unwrap().ensure_topic(&topic, 2).await.unwrap();
+    bus_kafka::admin::connect(config.clone()).await.unwrap().ensure_topic(&topic, 2).await.unwrap();
     let bus = bus_kafka::connect(config).await.unwrap();
     let (seen_tx, mut seen) = mpsc::unbounded_channel::<i64>();
     let subscription = bus

@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_kafka::{Message, OffsetReset, Record, SubscribeOptions};
+use bus_kafka::{Message, Record, SubscribeOptions, subscription::OffsetReset};
 use bus_tests::wait_for;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -80,8 +80,7 @@ async fn consume(reset: OffsetReset) -> Vec<(i64, String)> {
     .await;
     subscription.unsubscribe(Duration::from_secs(5)).await.expect("unsubscribed");
     bus.shutdown(Duration::from_secs(5)).await.expect("clean shutdown");
-    let seen = seen.lock().unwrap().clone();
-    seen
+    seen.lock().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

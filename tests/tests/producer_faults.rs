@@ -12,9 +12,9 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-use bus_kafka::Health;
 use bus_kafka::KafkaConfig;
-use bus_kafka::{PublishError, Record};
+use bus_kafka::health::Health;
+use bus_kafka::{Record, errors::PublishError};
 use producer_support::OwnBroker;
 use tokio::time::Instant;
 
@@ -36,7 +36,7 @@ async fn broker_down_fails_within_the_delivery_timeout_and_recovers_without_rebu
     let config = config(&broker);
     let delivery_timeout = config.producer.delivery_timeout;
     let topic = bus_tests::unique("producer-down");
-    bus_kafka::admin(config.clone()).await.unwrap().ensure_topic(&topic, 3).await.unwrap();
+    bus_kafka::admin::connect(config.clone()).await.unwrap().ensure_topic(&topic, 3).await.unwrap();
     let bus = bus_kafka::connect(config).await.unwrap();
     let first = bus.publish(Record::new(topic.as_str(), "before").with_key("k")).await.unwrap();
     assert_eq!(bus.health(), Health::Ready);
@@ -88,7 +88,7 @@ async fn a_full_buffer_makes_publish_wait_then_buffer_full_and_close_wakes_waite
     config.producer.delivery_timeout = Duration::from_secs(60);
     let publish_timeout = config.producer.publish_timeout;
     let topic = bus_tests::unique("producer-backpressure");
-    bus_kafka::admin(config.clone()).await.unwrap().ensure_topic(&topic, 3).await.unwrap();
+    bus_kafka::admin::connect(config.clone()).await.unwrap().ensure_topic(&topic, 3).await.unwrap();
     let bus = bus_kafka::connect(config).await.unwrap();
     bus.publish(Record::new(topic.as_str(), "warm-up")).await.unwrap();
     broker.stop();

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus_kafka::{Admin, KafkaConfig, Record};
+use bus_kafka::{KafkaConfig, Record, admin::Admin};
 use bus_tests::proxy::Proxy;
 use bus_tests::{OwnBroker, free_port, wait_for};
 use bytes::Bytes;
@@ -88,7 +88,12 @@ async fn run(idempotence: bool) -> (Readback, Faults) {
     config.producer.buffer_bytes = 4 * 1024 * 1024;
     config.producer.max_batch_bytes = 256 * 1024;
     let topic = bus_tests::unique(if idempotence { "idempotent" } else { "at-least-once" });
-    bus_kafka::admin(config.clone()).await.unwrap().ensure_topic(&topic, PARTITIONS).await.unwrap();
+    bus_kafka::admin::connect(config.clone())
+        .await
+        .unwrap()
+        .ensure_topic(&topic, PARTITIONS)
+        .await
+        .unwrap();
     let bus = bus_kafka::connect(config).await.unwrap();
 
     let acked = AtomicUsize::new(0);
@@ -96,7 +101,7 @@ async fn run(idempotence: bool) -> (Readback, Faults) {
     let started = Instant::now();
     let publishing = async {
         let mut pending = FuturesUnordered::new();
-        let settle = |result: Result<bus_kafka::Delivery, bus_kafka::PublishError>| {
+        let settle = |result: Result<bus_kafka::Delivery, bus_kafka::errors::PublishError>| {
             match result {
                 Ok(delivery) if delivery.offset < 0 => {
                     without_offset.fetch_add(1, Ordering::AcqRel);
@@ -266,7 +271,7 @@ async fn a_broker_that_forgot_the_producer_gets_the_records_under_a_new_epoch() 
     config.producer.delivery_timeout = Duration::from_secs(30);
     config.producer.retry_backoff = Duration::from_millis(50);
     let topic = bus_tests::unique("forgotten-producer");
-    let admin = bus_kafka::admin(config.clone()).await.unwrap();
+    let admin = bus_kafka::admin::connect(config.clone()).await.unwrap();
     admin.ensure_topic(&topic, 1).await.unwrap();
     let bus = bus_kafka::connect(config).await.unwrap();
     let publish = |i: usize| Record::new(topic.as_str(), value(i * KEYS)).with_key("key");

@@ -15,7 +15,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_producer_spreads_over_partitions_a_topic_gained() {
     let topic = bus_tests::unique("producer-grow");
-    let admin = bus_kafka::admin(bus_tests::config()).await.unwrap();
+    let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     admin.ensure_topic(&topic, 2).await.unwrap();
     let mut config = bus_tests::config();
     config.metadata.max_age = Duration::from_millis(300);

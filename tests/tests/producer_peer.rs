@@ -10,7 +10,7 @@ mod producer_support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bus_kafka::{Envelope, Partitioner, PublishError, Record};
+use bus_kafka::{Envelope, Partitioner, Record, errors::PublishError};
 use producer_support::peer;
 use serde_json::json;
 
@@ -36,7 +36,7 @@ fn envelope(n: usize) -> Envelope {
 
 async fn publish_and_compare(partitioner: Partitioner, librdkafka_partitioner: &str) {
     let topic = bus_tests::unique(&format!("producer-peer-{partitioner}"));
-    let admin = bus_kafka::admin(bus_tests::config()).await.unwrap();
+    let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     admin.ensure_topic(&topic, PARTITIONS).await.unwrap();
     let mut config = bus_tests::config();
     config.partitioner = partitioner;
@@ -178,7 +178,7 @@ async fn ten_thousand_envelopes_fnv1a_as_librdkafka_fnv1a() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_envelopes_never_reach_the_broker_and_explicit_partitions_are_honoured() {
     let topic = bus_tests::unique("producer-invalid");
-    let admin = bus_kafka::admin(bus_tests::config()).await.unwrap();
+    let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     admin.ensure_topic(&topic, PARTITIONS).await.unwrap();
     let bus = bus_kafka::connect(bus_tests::config()).await.unwrap();
 
@@ -223,7 +223,7 @@ async fn invalid_envelopes_never_reach_the_broker_and_explicit_partitions_are_ho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_codec_and_repeated_header_names_reach_librdkafka_as_sent() {
-    use bus_kafka::Compression;
+    use bus_kafka::config::Compression;
     for compression in [
         Compression::None,
         Compression::Gzip,
@@ -232,7 +232,12 @@ async fn every_codec_and_repeated_header_names_reach_librdkafka_as_sent() {
         Compression::Zstd,
     ] {
         let topic = bus_tests::unique("producer-codec");
-        bus_kafka::admin(bus_tests::config()).await.unwrap().ensure_topic(&topic, 1).await.unwrap();
+        bus_kafka::admin::connect(bus_tests::config())
+            .await
+            .unwrap()
+            .ensure_topic(&topic, 1)
+            .await
+            .unwrap();
         let mut config = bus_tests::config();
         config.producer.compression = compression;
         let bus = bus_kafka::connect(config).await.unwrap();
@@ -267,7 +272,12 @@ async fn every_codec_and_repeated_header_names_reach_librdkafka_as_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffer_bytes_come_back_after_acknowledgements_and_rejections() {
     let topic = bus_tests::unique("producer-buffer");
-    bus_kafka::admin(bus_tests::config()).await.unwrap().ensure_topic(&topic, 2).await.unwrap();
+    bus_kafka::admin::connect(bus_tests::config())
+        .await
+        .unwrap()
+        .ensure_topic(&topic, 2)
+        .await
+        .unwrap();
     let mut config = bus_tests::config();
     config.producer.buffer_bytes = 3_000_000;
     config.producer.publish_timeout = Duration::from_millis(200);
@@ -310,7 +320,7 @@ async fn unknown_topics_without_auto_creation_and_unkeyed_records_spread() {
     }
 
     let topic = bus_tests::unique("producer-unkeyed");
-    bus_kafka::admin(bus_tests::config())
+    bus_kafka::admin::connect(bus_tests::config())
         .await
         .unwrap()
         .ensure_topic(&topic, PARTITIONS)

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_kafka::{IsolationLevel, KafkaConfig, Message, SubscribeOptions};
+use bus_kafka::{KafkaConfig, Message, SubscribeOptions, config::IsolationLevel};
 use bus_tests::scripted::{BatchKind, Log, Script, ScriptedBroker};
 use bus_tests::{run_peer, wait_for};
 use kafka_protocol::records::Compression;
@@ -168,7 +168,12 @@ async fn the_bus_delivers_exactly_what_librdkafka_delivers_under_each_isolation_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_cluster_aborted_transactions_of_librdkafkas_producer_are_never_delivered() {
     let topic = bus_tests::unique("read-committed");
-    bus_kafka::admin(bus_tests::config()).await.unwrap().ensure_topic(&topic, 3).await.unwrap();
+    bus_kafka::admin::connect(bus_tests::config())
+        .await
+        .unwrap()
+        .ensure_topic(&topic, 3)
+        .await
+        .unwrap();
     let bootstrap = bus_tests::bootstrap();
     let written = run_peer(
         "isolation_peer.py",

@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bus_kafka::{
-    HandlerError, Health, KafkaConfig, KafkaError, Message, OAuthBearerToken, Record,
-    SaslMechanism, SecurityConfig, SecurityProtocol, SubscribeOptions, TlsConfig, TokenProvider,
+    HandlerError, KafkaConfig, KafkaError, Message, Record, SubscribeOptions, health::Health,
+    security::OAuthBearerToken, security::SaslMechanism, security::SecurityConfig,
+    security::SecurityProtocol, security::TlsConfig, security::TokenProvider,
 };
 use bus_tests::{Certificates, OwnSecureBroker, capture_logs, secure_config, secured};
 use tokio::sync::mpsc;
@@ -104,7 +105,7 @@ async fn confluent_kafka_reads_and_writes_over_sasl_ssl_with_the_same_credential
         // The peer writes (one probe record per key), the bus reads.
         let keys: Vec<String> = (0..10).map(|n| format!("peer-key-{n}")).collect();
         let topic = bus_tests::unique("secure-peer-write");
-        bus_kafka::admin(secure_config(mechanism))
+        bus_kafka::admin::connect(secure_config(mechanism))
             .await
             .unwrap()
             .ensure_topic(&topic, 3)
@@ -332,7 +333,7 @@ fn unsigned_token(subject: &str, expires_in: f64) -> String {
 
 fn oauth_config(provider: TokenProvider) -> KafkaConfig {
     let mut config = secure_config(SaslMechanism::ScramSha512);
-    config.security.sasl = bus_kafka::SaslConfig {
+    config.security.sasl = bus_kafka::security::SaslConfig {
         mechanism: Some(SaslMechanism::OAuthBearer),
         token_provider: Some(provider),
         ..Default::default()

@@ -16,8 +16,8 @@ use std::time::Duration;
 use bus_core::fault;
 use bus_kafka::supervisor::{Action, SupervisionEvent};
 use bus_kafka::{
-    EventBus, GroupState, Health, KafkaConfig, Message, PublishError, Record, SubscribeOptions,
-    Subscription,
+    EventBus, KafkaConfig, Message, Record, SubscribeOptions, Subscription, errors::PublishError,
+    health::GroupState, health::Health,
 };
 use rskafka::client::ClientBuilder;
 use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
@@ -126,7 +126,12 @@ async fn all_handled(seen: &Arc<Mutex<Vec<String>>>, count: usize) {
 
 async fn kafka_bus(topic: &str, partitions: i32) -> EventBus {
     let config = config();
-    bus_kafka::admin(config.clone()).await.unwrap().ensure_topic(topic, partitions).await.unwrap();
+    bus_kafka::admin::connect(config.clone())
+        .await
+        .unwrap()
+        .ensure_topic(topic, partitions)
+        .await
+        .unwrap();
     bus_kafka::connect(config).await.unwrap()
 }
 
@@ -255,7 +260,7 @@ async fn a_fetch_loop_panicking_again_and_again_fails_its_subscription_and_the_r
     let other_topic = bus_tests::unique("heal-bystander");
     let group = bus_tests::unique("heal-group");
     let bus = kafka_bus(&topic, 1).await;
-    bus_kafka::admin(config()).await.unwrap().ensure_topic(&other_topic, 1).await.unwrap();
+    bus_kafka::admin::connect(config()).await.unwrap().ensure_topic(&other_topic, 1).await.unwrap();
     let (failing, _) = recording(&bus, &topic, &group).await;
     let (bystander, bystander_seen) = recording(&bus, &other_topic, &group).await;
     publish_range(&bus, &other_topic, 0, 50).await;

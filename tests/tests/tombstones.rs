@@ -15,7 +15,7 @@ mod producer_support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_kafka::{Message, Record, StartPosition, SubscribeOptions};
+use bus_kafka::{Message, Record, SubscribeOptions, subscription::StartPosition};
 use bytes::Bytes;
 use producer_support::peer;
 

@@ -5,7 +5,7 @@
 //! Owns: `run`. A problem found exits with `Exit::Partial`; no broker answering (or a refused
 //! authentication) with `Exit::Unreachable`, within the request timeout.
 
-use bus_kafka::{ApiSupport, KafkaConfig};
+use bus_kafka::{KafkaConfig, admin::ApiSupport};
 use serde::Serialize;
 
 use crate::output::Output;
@@ -18,7 +18,7 @@ struct Report {
     sasl: Option<String>,
     authenticated: bool,
     controller: Option<i32>,
-    brokers: Vec<bus_kafka::BrokerDescription>,
+    brokers: Vec<bus_kafka::admin::BrokerDescription>,
     problems: Vec<String>,
 }
 
@@ -31,7 +31,7 @@ pub(crate) async fn run(config: KafkaConfig, out: &Output) -> Outcome {
         format!("{mechanism} as `{user}`")
     });
     let bootstrap = config.bootstrap.clone();
-    let admin = bus_kafka::admin(config).await.map_err(Failure::from)?;
+    let admin = bus_kafka::admin::connect(config).await.map_err(Failure::from)?;
     let cluster = admin.describe_cluster().await.map_err(Failure::from)?;
     let mut problems = Vec::new();
     for broker in &cluster.brokers {

@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bus_kafka::{Admin, KafkaConfig, Message, NewTopic, Record, dead_letter_headers as dlq};
+use bus_kafka::{
+    KafkaConfig, Message, Record, admin::Admin, admin::NewTopic, headers::dead_letter as dlq,
+};
 use clap::Subcommand;
 use serde::Serialize;
 

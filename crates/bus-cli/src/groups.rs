@@ -21,7 +21,7 @@ pub(crate) enum GroupsCommand {
 }
 
 pub(crate) async fn run(config: KafkaConfig, command: GroupsCommand, out: &Output) -> Outcome {
-    let admin = bus_kafka::admin(config).await.map_err(Failure::from)?;
+    let admin = bus_kafka::admin::connect(config).await.map_err(Failure::from)?;
     match command {
         GroupsCommand::List => {
             let groups = admin.list_groups().await?;

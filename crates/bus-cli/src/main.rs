@@ -108,10 +108,10 @@ impl From<bus_kafka::KafkaError> for Failure {
     }
 }
 
-impl From<bus_kafka::AdminError> for Failure {
-    fn from(error: bus_kafka::AdminError) -> Self {
+impl From<bus_kafka::admin::AdminError> for Failure {
+    fn from(error: bus_kafka::admin::AdminError) -> Self {
         let exit = match &error {
-            bus_kafka::AdminError::Unavailable { .. } => Exit::Unreachable,
+            bus_kafka::admin::AdminError::Unavailable { .. } => Exit::Unreachable,
             // UNKNOWN_TOPIC_OR_PARTITION, GROUP_ID_NOT_FOUND.
             _ if matches!(error.code(), Some(3 | 69)) => Exit::NotFound,
             _ => Exit::Failed,

@@ -205,7 +205,7 @@ fn settle(
     summary: &mut Summary,
     progress: &ProgressBar,
     line: usize,
-    outcome: Result<bus_kafka::Delivery, bus_kafka::PublishError>,
+    outcome: Result<bus_kafka::Delivery, bus_kafka::errors::PublishError>,
 ) {
     match outcome {
         Ok(_) => {

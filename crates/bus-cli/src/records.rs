@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::backend::StartAt;
-use bus_kafka::{Admin, Envelope, Message, TopicPartition};
+use bus_kafka::StartAt;
+use bus_kafka::{Envelope, Message, TopicPartition, admin::Admin};
 use serde::Serialize;
 use tokio::time::Instant;
 

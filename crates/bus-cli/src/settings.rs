@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bus_kafka::{KafkaConfig, SaslMechanism, SecurityProtocol};
+use bus_kafka::{KafkaConfig, security::SaslMechanism, security::SecurityProtocol};
 use clap::Args;
 
 use crate::{Exit, Failure};

@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::backend::StartAt;
-use bus_kafka::{KafkaConfig, PartitionCursor, TopicPartition};
+use bus_kafka::StartAt;
+use bus_kafka::{KafkaConfig, TopicPartition, admin::PartitionCursor};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
@@ -61,7 +61,7 @@ pub(crate) struct TailArgs {
 }
 
 /// What one partition's stream yields.
-type Step = Result<Vec<bus_kafka::Message>, bus_kafka::AdminError>;
+type Step = Result<Vec<bus_kafka::Message>, bus_kafka::admin::AdminError>;
 
 /// One partition read from its start until `end` (when set).
 fn partition_stream(cursor: PartitionCursor, end: Option<i64>) -> BoxStream<'static, Step> {
@@ -100,7 +100,7 @@ async fn tail(bus: &bus_kafka::EventBus, args: &TailArgs, out: &Output) -> Outco
     let start = match (args.beginning, args.offset, args.timestamp) {
         (true, _, _) => StartAt::Earliest,
         (_, Some(offset), _) => StartAt::Offset(offset),
-        (_, _, Some(time)) => StartAt::Timestamp(time.timestamp_millis()),
+        (_, _, Some(time)) => StartAt::Timestamp(time),
         _ => StartAt::Latest,
     };
     let mut streams = Vec::new();

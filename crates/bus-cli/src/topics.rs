@@ -5,7 +5,7 @@
 
 use std::io::IsTerminal;
 
-use bus_kafka::{KafkaConfig, NewTopic};
+use bus_kafka::{KafkaConfig, admin::NewTopic};
 use clap::Subcommand;
 
 use crate::output::Output;
@@ -68,7 +68,7 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 }
 
 pub(crate) async fn run(config: KafkaConfig, command: TopicsCommand, out: &Output) -> Outcome {
-    let admin = bus_kafka::admin(config).await.map_err(Failure::from)?;
+    let admin = bus_kafka::admin::connect(config).await.map_err(Failure::from)?;
     match command {
         TopicsCommand::List { internal } => {
             let topics: Vec<_> = admin

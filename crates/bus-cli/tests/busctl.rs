@@ -202,7 +202,7 @@ async fn dead_letters_are_listed_replayed_once_and_handled() {
     let (f, h) = (fixed.clone(), handled.clone());
     let options = SubscribeOptions::new(bus_tests::unique("busctl-dlq-group"))
         .with_commit_interval(Duration::from_millis(100))
-        .with_retry(bus_kafka::RetryPolicy {
+        .with_retry(bus_kafka::subscription::RetryPolicy {
             max_attempts: 2,
             initial_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(10),

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bus_core::SubscribeOptions;
-use bus_core::backend::dispatch::{DispatchConfig, KeyedDispatch, ProcessFn, Processed};
+use bus_core::dispatch::{DispatchConfig, KeyedDispatch, ProcessFn, Processed};
 use bus_core::{Headers, Message};
 use bus_supervisor::Supervisor;
 use bytes::Bytes;

@@ -1,6 +1,6 @@
 //! Administration: create a compacted topic with its configuration, describe it, let a group
 //! consume part of it, and show the group's members and lag; then grow and delete the topic.
-//! The same calls work on Kafka (`bus_kafka::admin(config)`, or `bus.admin()` on a Kafka bus);
+//! The same calls work on Kafka (`bus_kafka::admin::connect(config)`, or `bus.admin()` on a Kafka bus);
 //! this example runs in memory, with no set-up:
 //!
 //! ```sh
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus_core::{EventBus, HandlerError, Message, NewTopic, Record, SubscribeOptions};
+use bus_core::{EventBus, HandlerError, Message, Record, SubscribeOptions, admin::NewTopic};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -2,13 +2,13 @@
 //! do not need anything here; they use the crate's front page.
 //!
 //! Owns: the traits [`Backend`], [`GroupMember`], [`PartitionReader`], [`AdminBackend`] and the
-//! types that cross them ([`JoinRequest`], [`MemberEvent`], [`Revocation`], [`StartAt`],
-//! [`FlushReport`], [`GroupError`], [`ReadError`], [`UnreadableBatch`]); [`supervisor`] and
-//! [`bus`], which assemble an [`EventBus`] on a backend. It
-//! also re-exports what a backend calls: the delivery channel ([`delivery_channel`],
-//! [`DeliverySender`]) and the partitioning helpers ([`UnkeyedSpreader`], [`PartitionError`]);
-//! and, for backends with a consumer loop of their own and for benchmarks, the consumer
-//! runtime's [`dispatch`] and [`commit`] tracking.
+//! types that cross them ([`JoinRequest`], [`MemberEvent`], [`Revocation`], [`FlushReport`],
+//! [`GroupError`], [`ReadError`], [`UnreadableBatch`]). Where a reader starts is the front
+//! page's [`StartAt`]. It also re-exports what a backend calls: [`BoxFuture`],
+//! the delivery channel ([`delivery_channel`], [`DeliverySender`]) and the partitioning helpers
+//! ([`UnkeyedSpreader`], [`PartitionError`]). An [`EventBus`](crate::EventBus) is assembled on a
+//! backend by [`EventBus::backend_supervisor`](crate::EventBus::backend_supervisor) and
+//! [`EventBus::on_backend`](crate::EventBus::on_backend).
 //!
 //! What is shared by every backend (keyed dispatch, retries, dead letters, offset tracking,
 //! commit scheduling, the shutdown order) lives once in the bus's consumer runtime; a backend
@@ -44,87 +44,25 @@
 //!   [`UnreadableBatch`] until [`PartitionReader::seek`] moves it past: a partition is never
 //!   skipped by a backend on its own, and never stuck without the runtime knowing why.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use bus_supervisor::{Scope, Supervisor};
+use bus_supervisor::Scope;
 use tokio::sync::oneshot;
 
 pub use crate::delivery::{DeliverySender, delivery_channel};
+pub use crate::future::BoxFuture;
 pub use crate::partition::{PartitionError, UnkeyedSpreader};
 
-/// The keyed dispatch the consumer runtime runs handlers on (per-key FIFO, cross-key
-/// parallelism, bounded in flight, drain with abandonment): public for a backend that runs a
-/// consumer loop of its own, and for benchmarks. Its source lives beside the consumer runtime
-/// (`src/dispatch/`).
-pub mod dispatch {
-    pub use crate::dispatch::*;
-}
-
-/// Per-partition commit tracking (the contiguous completed prefix): public for the same
-/// readers as [`dispatch`].
-pub mod commit {
-    pub use crate::commit::*;
-}
-
-use crate::admin::{
-    AdminError, ClusterDescription, GroupDescription, GroupListing, NewTopic, TopicDescription,
-    TopicListing,
+use crate::admin::descriptions::{
+    ClusterDescription, GroupDescription, GroupListing, NewTopic, TopicDescription, TopicListing,
 };
-use crate::bus::EventBus;
+use crate::admin::error::AdminError;
 use crate::delivery::DeliveryFuture;
 use crate::error::{PublishError, SubscribeError};
-use crate::health::Health;
-use crate::options::OffsetReset;
-// Crate-internal only: the public path of these is the crate root.
-pub(crate) use crate::record::TopicPartition;
-use crate::record::{Message, Record};
+use crate::health::{Health, ProducerPartitionStatus};
+use crate::record::{Message, Record, TopicPartition};
+use crate::start::{OffsetReset, StartAt};
 use crate::topics::Topics;
-
-/// How often a bus's supervisor wakes the runtime (see [`supervisor`]).
-const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// A new supervisor for a bus: root scope `bus`, with the runtime watchdog on, because a bus
-/// runs foreign code (handlers) that might block its thread. A backend creates its scopes under
-/// `supervisor.root()` and hands the supervisor to [`bus`].
-pub fn supervisor() -> Supervisor {
-    Supervisor::builder("bus").runtime_watchdog(WATCHDOG_INTERVAL).build()
-}
-
-/// An event bus on `backend`. The backend's tasks must live in `supervisor`'s tree (made by
-/// [`supervisor`], their scopes created under its root); the bus takes ownership of the
-/// supervisor, and its subscriptions live under `bus/consumer`.
-pub fn bus(supervisor: Supervisor, backend: Arc<dyn Backend>) -> EventBus {
-    EventBus::assemble(supervisor, backend, None)
-}
-
-/// A boxed, sendable future: what the backend traits return, so that they can be used as trait
-/// objects.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Where a reader starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartAt {
-    /// At this offset (the committed position).
-    Offset(i64),
-    /// At the oldest record stored.
-    Earliest,
-    /// After the newest record stored.
-    Latest,
-    /// At the first record whose timestamp is at or after this time (milliseconds since the
-    /// Unix epoch, Kafka's ListOffsets by time); after the newest record when there is none.
-    Timestamp(i64),
-}
-
-impl From<OffsetReset> for StartAt {
-    fn from(reset: OffsetReset) -> Self {
-        match reset {
-            OffsetReset::Earliest => StartAt::Earliest,
-            OffsetReset::Latest => StartAt::Latest,
-        }
-    }
-}
 
 /// A request to join a consumer group.
 #[derive(Debug, Clone)]
@@ -299,11 +237,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The backend's health.
     fn health(&self) -> Health;
 
-    /// The backend's topic and group administration ([`EventBus::admin`]).
+    /// The backend's topic and group administration
+    /// ([`EventBus::admin`](crate::EventBus::admin)).
     fn admin(&self) -> Arc<dyn AdminBackend>;
     /// The state of each partition its producer writes to, for the bus's
-    /// [`HealthReport`](crate::HealthReport) (none by default).
-    fn producer_partitions(&self) -> Vec<crate::ProducerPartitionStatus> {
+    /// [`HealthReport`](crate::health::HealthReport) (none by default).
+    fn producer_partitions(&self) -> Vec<ProducerPartitionStatus> {
         Vec::new()
     }
 }
@@ -374,7 +313,7 @@ pub trait PartitionReader: Send {
     }
 }
 
-/// A backend's topic and group administration, behind [`Admin`](crate::Admin): what
+/// A backend's topic and group administration, behind [`Admin`](crate::admin::Admin): what
 /// [`Backend::admin`] returns, and what a backend can offer without a bus (Kafka's
 /// `bus_kafka::admin`). Errors name the topic or group and carry Kafka's error code where
 /// there is one (see [`AdminError`]).

@@ -24,19 +24,30 @@ use bus_supervisor::{
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use crate::admin::AdminError;
-use crate::backend::Backend;
+use crate::admin::Admin;
+use crate::admin::descriptions::{
+    ClusterDescription, GroupDescription, GroupListing, NewTopic, TopicDescription, TopicListing,
+};
+use crate::admin::error::AdminError;
+use crate::backend::{
+    AdminBackend, Backend, FlushReport, GroupMember, JoinRequest, PartitionReader,
+};
 use crate::consumer::{self, Registry, Subscription, SubscriptionReport};
 use crate::delivery::{Delivery, DeliveryFuture};
 use crate::envelope::Envelope;
 use crate::error::{ConfigError, PublishError, SubscribeError};
+use crate::future::BoxFuture;
 use crate::handler::{EnvelopeHandler, Handler};
 use crate::health::{Health, HealthReport, SubscriptionStatus};
 use crate::memory::{MemoryBackend, MemoryConfig};
 use crate::metrics::{Gauges, Metrics, MetricsSnapshot};
 use crate::options::SubscribeOptions;
 use crate::record::{Record, TopicPartition};
+use crate::start::StartAt;
 use crate::topics::Topics;
+
+/// How often a bus's supervisor wakes the runtime (see [`EventBus::backend_supervisor`]).
+const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The event bus. Cheap to clone; all clones are the same bus.
 ///
@@ -98,7 +109,7 @@ impl EventBus {
     /// A bus on the in-memory backend with its default configuration. Call it inside a tokio
     /// runtime (with timers enabled).
     pub fn in_memory() -> EventBus {
-        let supervisor = crate::backend::supervisor();
+        let supervisor = EventBus::backend_supervisor();
         match MemoryBackend::new(supervisor.root().child("memory"), MemoryConfig::default()) {
             Ok(backend) => Self::assemble(supervisor, backend.clone(), Some(backend)),
             // The default configuration is valid; this arm exists so that nothing can panic.
@@ -112,13 +123,29 @@ impl EventBus {
     ///
     /// A [`ConfigError`] naming the field out of range.
     pub fn in_memory_with(config: MemoryConfig) -> Result<EventBus, ConfigError> {
-        let supervisor = crate::backend::supervisor();
+        let supervisor = EventBus::backend_supervisor();
         let backend = MemoryBackend::new(supervisor.root().child("memory"), config)?;
         Ok(Self::assemble(supervisor, backend.clone(), Some(backend)))
     }
 
-    /// The bus on `backend`, owning `supervisor` (see [`crate::backend::bus`]).
-    pub(crate) fn assemble(
+    /// A new supervisor for a bus on a backend of its own (for backend authors): root scope
+    /// `bus`, with the runtime watchdog on, because a bus runs foreign code (handlers) that
+    /// might block its thread. The backend creates its scopes under `supervisor.root()` and
+    /// hands the supervisor to [`EventBus::on_backend`].
+    pub fn backend_supervisor() -> Supervisor {
+        Supervisor::builder("bus").runtime_watchdog(WATCHDOG_INTERVAL).build()
+    }
+
+    /// An event bus on `backend` (for backend authors; see [`backend`](crate::backend)). The
+    /// backend's tasks must live in `supervisor`'s tree (made by
+    /// [`EventBus::backend_supervisor`], their scopes created under its root); the bus takes
+    /// ownership of the supervisor, and its subscriptions live under `bus/consumer`.
+    pub fn on_backend(supervisor: Supervisor, backend: Arc<dyn Backend>) -> EventBus {
+        EventBus::assemble(supervisor, backend, None)
+    }
+
+    /// The bus on `backend`, owning `supervisor` (see [`EventBus::on_backend`]).
+    fn assemble(
         supervisor: Supervisor,
         backend: Arc<dyn Backend>,
         memory: Option<Arc<MemoryBackend>>,
@@ -152,8 +179,8 @@ impl EventBus {
 
     /// Topic and group administration on the bus's backend (create, describe and delete
     /// topics, add partitions, list and describe groups with their lag).
-    pub fn admin(&self) -> crate::admin::Admin {
-        crate::admin::Admin::new(self.inner.backend.admin())
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.inner.backend.admin())
     }
 
     /// The in-memory backend, when the bus runs on it (to create topics and inspect offsets).
@@ -407,26 +434,19 @@ impl Backend for Unavailable {
         "unavailable"
     }
 
-    fn send(
-        &self,
-        _record: Record,
-    ) -> crate::backend::BoxFuture<'_, Result<DeliveryFuture, PublishError>> {
+    fn send(&self, _record: Record) -> BoxFuture<'_, Result<DeliveryFuture, PublishError>> {
         Box::pin(async { Err(PublishError::Closed) })
     }
 
     fn join(
         &self,
-        _request: crate::backend::JoinRequest,
-    ) -> crate::backend::BoxFuture<'_, Result<Box<dyn crate::backend::GroupMember>, SubscribeError>>
-    {
+        _request: JoinRequest,
+    ) -> BoxFuture<'_, Result<Box<dyn GroupMember>, SubscribeError>> {
         Box::pin(async { Err(SubscribeError::Closed) })
     }
 
-    fn flush(
-        &self,
-        _deadline: Instant,
-    ) -> crate::backend::BoxFuture<'_, crate::backend::FlushReport> {
-        Box::pin(async { crate::backend::FlushReport::default() })
+    fn flush(&self, _deadline: Instant) -> BoxFuture<'_, FlushReport> {
+        Box::pin(async { FlushReport::default() })
     }
 
     fn close(&self) {}
@@ -435,48 +455,42 @@ impl Backend for Unavailable {
         Health::Closed
     }
 
-    fn admin(&self) -> Arc<dyn crate::backend::AdminBackend> {
+    fn admin(&self) -> Arc<dyn AdminBackend> {
         Arc::new(Unavailable)
     }
 }
 
 /// Every administrative request fails on the backend that refuses everything.
-fn unavailable<'a, T: Send + 'a>() -> crate::backend::BoxFuture<'a, Result<T, AdminError>> {
+fn unavailable<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, AdminError>> {
     Box::pin(async {
         Err(AdminError::Unavailable { reason: "the bus has no usable backend".into() })
     })
 }
 
-impl crate::backend::AdminBackend for Unavailable {
+impl AdminBackend for Unavailable {
     fn name(&self) -> &'static str {
         "unavailable"
     }
 
-    fn create_topic<'a>(
-        &'a self,
-        _topic: &'a crate::admin::NewTopic,
-    ) -> crate::backend::BoxFuture<'a, Result<(), AdminError>> {
+    fn create_topic<'a>(&'a self, _topic: &'a NewTopic) -> BoxFuture<'a, Result<(), AdminError>> {
         unavailable()
     }
 
     fn list_topics<'a>(
         &'a self,
         _topics: Option<&'a [String]>,
-    ) -> crate::backend::BoxFuture<'a, Result<Vec<crate::admin::TopicListing>, AdminError>> {
+    ) -> BoxFuture<'a, Result<Vec<TopicListing>, AdminError>> {
         unavailable()
     }
 
     fn describe_topic<'a>(
         &'a self,
         _topic: &'a str,
-    ) -> crate::backend::BoxFuture<'a, Result<crate::admin::TopicDescription, AdminError>> {
+    ) -> BoxFuture<'a, Result<TopicDescription, AdminError>> {
         unavailable()
     }
 
-    fn delete_topic<'a>(
-        &'a self,
-        _topic: &'a str,
-    ) -> crate::backend::BoxFuture<'a, Result<(), AdminError>> {
+    fn delete_topic<'a>(&'a self, _topic: &'a str) -> BoxFuture<'a, Result<(), AdminError>> {
         unavailable()
     }
 
@@ -484,35 +498,30 @@ impl crate::backend::AdminBackend for Unavailable {
         &'a self,
         _topic: &'a str,
         _total: i32,
-    ) -> crate::backend::BoxFuture<'a, Result<(), AdminError>> {
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
         unavailable()
     }
 
-    fn list_groups(
-        &self,
-    ) -> crate::backend::BoxFuture<'_, Result<Vec<crate::admin::GroupListing>, AdminError>> {
+    fn list_groups(&self) -> BoxFuture<'_, Result<Vec<GroupListing>, AdminError>> {
         unavailable()
     }
 
     fn describe_group<'a>(
         &'a self,
         _group: &'a str,
-    ) -> crate::backend::BoxFuture<'a, Result<crate::admin::GroupDescription, AdminError>> {
+    ) -> BoxFuture<'a, Result<GroupDescription, AdminError>> {
         unavailable()
     }
 
-    fn describe_cluster(
-        &self,
-    ) -> crate::backend::BoxFuture<'_, Result<crate::admin::ClusterDescription, AdminError>> {
+    fn describe_cluster(&self) -> BoxFuture<'_, Result<ClusterDescription, AdminError>> {
         unavailable()
     }
 
     fn read<'a>(
         &'a self,
         _partition: &'a TopicPartition,
-        _start: crate::backend::StartAt,
-    ) -> crate::backend::BoxFuture<'a, Result<Box<dyn crate::backend::PartitionReader>, AdminError>>
-    {
+        _start: StartAt,
+    ) -> BoxFuture<'a, Result<Box<dyn PartitionReader>, AdminError>> {
         unavailable()
     }
 }

@@ -25,7 +25,7 @@ const MIN_TOMBSTONES: usize = 64;
 /// yields the contiguous finished prefix: the position to commit.
 ///
 /// ```
-/// use bus_core::backend::commit::CommitTracker;
+/// use bus_core::commit::CommitTracker;
 ///
 /// let mut tracker = CommitTracker::new();
 /// assert_eq!(tracker.committable(), None);

@@ -47,7 +47,7 @@ pub use payload::Payload;
 pub use timestamp::{Timestamp, TimestampError};
 
 /// The header names of an envelope's record (set by [`Envelope::to_record`]), and those
-/// [`aggregate_id_of`] reads. Public as `bus_core::envelope_headers`.
+/// [`aggregate_id_of`] reads. Public as `bus_core::headers::envelope`.
 pub mod headers {
     /// Header carrying the aggregate id.
     pub const AGGREGATE_ID: &str = "X-Aggregate-ID";

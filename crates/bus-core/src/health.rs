@@ -3,7 +3,8 @@
 //! Owns: [`Health`] (the roll-up: ready, degraded, unhealthy, closed, with reasons),
 //! [`HealthReport`] (the roll-up with each subscription's [`SubscriptionStatus`] and each
 //! producer partition's [`ProducerPartitionStatus`]), [`GroupState`], [`PartitionStatus`] and
-//! [`PartitionFailure`]. A backend reports its own health and its producer partitions; the bus
+//! [`PartitionFailure`]; the metrics' [`MetricsSnapshot`] is public here too (it is defined
+//! beside the counters, in `metrics`). A backend reports its own health and its producer partitions; the bus
 //! adds its subscriptions and rolls up (see `EventBus::health_report`): `Closed` once shutdown
 //! began; `Unhealthy` while a subscription or the producer has failed for good (fenced,
 //! committed offsets unreadable, a task past its restart intensity); `Degraded` while something
@@ -13,6 +14,7 @@
 
 use std::time::Duration;
 
+pub use crate::metrics::MetricsSnapshot;
 use crate::record::TopicPartition;
 
 /// The bus's (or a backend's) state as a readiness check sees it.

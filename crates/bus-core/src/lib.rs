@@ -2,35 +2,30 @@
 //! delivery, retries and dead letters, on any backend, with every task in a supervised tree.
 //!
 //! This crate is the in-memory bus (the embedded default, no broker needed) and everything the
-//! backends share; a Kafka service uses `bus-kafka`, which re-exports the same front page.
+//! backends share; a Kafka service uses `bus-kafka`, which re-exports this front page whole.
 //!
 //! # The front page
 //!
-//! - **The bus:** [`EventBus`], [`Health`] and its [`HealthReport`] ([`SubscriptionStatus`],
-//!   [`GroupState`], [`PartitionStatus`], [`ProducerPartitionStatus`], [`ProducerState`]),
-//!   [`PartitionFailure`], [`MetricsSnapshot`],
-//!   [`ShutdownReport`], [`ShutdownError`].
-//! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
-//!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
-//! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
-//!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`StartPosition`] (with [`PartitionOffset`]), [`CommitMode`], [`UnreadableBatches`],
-//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
-//! - **Controlling a running subscription:** [`ConsumerControl`] (seek with [`SeekTo`], pause
-//!   and resume, commit by hand with its [`CommitReport`]), [`ControlError`].
-//! - **Administration:** [`Admin`] ([`EventBus::admin`]) with [`NewTopic`], [`TopicListing`],
-//!   [`TopicDescription`] ([`PartitionDescription`], [`ConfigEntry`]), [`GroupListing`],
-//!   [`GroupDescription`] ([`MemberDescription`], [`PartitionLag`]), [`ClusterDescription`]
-//!   ([`BrokerDescription`], [`ApiSupport`]), [`PartitionCursor`], [`AdminError`].
-//! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
-//!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
-//! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`].
+//! - **The bus:** [`EventBus`] and its [`ShutdownReport`].
+//! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]), [`Delivery`],
+//!   [`DeliveryFuture`], [`Partitioner`].
+//! - **Consuming:** [`Message`], [`Headers`] ([`Header`]), [`TopicPartition`], [`Topics`],
+//!   [`Handler`], [`EnvelopeHandler`], [`HandlerError`], [`SubscribeOptions`],
+//!   [`Subscription`], [`ConsumerControl`], [`StartAt`] (where reading starts: a seek, a
+//!   read without a group), [`aggregate_id_of`].
 //!
-//! Modules for other readers: [`memory`] (the in-memory backend's configuration and inspection,
-//! for tests), [`supervisor`] (the task tree: snapshots, leak guards, the scope-level shutdown
-//! report), [`backend`] (the interface a new transport implements), `conformance` (feature
-//! `conformance`: the behavioural suite every backend runs), [`fault`] (fault points; arming
-//! them only with the `fault-injection` feature, for tests).
+//! The rest, grouped by what it holds: [`subscription`] (the options' parts, the reports of a
+//! subscription and of a manual commit), [`health`] (the health roll-up, its report and the
+//! metrics), [`admin`] (topic and group administration), [`errors`] (every other error),
+//! [`headers`] (the header names of envelopes and dead letters), [`supervisor`] (the task
+//! tree: snapshots, leak guards, the scope-level shutdown report), [`memory`] (the in-memory
+//! backend's configuration and inspection, for tests).
+//!
+//! For other readers: [`backend`] (the interface a new transport implements), [`dispatch`] and
+//! [`commit`] (the consumer runtime's keyed dispatch and commit tracking, for a backend with a
+//! consumer loop of its own and for benchmarks), `conformance` (feature `conformance`: the
+//! behavioural suite every backend runs), [`fault`] (fault points; arming them only with the
+//! `fault-injection` feature, for tests).
 //!
 //! # Example
 //!
@@ -61,56 +56,68 @@
 //! # }
 //! ```
 
-mod admin;
-pub mod backend;
 mod bus;
-mod commit;
-#[cfg(feature = "conformance")]
-pub mod conformance;
 mod consumer;
 mod delivery;
-mod dispatch;
 mod envelope;
 mod error;
-pub mod fault;
+mod future;
 mod handler;
-mod health;
-pub mod memory;
 mod metrics;
 mod options;
 mod partition;
 mod record;
+mod start;
 mod topics;
 
-pub use admin::{
-    Admin, AdminError, ApiSupport, BrokerDescription, ClusterDescription, ConfigEntry,
-    GroupDescription, GroupListing, MemberDescription, NewTopic, PartitionCursor,
-    PartitionDescription, PartitionLag, TopicDescription, TopicListing,
-};
-pub use bus::{EventBus, ShutdownError, ShutdownReport};
-pub use consumer::{
-    CommitReport, ConsumerControl, ControlError, SeekTo, Subscription, SubscriptionReport,
-    UnsubscribeError, UnsubscribeReport, dead_letter_headers,
-};
+pub mod admin;
+pub mod backend;
+pub mod commit;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod dispatch;
+pub mod fault;
+pub mod health;
+pub mod memory;
+
+pub use bus::{EventBus, ShutdownReport};
+pub use consumer::{ConsumerControl, Subscription};
 pub use delivery::{Delivery, DeliveryFuture};
-pub use envelope::headers as envelope_headers;
-pub use envelope::{
-    Envelope, EnvelopeError, JsonError, Payload, Timestamp, TimestampError, aggregate_id_of,
-};
-pub use error::{ConfigError, HandlerError, PublishError, SubscribeError};
+pub use envelope::{Envelope, Payload, Timestamp, aggregate_id_of};
+pub use error::HandlerError;
 pub use handler::{EnvelopeHandler, Handler};
-pub use health::{
-    GroupState, Health, HealthReport, PartitionFailure, PartitionStatus, ProducerPartitionStatus,
-    ProducerState, SubscriptionStatus,
-};
-pub use metrics::MetricsSnapshot;
-pub use options::{
-    CommitMode, OffsetReset, PartitionOffset, RetryPolicy, StartPosition, SubscribeOptions,
-    UnreadableBatches,
-};
+pub use options::SubscribeOptions;
 pub use partition::Partitioner;
 pub use record::{Header, Headers, Message, Record, TopicPartition};
+pub use start::StartAt;
 pub use topics::Topics;
+
+/// A subscription's parts: the options' policies ([`RetryPolicy`](subscription::RetryPolicy),
+/// [`CommitMode`](subscription::CommitMode),
+/// [`UnreadableBatches`](subscription::UnreadableBatches)), where it starts
+/// ([`StartPosition`](subscription::StartPosition) with
+/// [`PartitionOffset`](subscription::PartitionOffset),
+/// [`OffsetReset`](subscription::OffsetReset)), and its reports.
+pub mod subscription {
+    pub use crate::consumer::{CommitReport, SubscriptionReport, UnsubscribeReport};
+    pub use crate::options::{CommitMode, RetryPolicy, UnreadableBatches};
+    pub use crate::start::{OffsetReset, PartitionOffset, StartPosition};
+}
+
+/// The errors the front page's calls return, besides [`HandlerError`]
+/// (which handlers build) and the administration's [`AdminError`](crate::admin::AdminError).
+pub mod errors {
+    pub use crate::bus::ShutdownError;
+    pub use crate::consumer::{ControlError, UnsubscribeError};
+    pub use crate::envelope::{EnvelopeError, JsonError, TimestampError};
+    pub use crate::error::{ConfigError, PublishError, SubscribeError};
+}
+
+/// The header names the bus writes: an envelope's (`X-*`) and a dead letter's.
+pub mod headers {
+    pub use crate::consumer::dead_letter_headers as dead_letter;
+    pub use crate::envelope::headers as envelope;
+}
 
 /// The task supervisor the bus runs on (the `bus-supervisor` crate): [`EventBus::snapshot`]'s
 /// [`Snapshot`](supervisor::Snapshot), the [`ScopeShutdownReport`](supervisor::ScopeShutdownReport)

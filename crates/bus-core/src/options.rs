@@ -1,92 +1,20 @@
 //! Subscription options: consumer group (and static membership), concurrency, ordering,
 //! retries, dead letters.
 //!
-//! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`], [`UnreadableBatches`],
-//! [`StartPosition`] (with [`PartitionOffset`]) and [`CommitMode`]. Each is a serde type with
-//! defaults; [`SubscribeOptions::validate`] names the field that is out of range.
+//! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`UnreadableBatches`] and [`CommitMode`]. Each
+//! is a serde type with defaults; [`SubscribeOptions::validate`] names the field that is out of
+//! range. Where a subscription starts reading is the `start` module's.
 
 use std::time::Duration;
 
 use bus_supervisor::Backoff;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::StartAt;
 use crate::error::ConfigError;
+use crate::start::{OffsetReset, StartPosition};
 
 /// The longest group instance id accepted, in bytes (as long as a Kafka topic name may be).
 const MAX_GROUP_INSTANCE_ID: usize = 249;
-
-/// Where a group starts reading a partition it has no committed offset for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OffsetReset {
-    /// From the oldest record still stored.
-    #[default]
-    Earliest,
-    /// From the next record published.
-    Latest,
-}
-
-/// Where a subscription starts reading each partition the first time it is assigned one.
-///
-/// Applied once per partition per subscription: when the group later moves a partition away
-/// and back, or after a rejoin, it continues from its committed offset like any member. Other
-/// members of the group are not affected. Moving while running is
-/// [`ConsumerControl::seek`](crate::ConsumerControl::seek).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartPosition {
-    /// From the group's committed offset; without one, as `auto_offset_reset` says (the
-    /// default).
-    #[default]
-    Committed,
-    /// From the oldest record stored, whatever the group committed (a replay).
-    Earliest,
-    /// From the next record published, whatever the group committed (skipping the backlog).
-    Latest,
-    /// From the first record whose timestamp is at or after this time (Kafka's ListOffsets by
-    /// time); from the next record published when there is none.
-    Timestamp(DateTime<Utc>),
-    /// From these offsets, for the partitions listed; the others as `Committed`. An offset
-    /// beyond the partition's end (or below its start) moves as `auto_offset_reset` says.
-    Offsets(Vec<PartitionOffset>),
-}
-
-impl StartPosition {
-    /// Where `partition` starts on its first assignment, when not at its committed offset.
-    pub(crate) fn start_at(&self, partition: &crate::TopicPartition) -> Option<StartAt> {
-        match self {
-            StartPosition::Committed => None,
-            StartPosition::Earliest => Some(StartAt::Earliest),
-            StartPosition::Latest => Some(StartAt::Latest),
-            StartPosition::Timestamp(time) => Some(StartAt::Timestamp(time.timestamp_millis())),
-            StartPosition::Offsets(offsets) => offsets
-                .iter()
-                .find(|p| *p.topic == *partition.topic && p.partition == partition.partition)
-                .map(|p| StartAt::Offset(p.offset)),
-        }
-    }
-}
-
-/// An offset of one partition: where [`StartPosition::Offsets`] starts it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PartitionOffset {
-    /// The topic.
-    pub topic: String,
-    /// The partition.
-    pub partition: i32,
-    /// The next offset to read.
-    pub offset: i64,
-}
-
-impl PartitionOffset {
-    /// Partition `partition` of `topic` at `offset`.
-    pub fn new(topic: impl Into<String>, partition: i32, offset: i64) -> Self {
-        PartitionOffset { topic: topic.into(), partition, offset }
-    }
-}
 
 /// Who commits a subscription's offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

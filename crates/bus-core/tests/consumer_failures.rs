@@ -11,11 +11,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_core::backend::dispatch::{DispatchConfig, KeyedDispatch, ProcessFn, Processed};
+use bus_core::dispatch::{DispatchConfig, KeyedDispatch, ProcessFn, Processed};
 use bus_core::memory::MemoryConfig;
 use bus_core::{
-    EventBus, HandlerError, Headers, Health, Message, Record, RetryPolicy, SubscribeOptions,
-    TopicPartition, dead_letter_headers,
+    EventBus, HandlerError, Headers, Message, Record, SubscribeOptions, TopicPartition,
+    headers::dead_letter, health::Health, subscription::RetryPolicy,
 };
 use bus_supervisor::Supervisor;
 use bytes::Bytes;
@@ -87,7 +87,7 @@ async fn a_dead_letter_that_cannot_be_stored_is_retried_while_its_key_waits() {
     .await;
     let dead = memory.records("orders.dlq", 0).unwrap();
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].headers.get_str(dead_letter_headers::REASON), Some("handler-error"));
+    assert_eq!(dead[0].headers.get_str(dead_letter::REASON), Some("handler-error"));
     assert_eq!(bus.metrics().dead_lettered, 1);
     eventually("the health clear", || bus.health() == Health::Ready).await;
     bus.shutdown(Duration::from_secs(5)).await.unwrap();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bus_core::TopicPartition;
-use bus_core::backend::dispatch::{DispatchConfig, KeyedDispatch, ProcessFn, Processed};
+use bus_core::dispatch::{DispatchConfig, KeyedDispatch, ProcessFn, Processed};
 use bus_core::{Headers, Message};
 use bus_supervisor::{LeakGuard, Scope, Supervisor};
 use bytes::Bytes;

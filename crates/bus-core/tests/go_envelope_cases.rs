@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bus_core::aggregate_id_of;
-use bus_core::{Envelope, EnvelopeError, Timestamp};
+use bus_core::{Envelope, Timestamp, errors::EnvelopeError};
 use bus_core::{Headers, Message};
 use bytes::Bytes;
 use serde_json::Value;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bus_core::{EventBus, GroupState, Health, Message, Record, SubscribeOptions};
+use bus_core::{EventBus, Message, Record, SubscribeOptions, health::GroupState, health::Health};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use bus_core::backend::{
     Backend, FlushReport, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation,
-    StartAt,
 };
 use bus_core::memory::{MemoryBackend, MemoryConfig, TopicError};
 use bus_core::{
-    Health, Message, Partitioner, PublishError, Record, SubscribeError, TopicPartition,
+    Message, Partitioner, Record, StartAt, TopicPartition, errors::PublishError,
+    errors::SubscribeError, health::Health,
 };
 use bus_supervisor::Supervisor;
 use tokio::time::{Instant, timeout};
@@ -41,7 +41,7 @@ fn request(
         group_instance_id: None,
         scope: supervisor.root().child(format!("sub-{group}")),
         rebalance_timeout: rebalance,
-        auto_offset_reset: bus_core::OffsetReset::Earliest,
+        auto_offset_reset: bus_core::subscription::OffsetReset::Earliest,
     }
 }
 

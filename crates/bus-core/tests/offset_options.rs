@@ -3,7 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use bus_core::{CommitMode, PartitionOffset, StartPosition, SubscribeOptions};
+use bus_core::{
+    SubscribeOptions, subscription::CommitMode, subscription::PartitionOffset,
+    subscription::StartPosition,
+};
 
 #[test]
 fn start_positions_and_commit_mode_read_from_json() {

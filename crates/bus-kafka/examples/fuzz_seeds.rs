@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus_kafka::{Compression, Envelope, KafkaConfig, Message, Record, SubscribeOptions};
+use bus_kafka::{Envelope, KafkaConfig, Message, Record, SubscribeOptions, config::Compression};
 use bytes::Bytes;
 use kafka_protocol::messages::{FetchResponse, JoinGroupResponse, SyncGroupResponse};
 use kafka_protocol::protocol::{Decodable, HeaderVersion};

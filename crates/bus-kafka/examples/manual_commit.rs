@@ -14,7 +14,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bus_kafka::{
-    CommitMode, EventBus, KafkaConfig, Message, Record, SubscribeOptions, Subscription,
+    EventBus, KafkaConfig, Message, Record, SubscribeOptions, Subscription,
+    subscription::CommitMode,
 };
 use tokio::sync::mpsc;
 

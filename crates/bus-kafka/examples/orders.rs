@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus_kafka::{
-    Envelope, EventBus, HandlerError, KafkaConfig, Message, RetryPolicy, SubscribeOptions,
-    dead_letter_headers,
+    Envelope, EventBus, HandlerError, KafkaConfig, Message, SubscribeOptions, headers::dead_letter,
+    subscription::RetryPolicy,
 };
 use tokio::sync::mpsc;
 
@@ -90,10 +90,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 let header = |name| m.headers.get_str(name).unwrap_or("?").to_owned();
                 let line = format!(
                     "{}-{}@{}: {}",
-                    header(dead_letter_headers::SOURCE_TOPIC),
-                    header(dead_letter_headers::SOURCE_PARTITION),
-                    header(dead_letter_headers::SOURCE_OFFSET),
-                    header(dead_letter_headers::ERROR),
+                    header(dead_letter::SOURCE_TOPIC),
+                    header(dead_letter::SOURCE_PARTITION),
+                    header(dead_letter::SOURCE_OFFSET),
+                    header(dead_letter::ERROR),
                 );
                 dead.send(line).map_err(|_| HandlerError::new("shutting down"))?;
                 Ok(())

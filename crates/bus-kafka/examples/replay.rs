@@ -13,7 +13,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bus_kafka::{
-    EventBus, KafkaConfig, Message, PartitionOffset, Record, StartPosition, SubscribeOptions,
+    EventBus, KafkaConfig, Message, Record, SubscribeOptions, subscription::PartitionOffset,
+    subscription::StartPosition,
 };
 use chrono::{TimeDelta, Utc};
 use tokio::sync::mpsc;

@@ -11,7 +11,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bus_kafka::{KafkaConfig, Message, Record, SeekTo, SubscribeOptions, TopicPartition};
+use bus_kafka::{KafkaConfig, Message, Record, StartAt, SubscribeOptions, TopicPartition};
 use tokio::sync::mpsc;
 
 #[tokio::main]
@@ -60,7 +60,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // finish, and reading starts again there.
     let control = projection.control();
     let partition = TopicPartition::new(topic.as_str(), 0);
-    control.seek(&partition, SeekTo::Offset(2)).await?;
+    control.seek(&partition, StartAt::Offset(2)).await?;
     let again = next(&mut rx, 3).await?;
     println!("after seeking to offset 2: {again:?}");
     if again != [2, 3, 4] {
@@ -68,7 +68,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Skip to the end: only what is published from now on.
-    control.seek(&partition, SeekTo::Latest).await?;
+    control.seek(&partition, StartAt::Latest).await?;
     bus.publish(Record::new(&topic, "balance change 5").with_key("account-1").with_partition(0))
         .await?;
     let latest = next(&mut rx, 1).await?;

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bus_kafka::{KafkaConfig, Message, Record, StartPosition, SubscribeOptions};
+use bus_kafka::{KafkaConfig, Message, Record, SubscribeOptions, subscription::StartPosition};
 use tokio::sync::mpsc;
 
 #[tokio::main]

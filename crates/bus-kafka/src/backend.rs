@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bus_core::backend::{Backend, BoxFuture, FlushReport, GroupMember, JoinRequest};
-use bus_core::{DeliveryFuture, Health, PublishError, Record, SubscribeError};
+use bus_core::{
+    DeliveryFuture, Record, errors::PublishError, errors::SubscribeError, health::Health,
+};
 use bus_supervisor::Scope;
 
 use crate::client::KafkaClient;
@@ -72,7 +74,7 @@ impl Backend for KafkaBackend {
         self.producer.close();
     }
 
-    fn producer_partitions(&self) -> Vec<bus_core::ProducerPartitionStatus> {
+    fn producer_partitions(&self) -> Vec<bus_core::health::ProducerPartitionStatus> {
         self.producer.partitions()
     }
 

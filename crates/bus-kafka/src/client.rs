@@ -32,7 +32,7 @@ use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::config::KafkaConfig;
+use crate::config::kafka::KafkaConfig;
 use crate::connection::{Connection, RequestError, code_name};
 use crate::connector::Connector;
 use crate::error::KafkaError;

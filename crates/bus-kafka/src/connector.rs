@@ -24,14 +24,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::ConfigError;
+use bus_core::errors::ConfigError;
 use bus_supervisor::Backoff;
 use parking_lot::Mutex;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::KafkaConfig;
-use crate::connection::{Connection, RequestError};
+use crate::config::kafka::KafkaConfig;
+use crate::connection::{Authenticate, Connection, RequestError};
 use crate::security::Security;
+use crate::transport::Transport;
 
 /// The delays before another attempt at a broker that refused TLS or SASL.
 pub(crate) const SECURITY_BACKOFF: Backoff =
@@ -82,11 +84,11 @@ impl Connector {
     ///
     /// # Errors
     ///
-    /// As for [`Connection::open`]; the broker's last TLS or SASL refusal, at once, while its
+    /// As for [`open_secured`]; the broker's last TLS or SASL refusal, at once, while its
     /// backoff lasts.
     pub(crate) async fn open(&self, broker: &str) -> Result<Connection, RequestError> {
         self.admit(broker)?;
-        let opened = Connection::open(
+        let opened = open_secured(
             broker,
             &self.security,
             &self.config.client_id,
@@ -148,6 +150,80 @@ impl Connector {
         };
         Some(format!("{} ({} attempt(s) in a row){others}", latest.error, latest.count))
     }
+}
+
+/// Opens a connection to `broker` (`host:port`): TCP, the TLS handshake when `security`
+/// has TLS, ApiVersions, then SASL when `security` has it, all within `timeout`.
+///
+/// # Errors
+///
+/// [`RequestError::Connect`] when the TCP connection fails or times out (or the broker
+/// closes it during the TLS handshake); [`RequestError::Tls`] when the handshake is
+/// refused; [`RequestError::Auth`] when authentication is; the errors of
+/// [`Connection::send`] for the ApiVersions and SASL exchanges.
+async fn open_secured(
+    broker: &str,
+    security: &Security,
+    client_id: &str,
+    timeout: Duration,
+) -> Result<Connection, RequestError> {
+    let deadline = Instant::now() + timeout;
+    let connect = tokio::time::timeout_at(deadline, TcpStream::connect(broker)).await;
+    let stream = match connect {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            return Err(RequestError::Connect { broker: broker.to_owned(), reason: e.to_string() });
+        }
+        Err(_) => {
+            return Err(RequestError::Connect {
+                broker: broker.to_owned(),
+                reason: format!("no connection within {timeout:?}"),
+            });
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let stream = match &security.tls {
+        None => Transport::Plain(stream),
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.connect(broker, stream)).await {
+            Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(RequestError::Connect {
+                    broker: broker.to_owned(),
+                    reason: format!(
+                        "no TLS handshake within {timeout:?} (if the broker's listener is \
+                         not TLS, set security.protocol to plaintext or sasl_plaintext)"
+                    ),
+                });
+            }
+        },
+    };
+    let tls = stream.is_tls();
+    let mut connection = Connection::new(broker, client_id, stream);
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    // A plaintext request to a TLS listener is answered with TLS bytes (read as a size over
+    // the bound, or an invalid one) or a closed connection.
+    let hint = |reason: String| {
+        format!(
+            "{reason} (if the broker's listener is TLS, set security.protocol to ssl or \
+             sasl_ssl)"
+        )
+    };
+    connection.negotiate(remaining).await.map_err(|error| match error {
+        RequestError::Io { broker, api, reason } if !tls => {
+            RequestError::Io { broker, api, reason: hint(reason) }
+        }
+        RequestError::Protocol { broker, api, version, reason } if !tls => {
+            RequestError::Protocol { broker, api, version, reason: hint(reason) }
+        }
+        other => other,
+    })?;
+    if let Some(authenticator) = &security.sasl {
+        connection
+            .authenticate(Arc::clone(authenticator) as Arc<dyn Authenticate>, deadline)
+            .await?;
+    }
+    Ok(connection)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 pub enum KafkaError {
     /// The configuration is invalid.
     #[error(transparent)]
-    Config(#[from] bus_core::ConfigError),
+    Config(#[from] bus_core::errors::ConfigError),
     /// No bootstrap broker answered.
     #[error("cannot connect to the Kafka cluster at {bootstrap}: {reason}")]
     Connect {

@@ -26,7 +26,8 @@ use kafka_protocol::messages::{
     SyncGroupRequest,
 };
 
-use crate::connection::{Api, decode_frame, response_size};
+use crate::connection::api::Api;
+use crate::connection::frame::{decode_frame, response_size};
 use crate::fetch::fuzzing as fetch;
 
 /// The responses the crate reads, by name, with the versions it asks for: the index into
@@ -132,7 +133,7 @@ pub fn decode_records(
     let mut context = Context::from_waker(Waker::noop());
     // The budget is larger than anything a decode holds: it never waits.
     match future.as_mut().poll(&mut context) {
-        Poll::Ready(records) => records,
+        Poll::Ready((offsets, next, unreadable)) => Records { offsets, next, unreadable },
         Poll::Pending => Records {
             offsets: Vec::new(),
             next: None,

@@ -5,33 +5,24 @@
 //! A service depends on this crate (and tokio) alone: [`connect`] returns an [`EventBus`], and
 //! everything used with it is re-exported here.
 //!
-//! - **Connecting:** [`connect`], [`KafkaConfig`] and its sections ([`ProducerConfig`],
-//!   [`ConsumerConfig`], [`TopicConfig`], [`MetadataConfig`], [`Compression`],
-//!   [`IsolationLevel`]), [`KafkaError`].
-//! - **Security:** [`SecurityConfig`] (`security.protocol` [`SecurityProtocol`], `security.tls`
-//!   [`TlsConfig`], `security.sasl` [`SaslConfig`] with [`SaslMechanism`]), [`Secret`], and for
-//!   OAUTHBEARER [`TokenProvider`], [`OAuthBearerToken`], [`TokenFuture`], [`TokenError`].
-//! - **The bus:** [`EventBus`], [`Health`] and its [`HealthReport`] ([`SubscriptionStatus`],
-//!   [`GroupState`], [`PartitionStatus`], [`ProducerPartitionStatus`], [`ProducerState`]),
-//!   [`PartitionFailure`], [`MetricsSnapshot`],
-//!   [`ShutdownReport`], [`ShutdownError`].
-//! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]),
-//!   [`Delivery`], [`DeliveryFuture`], [`Partitioner`].
-//! - **Consuming:** [`Message`], [`Headers`], [`Header`], [`TopicPartition`], [`Topics`],
-//!   [`Handler`], [`EnvelopeHandler`], [`SubscribeOptions`], [`RetryPolicy`], [`OffsetReset`],
-//!   [`StartPosition`] (with [`PartitionOffset`]), [`CommitMode`], [`UnreadableBatches`],
-//!   [`Subscription`], [`SubscriptionReport`], [`UnsubscribeReport`], [`UnsubscribeError`].
-//! - **Controlling a running subscription:** [`ConsumerControl`] (seek with [`SeekTo`], pause
-//!   and resume, commit by hand with its [`CommitReport`]), [`ControlError`].
-//! - **Administration:** [`admin`] (without a bus) or [`EventBus::admin`]: [`Admin`] with
-//!   [`NewTopic`], [`TopicListing`], [`TopicDescription`] ([`PartitionDescription`],
-//!   [`ConfigEntry`]), [`GroupListing`], [`GroupDescription`] ([`MemberDescription`],
-//!   [`PartitionLag`]), [`ClusterDescription`] ([`BrokerDescription`], [`ApiSupport`]),
-//!   [`PartitionCursor`], [`AdminError`].
-//! - **Errors:** [`PublishError`], [`SubscribeError`], [`HandlerError`], [`EnvelopeError`]
-//!   (with [`JsonError`], [`TimestampError`]), [`ConfigError`].
-//! - **Helpers:** [`aggregate_id_of`], [`envelope_headers`], [`dead_letter_headers`],
-//!   [`supervisor`] (the task tree: snapshots, leak guards).
+//! # The front page
+//!
+//! - **Connecting:** [`connect`], [`KafkaConfig`], [`KafkaError`].
+//! - **The bus:** [`EventBus`] and its [`ShutdownReport`].
+//! - **Publishing:** [`Record`], [`Envelope`] (its [`Payload`] and [`Timestamp`]), [`Delivery`],
+//!   [`DeliveryFuture`], [`Partitioner`].
+//! - **Consuming:** [`Message`], [`Headers`] ([`Header`]), [`TopicPartition`], [`Topics`],
+//!   [`Handler`], [`EnvelopeHandler`], [`HandlerError`], [`SubscribeOptions`],
+//!   [`Subscription`], [`ConsumerControl`], [`StartAt`], [`aggregate_id_of`].
+//!
+//! The rest, grouped by what it holds: [`config`] (the configuration's sections and limits),
+//! [`security`] (TLS and SASL: the `security` section, [`Secret`](security::Secret), OAUTHBEARER
+//! token providers), [`admin`] (topic and group administration, with or without a bus),
+//! [`subscription`] (the options' parts and the reports), [`health`] (the health roll-up, its
+//! report, the metrics), [`errors`] (every other error), [`headers`] (the header names of
+//! envelopes and dead letters), [`supervisor`] (the task tree: snapshots, leak guards) and
+//! [`memory`] (the in-memory backend, for tests). All but the first three are bus-core's,
+//! re-exported whole.
 //!
 //! Inside, the bus speaks Kafka itself on the `kafka-protocol` crate over connections of its
 //! own: a batching produce loop per partition, consumer groups (the classic protocol, eager or
@@ -60,49 +51,37 @@
 //! # }
 //! ```
 
-mod admin;
+// Deliberately hides bus-core's `backend` module from the front page re-exported below: a
+// service does not implement backends.
+#[allow(hidden_glob_reexports)]
 mod backend;
 mod client;
-mod config;
 mod connection;
 mod connector;
 mod error;
 mod fetch;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 mod group;
 mod leader;
 mod producer;
 mod schema;
-mod security;
 mod transport;
 
-use std::sync::Arc;
+pub mod admin;
+pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+pub mod security;
 
-pub use admin::admin;
-pub use config::{
-    Compression, ConsumerConfig, FETCH_RESPONSE_SLACK, IsolationLevel, KafkaConfig,
-    MAX_FETCH_BYTES, MAX_PARTITION_BUFFER_BYTES, MetadataConfig, ProducerConfig, TopicConfig,
-};
+pub use config::kafka::KafkaConfig;
 pub use error::KafkaError;
-pub use security::{
-    OAuthBearerToken, SaslConfig, SaslMechanism, Secret, SecurityConfig, SecurityProtocol,
-    TlsConfig, TokenError, TokenFuture, TokenProvider,
-};
 
-pub use bus_core::{
-    Admin, AdminError, ApiSupport, BrokerDescription, ClusterDescription, CommitMode, CommitReport,
-    ConfigEntry, ConfigError, ConsumerControl, ControlError, Delivery, DeliveryFuture, Envelope,
-    EnvelopeError, EnvelopeHandler, EventBus, GroupDescription, GroupListing, GroupState, Handler,
-    HandlerError, Header, Headers, Health, HealthReport, JsonError, MemberDescription, Message,
-    MetricsSnapshot, NewTopic, OffsetReset, PartitionCursor, PartitionDescription,
-    PartitionFailure, PartitionLag, PartitionOffset, PartitionStatus, Partitioner, Payload,
-    ProducerPartitionStatus, ProducerState, PublishError, Record, RetryPolicy, SeekTo,
-    ShutdownError, ShutdownReport, StartPosition, SubscribeError, SubscribeOptions, Subscription,
-    SubscriptionReport, SubscriptionStatus, Timestamp, TimestampError, TopicDescription,
-    TopicListing, TopicPartition, Topics, UnreadableBatches, UnsubscribeError, UnsubscribeReport,
-    aggregate_id_of, dead_letter_headers, envelope_headers, supervisor,
-};
+/// bus-core's front page, whole: the bus, publishing, consuming, and its modules (`subscription`,
+/// `health`, `errors`, `headers`, `supervisor`, `memory`, ...). This crate's own `admin` module
+/// (bus-core's administration and [`admin::connect`]) stands in for bus-core's, and its private
+/// `backend` hides bus-core's backend interface, which a service does not need.
+pub use bus_core::*;
+
+use std::sync::Arc;
 
 use backend::KafkaBackend;
 use client::KafkaClient;
@@ -118,10 +97,10 @@ use client::KafkaClient;
 pub async fn connect(config: KafkaConfig) -> Result<EventBus, KafkaError> {
     let config = Arc::new(config);
     let client = Arc::new(KafkaClient::connect(Arc::clone(&config)).await?);
-    let supervisor = bus_core::backend::supervisor();
+    let supervisor = EventBus::backend_supervisor();
     let scope = supervisor.root().child("kafka");
     let producer =
         producer::Producer::start(scope.isolated_child("producer"), Arc::clone(&client))?;
     let backend = Arc::new(KafkaBackend::new(scope, client, producer));
-    Ok(bus_core::backend::bus(supervisor, backend))
+    Ok(EventBus::on_backend(supervisor, backend))
 }

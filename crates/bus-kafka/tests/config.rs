@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bus_core::Partitioner;
 use bus_kafka::{
-    Compression, FETCH_RESPONSE_SLACK, IsolationLevel, KafkaConfig, KafkaError, MAX_FETCH_BYTES,
-    MAX_PARTITION_BUFFER_BYTES,
+    KafkaConfig, KafkaError, config::Compression, config::FETCH_RESPONSE_SLACK,
+    config::IsolationLevel, config::MAX_FETCH_BYTES, config::MAX_PARTITION_BUFFER_BYTES,
 };
 
 fn config() -> KafkaConfig {

@@ -80,6 +80,7 @@
 
 mod error;
 mod exit;
+mod handover;
 mod info;
 mod leak;
 mod report;
@@ -94,6 +95,7 @@ mod watchdog;
 
 pub use error::{JoinTimeout, SpawnError, TaskError};
 pub use exit::{Action, Escalation, Exit, SupervisionEvent};
+pub use handover::{Handover, Held};
 pub use info::{TaskId, TaskInfo, TaskKind, TaskState};
 pub use leak::{LeakGuard, LeakReport};
 pub use report::ScopeShutdownReport;

@@ -327,3 +327,39 @@ async fn an_isolated_child_contains_an_escalation_and_the_rest_of_the_tree_keeps
     assert!(!sibling.is_cancelled() && !neighbour.is_finished());
     supervisor.shutdown(PATIENCE).await.unwrap();
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_incarnation_hands_its_state_to_the_next_through_a_handover() {
+    let supervisor = Supervisor::new("app");
+    let handover = bus_supervisor::Handover::new(Vec::<u32>::new());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let monitor = supervisor
+        .root()
+        .supervise("job", ChildSpec::transient(), move |_scope| {
+            let handover = handover.clone();
+            let record = Arc::clone(&record);
+            async move {
+                let mut held = handover.take();
+                let restarted = held.restarted();
+                let Some(state) = held.get_mut() else { return Err("no state to take over") };
+                state.push(state.len() as u32);
+                record.lock().push((restarted, state.clone()));
+                if state.len() < 3 {
+                    panic!("incarnation {} failed", state.len());
+                }
+                Ok(())
+            }
+        })
+        .unwrap();
+
+    let outcome = monitor.await.unwrap();
+    assert!(matches!(outcome, SupervisionOutcome::Stopped(Exit::Completed)), "{outcome:?}");
+    assert_eq!(
+        *seen.lock(),
+        [(false, vec![0]), (true, vec![0, 1]), (true, vec![0, 1, 2])],
+        "each restart took over what the panicking incarnation held"
+    );
+    supervisor.shutdown(PATIENCE).await.unwrap();
+    assert_eq!(supervisor.live(), 0);
+}

@@ -73,7 +73,7 @@ async fn faults(progress: &ProgressBar, run: &mut Run) -> Result<(), String> {
     let bus: EventBus =
         bus_kafka::connect(config.clone()).await.map_err(|e| format!("connect: {e}"))?;
     let topic = format!("leakcheck-faults-{}", std::process::id());
-    bus_kafka::admin(config)
+    bus_kafka::admin::connect(config)
         .await
         .map_err(|e| e.to_string())?
         .ensure_topic(&topic, 3)

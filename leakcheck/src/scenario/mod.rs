@@ -171,7 +171,7 @@ pub(crate) async fn subscribe_checked(
     group: &str,
     book: std::sync::Arc<Mutex<OrderBook>>,
     progress: ProgressBar,
-) -> Result<bus_core::Subscription, bus_core::SubscribeError> {
+) -> Result<bus_core::Subscription, bus_core::errors::SubscribeError> {
     subscribe_member(bus, topic, group, None, book, progress).await
 }
 
@@ -183,7 +183,7 @@ pub(crate) async fn subscribe_member(
     instance: Option<&str>,
     book: std::sync::Arc<Mutex<OrderBook>>,
     progress: ProgressBar,
-) -> Result<bus_core::Subscription, bus_core::SubscribeError> {
+) -> Result<bus_core::Subscription, bus_core::errors::SubscribeError> {
     let mut options = SubscribeOptions::new(group)
         .with_concurrency(8)
         .with_commit_interval(Duration::from_millis(200));

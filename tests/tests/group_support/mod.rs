@@ -70,7 +70,7 @@ impl Source {
 
     /// [`Source::new`] on the broker at `bootstrap`.
     pub async fn at(bootstrap: &str, topic: &str, partitions: i32, keys: usize) -> Source {
-        let admin = bus_kafka::admin(KafkaConfig::new(bootstrap)).await.unwrap();
+        let admin = bus_kafka::admin::connect(KafkaConfig::new(bootstrap)).await.unwrap();
         admin.ensure_topic(topic, partitions).await.unwrap();
         let client = ClientBuilder::new(bootstrap.split(',').map(str::to_owned).collect())
             .backoff_config(rskafka::BackoffConfig {

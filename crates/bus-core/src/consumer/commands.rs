@@ -2,7 +2,7 @@
 //!
 //! Owns: [`ConsumerControl`] (the cloneable handle, from
 //! [`Subscription::control`](super::Subscription::control)), the requests it sends to the
-//! control task (`Command`), [`SeekTo`], [`CommitReport`] and [`ControlError`].
+//! control task (`Command`), [`CommitReport`] and [`ControlError`].
 //!
 //! Invariants:
 //! - Seeks and commits are carried out by the subscription's control task, in turn with group
@@ -15,40 +15,15 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use super::pause::Pauses;
-use crate::backend::{GroupError, StartAt};
+use crate::backend::GroupError;
 use crate::record::{Message, TopicPartition};
+use crate::start::StartAt;
 
 /// Requests waiting for the control task, at most.
 pub(super) const COMMANDS: usize = 64;
-
-/// Where [`ConsumerControl::seek`] moves a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeekTo {
-    /// The oldest record stored.
-    Earliest,
-    /// The next record published.
-    Latest,
-    /// This offset (the next one read).
-    Offset(i64),
-    /// The first record whose timestamp is at or after this time; the next record published
-    /// when there is none.
-    Timestamp(DateTime<Utc>),
-}
-
-impl From<SeekTo> for StartAt {
-    fn from(to: SeekTo) -> Self {
-        match to {
-            SeekTo::Earliest => StartAt::Earliest,
-            SeekTo::Latest => StartAt::Latest,
-            SeekTo::Offset(offset) => StartAt::Offset(offset),
-            SeekTo::Timestamp(time) => StartAt::Timestamp(time.timestamp_millis()),
-        }
-    }
-}
 
 /// What a commit request did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -158,14 +133,14 @@ impl ConsumerControl {
     ///
     /// [`ControlError::NotAssigned`], [`ControlError::Seek`] (the partition goes on from where
     /// it was), [`ControlError::InvalidOffset`], [`ControlError::Stopped`].
-    pub async fn seek(&self, partition: &TopicPartition, to: SeekTo) -> Result<(), ControlError> {
-        if let SeekTo::Offset(offset) = to
+    pub async fn seek(&self, partition: &TopicPartition, to: StartAt) -> Result<(), ControlError> {
+        if let StartAt::Offset(offset) = to
             && offset < 0
         {
             return Err(ControlError::InvalidOffset { partition: partition.clone(), offset });
         }
         let partition = partition.clone();
-        self.ask(|reply| Command::Seek { partition, to: to.into(), reply }).await?
+        self.ask(|reply| Command::Seek { partition, to, reply }).await?
     }
 
     /// Stops fetching `partition` (whether or not it is assigned now): messages fetched already

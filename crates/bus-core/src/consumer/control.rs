@@ -37,22 +37,23 @@
 //!   scope fails, which the bus's health reports.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bus_supervisor::{Backoff, ChildSpec, Scope};
-use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::backend::{
-    GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation, StartAt,
+    GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation,
 };
+
 use crate::dispatch::KeyedDispatch;
 use crate::health::GroupState;
 use crate::metrics::Metrics;
 use crate::options::CommitMode;
 use crate::record::TopicPartition;
+use crate::start::StartAt;
 
 use super::SubscriptionReport;
 use super::commands::{Command, CommitReport, ControlError};
@@ -70,7 +71,7 @@ pub(super) fn child_spec() -> ChildSpec {
 }
 
 /// What one incarnation of the control task hands to the next.
-pub(super) type Handover = Arc<Mutex<Option<Carried>>>;
+pub(super) type Handover = bus_supervisor::Handover<Carried>;
 
 /// The control task's state across incarnations: its state, where its stop comes from and
 /// where its report goes.
@@ -80,30 +81,11 @@ pub(super) struct Carried {
     report: watch::Sender<Option<SubscriptionReport>>,
 }
 
-/// Holds an incarnation's state; a panicking incarnation leaves it for the next one.
-struct Holder {
-    carried: Option<Carried>,
-    handover: Weak<Mutex<Option<Carried>>>,
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(handover) = self.handover.upgrade()
-            && let Some(carried) = self.carried.take()
-        {
-            *handover.lock() = Some(carried);
-        }
-    }
-}
-
 /// Runs one incarnation of the control task in `scope` (its supervised scope), taking over the
 /// previous incarnation's state.
 pub(super) async fn run(scope: Scope, handover: Handover) -> Result<(), &'static str> {
-    let carried = handover.lock().take();
-    let mut holder = Holder { carried, handover: Arc::downgrade(&handover) };
-    drop(handover);
-    let Some(carried) = holder.carried.as_mut() else {
+    let mut held = handover.take();
+    let Some(carried) = held.get_mut() else {
         return Err("no control state to take over");
     };
     carried.control.path = Arc::from(scope.path());
@@ -112,13 +94,13 @@ pub(super) async fn run(scope: Scope, handover: Handover) -> Result<(), &'static
     Ok(())
 }
 
-/// Delay before retrying a failed group operation (a constant delay: these retries are bounded
-/// by the rebalance timeout, or repeated on the loop's next turn).
 /// What a stop keeps of its time, at most, after draining handlers: for the abandonment of those
 /// still running to take effect (the dispatch's `ABANDON_GRACE`), the final commit and leaving
 /// the group.
 const STOP_RESERVE: Duration = Duration::from_millis(500);
 
+/// Delay before retrying a failed group operation (a constant delay: these retries are bounded
+/// by the rebalance timeout, or repeated on the loop's next turn).
 pub(super) const RETRY: Backoff = Backoff {
     initial: Duration::from_millis(200),
     max: Duration::from_millis(200),
@@ -201,7 +183,7 @@ impl Control {
         stop: watch::Receiver<Option<Instant>>,
         report: watch::Sender<Option<SubscriptionReport>>,
     ) -> Handover {
-        Arc::new(Mutex::new(Some(Carried { control: self, stop, report })))
+        Handover::new(Carried { control: self, stop, report })
     }
 
     async fn run(
@@ -320,7 +302,7 @@ impl Control {
         .pausable(self.pauses.watch(partition.clone()));
         let handover = fetch.handover();
         let supervised = scope.supervise("fetch", fetch_loop::child_spec(), move |scope| {
-            fetch_loop::run(scope, Arc::clone(&handover))
+            fetch_loop::run(scope, handover.clone())
         });
         match supervised {
             Ok(handle) => {

@@ -27,11 +27,10 @@
 //! - The lag is refreshed once per fetched batch from what the reader saw (high watermark,
 //!   position): no extra request, nothing per message.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bus_supervisor::{Backoff, ChildSpec, Scope};
-use parking_lot::Mutex;
 
 use super::pause::PauseWatch;
 use super::process::{Runtime, ShuttingDown};
@@ -64,38 +63,20 @@ pub(super) fn child_spec() -> ChildSpec {
 }
 
 /// What one incarnation of a fetch loop hands to the next.
-pub(super) type Handover = Arc<Mutex<Option<FetchLoop>>>;
-
-/// Holds an incarnation's loop; a panicking incarnation leaves it for the next one.
-struct Holder {
-    fetch: Option<FetchLoop>,
-    handover: Weak<Mutex<Option<FetchLoop>>>,
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(handover) = self.handover.upgrade()
-            && let Some(fetch) = self.fetch.take()
-        {
-            *handover.lock() = Some(fetch);
-        }
-    }
-}
+pub(super) type Handover = bus_supervisor::Handover<FetchLoop>;
 
 /// Runs one incarnation of a fetch loop in `scope` (its supervised scope) until the scope is
 /// cancelled, taking over the previous incarnation's loop: a restarted one moves the reader
 /// back to the next offset not handed to the dispatch.
 pub(super) async fn run(scope: Scope, handover: Handover) -> Result<(), &'static str> {
-    let fetch = handover.lock().take();
-    let mut holder = Holder { fetch, handover: Arc::downgrade(&handover) };
-    drop(handover);
-    let Some(fetch) = holder.fetch.as_mut() else {
+    let mut held = handover.take();
+    let restarted = held.restarted();
+    let Some(fetch) = held.get_mut() else {
         return Err("no fetch loop state to take over");
     };
     fetch.token = scope.token();
     fetch.path = Arc::from(scope.path());
-    if fetch.incarnations > 0 {
+    if restarted {
         if let Some(offset) = fetch.resume {
             fetch.reader.seek(offset);
         }
@@ -105,7 +86,6 @@ pub(super) async fn run(scope: Scope, handover: Handover) -> Result<(), &'static
              to the dispatch"
         );
     }
-    fetch.incarnations = fetch.incarnations.saturating_add(1);
     fetch.run().await;
     Ok(())
 }
@@ -133,8 +113,6 @@ pub(super) struct FetchLoop {
     resume: Option<i64>,
     /// Failed reads in a row (unreadable batches included).
     failures: u32,
-    /// Incarnations run so far.
-    incarnations: u32,
     /// The incarnation's task path (fault points).
     path: Arc<str>,
     /// The partition's lag gauges.
@@ -161,7 +139,6 @@ impl FetchLoop {
             chunk,
             resume,
             failures: 0,
-            incarnations: 0,
             path: Arc::from(""),
             lag,
             pause: None,
@@ -193,7 +170,7 @@ impl FetchLoop {
 
     /// This loop, ready to be supervised: its first incarnation takes it over.
     pub(super) fn handover(self) -> Handover {
-        Arc::new(Mutex::new(Some(self)))
+        Handover::new(self)
     }
 
     /// Notes what the reader saw after a fetch: the partition's lag and progress.
@@ -378,8 +355,8 @@ mod tests {
     use bus_supervisor::Supervisor;
 
     use super::*;
-    use crate::backend::{BoxFuture, dispatch::ProcessFn};
-    use crate::dispatch::{DispatchConfig, Processed};
+    use crate::dispatch::{DispatchConfig, ProcessFn, Processed};
+    use crate::future::BoxFuture;
     use crate::memory::{MemoryBackend, MemoryConfig};
     use crate::options::SubscribeOptions;
 

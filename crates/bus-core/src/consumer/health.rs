@@ -8,7 +8,7 @@
 //! It also keeps how the subscription is doing when nothing is wrong: its group state, its
 //! assigned partitions with their lag (high watermark minus the committed offset, and minus the
 //! position, refreshed by each fetch), the last error and when it last made progress: the
-//! subscription's part of the bus's [`HealthReport`](crate::HealthReport).
+//! subscription's part of the bus's [`HealthReport`](crate::health::HealthReport).
 //!
 //! Invariants: an entry is set by the part that is stuck and cleared by the same part when it
 //! gets past (a fetch succeeds past the offset, the dead letter is stored); a released

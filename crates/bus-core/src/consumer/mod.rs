@@ -56,7 +56,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-pub use commands::{CommitReport, ConsumerControl, ControlError, SeekTo};
+pub use commands::{CommitReport, ConsumerControl, ControlError};
 pub use process::dead_letter_headers;
 pub(crate) use process::{ErasedHandler, erase, erase_envelope};
 
@@ -344,7 +344,7 @@ pub(crate) async fn subscribe(
     let handover = control.handover(stop_rx, report_tx);
     scope
         .supervise("control", control::child_spec(), move |scope| {
-            control::run(scope, Arc::clone(&handover))
+            control::run(scope, handover.clone())
         })?
         .detach();
     let control = Arc::new(SubscriptionControl {

@@ -6,7 +6,7 @@
 //! per-message path builds a label or looks a metric up (no lock, no allocation). Without a
 //! recorder installed every handle is a no-op. Names and meanings: docs/OPERATIONS.md.
 //!
-//! The bus-wide totals of [`MetricsSnapshot`](crate::MetricsSnapshot) stay the one model of
+//! The bus-wide totals of [`MetricsSnapshot`](crate::health::MetricsSnapshot) stay the one model of
 //! what happened; these handles carry the same events with labels to an exporter.
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::KeyedDispatch;
 use super::shared::{Shared, Wake};
-use crate::backend::TopicPartition;
+use crate::record::TopicPartition;
 
 /// How long [`KeyedDispatch::drain`] waits, after its deadline, for the workers to drop the
 /// futures it abandoned (they do at their next poll, unless a future blocks inside `poll`).

@@ -40,8 +40,8 @@ pub use self::process::{Process, ProcessFn, Processed, dispatch_key};
 use self::shared::Shared;
 pub use self::submit::SubmitError;
 use self::worker::worker;
-use crate::backend::TopicPartition;
 use crate::options::SubscribeOptions;
+use crate::record::TopicPartition;
 
 /// Keyed dispatch: per-key FIFO, cross-key parallelism up to `concurrency`, at most
 /// `max_in_flight` messages accepted and not finished, and per-partition commit tracking.

@@ -8,8 +8,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::backend::BoxFuture;
 use crate::envelope::headers::AGGREGATE_ID as HEADER_AGGREGATE_ID;
+use crate::future::BoxFuture;
 use crate::record::Message;
 
 /// What processing did with a message.

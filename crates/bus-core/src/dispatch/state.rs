@@ -26,9 +26,9 @@ use rustc_hash::FxBuildHasher;
 
 use super::shared::Wake;
 use super::{DispatchConfig, DispatchStats, Processed, dispatch_key};
-use crate::backend::TopicPartition;
 use crate::commit::CommitTracker;
 use crate::record::Message;
+use crate::record::TopicPartition;
 
 /// No index.
 const NIL: usize = usize::MAX;

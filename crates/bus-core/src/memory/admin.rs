@@ -17,13 +17,20 @@ use std::sync::Arc;
 use super::log::TopicLog;
 use super::reader::MemoryReader;
 use super::{MAX_PARTITIONS, NAME, Shared, group, validate_topic_name};
-use crate::admin::GROUP_ID_NOT_FOUND;
-use crate::admin::{
-    AdminError, ClusterDescription, ConfigEntry, GroupDescription, GroupListing,
-    INVALID_PARTITIONS, INVALID_TOPIC, MemberDescription, NewTopic, PartitionDescription,
-    PartitionLag, TOPIC_ALREADY_EXISTS, TopicDescription, TopicListing, UNKNOWN_TOPIC_OR_PARTITION,
+
+use crate::admin::descriptions::{
+    ClusterDescription, ConfigEntry, GroupDescription, GroupListing, MemberDescription, NewTopic,
+    PartitionDescription, PartitionLag, TopicDescription, TopicListing,
 };
-use crate::backend::{AdminBackend, BoxFuture, PartitionReader, StartAt, TopicPartition};
+use crate::admin::error::AdminError;
+use crate::admin::error::{
+    GROUP_ID_NOT_FOUND, INVALID_PARTITIONS, INVALID_TOPIC, TOPIC_ALREADY_EXISTS,
+    UNKNOWN_TOPIC_OR_PARTITION,
+};
+use crate::backend::{AdminBackend, PartitionReader};
+use crate::future::BoxFuture;
+use crate::record::TopicPartition;
+use crate::start::StartAt;
 
 /// The in-memory backend's administration (see the module documentation).
 #[derive(Debug)]
@@ -210,7 +217,7 @@ impl MemoryAdmin {
             StartAt::Earliest => log.start(),
             StartAt::Latest => log.end(),
             StartAt::Offset(offset) => offset.clamp(log.start(), log.end()),
-            StartAt::Timestamp(millis) => log.offset_at(millis),
+            StartAt::Timestamp(time) => log.offset_at(time.timestamp_millis()),
         };
         Ok(MemoryReader::new(
             Arc::clone(&self.shared),

@@ -25,8 +25,8 @@ pub struct MemoryConfig {
     pub default_partitions: i32,
     /// Whether publishing to, or subscribing to, a topic that does not exist creates it with
     /// `default_partitions` partitions (default true). When false, such a publish fails with
-    /// [`PublishError::UnknownTopic`](crate::PublishError::UnknownTopic) and such a subscribe
-    /// with [`SubscribeError::UnknownTopic`](crate::SubscribeError::UnknownTopic).
+    /// [`PublishError::UnknownTopic`](crate::errors::PublishError::UnknownTopic) and such a subscribe
+    /// with [`SubscribeError::UnknownTopic`](crate::errors::SubscribeError::UnknownTopic).
     pub auto_create_topics: bool,
     /// How a record's key chooses its partition (default `murmur2`, the Java client's).
     pub partitioner: Partitioner,
@@ -34,7 +34,7 @@ pub struct MemoryConfig {
     /// over all its partitions. Default 64 MiB. A publish that does not fit waits for room.
     pub topic_capacity_bytes: usize,
     /// How long a publish waits for room before failing with
-    /// [`PublishError::BufferFull`](crate::PublishError::BufferFull). Default 30 s. Zero means
+    /// [`PublishError::BufferFull`](crate::errors::PublishError::BufferFull). Default 30 s. Zero means
     /// "do not wait": a publish that does not fit at once fails at once.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,

@@ -28,10 +28,12 @@ use tokio_util::sync::CancellationToken;
 use super::reader::MemoryReader;
 use super::{Missing, Shared, State};
 use crate::backend::{
-    BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation,
-    StartAt, TopicPartition,
+    GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, Revocation,
 };
 use crate::error::{ConfigError, SubscribeError};
+use crate::future::BoxFuture;
+use crate::record::TopicPartition;
+use crate::start::StartAt;
 use crate::topics::Topics;
 
 /// Where a group is in its rebalance cycle.
@@ -749,7 +751,7 @@ impl GroupMember for MemoryMember {
                 StartAt::Earliest => log.start(),
                 StartAt::Latest => log.end(),
                 StartAt::Offset(offset) => offset.clamp(log.start(), log.end()),
-                StartAt::Timestamp(millis) => log.offset_at(millis),
+                StartAt::Timestamp(time) => log.offset_at(time.timestamp_millis()),
             };
             Ok(MemoryReader::new(
                 Arc::clone(&self.shared),

@@ -23,8 +23,8 @@
 //!   [`MemoryBackend::delete_group`] removes a group that will never commit again.
 //! - **Readers** of a position below a partition's log start (its records were truncated) move
 //!   to the log start, like Kafka's `earliest` reset. A reader opened at
-//!   [`StartAt::Offset`](crate::backend::StartAt::Offset) is clamped into the log's
-//!   `[start, end]`; one opened at [`StartAt::Timestamp`](crate::backend::StartAt::Timestamp)
+//!   [`StartAt::Offset`](crate::StartAt::Offset) is clamped into the log's
+//!   `[start, end]`; one opened at [`StartAt::Timestamp`](crate::StartAt::Timestamp)
 //!   starts at the first record held whose timestamp is at or after it (the end when none).
 //! - **Consumer groups** follow Kafka's classic eager protocol with the round-robin assignor
 //!   (members in join order, partitions sorted by topic then number, a partition given only to
@@ -63,12 +63,14 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{
-    Backend, BoxFuture, FlushReport, GroupError, GroupMember, JoinRequest, TopicPartition,
-};
+use crate::backend::{AdminBackend, Backend, FlushReport, GroupError, GroupMember, JoinRequest};
+
+use crate::future::BoxFuture;
+
 use crate::delivery::{Delivery, DeliveryFuture};
 use crate::error::{ConfigError, PublishError, SubscribeError};
 use crate::health::Health;
+use crate::record::TopicPartition;
 use crate::record::{Message, Record};
 
 pub use config::{MAX_PARTITIONS, MemoryConfig};
@@ -614,7 +616,7 @@ impl Backend for MemoryBackend {
         if self.shared.is_closed() { Health::Closed } else { Health::Ready }
     }
 
-    fn admin(&self) -> Arc<dyn crate::backend::AdminBackend> {
+    fn admin(&self) -> Arc<dyn AdminBackend> {
         Arc::new(admin::MemoryAdmin { shared: Arc::clone(&self.shared) })
     }
 }

@@ -13,8 +13,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::backend::{BoxFuture, GroupError, PartitionReader, ReadError, TopicPartition};
+use crate::backend::{GroupError, PartitionReader, ReadError};
+use crate::future::BoxFuture;
 use crate::record::Message;
+use crate::record::TopicPartition;
 
 /// Reads one partition of the in-memory backend in offset order (returned by
 /// [`GroupMember::open`](crate::backend::GroupMember::open)).

@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use bus_core::{AdminError, ApiSupport, BrokerDescription, ClusterDescription};
+use bus_core::{
+    admin::AdminError, admin::ApiSupport, admin::BrokerDescription, admin::ClusterDescription,
+};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
     DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
@@ -22,7 +24,7 @@ use kafka_protocol::messages::{
 
 use super::unreachable;
 use crate::client::{KafkaClient, address};
-use crate::config::KafkaConfig;
+use crate::config::kafka::KafkaConfig;
 use crate::connection::Api;
 
 /// When a bus needs an API.

@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bus_core::{
-    AdminError, GroupDescription, GroupListing, MemberDescription, PartitionLag, TopicPartition,
+    TopicPartition, admin::AdminError, admin::GroupDescription, admin::GroupListing,
+    admin::MemberDescription, admin::PartitionLag,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{DescribeGroupsRequest, ListGroupsRequest, OffsetFetchRequest};

@@ -1,8 +1,9 @@
 //! Topic and group administration on Kafka: the bus-core [`AdminBackend`] over the cluster
 //! client, for a bus ([`EventBus::admin`](bus_core::EventBus::admin)) or on its own
-//! ([`admin`]).
+//! ([`connect`]); bus-core's administration types are public here too, so that a Kafka service
+//! finds them all in one module.
 //!
-//! Owns: `KafkaAdmin` and [`admin`]; the requests themselves, one concept per module: `topics`
+//! Owns: `KafkaAdmin` and [`connect`]; the requests themselves, one concept per module: `topics`
 //! (CreateTopics with configuration, Metadata and DescribeConfigs, DeleteTopics,
 //! CreatePartitions, all at the controller or a bootstrap broker), `offsets` (start and end
 //! offsets with ListOffsets at each partition's leader), `groups` (ListGroups on every broker,
@@ -24,14 +25,12 @@ mod topics;
 
 use std::sync::Arc;
 
-use bus_core::backend::{AdminBackend, BoxFuture, PartitionReader, StartAt};
-use bus_core::{
-    Admin, AdminError, ClusterDescription, GroupDescription, GroupListing, NewTopic,
-    TopicDescription, TopicListing, TopicPartition,
-};
+pub use bus_core::admin::*;
+use bus_core::backend::{AdminBackend, BoxFuture, PartitionReader};
+use bus_core::{StartAt, TopicPartition};
 
 use crate::client::KafkaClient;
-use crate::config::KafkaConfig;
+use crate::config::kafka::KafkaConfig;
 use crate::connection::RequestError;
 use crate::error::KafkaError;
 use crate::fetch::KafkaReader;
@@ -43,7 +42,7 @@ use crate::fetch::KafkaReader;
 ///
 /// [`KafkaError::Config`] for an invalid configuration, [`KafkaError::Connect`] when no
 /// bootstrap broker answers within `request_timeout`.
-pub async fn admin(config: KafkaConfig) -> Result<Admin, KafkaError> {
+pub async fn connect(config: KafkaConfig) -> Result<Admin, KafkaError> {
     let client = Arc::new(KafkaClient::connect(Arc::new(config)).await?);
     Ok(Admin::new(Arc::new(KafkaAdmin { client })))
 }
@@ -147,7 +146,7 @@ impl AdminBackend for KafkaAdmin {
                         partition.clone(),
                         start,
                         // A position no longer in the partition moves to its oldest record.
-                        bus_core::OffsetReset::Earliest,
+                        bus_core::subscription::OffsetReset::Earliest,
                     );
                     Ok(Box::new(reader) as Box<dyn PartitionReader>)
                 }

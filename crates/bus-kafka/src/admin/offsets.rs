@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use bus_core::AdminError;
+use bus_core::admin::AdminError;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{ListOffsetsRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bus_core::{
-    AdminError, ConfigEntry, NewTopic, PartitionDescription, TopicDescription, TopicListing,
+    admin::AdminError, admin::ConfigEntry, admin::NewTopic, admin::PartitionDescription,
+    admin::TopicDescription, admin::TopicListing,
 };
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};

@@ -32,9 +32,9 @@ pub(crate) mod fuzzing {
 
     use super::batch::{self, AbortedTransactions, Settings};
     use super::memory::Budget;
-    use crate::fuzzing::Records;
 
-    /// [`batch::decode`] on `records`, with a budget larger than any decode holds.
+    /// [`batch::decode`] on `records`, with a budget larger than any decode holds: the offsets
+    /// decoded, the position after them, and the first offset of an unreadable batch with why.
     pub(crate) async fn decode(
         records: Bytes,
         topic: Arc<str>,
@@ -42,7 +42,7 @@ pub(crate) mod fuzzing {
         read_committed: bool,
         aborted: Vec<(i64, i64)>,
         max_decompressed: usize,
-    ) -> Records {
+    ) -> (Vec<i64>, Option<i64>, Option<(i64, String)>) {
         let settings = Settings {
             topic,
             partition: 0,
@@ -54,10 +54,10 @@ pub(crate) mod fuzzing {
         let budget = Budget::new(u32::MAX as usize);
         let aborted = AbortedTransactions::new(aborted);
         let decoded = batch::decode(&records, &settings, aborted, &budget).await;
-        Records {
-            offsets: decoded.messages.iter().map(|m| m.offset).collect(),
-            next: decoded.next,
-            unreadable: decoded.unreadable.map(|u| (u.first_offset, u.reason)),
-        }
+        (
+            decoded.messages.iter().map(|m| m.offset).collect(),
+            decoded.next,
+            decoded.unreadable.map(|u| (u.first_offset, u.reason)),
+        )
     }
 }

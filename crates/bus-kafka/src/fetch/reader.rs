@@ -33,10 +33,8 @@
 
 use std::sync::Arc;
 
-use bus_core::backend::{
-    BoxFuture, GroupError, PartitionReader, ReadError, StartAt, UnreadableBatch,
-};
-use bus_core::{Message, OffsetReset, TopicPartition};
+use bus_core::backend::{BoxFuture, GroupError, PartitionReader, ReadError, UnreadableBatch};
+use bus_core::{Message, StartAt, TopicPartition, subscription::OffsetReset};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, TopicName};
@@ -190,7 +188,7 @@ impl KafkaReader {
             StartAt::Offset(offset) => return Ok(offset),
             StartAt::Earliest => EARLIEST,
             StartAt::Latest => LATEST,
-            StartAt::Timestamp(millis) => millis.max(0),
+            StartAt::Timestamp(time) => time.timestamp_millis().max(0),
         };
         let mut offset = self.list_offset(timestamp).await?;
         if offset < 0 {

@@ -27,7 +27,7 @@ mod member;
 use std::sync::Arc;
 
 use bus_core::backend::{GroupMember, JoinRequest};
-use bus_core::{ConfigError, SubscribeError};
+use bus_core::{errors::ConfigError, errors::SubscribeError};
 
 use crate::client::KafkaClient;
 use crate::error::KafkaError;

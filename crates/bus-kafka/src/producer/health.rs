@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus_core::{Health, ProducerState};
+use bus_core::{health::Health, health::ProducerState};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 

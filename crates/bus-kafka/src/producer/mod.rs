@@ -45,14 +45,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bus_core::backend::{DeliverySender, FlushReport, UnkeyedSpreader, delivery_channel};
-use bus_core::{DeliveryFuture, Health, ProducerPartitionStatus, PublishError, Record};
+use bus_core::{
+    DeliveryFuture, Record, errors::PublishError, health::Health, health::ProducerPartitionStatus,
+};
 use bus_supervisor::Scope;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc};
 use tokio::time::Instant;
 
 use crate::client::KafkaClient;
-use crate::config::KafkaConfig;
+use crate::config::kafka::KafkaConfig;
 use crate::error::KafkaError;
 
 use self::health::HealthBoard;
@@ -686,7 +688,7 @@ impl Topic {
         let monitor = shared
             .scope
             .supervise(name, partition::child_spec(), move |scope| {
-                partition::run(scope, Arc::clone(&handover))
+                partition::run(scope, handover.clone())
             })
             .map_err(|_| shared.failed_or_closed())?;
         monitor.detach();

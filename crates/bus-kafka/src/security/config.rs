@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use bus_core::ConfigError;
+use bus_core::errors::ConfigError;
 use serde::{Deserialize, Serialize};
 
 use super::oauth::TokenProvider;

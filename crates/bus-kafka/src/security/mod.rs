@@ -2,11 +2,11 @@
 //!
 //! Owns: the `security` configuration section (`config`), [`Secret`] (`secret`), the rustls
 //! client side (`tls`), SASL authentication and re-authentication (`sasl`), SCRAM (`scram`),
-//! OAUTHBEARER's tokens (`oauth`), and [`Security`]: what one bus's connector holds, built once
+//! OAUTHBEARER's tokens (`oauth`), and `Security`: what one bus's connector holds, built once
 //! from the configuration.
 //!
 //! Invariants: everything here that reads a file or the environment, or builds TLS state, runs
-//! once per bus in [`Security::new`] (when the bus connects), never per connection; secrets are
+//! once per bus in `Security::new` (when the bus connects), never per connection; secrets are
 //! [`Secret`]s from the configuration to the wire and appear in no log, error or `Debug`.
 
 mod config;
@@ -18,11 +18,11 @@ mod tls;
 
 use std::sync::Arc;
 
-use bus_core::ConfigError;
+use bus_core::errors::ConfigError;
 
 pub use config::{SaslConfig, SaslMechanism, SecurityConfig, SecurityProtocol, TlsConfig};
 pub use oauth::{OAuthBearerToken, TokenError, TokenFuture, TokenProvider};
-pub(crate) use sasl::{Authenticator, reauthenticate_at};
+pub(crate) use sasl::Authenticator;
 pub use secret::Secret;
 pub(crate) use tls::Tls;
 

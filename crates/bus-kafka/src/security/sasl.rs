@@ -4,21 +4,18 @@
 //!
 //! Owns: [`Authenticator`] (the mechanism and the credentials, resolved once per bus from
 //! `security.sasl`: the password read from its environment variable, the OAUTHBEARER token
-//! source) and [`Authenticator::authenticate`] (one authentication on one connection), and
-//! [`reauthenticate_at`] (when, within the session lifetime, to authenticate again).
+//! source) and [`Authenticator::authenticate`] (one authentication on one connection, also as
+//! the connection's [`Authenticate`], which re-authenticates when the session is due).
 //!
 //! Invariants:
 //! - Every failure of the mechanism or refusal by the broker is [`RequestError::Auth`], naming
 //!   the broker and the mechanism, and poisons the connection; a transport failure during the
 //!   exchange keeps its own kind (retriable). No message carries a password or token.
 //! - Each request of the exchange is bounded by what is left until the caller's deadline.
-//! - A connection re-authenticates between 85% and 95% of the session lifetime (the Java
-//!   client's window, randomised so that connections opened together do not re-authenticate
-//!   together), between two requests.
 
 use std::time::Duration;
 
-use bus_core::ConfigError;
+use bus_core::errors::ConfigError;
 use bytes::Bytes;
 use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::StrBytes;
@@ -28,7 +25,7 @@ use super::config::{SaslConfig, SaslMechanism};
 use super::oauth::{self, TokenSource};
 use super::scram::{Hash, Scram};
 use super::secret::Secret;
-use crate::connection::{Connection, RequestError, code_name};
+use crate::connection::{Authenticate, Authentication, Connection, RequestError, code_name};
 
 /// UNSUPPORTED_SASL_MECHANISM.
 const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
@@ -91,11 +88,6 @@ impl Authenticator {
             }
         };
         Ok(Authenticator { mechanism, credentials })
-    }
-
-    /// The mechanism.
-    pub(crate) fn mechanism(&self) -> SaslMechanism {
-        self.mechanism
     }
 
     /// Authenticates `connection` (its versions negotiated), each request bounded by what is
@@ -209,6 +201,20 @@ fn password(config: &SaslConfig, mechanism: SaslMechanism) -> Result<Secret, Con
     }
 }
 
+impl Authenticate for Authenticator {
+    fn mechanism_name(&self) -> String {
+        self.mechanism.to_string()
+    }
+
+    fn authenticate<'a>(
+        &'a self,
+        connection: &'a mut Connection,
+        deadline: Instant,
+    ) -> Authentication<'a> {
+        Box::pin(Authenticator::authenticate(self, connection, deadline))
+    }
+}
+
 /// What is left until `deadline`.
 fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
@@ -245,30 +251,10 @@ impl<F: Fn(String) -> RequestError> Step<'_, F> {
     }
 }
 
-/// When to re-authenticate a session that began at `start` and lasts `lifetime`: at a random
-/// point between 85% and 95% of it.
-pub(crate) fn reauthenticate_at(start: Instant, lifetime: Duration) -> Instant {
-    let mut byte = [0u8; 1];
-    // A failing random source only loses the spread, not the bound.
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
-    let share = 0.85 + 0.10 * f64::from(byte[0]) / 255.0;
-    start + lifetime.mul_f64(share)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn reauthentication_falls_between_85_and_95_percent_of_the_lifetime() {
-        let start = Instant::now();
-        let lifetime = Duration::from_secs(100);
-        for _ in 0..100 {
-            let at = reauthenticate_at(start, lifetime) - start;
-            assert!(at >= Duration::from_secs(85) && at <= Duration::from_secs(95), "{at:?}");
-        }
-    }
 
     #[test]
     fn the_password_comes_from_the_named_variable() {

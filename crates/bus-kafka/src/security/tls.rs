@@ -20,7 +20,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use bus_core::ConfigError;
+use bus_core::errors::ConfigError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{

@@ -37,16 +37,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::backend::{
-    BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader, StartAt,
+    BoxFuture, GroupError, GroupMember, JoinRequest, MemberEvent, PartitionReader,
 };
-use bus_core::{OffsetReset, TopicPartition, Topics};
+use bus_core::{StartAt, TopicPartition, Topics, subscription::OffsetReset};
 use bus_supervisor::{Backoff, CancellationToken, ChildSpec};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, watch};
 
 use super::coordinator::{Failure, Link, Locator};
 use crate::client::KafkaClient;
-use crate::config::KafkaConfig;
+use crate::config::kafka::KafkaConfig;
 use crate::fetch::KafkaReader;
 use heartbeat::Heartbeat;
 use membership::Membership;
@@ -228,7 +228,7 @@ pub(crate) fn start(
     let member_token = token.clone();
     scope
         .supervise("coordinator", child_spec(), move |incarnation| {
-            membership::run(incarnation, Arc::clone(&handover), member_token.clone())
+            membership::run(incarnation, handover.clone(), member_token.clone())
         })?
         .detach();
     let (heartbeat_inner, heartbeat_locator) = (Arc::clone(&inner), Arc::clone(&locator));

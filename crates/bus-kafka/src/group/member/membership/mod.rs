@@ -2,9 +2,9 @@
 //! holds the assignment, revokes what it must, rejoins, and finally leaves.
 //!
 //! Owns: [`Membership`] (the task's coordinator link, its event sender, the topics it
-//! subscribes to now, the partitions it holds), the leader's assignment (`assign`, with the
-//! crate's `assignor` and `codec`), the metadata checks that call for a rebalance, and the join,
-//! sync and leave requests.
+//! subscribes to now, the partitions it holds) and its state machine here; the leader's
+//! assignment in `assign` (with the crate's `assignor` and `codec`); the join, sync and leave
+//! requests in `requests`; the metadata checks that call for a rebalance here.
 //!
 //! The cycle, as the member's `Phase`:
 //! - `Joining`: JoinGroup (with the member-id-required round trip), the leader's assignment,
@@ -48,7 +48,7 @@
 //! - A fenced member (FENCED_INSTANCE_ID) stops at once and is reported fenced.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::TopicPartition;
@@ -62,7 +62,6 @@ use kafka_protocol::messages::{
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
-use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -71,6 +70,9 @@ use crate::config::COOPERATIVE_STICKY;
 use crate::group::assignor::{self, Member};
 use crate::group::codec;
 use crate::group::coordinator::{Failure, Link, MEMBER_ID_REQUIRED, UNKNOWN_MEMBER_ID};
+
+mod assign;
+mod requests;
 
 /// The protocol type of consumer groups.
 const PROTOCOL_TYPE: &str = "consumer";
@@ -108,15 +110,14 @@ impl Stopped {
     }
 }
 
-/// What one incarnation of the membership task hands to the next: the membership, where it
-/// reports leaving, and whether an incarnation ran before.
-pub(super) type Handover = Arc<Mutex<Option<Carried>>>;
+/// What one incarnation of the membership task hands to the next: the membership and where it
+/// reports leaving.
+pub(super) type Handover = bus_supervisor::Handover<Carried>;
 
 /// The membership task's state across its incarnations.
 pub(super) struct Carried {
     membership: Membership,
     left: watch::Sender<Option<Result<(), GroupError>>>,
-    restarted: bool,
 }
 
 /// A new membership task's handover.
@@ -124,24 +125,7 @@ pub(super) fn handover(
     membership: Membership,
     left: watch::Sender<Option<Result<(), GroupError>>>,
 ) -> Handover {
-    Arc::new(Mutex::new(Some(Carried { membership, left, restarted: false })))
-}
-
-/// Holds an incarnation's state; a panicking incarnation leaves it for the next one.
-struct Holder {
-    carried: Option<Carried>,
-    handover: Weak<Mutex<Option<Carried>>>,
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(handover) = self.handover.upgrade()
-            && let Some(carried) = self.carried.take()
-        {
-            *handover.lock() = Some(carried);
-        }
-    }
+    Handover::new(Carried { membership, left })
 }
 
 /// Runs one incarnation of the membership task in `scope` (its supervised scope), taking over
@@ -151,14 +135,12 @@ pub(super) async fn run(
     handover: Handover,
     token: CancellationToken,
 ) -> Result<(), &'static str> {
-    let carried = handover.lock().take();
-    let mut holder = Holder { carried, handover: Arc::downgrade(&handover) };
-    drop(handover);
-    let Some(carried) = holder.carried.as_mut() else {
+    let mut held = handover.take();
+    let restarted = held.restarted();
+    let Some(carried) = held.get_mut() else {
         return Err("no membership state to take over");
     };
     carried.membership.path = Arc::from(scope.path());
-    let restarted = std::mem::replace(&mut carried.restarted, true);
     carried.membership.run(token, &carried.left, restarted).await;
     Ok(())
 }
@@ -522,374 +504,6 @@ impl Membership {
             }
         }
         None
-    }
-
-    /// JoinGroup (with the member-id-required round trip), the leader's assignment, SyncGroup;
-    /// the partitions assigned to this member (of its own topics).
-    async fn join_and_sync(&mut self) -> Result<(Joined, BTreeSet<TopicPartition>), Failure> {
-        let joined = self.join_group().await?;
-        // From here the generation and member id are ours (commits still wait for Stable).
-        self.update(|s| {
-            s.member_id = joined.member_id.clone();
-            s.generation = joined.generation;
-        });
-        let leads = joined.leader == joined.member_id;
-        let assignments = if leads && !joined.skip_assignment {
-            self.assign(&joined).await?
-        } else {
-            self.leader_counts = None;
-            if leads {
-                // A restarted static leader keeps the group's assignment: it watches the
-                // partition counts of its own topics from now on (the others' it learns at the
-                // next assignment it computes).
-                let topics: Vec<String> = self.topics.iter().cloned().collect();
-                if let Ok(found) = self.inner.client.topics(Some(&topics)).await {
-                    let counts = topics
-                        .iter()
-                        .map(|t| (t.clone(), found.get(t).map_or(0, |i| i.partitions)))
-                        .collect();
-                    self.leader_counts = Some(counts);
-                }
-            }
-            Vec::new()
-        };
-        let assignment = self.sync_group(&joined, assignments).await?;
-        let decoded = codec::decode_assignment(&assignment).map_err(|e| {
-            Failure::Retry(format!(
-                "group `{}`: generation {}: cannot read our assignment: {e}",
-                self.inner.group, joined.generation
-            ))
-        })?;
-        let mut partitions = BTreeSet::new();
-        for (topic, numbers) in decoded {
-            if !self.topics.contains(&topic) {
-                tracing::warn!(
-                    group = %self.inner.group, %topic, partitions = ?numbers,
-                    "assigned partitions of a topic this member does not subscribe to; ignoring them"
-                );
-                continue;
-            }
-            let topic: Arc<str> = Arc::from(topic.as_str());
-            partitions
-                .extend(numbers.into_iter().map(|p| TopicPartition::new(Arc::clone(&topic), p)));
-        }
-        Ok((joined, partitions))
-    }
-
-    /// The partitions held, by topic.
-    fn owned_by_topic(partitions: &BTreeSet<TopicPartition>) -> BTreeMap<String, Vec<i32>> {
-        let mut map: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-        for tp in partitions {
-            map.entry(tp.topic.to_string()).or_default().push(tp.partition);
-        }
-        map
-    }
-
-    /// The member's subscription for the assignor `assignor`: its topics; what it owns (a
-    /// cooperative member's partitions; nothing for an eager one, which revoked them) and
-    /// since which generation; and the sticky assignors' user data (what it held, and when).
-    fn subscription_for(&self, assignor: &str) -> Result<Bytes, Failure> {
-        let topics: Vec<String> = self.topics.iter().cloned().collect();
-        let owned = Self::owned_by_topic(&self.owned);
-        let user_data = match assignor {
-            COOPERATIVE_STICKY => {
-                Some(codec::encode_sticky_user_data(&owned, self.owned_generation))
-            }
-            STICKY => {
-                let held = if self.owned.is_empty() { &self.previous } else { &self.owned };
-                Some(codec::encode_sticky_user_data(
-                    &Self::owned_by_topic(held),
-                    self.owned_generation,
-                ))
-            }
-            _ => None,
-        }
-        .transpose()
-        .map_err(Failure::Fatal)?;
-        codec::encode_member_subscription(&topics, &owned, self.owned_generation, user_data)
-            .map_err(Failure::Fatal)
-    }
-
-    async fn join_group(&mut self) -> Result<Joined, Failure> {
-        let consumer = &self.inner.config.consumer;
-        let mut protocols = Vec::with_capacity(consumer.assignors.len());
-        for name in &consumer.assignors {
-            let mut protocol = JoinGroupRequestProtocol::default();
-            protocol.name = StrBytes::from_string(name.clone());
-            protocol.metadata = self.subscription_for(name)?;
-            protocols.push(protocol);
-        }
-        let session_ms = millis(consumer.session_timeout);
-        let rebalance_ms = millis(self.inner.rebalance_timeout);
-        let timeout = self
-            .inner
-            .config
-            .request_timeout
-            .max(self.inner.rebalance_timeout + JOIN_TIMEOUT_LAPSE);
-        if self.inner.instance_id.is_some() {
-            let version = self.link.version::<JoinGroupRequest>().await?;
-            if version < STATIC_MEMBERSHIP_VERSION {
-                return Err(Failure::Fatal(format!(
-                    "group `{}`: static membership (group_instance_id) needs JoinGroup v{} or \
-                     later (Kafka 2.3); the coordinator speaks v{version}",
-                    self.inner.group, STATIC_MEMBERSHIP_VERSION
-                )));
-            }
-        }
-        // At most one member-id-required round trip (KIP-394), plus one spare.
-        for _ in 0..3 {
-            let member_id = self.member_id();
-            let build = |version: i16| {
-                let mut request = JoinGroupRequest::default();
-                request.group_id = StrBytes::from_string(self.inner.group.clone()).into();
-                request.session_timeout_ms = session_ms;
-                request.rebalance_timeout_ms = rebalance_ms;
-                request.member_id = StrBytes::from_string(member_id.clone());
-                request.group_instance_id =
-                    self.inner.instance_id_for(version, STATIC_MEMBERSHIP_VERSION);
-                request.protocol_type = StrBytes::from_static_str(PROTOCOL_TYPE);
-                request.protocols = protocols.clone();
-                request.reason = Some(StrBytes::from_static_str("joining"));
-                request
-            };
-            let (response, version) = self.link.request(build, timeout).await?;
-            if response.error_code == MEMBER_ID_REQUIRED {
-                let assigned = response.member_id.as_str().to_owned();
-                tracing::debug!(group = %self.inner.group, member = %assigned, "member id assigned; joining with it");
-                self.update(|s| s.member_id = assigned);
-                continue;
-            }
-            if response.error_code != 0 {
-                let context = format!(
-                    "group `{}`: JoinGroup v{version} as member `{member_id}`{}",
-                    self.inner.group,
-                    self.inner
-                        .instance_id
-                        .as_ref()
-                        .map(|i| format!(" (instance `{i}`)"))
-                        .unwrap_or_default()
-                );
-                if response.error_code == UNKNOWN_MEMBER_ID && member_id.is_empty() {
-                    return Err(Failure::Retry(format!("{context}: UnknownMemberId (25)")));
-                }
-                return Err(Failure::from_code(response.error_code, &context));
-            }
-            return Ok(joined(response));
-        }
-        Err(Failure::Retry(format!(
-            "group `{}`: JoinGroup kept asking for a member id",
-            self.inner.group
-        )))
-    }
-
-    /// The leader's assignment: the members' subscriptions, fresh partition counts, the
-    /// assignor the group chose.
-    async fn assign(&mut self, joined: &Joined) -> Result<Vec<(String, Bytes)>, Failure> {
-        let group = self.inner.group.clone();
-        let protocol = joined.protocol.as_str();
-        let mut members = Vec::new();
-        let mut versions = BTreeMap::new();
-        for (id, instance_id, metadata) in &joined.members {
-            let mut member = Member {
-                id: id.clone(),
-                instance_id: instance_id.clone(),
-                topics: BTreeSet::new(),
-                owned: BTreeMap::new(),
-                generation: -1,
-            };
-            match codec::decode_subscription(metadata) {
-                Ok(subscription) => {
-                    versions.insert(id.clone(), subscription.version);
-                    let user_data =
-                        subscription.user_data.as_deref().and_then(codec::decode_sticky_user_data);
-                    match protocol {
-                        // The eager sticky assignor's members own nothing as they join: what
-                        // they held is in their user data (as the Java StickyAssignor reads it).
-                        STICKY => {
-                            if let Some((previous, generation)) = user_data {
-                                member.owned = previous;
-                                member.generation = generation.unwrap_or(-1);
-                            }
-                        }
-                        COOPERATIVE_STICKY => {
-                            let (previous, generation) = user_data.unwrap_or_default();
-                            member.owned = if subscription.version >= 1 {
-                                subscription.owned
-                            } else {
-                                previous
-                            };
-                            member.generation = if subscription.generation >= 0 {
-                                subscription.generation
-                            } else {
-                                generation.unwrap_or(-1)
-                            };
-                        }
-                        _ => {}
-                    }
-                    member.topics = subscription.topics.into_iter().collect();
-                }
-                Err(e) => {
-                    tracing::error!(group = %group, member = %id, error = %e, "cannot read a member's subscription; it gets nothing");
-                }
-            }
-            members.push(member);
-        }
-        let topics: Vec<String> = members
-            .iter()
-            .flat_map(|m| m.topics.iter().cloned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let found = self.inner.client.topics(Some(&topics)).await.map_err(|e| {
-            Failure::Retry(format!(
-                "group `{group}`: cannot read the partition counts of {topics:?} to assign: {e}"
-            ))
-        })?;
-        let mut counts = BTreeMap::new();
-        for topic in &topics {
-            match found.get(topic) {
-                Some(info) => {
-                    counts.insert(topic.clone(), info.partitions);
-                }
-                None => {
-                    tracing::warn!(group = %group, %topic, "a subscribed topic does not exist; skipping it");
-                }
-            }
-        }
-        let assignment = assignor::assign(protocol, &members, &counts).map_err(|e| {
-            Failure::Fatal(format!("group `{group}`: the group chose protocol `{protocol}`: {e}"))
-        })?;
-        tracing::debug!(group = %group, generation = joined.generation, ?assignment, "assignment computed");
-        self.leader_counts =
-            Some(topics.iter().map(|t| (t.clone(), counts.get(t).copied().unwrap_or(0))).collect());
-        let mut result = Vec::with_capacity(assignment.len());
-        for (member, topics) in &assignment {
-            let version = versions.get(member).copied().unwrap_or(0);
-            let bytes = codec::encode_assignment(topics, version).map_err(Failure::Fatal)?;
-            result.push((member.clone(), bytes));
-        }
-        Ok(result)
-    }
-
-    async fn sync_group(
-        &mut self,
-        joined: &Joined,
-        assignments: Vec<(String, Bytes)>,
-    ) -> Result<Bytes, Failure> {
-        let timeout = self
-            .inner
-            .config
-            .request_timeout
-            .max(self.inner.rebalance_timeout + JOIN_TIMEOUT_LAPSE);
-        let inner = Arc::clone(&self.inner);
-        let build = |version: i16| {
-            let mut request = SyncGroupRequest::default();
-            request.group_id = StrBytes::from_string(inner.group.clone()).into();
-            request.generation_id = joined.generation;
-            request.member_id = StrBytes::from_string(joined.member_id.clone());
-            request.group_instance_id = inner.instance_id_for(version, SYNC_INSTANCE_ID_VERSION);
-            request.protocol_type = Some(StrBytes::from_static_str(PROTOCOL_TYPE));
-            request.protocol_name = Some(StrBytes::from_string(joined.protocol.clone()));
-            request.assignments = assignments
-                .into_iter()
-                .map(|(member, bytes)| {
-                    let mut a = SyncGroupRequestAssignment::default();
-                    a.member_id = StrBytes::from_string(member);
-                    a.assignment = bytes;
-                    a
-                })
-                .collect();
-            request
-        };
-        let (response, version) = self.link.request(build, timeout).await?;
-        if response.error_code != 0 {
-            let context = format!(
-                "group `{}`: SyncGroup v{version} in generation {} as member `{}`",
-                self.inner.group, joined.generation, joined.member_id
-            );
-            return Err(Failure::from_code(response.error_code, &context));
-        }
-        Ok(response.assignment)
-    }
-
-    /// LeaveGroup for the current member id, if any (bounded by [`LEAVE_TIMEOUT`]); nothing
-    /// for a static member, which keeps its place for its next instance.
-    async fn leave_group(&mut self) -> Result<(), GroupError> {
-        let member_id = self.member_id();
-        if member_id.is_empty() {
-            return Ok(());
-        }
-        let group = self.inner.group.clone();
-        if let Some(instance) = &self.inner.instance_id {
-            tracing::info!(
-                group = %group, member = %member_id, %instance,
-                "static member stopping without leaving: its partitions wait for its next \
-                 instance for the session timeout"
-            );
-            return Ok(());
-        }
-        let timeout = self.inner.config.request_timeout.min(LEAVE_TIMEOUT);
-        let attempt = async {
-            let mut last = Failure::Retry("no attempt made".into());
-            for attempt in 0..2 {
-                if attempt > 0 {
-                    self.link.coordinator_moved();
-                }
-                let build = |version: i16| {
-                    let mut request = LeaveGroupRequest::default();
-                    request.group_id = StrBytes::from_string(group.clone()).into();
-                    if version >= 3 {
-                        let mut member = MemberIdentity::default();
-                        member.member_id = StrBytes::from_string(member_id.clone());
-                        member.reason = Some(StrBytes::from_static_str("the consumer is leaving"));
-                        request.members = vec![member];
-                    } else {
-                        request.member_id = StrBytes::from_string(member_id.clone());
-                    }
-                    request
-                };
-                let (response, version) = match self.link.request(build, timeout).await {
-                    Ok(answer) => answer,
-                    Err(f) => {
-                        last = f;
-                        continue;
-                    }
-                };
-                let context =
-                    format!("group `{group}`: LeaveGroup v{version} as member `{member_id}`");
-                let code = if response.error_code != 0 {
-                    response.error_code
-                } else {
-                    response.members.iter().map(|m| m.error_code).find(|c| *c != 0).unwrap_or(0)
-                };
-                match code {
-                    // Gone already (expelled, or the group moved on): that is what we wanted.
-                    0 | UNKNOWN_MEMBER_ID => return Ok(()),
-                    _ => last = Failure::from_code(code, &context),
-                }
-                if !matches!(last, Failure::Coordinator(_)) {
-                    break;
-                }
-            }
-            Err(last)
-        };
-        let result = match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(Failure::Retry(format!(
-                "group `{group}`: LeaveGroup as member `{member_id}` got no answer within {timeout:?}"
-            ))),
-        };
-        match result {
-            Ok(()) => {
-                tracing::info!(group = %group, member = %member_id, "left the group");
-                self.reset();
-                Ok(())
-            }
-            Err(f) => {
-                tracing::warn!(group = %group, member = %member_id, reason = %f.reason(), "leaving the group failed");
-                Err(self.inner.error(&f))
-            }
-        }
     }
 }
 
