@@ -7,7 +7,7 @@
 //!   `target/kafka/classpath.txt`.
 //! - [`Properties`]: a node's `server.properties`, written in a node directory beside a log4j2
 //!   configuration that sends the broker's log to `<dir>/server.log`.
-//! - [`format`], [`launch`], [`wait_started`]: formatting a node's storage (once, before its first
+//! - [`format()`], [`launch`], [`wait_started`]: formatting a node's storage (once, before its first
 //!   start), starting its JVM, and waiting until it logged that it started and answers.
 //! - [`PrivateNode`]: a single-node cluster of a test's own (tests that stop and restart a broker
 //!   use one: the shared cluster is never touched), killed on drop.
