@@ -9,6 +9,8 @@
 //!   configuration that sends the broker's log to `<dir>/server.log`.
 //! - [`format()`], [`launch`], [`wait_started`]: formatting a node's storage (once, before its first
 //!   start), starting its JVM, and waiting until it logged that it started and answers.
+//! - [`probe`] and [`api_versions`]: whether a listener speaks Kafka (an ApiVersions v0 round
+//!   trip, plain or over a TLS stream the caller opened).
 //! - [`PrivateNode`]: a single-node cluster of a test's own (tests that stop and restart a broker
 //!   use one: the shared cluster is never touched), killed on drop.
 //!
@@ -20,8 +22,8 @@
 //! except by Maven from the repositories its settings name (Maven Central by default).
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -336,6 +338,47 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
             return Err(format!("timed out after 30 s waiting for {what}"));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Sends an ApiVersions v0 request and checks the answer: the broker speaks Kafka.
+pub fn probe(bootstrap: &str) -> Result<()> {
+    let addr: SocketAddr = bootstrap
+        .parse()
+        .or_else(|_| {
+            use std::net::ToSocketAddrs;
+            bootstrap.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or(())
+        })
+        .map_err(|()| format!("`{bootstrap}` is not a host:port address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("cannot connect to {bootstrap}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    api_versions(&mut stream, bootstrap)
+}
+
+/// Sends an ApiVersions v0 request on `stream` (a connection to `bootstrap`, plain or TLS) and
+/// checks the answer.
+pub fn api_versions(stream: &mut (impl Read + Write), bootstrap: &str) -> Result<()> {
+    let client_id = b"xtask";
+    let mut request = Vec::new();
+    request.extend_from_slice(&18i16.to_be_bytes()); // ApiVersions
+    request.extend_from_slice(&0i16.to_be_bytes()); // version 0
+    request.extend_from_slice(&7i32.to_be_bytes()); // correlation id
+    request.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+    request.extend_from_slice(client_id);
+    let mut framed = (request.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&request);
+    stream.write_all(&framed).map_err(|e| format!("writing to {bootstrap}: {e}"))?;
+    let mut head = [0u8; 10];
+    stream.read_exact(&mut head).map_err(|e| format!("reading from {bootstrap}: {e}"))?;
+    let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let error = i16::from_be_bytes([head[8], head[9]]);
+    if correlation != 7 {
+        return Err(format!("{bootstrap} answered with correlation id {correlation}, not 7"));
+    }
+    if error != 0 {
+        return Err(format!("{bootstrap} answered ApiVersions with error code {error}"));
     }
     Ok(())
 }

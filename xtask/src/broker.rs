@@ -14,12 +14,9 @@
 //! - The cluster is reported ready only after each node logged that it started and its plaintext
 //!   listener answered an ApiVersions request, and the SASL_SSL listener answered one over TLS.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
-
 use clap::Subcommand;
 use testbed::cluster::{Cluster, Listener, NODES};
+use testbed::probe;
 
 use crate::Result;
 use crate::secure::{self, Credentials, Secured};
@@ -100,47 +97,6 @@ pub(crate) fn run(action: Action) -> Result<()> {
 
 fn external() -> Option<String> {
     std::env::var(BOOTSTRAP_VAR).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// Sends an ApiVersions v0 request and checks the answer: the broker speaks Kafka.
-pub(crate) fn probe(bootstrap: &str) -> Result<()> {
-    let addr: SocketAddr = bootstrap
-        .parse()
-        .or_else(|_| {
-            use std::net::ToSocketAddrs;
-            bootstrap.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or(())
-        })
-        .map_err(|()| format!("`{bootstrap}` is not a host:port address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("cannot connect to {bootstrap}: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    api_versions(&mut stream, bootstrap)
-}
-
-/// Sends an ApiVersions v0 request on `stream` (a connection to `bootstrap`, plain or TLS) and
-/// checks the answer.
-pub(crate) fn api_versions(stream: &mut (impl Read + Write), bootstrap: &str) -> Result<()> {
-    let client_id = b"xtask";
-    let mut request = Vec::new();
-    request.extend_from_slice(&18i16.to_be_bytes()); // ApiVersions
-    request.extend_from_slice(&0i16.to_be_bytes()); // version 0
-    request.extend_from_slice(&7i32.to_be_bytes()); // correlation id
-    request.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
-    request.extend_from_slice(client_id);
-    let mut framed = (request.len() as i32).to_be_bytes().to_vec();
-    framed.extend_from_slice(&request);
-    stream.write_all(&framed).map_err(|e| format!("writing to {bootstrap}: {e}"))?;
-    let mut head = [0u8; 10];
-    stream.read_exact(&mut head).map_err(|e| format!("reading from {bootstrap}: {e}"))?;
-    let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    let error = i16::from_be_bytes([head[8], head[9]]);
-    if correlation != 7 {
-        return Err(format!("{bootstrap} answered with correlation id {correlation}, not 7"));
-    }
-    if error != 0 {
-        return Err(format!("{bootstrap} answered ApiVersions with error code {error}"));
-    }
-    Ok(())
 }
 
 /// Returns a cluster that answers: the one named by `KAFKA_BOOTSTRAP`, the one recorded, or a

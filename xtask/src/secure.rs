@@ -211,7 +211,7 @@ pub(crate) fn probe(secured: &Secured) -> Result<()> {
     let tcp = TcpStream::connect(&bootstrap).map_err(|e| format!("cannot connect: {e}"))?;
     tcp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     let mut stream = rustls::StreamOwned::new(connection, tcp);
-    crate::broker::api_versions(&mut stream, &bootstrap)
+    testbed::api_versions(&mut stream, &bootstrap)
 }
 
 /// A random password: 16 bytes from the system's source, in hex.
