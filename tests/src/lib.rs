@@ -381,6 +381,35 @@ impl Drop for GoGroupMember {
     }
 }
 
+/// Commits `offset` for `partition` of `topic` in `group` through the peer client, without
+/// joining the group (to place a group's position where a test wants it, beyond the end for
+/// instance).
+///
+/// # Panics
+///
+/// When the peer fails or does not confirm the commit.
+pub fn peer_commit(topic: &str, group: &str, partition: i32, offset: i64) {
+    let (partition, offset) = (partition.to_string(), offset.to_string());
+    let answer = run_peer(
+        "group_peer.py",
+        &[
+            "commit",
+            "--bootstrap",
+            &bootstrap(),
+            "--topic",
+            topic,
+            "--group",
+            group,
+            "--partition",
+            &partition,
+            "--offset",
+            &offset,
+        ],
+        "",
+    );
+    assert_eq!(answer["committed"].to_string(), offset, "{answer}");
+}
+
 /// Waits until every broker of the test cluster knows `topic` with `partitions` partitions, each
 /// with a leader. A topic just created is known to the controller first; a client of another
 /// language that asks another broker at once may be told the topic has no leader yet, and

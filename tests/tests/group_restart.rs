@@ -191,20 +191,7 @@ async fn a_committed_offset_beyond_the_end_resets_to_the_earliest() {
     source.rounds(5).await;
     // Partition 0 holds 10 records; the group's committed offset for it is 1,000 (as after a
     // broker lost its records but kept the offsets, or a topic was recreated).
-    let answer = group_support::peer(&[
-        "commit",
-        "--bootstrap",
-        &bus_tests::bootstrap(),
-        "--topic",
-        &topic,
-        "--group",
-        &group,
-        "--partition",
-        "0",
-        "--offset",
-        "1000",
-    ]);
-    assert_eq!(answer["committed"], 1000);
+    bus_tests::peer_commit(&topic, &group, 0, 1000);
 
     let bus = bus_kafka::connect(config()).await.unwrap();
     let subscription = subscribe(&bus, &topic, &group, &log, "member", Duration::ZERO).await;

@@ -27,24 +27,7 @@ async fn consume(reset: OffsetReset) -> Vec<(i64, String)> {
     for _ in 0..10 {
         bus.publish(Record::new(topic.as_str(), "old").with_key("k")).await.unwrap();
     }
-    let answer = bus_tests::run_peer(
-        "group_peer.py",
-        &[
-            "commit",
-            "--bootstrap",
-            &bus_tests::bootstrap(),
-            "--topic",
-            &topic,
-            "--group",
-            &group,
-            "--partition",
-            "0",
-            "--offset",
-            "1000",
-        ],
-        "",
-    );
-    assert_eq!(answer["committed"], 1000, "{answer}");
+    bus_tests::peer_commit(&topic, &group, 0, 1000);
     let seen: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
     let sink = Arc::clone(&seen);
     let options = SubscribeOptions::new(&group).with_concurrency(1).with_auto_offset_reset(reset);

@@ -162,7 +162,10 @@ pub async fn abandoned_handler_is_redelivered(h: &impl Harness) {
         .expect("subscribed");
     bus.publish(keyed(&topic, "k", "stuck".into())).await.unwrap();
     tokio::time::timeout(PATIENCE, started.notified()).await.expect("handler started");
-    let report = first.unsubscribe(Duration::from_millis(200)).await.expect("tasks stopped");
+    // Two seconds: the stuck handler holds the stop until its reserve (a quarter of the time,
+    // at most 500 ms) is left for the abandonment, the final commit and leaving the group; with
+    // 200 ms that was 50 ms, too little for a LeaveGroup over SASL_SSL on a loaded machine.
+    let report = first.unsubscribe(Duration::from_secs(2)).await.expect("tasks stopped");
     assert_eq!(report.subscription.abandoned, 1, "{report:?}");
     assert!(report.subscription.left_group);
 
