@@ -36,11 +36,7 @@ async fn partitions_added_to_a_topic_are_there_and_fewer_are_refused() {
     admin.add_partitions(&topic, 3).await.unwrap();
     // The controller answered; every broker learns the new count from the metadata log soon
     // after.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while admin.partitions(&topic).await.unwrap() != Some(3) {
-        assert!(tokio::time::Instant::now() < deadline, "the topic still has fewer than 3");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    bus_tests::settle_topic(&topic, 3).await;
     let error = admin.add_partitions(&topic, 2).await.expect_err("a topic cannot shrink");
     assert_eq!(error.code(), Some(37), "INVALID_PARTITIONS: {error}");
     assert!(error.to_string().contains(&topic), "names the topic: {error}");

@@ -49,13 +49,9 @@ async fn the_leader_rebalances_when_a_topic_gains_partitions() {
     bus.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 
-/// Grows `topic` to `partitions` (CreatePartitions) and waits until the metadata shows them.
+/// Grows `topic` to `partitions` (CreatePartitions) and waits until every broker leads them.
 async fn grow(topic: &str, partitions: i32) {
     let admin = bus_kafka::admin::connect(bus_tests::config()).await.unwrap();
     admin.add_partitions(topic, partitions).await.unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while admin.partitions(topic).await.unwrap() != Some(partitions) {
-        assert!(tokio::time::Instant::now() < deadline, "{topic} never showed {partitions}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    bus_tests::settle_topic(topic, usize::try_from(partitions).unwrap()).await;
 }
