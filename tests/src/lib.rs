@@ -781,6 +781,22 @@ pub fn capture_logs() -> CapturedLogs {
     CapturedLogs { buffer, _guard: guard }
 }
 
+/// Sends the bus's warnings and errors (or the level `BUS_TEST_LOG` names: `error`, `warn`,
+/// `info`, `debug`, `trace`) to the running test's captured output, so that a failing test
+/// prints what the bus complained about. Installs a process-wide subscriber once; later calls
+/// do nothing.
+pub fn log_to_test_output() {
+    let level = std::env::var("BUS_TEST_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
+}
+
 /// The process's peak resident set size (VmHWM), in bytes.
 ///
 /// # Panics

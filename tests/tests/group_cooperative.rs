@@ -137,7 +137,12 @@ async fn join_and_leave(assignors: &[&str]) -> Vec<[(u64, u64); 3]> {
         produced.len(),
         log.len()
     ));
-    assert_eq!(duplicates, 0, "clean revocations commit before the partitions move");
+    assert_eq!(
+        duplicates,
+        0,
+        "clean revocations commit before the partitions move; handled twice: {}",
+        group_support::describe_duplicates(&log.snapshot())
+    );
     b.stop().await;
     c.stop().await;
     steps

@@ -130,17 +130,17 @@ async fn restart_without_rebalance(assignors: &[&str]) {
         produced.len(),
         log.len()
     ));
-    assert_eq!(duplicates, 0, "S3 committed before it stopped: nothing is handled twice");
+    assert_eq!(
+        duplicates,
+        0,
+        "S3 committed before it stopped: nothing is handled twice; handled twice: {}",
+        group_support::describe_duplicates(&log.snapshot())
+    );
     for m in [s1, s2, s3] {
         m.stop().await;
     }
 }
 
-// Once in six runs on the three-node cluster (a fresh clone's CI run, 2026-12-07, under load) one
-// record was handled twice after the restart: the stopped member's final commit did not cover
-// it. Not reproduced in five runs on an idle machine; not yet explained. Issue 24 (stops that
-// report what they leave) owns finding out; run it with `--ignored` meanwhile.
-#[ignore = "one duplicate after a static restart once under load: issue 24"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_member_restarts_without_a_rebalance_eager() {
     restart_without_rebalance(&["range"]).await;

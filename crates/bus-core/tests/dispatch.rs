@@ -384,6 +384,71 @@ async fn drain_discards_queued_and_lets_running_finish_before_the_deadline() {
     .await;
 }
 
+/// Messages run in parallel across keys, so a later offset can be handled while an earlier
+/// one waits behind its key. A drain finishes the queued ones below the highest offset claimed,
+/// so the commit covers every handled message (the next owner handles none twice); the queued
+/// ones above it are discarded.
+#[tokio::test(start_paused = true)]
+async fn drain_finishes_what_waits_below_a_handled_offset() {
+    let supervisor = Supervisor::new("test");
+    let gate = Arc::new(Semaphore::new(0));
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let process = {
+        let (gate, handled) = (Arc::clone(&gate), Arc::clone(&handled));
+        processor(move |m| {
+            let (gate, handled) = (Arc::clone(&gate), Arc::clone(&handled));
+            async move {
+                if m.offset == 0 {
+                    gate.acquire().await.unwrap().forget();
+                }
+                handled.lock().push(m.offset);
+                Processed::Done
+            }
+        })
+    };
+    let dispatch = KeyedDispatch::start(supervisor.root(), config(2, true, 100), process).unwrap();
+    // p0/1 and p0/3 wait behind the slow p0/0 (same key); p0/2 is handled meanwhile.
+    let keys = [Some("slow"), Some("slow"), Some("fast"), Some("slow")];
+    let batch = keys.iter().enumerate().map(|(o, k)| message(0, o as i64, *k)).collect();
+    dispatch.submit(batch).await.unwrap();
+    wait_until("p0/2 handled", Duration::from_secs(1), || handled.lock().contains(&2)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let partitions = [tp(0)];
+    let mut drain = pin!(dispatch.drain(&partitions, deadline));
+    assert!(still_pending(&mut drain, Duration::from_millis(100)).await, "p0/0 still runs");
+    gate.add_permits(1);
+    let report = drain.await;
+    assert!(Instant::now() < deadline, "returned once p0/1 was handled");
+    assert_eq!((report.discarded, report.abandoned), (1, 0), "p0/3 lay above p0/2");
+    assert_eq!(*handled.lock(), vec![2, 0, 1]);
+    assert_eq!(dispatch.committable(&tp(0)), Some(3), "every handled message is committable");
+}
+
+/// At its deadline a drain discards what it was finishing as well.
+#[tokio::test(start_paused = true)]
+async fn drain_discards_what_it_was_finishing_at_the_deadline() {
+    let supervisor = Supervisor::new("test");
+    let process = processor(|m| async move {
+        if m.offset == 0 {
+            std::future::pending::<()>().await;
+        }
+        Processed::Done
+    });
+    let dispatch = KeyedDispatch::start(supervisor.root(), config(2, true, 100), process).unwrap();
+    let keys = [Some("stuck"), Some("stuck"), Some("free")];
+    let batch = keys.iter().enumerate().map(|(o, k)| message(0, o as i64, *k)).collect();
+    dispatch.submit(batch).await.unwrap();
+    wait_until("p0/2 handled", Duration::from_secs(1), || dispatch.processed() == 1).await;
+
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let report = dispatch.drain(&[tp(0)], deadline).await;
+    assert!(Instant::now() >= deadline);
+    assert_eq!((report.discarded, report.abandoned), (1, 1), "p0/1 discarded, p0/0 abandoned");
+    assert_eq!(dispatch.committable(&tp(0)), Some(0));
+    assert_eq!(dispatch.in_flight(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn drain_abandons_what_is_still_running_at_the_deadline() {
     let supervisor = Supervisor::new("test");

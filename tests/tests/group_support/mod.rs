@@ -29,6 +29,7 @@ pub fn config() -> KafkaConfig {
 
 /// [`config`] for the broker at `bootstrap`.
 pub fn config_at(bootstrap: &str) -> KafkaConfig {
+    bus_tests::log_to_test_output();
     let mut config = KafkaConfig::new(bootstrap);
     config.consumer.heartbeat_interval = Duration::from_millis(500);
     config.consumer.session_timeout = Duration::from_secs(10);
@@ -297,6 +298,26 @@ pub fn check_order(log: &[Handled], produced: &BTreeSet<(String, u64)>) -> (usiz
     let lost: Vec<&(String, u64)> = produced.difference(&handled).take(20).collect();
     assert!(lost.is_empty(), "records never handled (first 20): {lost:?}");
     (duplicates, rewinds)
+}
+
+/// Every record handled more than once, with who handled it where each time, in handling
+/// order: `key vN: [(consumer, partition, offset), ...]` (the first 10), for failure messages.
+#[allow(dead_code)] // each test file uses a different part
+pub fn describe_duplicates(log: &[Handled]) -> String {
+    let mut handlings: BTreeMap<(&str, u64), Vec<&Handled>> = BTreeMap::new();
+    for h in log {
+        handlings.entry((&h.key, h.version)).or_default().push(h);
+    }
+    handlings
+        .iter()
+        .filter(|(_, seen)| seen.len() > 1)
+        .take(10)
+        .map(|((key, version), seen)| {
+            let seen: Vec<_> = seen.iter().map(|h| (&h.consumer, h.partition, h.offset)).collect();
+            format!("{key} v{version}: {seen:?}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Runs `group_peer.py` with `args`, returning its JSON output.

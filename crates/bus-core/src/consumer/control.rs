@@ -20,7 +20,8 @@
 //!   The subscription's `start` position overrides the committed offsets only on a partition's
 //!   first assignment to this subscription.
 //! - A seek releases the partition as a revocation does (fetch loop stopped, queued messages
-//!   dropped, running handlers drained, the finished prefix committed as the commit mode says,
+//!   above the highest one a worker took dropped and those below it finished, running handlers
+//!   drained, the finished prefix committed as the commit mode says,
 //!   the tracker forgotten) before its reader is opened at the new position: no offset of the
 //!   old position is ever committed past an unfinished message, nor one of the new position
 //!   before it is finished.

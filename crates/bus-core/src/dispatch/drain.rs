@@ -1,10 +1,18 @@
 //! Drain: releasing partitions (a revoke, or shutdown) against a deadline. Their queued
-//! messages are removed, their running ones waited for until the deadline, then abandoned.
+//! messages above what was already handled are removed; the rest (running, and queued at or
+//! below the highest offset a worker claimed) are waited for until the deadline, then the
+//! queued ones removed and the running ones abandoned.
 //!
 //! Owns: [`KeyedDispatch::drain`], [`KeyedDispatch::drain_all`], [`DrainReport`] and
 //! [`ABANDON_GRACE`].
 //!
 //! Invariants:
+//! - **No handled message above an uncommitted one**, when the drain ends by its deadline:
+//!   messages run in parallel across keys, so when a partition is released some of its messages
+//!   may have been handled while earlier ones still wait in their keys' chains. Discarding
+//!   those would leave a gap below handled messages, and the next owner (reading from the
+//!   committed offset, the finished prefix) would handle them again. So a drain finishes the
+//!   queued messages at or below the highest offset claimed and discards only those above it.
 //! - **Abandonment.** At its deadline a drain marks the running messages of its partitions
 //!   abandoned and signals their workers (through the per-worker control of `worker.rs`); the
 //!   worker drops the future and the offset stays pending. A message that finishes just as it
@@ -44,10 +52,12 @@ pub struct DrainReport {
 }
 
 impl KeyedDispatch {
-    /// Releases `partitions` (revoke): removes their queued messages (counted as `discarded`,
-    /// left uncommitted), then waits until none of their messages is running or `deadline`
-    /// passes. At the deadline the ones still running are abandoned: their futures are dropped
-    /// by the workers (waited for up to [`ABANDON_GRACE`]) and their offsets stay uncommitted.
+    /// Releases `partitions` (revoke): removes their queued messages above the highest offset
+    /// a worker claimed (counted as `discarded`, left uncommitted), then waits until none of
+    /// their messages is running or queued or `deadline` passes. At the deadline the queued
+    /// ones are removed too and the ones still running are abandoned: their futures are
+    /// dropped by the workers (waited for up to [`ABANDON_GRACE`]) and their offsets stay
+    /// uncommitted.
     ///
     /// Afterwards [`KeyedDispatch::committable`] still answers for these partitions; call
     /// [`KeyedDispatch::forget`] once committed. Stop submitting a partition before draining
@@ -70,9 +80,10 @@ impl KeyedDispatch {
             for &p in &guard.parts {
                 if let Some(part) = st.parts[p].as_mut() {
                     part.draining += 1;
+                    part.finishing = true;
                 }
             }
-            report.discarded = st.discard_queued(&mask);
+            report.discarded = st.discard_queued(&mask, true);
             let mut wake = Wake { room: st.room_for_head(), ..Wake::default() };
             wake.workers = st.ready.len().min(st.sleepers);
             st.sleepers -= wake.workers;
@@ -83,7 +94,21 @@ impl KeyedDispatch {
         let stopped = shared.wait_stopped(&guard.parts, deadline).await;
         if !stopped {
             let signals;
-            (report.abandoned_offsets, signals) = shared.state.lock().abandon(&mask);
+            let wake = {
+                let mut st = shared.state.lock();
+                for &p in &guard.parts {
+                    if let Some(part) = st.parts[p].as_mut() {
+                        part.finishing = false;
+                    }
+                }
+                report.discarded += st.discard_queued(&mask, false);
+                (report.abandoned_offsets, signals) = st.abandon(&mask);
+                let mut wake = Wake { room: st.room_for_head(), ..Wake::default() };
+                wake.workers = st.ready.len().min(st.sleepers);
+                st.sleepers -= wake.workers;
+                wake
+            };
+            wake.run(shared);
             report.abandoned = report.abandoned_offsets.len();
             for (worker, seq) in signals {
                 if let Some(ctl) = shared.workers.get(worker) {
@@ -130,6 +155,7 @@ impl Drop for DrainGuard<'_> {
         for &p in &self.parts {
             if let Some(part) = st.parts[p].as_mut() {
                 part.draining -= 1;
+                part.finishing = false;
             }
             st.release_part(p);
         }
@@ -137,7 +163,8 @@ impl Drop for DrainGuard<'_> {
 }
 
 impl Shared {
-    /// Waits until no message of `parts` is running, or `deadline`; true when none is.
+    /// Waits until no message of `parts` is running or queued, or `deadline`; true when none
+    /// is.
     async fn wait_stopped(&self, parts: &[usize], deadline: Instant) -> bool {
         loop {
             let notified = self.drained.notified();

@@ -57,7 +57,7 @@ impl Shared {
             }
             st.closed = true;
             let mask = vec![true; st.parts.len()];
-            st.discard_queued(&mask)
+            st.discard_queued(&mask, false)
         };
         self.work.notify_waiters();
         self.room.notify_waiters();

@@ -87,6 +87,12 @@ pub(super) struct Part {
     pub(super) draining: usize,
     /// Claims discarded while a drain was waiting (added to that drain's report).
     pub(super) late_discarded: usize,
+    /// The highest offset of it ever claimed by a worker (-1: none): what was handled, or is
+    /// being handled, lies at or below it.
+    claimed_up_to: i64,
+    /// A drain is finishing its queued messages at or below `claimed_up_to` (before the
+    /// drain's deadline), so that its commit covers every message handled.
+    pub(super) finishing: bool,
     /// Forgotten: no longer found by lookups; freed once nothing refers to it.
     pub(super) forgotten: bool,
 }
@@ -209,6 +215,8 @@ impl State {
             running: 0,
             draining: 0,
             late_discarded: 0,
+            claimed_up_to: -1,
+            finishing: false,
             forgotten: false,
         };
         let p = match self.free_parts.pop() {
@@ -239,8 +247,11 @@ impl State {
         }
     }
 
+    /// Whether none of `parts` has a message running, or queued and kept by a drain.
     pub(super) fn stopped(&self, parts: &[usize]) -> bool {
-        parts.iter().all(|&p| self.parts[p].as_ref().is_none_or(|part| part.running == 0))
+        parts.iter().all(|&p| {
+            self.parts[p].as_ref().is_none_or(|part| part.running == 0 && part.in_flight == 0)
+        })
     }
 
     fn alloc_slot(&mut self, slot: Slot) -> usize {
@@ -374,6 +385,7 @@ impl State {
             slot.seq = seq;
             if let Some(part) = self.parts[slot.part].as_mut() {
                 part.running += 1;
+                part.claimed_up_to = part.claimed_up_to.max(slot.offset);
             }
             self.stats.running += 1;
             claims.push_back(Job { slot: s, msg, seq });
@@ -394,8 +406,9 @@ impl State {
         }
     }
 
-    /// Takes back a worker's claims (not started), in order: to the front of the ready queue;
-    /// discarded when the dispatch is closed or their partition drained (counted for the
+    /// Takes back a worker's claims (not started), in order: to the front of the ready queue
+    /// (also while their partition drains and finishes what was claimed); discarded when the
+    /// dispatch is closed or their partition's drain passed its deadline (counted for the
     /// drain); ended as abandoned when a drain abandoned them.
     pub(super) fn unclaim(&mut self, claims: &mut VecDeque<Job>, wake: &mut Wake) {
         while let Some(Job { slot: s, msg, .. }) = claims.pop_back() {
@@ -411,7 +424,7 @@ impl State {
                     if part.running == 0 && part.draining > 0 {
                         wake.drained = true;
                     }
-                    part.draining > 0
+                    part.draining > 0 && !part.finishing
                 }
                 None => false,
             };
@@ -509,9 +522,25 @@ impl State {
         self.release_part(p);
     }
 
-    /// Removes the queued messages of the partitions in `mask`; returns how many.
-    pub(super) fn discard_queued(&mut self, mask: &[bool]) -> usize {
-        let doomed = |p: usize| mask.get(p).copied().unwrap_or(false);
+    /// Removes the queued messages of the partitions in `mask`, except, when `keep_claimed`,
+    /// those at or below their partition's highest claimed offset (a drain finishes them, so
+    /// that no handled message lies above an uncommitted one); returns how many.
+    pub(super) fn discard_queued(&mut self, mask: &[bool], keep_claimed: bool) -> usize {
+        // Per partition: `None` when kept whole, else the highest offset kept.
+        let kept_up_to: Vec<Option<i64>> = self
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(p, part)| match part {
+                Some(part) if mask.get(p).copied().unwrap_or(false) => {
+                    Some(if keep_claimed { part.claimed_up_to } else { i64::MIN })
+                }
+                _ => None,
+            })
+            .collect();
+        let doomed = |slot: &Slot| {
+            kept_up_to.get(slot.part).copied().flatten().is_some_and(|kept| slot.offset > kept)
+        };
         let mut discarded = 0;
         // Waiting chains first, so that a key's next message made ready below is a survivor.
         let keys: Vec<usize> = self.key_index.iter().copied().collect();
@@ -520,7 +549,7 @@ impl State {
             let mut cur = self.keys[k].head;
             while cur != NIL {
                 let next = self.slots[cur].next;
-                if doomed(self.slots[cur].part) {
+                if doomed(&self.slots[cur]) {
                     if prev == NIL {
                         self.keys[k].head = next;
                     } else {
@@ -537,8 +566,8 @@ impl State {
         }
         let ready = std::mem::take(&mut self.ready);
         for s in ready {
-            let (p, k) = (self.slots[s].part, self.slots[s].key);
-            if doomed(p) {
+            let k = self.slots[s].key;
+            if doomed(&self.slots[s]) {
                 self.drop_queued(s);
                 discarded += 1;
                 if k != NIL {

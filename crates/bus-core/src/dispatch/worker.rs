@@ -14,10 +14,10 @@
 //! - **Claims.** A worker takes (claims) up to `MAX_CLAIM` ready messages at once, but only
 //!   while messages complete at their first poll; after one that was pending it claims one at a
 //!   time. A worker whose message turns out pending hands its other claims back before it waits:
-//!   to the front of the ready queue in order, or, when their partition is being drained or the
-//!   dispatch closed, discarded (uncommitted; counted in that drain's report); a claim a drain
-//!   abandoned in the meantime ends abandoned. So a slow handler never holds other messages
-//!   back, and no claim outlives a wait.
+//!   to the front of the ready queue in order, or, when their partition's drain passed its
+//!   deadline or the dispatch closed, discarded (uncommitted; counted in that drain's report);
+//!   a claim a drain abandoned in the meantime ends abandoned. So a slow handler never holds
+//!   other messages back, and no claim outlives a wait.
 //! - A worker takes the lock once per claim (recording the messages it finished and claiming
 //!   the next under the same lock). A message whose future is ready at its first poll costs no
 //!   lock of its own and no other shared write (no token clone, no waiter registration).
