@@ -223,6 +223,7 @@ impl Cluster {
                 !pid.is_some_and(|pid| crate::is_node(pid, &node.dir))
             })?;
         }
+        crate::wait_for_coordinators(&cluster.nodes[0].address(Listener::Client))?;
         Ok(cluster)
     }
 

@@ -383,6 +383,65 @@ pub fn api_versions(stream: &mut (impl Read + Write), bootstrap: &str) -> Result
     Ok(())
 }
 
+/// The coordinator kinds of FindCoordinator (v1 and later): 0 a consumer group, 1 a
+/// transactional id.
+const COORDINATOR_KINDS: [(i8, &str); 2] = [(0, "group"), (1, "transaction")];
+
+/// Asks `bootstrap` for a group coordinator and a transaction coordinator until both are
+/// answered without error, for at most 90 s. The broker creates `__consumer_offsets` and
+/// `__transaction_state` at the first such question and answers COORDINATOR_NOT_AVAILABLE until
+/// their partitions have leaders; asking once at start-up means no test meets that window.
+pub fn wait_for_coordinators(bootstrap: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for (kind, name) in COORDINATOR_KINDS {
+        while let Err(last) = find_coordinator(bootstrap, kind) {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no {name} coordinator from {bootstrap} within 90 s; last answer: {last}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    Ok(())
+}
+
+/// One FindCoordinator v1 for a key of kind `kind` at `bootstrap`: `Ok` when answered without
+/// error.
+fn find_coordinator(bootstrap: &str, kind: i8) -> Result<()> {
+    let addr: SocketAddr =
+        bootstrap.parse().map_err(|_| format!("`{bootstrap}` is not a host:port address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("cannot connect to {bootstrap}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let client_id = b"xtask";
+    let key = b"bus-testbed-ready";
+    let mut request = Vec::new();
+    request.extend_from_slice(&10i16.to_be_bytes()); // FindCoordinator
+    request.extend_from_slice(&1i16.to_be_bytes()); // version 1
+    request.extend_from_slice(&11i32.to_be_bytes()); // correlation id
+    request.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+    request.extend_from_slice(client_id);
+    request.extend_from_slice(&(key.len() as i16).to_be_bytes());
+    request.extend_from_slice(key);
+    request.push(kind.to_be_bytes()[0]);
+    let mut framed = (request.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&request);
+    stream.write_all(&framed).map_err(|e| format!("writing to {bootstrap}: {e}"))?;
+    // Size, correlation id, throttle time, error code.
+    let mut head = [0u8; 14];
+    stream.read_exact(&mut head).map_err(|e| format!("reading from {bootstrap}: {e}"))?;
+    let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let error = i16::from_be_bytes([head[12], head[13]]);
+    if correlation != 11 {
+        return Err(format!("{bootstrap} answered with correlation id {correlation}, not 11"));
+    }
+    if error != 0 {
+        return Err(format!("FindCoordinator answered with error code {error}"));
+    }
+    Ok(())
+}
+
 /// A free loopback port (free when asked: bind it soon).
 pub fn free_port() -> Result<u16> {
     TcpListener::bind("127.0.0.1:0")
