@@ -76,6 +76,7 @@ fn value(i: usize) -> Bytes {
 /// Publishes `RECORDS` keyed records through a proxy that the faults go through, with or
 /// without idempotence; returns what reading the topic back found, and the faults.
 async fn run(idempotence: bool) -> (Readback, Faults) {
+    bus_tests::log_to_test_output();
     let listen = free_port();
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], listen))).await.unwrap();
     let mut broker = OwnBroker::start_advertising(listen, proxy.port());
@@ -202,13 +203,11 @@ async fn read_back(bootstrap: &str, topic: &str) -> Readback {
     readback
 }
 
-// On Apache Kafka 4.4 (a private single node) this fails in about two runs of three: the
-// broker answers one resent batch OUT_OF_ORDER_SEQUENCE_NUMBER, the partition loop takes a new
-// epoch and numbers its unacknowledged batches afresh although the broker had stored some of
-// them, and a few hundred to 1,500 records are stored twice (measured 2026-12-07: 1,376, 763,
-// 1,474 duplicates of 200,000). nisshi never answered that way. Issue 23 owns the fix (the
-// idempotent producer's handling of sequence errors); run it with `--ignored` until then.
-#[ignore = "duplicates on Apache Kafka after OUT_OF_ORDER_SEQUENCE_NUMBER: issue 23"]
+// On Apache Kafka 4.4 this failed in two runs of seven (2026-12-07: 465 and 3,691 duplicates of
+// 200,000) while the first batch of a partition's identity was pipelined: sequence 0 failed
+// retriably, the batch behind it was stored (a broker without state for the producer takes any
+// first sequence, KAFKA-15591), sequence 0 was then answered OUT_OF_ORDER_SEQUENCE_NUMBER and
+// both were numbered afresh under a new epoch. The first batch now goes alone (6 runs of 6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producer_stores_every_record_once_in_order_through_cuts_and_a_restart() {
     let (readback, faults) = run(true).await;

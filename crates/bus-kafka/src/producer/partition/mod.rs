@@ -26,6 +26,11 @@
 //!   the earlier attempt: DUPLICATE_SEQUENCE_NUMBER says it was stored and is an
 //!   acknowledgement (without an offset: `-1`). Not idempotent, a batch whose answer was lost
 //!   may be stored twice (at least once); one in flight keeps the order.
+//! - Idempotent, the first batch under an identity is sent alone, and the window opens once it
+//!   is acknowledged. A broker with no state for a producer on a partition accepts whatever
+//!   sequence comes first (KAFKA-15591): were the first batch to fail retriably while the next
+//!   one, pipelined behind it, was stored, the first could never be stored under its sequence,
+//!   and numbering both afresh would store the second twice.
 //! - Idempotent, the sequence numbers a partition sends under an identity are contiguous from
 //!   0, and every one below the oldest sealed batch's is acknowledged. A batch that leaves
 //!   without an acknowledgement (rejected, past its delivery timeout, failed back) breaks that,
@@ -207,6 +212,9 @@ impl Sealed {
 struct Session {
     identity: Identity,
     next_sequence: i32,
+    /// A batch was acknowledged under it: the broker holds the producer's state for the
+    /// partition, so batches may be pipelined.
+    established: bool,
 }
 
 pub(super) struct Batcher {
@@ -277,6 +285,16 @@ impl Batcher {
         self.retry_at = None;
     }
 
+    /// Batches that may be in flight now: the window, or 1 until the broker acknowledged a
+    /// batch of the partition's identity (see the module's invariants).
+    fn sending_window(&self) -> usize {
+        if self.idempotent && !self.session.is_some_and(|s| s.established) {
+            1
+        } else {
+            self.window
+        }
+    }
+
     async fn run(&mut self) {
         let linger = self.shared.config.producer.linger;
         let max_bytes = self.shared.config.producer.max_batch_bytes;
@@ -301,7 +319,7 @@ impl Batcher {
             }
             // Never more than the window in flight (a split can leave one more sealed): the
             // broker recognises a batch sent again only among a producer's last five.
-            if self.sent < self.sealed.len() && self.sent < self.window {
+            if self.sent < self.sealed.len() && self.sent < self.sending_window() {
                 let sendable = self.sent == 0 || self.sealed[self.sent].batch.is_ok();
                 if sendable {
                     if self.prepare().await {

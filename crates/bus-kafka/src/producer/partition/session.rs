@@ -26,7 +26,7 @@ impl Batcher {
     /// from 0, in order.
     pub(super) fn start_session(&mut self, identity: Identity) {
         self.unusable = None;
-        let mut session = Session { identity, next_sequence: 0 };
+        let mut session = Session { identity, next_sequence: 0, established: false };
         for sealed in &mut self.sealed {
             let stamp = Stamp {
                 producer_id: identity.id,

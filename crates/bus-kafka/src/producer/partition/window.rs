@@ -182,8 +182,12 @@ impl Batcher {
             Failure::TooLarge(reason) | Failure::Fatal(reason) => self.reject_oldest(&reason),
             Failure::Sequence(reason) if !self.idempotent => self.reject_oldest(&reason),
             Failure::Sequence(reason) => {
+                let (stamp, attempts) =
+                    self.sealed.front().map_or((Stamp::NONE, 0), |s| (s.stamp, s.attempts));
                 tracing::warn!(
                     topic = %self.state.topic, partition = self.state.partition, %reason,
+                    producer_id = stamp.producer_id, epoch = stamp.epoch,
+                    base_sequence = stamp.base_sequence, records = count, attempts,
                     "the broker's record of this producer disagrees with ours: the batches not \
                      acknowledged are sent again under a new producer epoch"
                 );
@@ -236,6 +240,9 @@ impl Batcher {
     /// earlier attempt) at offsets the broker did not say: `-1`.
     pub(super) fn acknowledge(&mut self, stored: Stored) {
         let Some(sealed) = self.sealed.pop_front() else { return };
+        if let Some(session) = self.session.as_mut() {
+            session.established = true;
+        }
         self.shared.health.succeeded(&self.state.topic, self.state.partition);
         self.last_error = None;
         self.retries = 0;
