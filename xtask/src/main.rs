@@ -18,6 +18,7 @@ mod fuzz;
 mod leakcheck;
 mod peer;
 mod secure;
+mod service_example;
 mod test;
 mod tools;
 

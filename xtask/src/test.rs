@@ -4,10 +4,11 @@
 //! clients the tests compare against, see `peer`: the Python one and the Go one), running
 //! `cargo test --workspace` with `KAFKA_BOOTSTRAP`, the secured listeners' `KAFKA_SECURE_*` and
 //! the Kafka classpath (for tests that run a private node) set, then (on a full run, no filter
-//! given) the fault tests with the `fault-injection` feature, the `orders` example service and
-//! the offset-control examples (`replay`, `seek`, `pause`, `manual_commit`, `tombstones`) on the
-//! plaintext listener and the `secure` example on SASL_SSL, and stopping the cluster afterwards
-//! if this run started it.
+//! given) the fault tests with the `fault-injection` feature, the `orders` example, the
+//! `service` example stopped by SIGTERM (see `service_example`), the offset-control examples
+//! (`replay`, `seek`, `pause`, `manual_commit`, `tombstones`) on the plaintext listener and
+//! the `secure` example on SASL_SSL, and stopping the cluster afterwards if this run started
+//! it.
 
 use std::process::Command;
 
@@ -43,6 +44,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     if outcome.is_ok() && args.is_empty() {
         outcome = run_orders_example(&broker.bootstrap);
+    }
+    if outcome.is_ok() && args.is_empty() {
+        outcome = crate::service_example::run(&broker.bootstrap);
     }
     for example in OFFSET_EXAMPLES {
         if outcome.is_ok() && args.is_empty() {

@@ -81,6 +81,12 @@ pub use error::KafkaError;
 /// `backend` hides bus-core's backend interface, which a service does not need.
 pub use bus_core::*;
 
+/// The workspace README's Rust code (the service in "Use it in a service"), compiled with this
+/// crate's doc-tests so that the page a newcomer copies from cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 use std::sync::Arc;
 
 use backend::KafkaBackend;
