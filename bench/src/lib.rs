@@ -100,7 +100,7 @@ pub fn admin(runtime: &tokio::runtime::Runtime, bootstrap: &str) -> bus_kafka::a
 }
 
 /// How both clients secure their connections (librdkafka's names; plaintext by default).
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Security {
     /// `security.protocol`: plaintext, ssl, sasl_plaintext or sasl_ssl.
     #[arg(long, default_value = "plaintext")]
@@ -117,6 +117,19 @@ pub struct Security {
     /// The environment variable holding `sasl.password` (not on the command line).
     #[arg(long)]
     pub sasl_password_env: Option<String>,
+}
+
+/// Plaintext: what a benchmark without security options (latency, rebalance) runs on.
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            security_protocol: "plaintext".into(),
+            ssl_ca_location: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password_env: None,
+        }
+    }
 }
 
 static SECURITY: std::sync::OnceLock<Security> = std::sync::OnceLock::new();

@@ -11,6 +11,10 @@
 //!   future that opens the connection (no task of its own), one call at a time.
 //! - When the provider fails while the cached token has not expired, the cached token is used
 //!   (and the failure logged); an expired token is never sent.
+//! - Every wait for a token is bounded by its caller's deadline (the authentication's, within
+//!   `request_timeout`): a provider that never answers costs each connection attempt that
+//!   deadline, never more, and holds nothing up past it (its call is dropped; the next caller
+//!   asks again). The cache is read without waiting for a call in progress.
 //! - The token is a [`Secret`]: never logged, never in `Debug`.
 
 use std::collections::BTreeMap;
@@ -96,7 +100,10 @@ struct Cached {
 /// The tokens of one bus: the provider and the token in use.
 pub(crate) struct TokenSource {
     provider: TokenProvider,
-    cached: tokio::sync::Mutex<Option<Cached>>,
+    /// The token in use (read without waiting for a call of the provider).
+    cached: parking_lot::Mutex<Option<Cached>>,
+    /// Held while the provider is called: one call at a time.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -107,45 +114,69 @@ impl std::fmt::Debug for TokenSource {
 
 impl TokenSource {
     pub(crate) fn new(provider: TokenProvider) -> Self {
-        TokenSource { provider, cached: tokio::sync::Mutex::new(None) }
+        TokenSource {
+            provider,
+            cached: parking_lot::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+        }
     }
 
-    /// A token to send now: the cached one before its refresh point, else a new one.
+    /// A token to send now: the cached one before its refresh point, else a new one from the
+    /// provider, asked by `deadline` (else the cached one, while it has not expired).
     ///
     /// # Errors
     ///
-    /// Why no unexpired token could be had.
-    pub(crate) async fn token(&self) -> Result<OAuthBearerToken, String> {
-        let mut cached = self.cached.lock().await;
-        let now = Instant::now();
-        if let Some(current) = cached.as_ref()
-            && now < current.refresh_at
-        {
-            return Ok(current.token.clone());
+    /// Why no unexpired token could be had by `deadline`.
+    pub(crate) async fn token(&self, deadline: Instant) -> Result<OAuthBearerToken, String> {
+        if let Some(token) = self.cached_until(|c| c.refresh_at) {
+            return Ok(token);
         }
-        match self.provider.fetch().await {
-            Ok(token) if token.lifetime.is_zero() => {
-                Err("the token provider returned a token with no lifetime left".into())
+        let fetched = tokio::time::timeout_at(deadline, async {
+            let _one_at_a_time = self.fetching.lock().await;
+            // Another caller may have refreshed it while this one waited.
+            if let Some(token) = self.cached_until(|c| c.refresh_at) {
+                return Ok(token);
             }
-            Ok(token) => {
-                let now = Instant::now();
-                let refresh_at = now + token.lifetime.mul_f64(REFRESH_AT);
-                let expires_at = now + token.lifetime;
-                *cached = Some(Cached { token: token.clone(), refresh_at, expires_at });
-                Ok(token)
+            match self.provider.fetch().await {
+                Ok(token) if token.lifetime.is_zero() => {
+                    Err("the token provider returned a token with no lifetime left".to_owned())
+                }
+                Ok(token) => {
+                    let now = Instant::now();
+                    let refresh_at = now + token.lifetime.mul_f64(REFRESH_AT);
+                    let expires_at = now + token.lifetime;
+                    *self.cached.lock() =
+                        Some(Cached { token: token.clone(), refresh_at, expires_at });
+                    Ok(token)
+                }
+                Err(error) => Err(format!("the token provider failed: {error}")),
             }
-            Err(error) => match cached.as_ref() {
-                Some(current) if now < current.expires_at => {
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err("the token provider did not answer in time (the connection's request_timeout)"
+                .to_owned())
+        });
+        match fetched {
+            Ok(token) => Ok(token),
+            Err(error) => match self.cached_until(|c| c.expires_at) {
+                Some(current) => {
                     tracing::warn!(
                         %error,
-                        "the OAUTHBEARER token provider failed; using the current token until it \
-                         expires"
+                        "no new OAUTHBEARER token; using the current one until it expires"
                     );
-                    Ok(current.token.clone())
+                    Ok(current)
                 }
-                _ => Err(format!("the token provider failed: {error}")),
+                None => Err(error),
             },
         }
+    }
+
+    /// The cached token, if now is before the instant `until` picks (its refresh point or its
+    /// expiry).
+    fn cached_until(&self, until: impl Fn(&Cached) -> Instant) -> Option<OAuthBearerToken> {
+        let cached = self.cached.lock();
+        cached.as_ref().filter(|c| Instant::now() < until(c)).map(|c| c.token.clone())
     }
 }
 
@@ -196,22 +227,56 @@ mod tests {
             }
         });
         let source = TokenSource::new(provider);
-        assert_eq!(source.token().await.unwrap().value.expose(), "token-0");
+        assert_eq!(source.token(soon()).await.unwrap().value.expose(), "token-0");
         tokio::time::advance(Duration::from_secs(79)).await;
-        assert_eq!(source.token().await.unwrap().value.expose(), "token-0");
+        assert_eq!(source.token(soon()).await.unwrap().value.expose(), "token-0");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(source.token().await.unwrap().value.expose(), "token-1");
+        assert_eq!(source.token(soon()).await.unwrap().value.expose(), "token-1");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         // Past the refresh point, the provider fails: the unexpired token stays in use...
         tokio::time::advance(Duration::from_secs(81)).await;
-        assert_eq!(source.token().await.unwrap().value.expose(), "token-1");
+        assert_eq!(source.token(soon()).await.unwrap().value.expose(), "token-1");
         // ...and the next call gets a new one.
-        assert_eq!(source.token().await.unwrap().value.expose(), "token-3");
+        assert_eq!(source.token(soon()).await.unwrap().value.expose(), "token-3");
         // A failure with the token expired is an error.
         let failing = TokenSource::new(TokenProvider::new(|| async {
             Err::<OAuthBearerToken, _>("down".into())
         }));
-        assert!(failing.token().await.unwrap_err().contains("down"));
+        assert!(failing.token(soon()).await.unwrap_err().contains("down"));
+    }
+
+    /// A deadline a second from now.
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(1)
+    }
+
+    /// A provider that never answers costs each caller its deadline, not more; the unexpired
+    /// token stays in use meanwhile, and an expired one is never sent.
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_that_never_answers_is_given_up_at_the_callers_deadline() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&calls);
+        let provider = TokenProvider::new(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n > 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok(OAuthBearerToken::new("token-0", Duration::from_secs(100)))
+            }
+        });
+        let source = TokenSource::new(provider);
+        assert_eq!(source.token(soon()).await.unwrap().value.expose(), "token-0");
+        // Past the refresh point: the provider hangs, the current token is used at the deadline.
+        tokio::time::advance(Duration::from_secs(81)).await;
+        let asked = Instant::now();
+        assert_eq!(source.token(soon()).await.unwrap().value.expose(), "token-0");
+        assert_eq!(asked.elapsed(), Duration::from_secs(1), "waited exactly the deadline");
+        // Expired: the caller gets an error naming the provider, at its deadline.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let error = source.token(soon()).await.unwrap_err();
+        assert!(error.contains("did not answer in time"), "{error}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "each caller asked the provider anew");
     }
 }

@@ -162,7 +162,7 @@ impl Authenticator {
                 exchange.verify(&server_final).map_err(&refused)?;
             }
             Credentials::OAuth(source) => {
-                let token = source.token().await.map_err(&refused)?;
+                let token = source.token(deadline).await.map_err(&refused)?;
                 let challenge = step.send(oauth::initial_response(&token)).await?;
                 if !challenge.is_empty() {
                     // RFC 7628 3.2.2: an error challenge; the client answers with a lone 0x01
