@@ -1,6 +1,7 @@
 //! The producer when the broker goes away: a clear error within the delivery timeout, recovery
 //! without rebuilding the bus once the broker is back, health following along; backpressure
-//! (the buffer fills, publish waits, then `BufferFull`; closing wakes waiters with `Closed`);
+//! (the buffer fills, publish waits, then `BufferFull`; closing wakes waiters with `Closed`;
+//! many empty records fill it by what they hold, not by their payload);
 //! and records in flight at shutdown failed back and counted. Each test runs its own broker
 //! (a single-node Apache Kafka) that it stops and restarts; the shared cluster is never touched.
 
@@ -82,7 +83,7 @@ async fn broker_down_fails_within_the_delivery_timeout_and_recovers_without_rebu
 async fn a_full_buffer_makes_publish_wait_then_buffer_full_and_close_wakes_waiters() {
     let mut broker = OwnBroker::start();
     let mut config = config(&broker);
-    config.producer.buffer_bytes = 4_096;
+    config.producer.buffer_bytes = 6_000;
     config.producer.max_batch_bytes = 1_024;
     config.producer.publish_timeout = Duration::from_millis(1_500);
     config.producer.delivery_timeout = Duration::from_secs(60);
@@ -93,7 +94,8 @@ async fn a_full_buffer_makes_publish_wait_then_buffer_full_and_close_wakes_waite
     bus.publish(Record::new(topic.as_str(), "warm-up")).await.unwrap();
     broker.stop();
 
-    // Four records of 1,000 bytes fit in the 4,096-byte buffer and stay pending.
+    // Four records of 1,000 bytes (each holding its bytes, topic name and a few hundred bytes of
+    // bookkeeping) fit in the 6,000-byte buffer and stay pending.
     let mut pending = Vec::new();
     for i in 0..4 {
         let record = Record::new(topic.as_str(), vec![b'x'; 1_000]).with_key(format!("k{i}"));
@@ -103,7 +105,8 @@ async fn a_full_buffer_makes_publish_wait_then_buffer_full_and_close_wakes_waite
     let started = Instant::now();
     match bus.publish_nowait(Record::new(topic.as_str(), vec![b'y'; 1_000])).await {
         Err(PublishError::BufferFull { needed, capacity, waited }) => {
-            assert_eq!((needed, capacity), (1_000, 4_096));
+            assert_eq!(capacity, 6_000);
+            assert!((1_000..1_500).contains(&needed), "a record holds {needed} bytes");
             assert!(waited >= publish_timeout, "waited {waited:?}");
         }
         other => panic!("expected BufferFull, got {other:?}"),
@@ -130,6 +133,43 @@ async fn a_full_buffer_makes_publish_wait_then_buffer_full_and_close_wakes_waite
         }
     }
     assert_eq!(report.failed, 4, "{report}");
+    assert_eq!(bus.live_tasks(), 0);
+}
+
+/// The buffer bounds memory, not only payload bytes: with the broker stopped, empty records
+/// fill a 1 MiB buffer after a few thousand (each holds its queue entry, delivery channel and
+/// topic name, a few hundred bytes), not after a million (as when a record was charged its
+/// payload, at least 1 byte: 5,000,000 empty records then held 1.77 GB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffer_bounds_what_many_empty_records_hold() {
+    let mut broker = OwnBroker::start();
+    let mut config = config(&broker);
+    config.producer.buffer_bytes = 1024 * 1024;
+    config.producer.publish_timeout = Duration::from_millis(100);
+    config.producer.delivery_timeout = Duration::from_secs(60);
+    let topic = bus_tests::unique("producer-empty");
+    bus_kafka::admin::connect(config.clone()).await.unwrap().ensure_topic(&topic, 3).await.unwrap();
+    let bus = bus_kafka::connect(config).await.unwrap();
+    bus.publish(Record::new(topic.as_str(), "warm-up")).await.unwrap();
+    broker.stop();
+
+    let mut pending = Vec::new();
+    let full = loop {
+        match bus.publish_nowait(Record::new(topic.as_str(), "")).await {
+            Ok(delivery) => pending.push(delivery),
+            Err(full @ PublishError::BufferFull { .. }) => break full,
+            Err(other) => panic!("expected BufferFull, got {other:?}"),
+        }
+        assert!(pending.len() <= 2_000_000, "the buffer never filled");
+    };
+    println!("{} empty records filled 1 MiB; then: {full}", pending.len());
+    assert!(
+        (1_000..8_192).contains(&pending.len()),
+        "{} empty records accepted by a 1 MiB buffer (at least 128 bytes each expected)",
+        pending.len()
+    );
+    let report = bus.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(report.failed, pending.len(), "every pending record failed back: {report}");
     assert_eq!(bus.live_tasks(), 0);
 }
 

@@ -277,6 +277,12 @@ async fn an_untrusted_certificate_or_a_wrong_server_name_is_a_tls_error_naming_t
     accepting.security.tls.server_name = Some("kafka.example.com".into());
     let bus = bus_kafka::connect(accepting).await.unwrap();
     assert!(logs.text().contains("danger_accept_invalid_certs is on"));
+    // ...and says so in the health report, not only in a log line.
+    let insecure = bus.health_report().insecure;
+    assert!(
+        insecure.len() == 1 && insecure[0].contains("certificates are not checked"),
+        "{insecure:?}"
+    );
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -32,6 +32,8 @@ const DEADLINE: Duration = Duration::from_secs(120);
 struct Seen {
     placed: BTreeSet<String>,
     billed: BTreeSet<String>,
+    /// It logged `serving` (connected, subscribed, its endpoint up).
+    serving: bool,
     /// The `shut down` line.
     report: Option<String>,
     lines: Vec<String>,
@@ -43,6 +45,7 @@ impl Seen {
         match field(&line, "message").as_deref() {
             Some("order placed") => self.placed.extend(field(&line, "event_id")),
             Some("order billed") => self.billed.extend(field(&line, "event_id")),
+            Some("serving") => self.serving = true,
             Some("shut down") => self.report = Some(line.clone()),
             _ => {}
         }
@@ -84,7 +87,7 @@ pub(crate) fn run(bootstrap: &str) -> Result<()> {
     let mut second = Service::start(&binary, bootstrap, &names, false)?;
     let left: BTreeSet<String> = first.placed.difference(&first.billed).cloned().collect();
     second.wait_until("the orders left by the first to be billed", |seen| {
-        left.is_subset(&seen.billed)
+        seen.serving && left.is_subset(&seen.billed)
     })?;
     let second = second.stop()?;
     let billed: BTreeSet<&String> = first.billed.iter().chain(&second.billed).collect();

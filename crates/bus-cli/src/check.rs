@@ -1,6 +1,7 @@
 //! `busctl check`: connect with the configuration and report what a service would meet: the
 //! brokers and their API versions beside the client's, the security in force and whether the
-//! authentication went through, and what would stop a service from starting.
+//! authentication went through, the settings that weaken it (named, not failing the check),
+//! and what would stop a service from starting.
 //!
 //! Owns: `run`. A problem found exits with `Exit::Partial`; no broker answering (or a refused
 //! authentication) with `Exit::Unreachable`, within the request timeout.
@@ -17,6 +18,8 @@ struct Report {
     security_protocol: String,
     sasl: Option<String>,
     authenticated: bool,
+    /// Settings in force that weaken security (they do not fail the check).
+    insecure: Vec<String>,
     controller: Option<i32>,
     brokers: Vec<bus_kafka::admin::BrokerDescription>,
     problems: Vec<String>,
@@ -31,6 +34,7 @@ pub(crate) async fn run(config: KafkaConfig, out: &Output) -> Outcome {
         format!("{mechanism} as `{user}`")
     });
     let bootstrap = config.bootstrap.clone();
+    let insecure = config.security.insecure_settings();
     let admin = bus_kafka::admin::connect(config).await.map_err(Failure::from)?;
     let cluster = admin.describe_cluster().await.map_err(Failure::from)?;
     let mut problems = Vec::new();
@@ -60,6 +64,7 @@ pub(crate) async fn run(config: KafkaConfig, out: &Output) -> Outcome {
         security_protocol: protocol,
         sasl,
         authenticated: true,
+        insecure,
         controller: cluster.controller,
         brokers: cluster.brokers,
         problems,
@@ -99,6 +104,9 @@ fn print_report(report: &Report, out: &Output) {
         println!("{table}");
     }
     println!();
+    for insecure in &report.insecure {
+        println!("{}", out.verdict(false, &format!("INSECURE: {insecure}")));
+    }
     if report.problems.is_empty() {
         println!("{}", out.verdict(true, "OK: nothing would stop a service from starting"));
     } else {

@@ -245,6 +245,12 @@ pub trait Backend: Send + Sync + 'static {
     fn producer_partitions(&self) -> Vec<ProducerPartitionStatus> {
         Vec::new()
     }
+
+    /// Settings in force that weaken security, for the bus's
+    /// [`HealthReport::insecure`](crate::health::HealthReport::insecure) (none by default).
+    fn insecure_settings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// One member of a consumer group, held by the subscription that joined.

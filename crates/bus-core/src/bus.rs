@@ -338,8 +338,8 @@ impl EventBus {
     }
 
     /// The bus's health in detail: the roll-up, each subscription's group state, assigned
-    /// partitions with their lag, backlog, last error and time since progress, and each
-    /// producer partition's state.
+    /// partitions with their lag, backlog, last error and time since progress, each producer
+    /// partition's state, and the settings in force that weaken security.
     pub fn health_report(&self) -> HealthReport {
         let statuses = self.subscription_statuses();
         let health = if self.inner.closed.load(Ordering::Acquire) {
@@ -349,7 +349,8 @@ impl EventBus {
         };
         let producer = self.inner.backend.producer_partitions();
         let subscriptions = statuses.into_iter().map(|(status, _)| status).collect();
-        HealthReport { health, subscriptions, producer }
+        let insecure = self.inner.backend.insecure_settings();
+        HealthReport { health, subscriptions, producer, insecure }
     }
 
     /// Each subscription's status and its troubles (see `SubscriptionHealth::trouble`).

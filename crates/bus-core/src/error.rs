@@ -39,7 +39,8 @@ pub enum PublishError {
          {waited:?}"
     )]
     BufferFull {
-        /// The record's size.
+        /// The buffer bytes the record needs (on Kafka its size plus its bookkeeping: see
+        /// `producer.buffer_bytes`).
         needed: usize,
         /// The buffer's capacity.
         capacity: usize,

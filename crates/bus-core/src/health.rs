@@ -165,6 +165,10 @@ pub struct HealthReport {
     pub subscriptions: Vec<SubscriptionStatus>,
     /// Each partition the producer has written to (empty for a backend that does not say).
     pub producer: Vec<ProducerPartitionStatus>,
+    /// Settings in force that weaken security, each named with what it costs (accepting any
+    /// broker certificate, credentials sent in the clear); empty when none. They do not change
+    /// the roll-up: the bus works, but not as safely as it looks.
+    pub insecure: Vec<String>,
 }
 
 /// A partition a subscription cannot make progress on, and why.

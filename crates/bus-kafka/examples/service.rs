@@ -56,7 +56,7 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// The service's configuration: the file, then the environment.
 #[derive(Debug, Deserialize)]
@@ -160,6 +160,15 @@ fn main() -> ExitCode {
 }
 
 async fn service() -> ExitCode {
+    // The stop signals first: one that comes while the service starts stops it once started,
+    // instead of killing it on the spot (the default action).
+    let stop = match StopSignals::install() {
+        Ok(stop) => stop,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM and SIGINT");
+            return ExitCode::from(1);
+        }
+    };
     let config = match ServiceConfig::load() {
         Ok(config) => config,
         Err(error) => {
@@ -178,7 +187,7 @@ async fn service() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let signal = stop_signal().await;
+    let signal = stop.wait().await;
     tracing::info!(%signal, deadline = ?config.shutdown_timeout, "stopping");
     // The service's tasks first (no new orders, the endpoint closes), then the bus: handlers
     // drain, offsets are committed, the group is left, published records are flushed.
@@ -261,15 +270,26 @@ async fn bill(bus: &EventBus, billed_topic: &str, order: Envelope) -> Result<(),
     Ok(())
 }
 
-/// The first of SIGTERM (an orchestrator's stop) and SIGINT (Ctrl-C).
-async fn stop_signal() -> &'static str {
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return "SIGINT";
-    };
-    tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
+/// SIGTERM (an orchestrator's stop) and SIGINT (Ctrl-C), listened for from the start.
+struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The first of them to come (or to have come already).
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
     }
 }
 

@@ -78,6 +78,10 @@ impl Backend for KafkaBackend {
         self.producer.partitions()
     }
 
+    fn insecure_settings(&self) -> Vec<String> {
+        self.client.config().security.insecure_settings()
+    }
+
     fn health(&self) -> Health {
         if self.closed.load(Ordering::Acquire) {
             return Health::Closed;

@@ -87,8 +87,10 @@ pub struct ProducerConfig {
     pub max_batch_bytes: usize,
     /// Compression of record batches.
     pub compression: Compression,
-    /// Bytes of records accepted and not yet acknowledged, across all partitions. Publishing
-    /// waits for room (backpressure).
+    /// Memory held by records accepted and not yet acknowledged, across all partitions: each
+    /// record is charged its key, value and headers, its topic's name and a few hundred bytes
+    /// of bookkeeping (its queue entry and delivery channel), so that many small records are
+    /// bounded as surely as a few large ones. Publishing waits for room (backpressure).
     pub buffer_bytes: usize,
     /// How long a publish waits for room in the buffer before failing.
     #[serde(with = "humantime_serde")]

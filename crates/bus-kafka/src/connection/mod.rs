@@ -149,7 +149,8 @@ impl Connection {
         Ok(version)
     }
 
-    /// Sends `request` in `version` and waits up to `timeout` for its response.
+    /// Sends `request` in `version` and waits up to `timeout` for its response; a
+    /// re-authentication due first (KIP-368) is part of that time, not added to it.
     ///
     /// # Errors
     ///
@@ -163,8 +164,9 @@ impl Connection {
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response, RequestError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         self.reauthenticate_if_due(timeout).await?;
-        self.request(request, version, timeout).await
+        self.request(request, version, left(deadline)).await
     }
 
     /// [`Connection::send`] without the re-authentication check: for the handshakes.
@@ -203,11 +205,12 @@ impl Connection {
         buffer: BytesMut,
         hold: impl FnOnce(BytesMut) -> Bytes,
     ) -> Result<(R::Response, Bytes), RequestError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         self.reauthenticate_if_due(timeout).await?;
         let frame = self.frame(request, version)?;
         let correlation = self.correlation;
         let limit = request.response_limit();
-        let body = self.round_trip(R::NAME, version, frame, timeout, limit, buffer).await?;
+        let body = self.round_trip(R::NAME, version, frame, left(deadline), limit, buffer).await?;
         let body = hold(body);
         let response = self.decode::<R>(body.clone(), version, correlation)?;
         Ok((response, body))
@@ -358,9 +361,11 @@ impl Connection {
 
     /// Learns the broker's versions: ApiVersions in v3, repeated in the version the broker
     /// offers when it answers UNSUPPORTED_VERSION, or in v0 when its answer cannot be decoded
-    /// in the version asked (a whole frame was read: the stream is still in step). On any
-    /// error the connection is dropped by the connector, never handed out.
+    /// in the version asked (a whole frame was read: the stream is still in step), all of it
+    /// within `timeout` (each round gets what is left). On any error the connection is dropped
+    /// by the connector, never handed out.
     pub(crate) async fn negotiate(&mut self, timeout: Duration) -> Result<(), RequestError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut request = ApiVersionsRequest::default();
         request.client_software_name = StrBytes::from_static_str("bus-kafka");
         request.client_software_version = StrBytes::from_static_str(env!("CARGO_PKG_VERSION"));
@@ -370,7 +375,7 @@ impl Connection {
             let correlation = self.correlation;
             let limit = request.response_limit();
             let mut body = self
-                .round_trip("ApiVersions", version, frame, timeout, limit, BytesMut::new())
+                .round_trip("ApiVersions", version, frame, left(deadline), limit, BytesMut::new())
                 .await?
                 .freeze();
             let protocol = |reason: String| RequestError::Protocol {
@@ -431,4 +436,9 @@ impl Connection {
             reason: "the broker rejected every ApiVersions version offered".into(),
         })
     }
+}
+
+/// What is left of the time until `deadline` (zero once past).
+pub(crate) fn left(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
 }

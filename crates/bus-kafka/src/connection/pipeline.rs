@@ -90,9 +90,12 @@ impl Pipeline {
         // in flight. A pipeline kept busy past the broker's session lifetime is closed by the
         // broker instead, and its batches are sent again on a new connection (in order, unchanged:
         // the idempotent producer stores them once).
+        let deadline = Instant::now() + timeout;
         if self.pending.is_empty() {
             self.connection.reauthenticate_if_due(timeout).await?;
         }
+        // What the re-authentication left of the timeout.
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let frame = self.connection.frame(request, version)?;
         let correlation = self.connection.correlation;
         let connection = &mut self.connection;

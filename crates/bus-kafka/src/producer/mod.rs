@@ -17,9 +17,11 @@
 //!   broker's acknowledgement, or an error (rejected, delivery timeout, failed back by a flush or
 //!   at shutdown). A queued record that is dropped without a verdict (its loop aborted) resolves
 //!   to [`PublishError::NotAcknowledgedAtShutdown`] from its own `Drop`.
-//! - The buffer is bounded: a record holds `max(size, 1)` permits of a semaphore of
-//!   `producer.buffer_bytes` from acceptance until its verdict (see [`Release`]), so the records accepted and not
-//!   resolved never exceed the buffer in bytes (nor in count). `send` waits for room up to
+//! - The buffer is bounded by memory: a record holds permits of a semaphore of
+//!   `producer.buffer_bytes` for what accepting it keeps alive (its bytes, its topic's name,
+//!   its headers' structs, its queue entry and delivery channel: [`charge`]) from acceptance
+//!   until its verdict (see [`Release`]), so the records accepted and not resolved never hold
+//!   more than the buffer, however small each is. `send` waits for room up to
 //!   `producer.publish_timeout`; `close` closes the semaphore, which wakes every waiter at once.
 //! - Per partition, records are sent in acceptance order, up to `producer.max_in_flight`
 //!   produce requests in flight (one when not idempotent), resent in that order after a
@@ -145,6 +147,25 @@ pub(crate) enum TrySend {
     Wait(Record),
 }
 
+/// What the delivery channel of a record allocates (the state both ends share, with room for
+/// the verdict), rounded up.
+const DELIVERY_CHANNEL_BYTES: usize = 128;
+
+/// What an accepted record keeps alive besides its bytes, its topic's name and its headers:
+/// its entry in its partition's queue and its delivery channel.
+const RECORD_OVERHEAD: usize = std::mem::size_of::<Entry>() + DELIVERY_CHANNEL_BYTES;
+
+/// The buffer bytes an accepted record holds: what it keeps alive until its verdict (see the
+/// module's invariants). An empty record holds [`RECORD_OVERHEAD`] and its topic's name.
+fn charge(record: &Record) -> usize {
+    let headers = record.headers.len().saturating_mul(std::mem::size_of::<bus_core::Header>());
+    record
+        .size()
+        .saturating_add(record.topic.len())
+        .saturating_add(headers)
+        .saturating_add(RECORD_OVERHEAD)
+}
+
 /// A record accepted and not yet resolved.
 pub(crate) struct Entry {
     record: Record,
@@ -249,7 +270,7 @@ impl Producer {
         }
         let topic = shared.topic(&record.topic).await?;
         let partition = shared.choose_partition(&topic, &record)?;
-        let size = record.size().max(1);
+        let size = charge(&record);
         shared.reserve(&record.topic, size).await?;
         shared.enqueue(&topic, partition, record, size)
     }
@@ -269,7 +290,7 @@ impl Producer {
             Ok(partition) => partition,
             Err(error) => return TrySend::Done(Err(error)),
         };
-        let size = record.size().max(1);
+        let size = charge(&record);
         let permits = match shared.permits_for(&record.topic, size) {
             Ok(permits) => permits,
             Err(error) => return TrySend::Done(Err(error)),
@@ -498,8 +519,9 @@ impl Shared {
         let too_large = || PublishError::InvalidRecord {
             topic: topic.to_owned(),
             reason: format!(
-                "the record is {size} bytes, more than the whole producer buffer of {} bytes \
-                 (producer.buffer_bytes)",
+                "the record holds {size} bytes (its key, value and headers, its topic's name and \
+                 {RECORD_OVERHEAD} of bookkeeping), more than the whole producer buffer of {} \
+                 bytes (producer.buffer_bytes)",
                 self.capacity
             ),
         };

@@ -170,6 +170,40 @@ impl SecurityConfig {
         }
     }
 
+    /// The settings in force that weaken security, each named with what it costs: accepting
+    /// any broker certificate (which also makes `security.tls.ca_location` moot), and PLAIN or
+    /// OAUTHBEARER credentials sent in the clear over `sasl_plaintext`. Empty when none. Shown
+    /// in the bus's `health_report()` and by `busctl check`.
+    pub fn insecure_settings(&self) -> Vec<String> {
+        let mut insecure = Vec::new();
+        if self.protocol.uses_tls() && self.tls.danger_accept_invalid_certs {
+            let mut text = "security.tls.danger_accept_invalid_certs is on: the brokers' \
+                            certificates are not checked, so anyone on the path can read and \
+                            change the traffic"
+                .to_owned();
+            if self.tls.ca_location.is_some() {
+                text.push_str(" (security.tls.ca_location is ignored)");
+            }
+            insecure.push(text);
+        }
+        if self.protocol.uses_sasl() && !self.protocol.uses_tls() {
+            match self.sasl.mechanism {
+                Some(SaslMechanism::Plain) => insecure.push(
+                    "security.protocol is sasl_plaintext with PLAIN: the password crosses the \
+                     network in the clear (use sasl_ssl)"
+                        .to_owned(),
+                ),
+                Some(SaslMechanism::OAuthBearer) => insecure.push(
+                    "security.protocol is sasl_plaintext with OAUTHBEARER: the token crosses \
+                     the network in the clear (use sasl_ssl)"
+                        .to_owned(),
+                ),
+                _ => {}
+            }
+        }
+        insecure
+    }
+
     /// Checks every field and combination (see the module documentation).
     ///
     /// # Errors
@@ -301,6 +335,31 @@ mod tests {
         let lower: SecurityConfig = serde_json::from_str(r#"{"protocol": "ssl"}"#).unwrap();
         assert_eq!(lower.protocol, SecurityProtocol::Ssl);
         assert!(serde_json::from_str::<SecurityConfig>(r#"{"protocol": "tls"}"#).is_err());
+    }
+
+    #[test]
+    fn settings_that_weaken_security_are_named() {
+        let safe = SecurityConfig::sasl_ssl(SaslMechanism::Plain, "u", "p");
+        assert!(safe.insecure_settings().is_empty());
+        let mut accepting = safe.clone();
+        accepting.tls.danger_accept_invalid_certs = true;
+        accepting.tls.ca_location = Some("/ca.pem".into());
+        let named = accepting.insecure_settings();
+        assert!(named.len() == 1 && named[0].contains("ca_location is ignored"), "{named:?}");
+        for (mechanism, what) in
+            [(SaslMechanism::Plain, "password"), (SaslMechanism::OAuthBearer, "token")]
+        {
+            let mut clear = safe.clone();
+            clear.protocol = SecurityProtocol::SaslPlaintext;
+            clear.sasl.mechanism = Some(mechanism);
+            let named = clear.insecure_settings();
+            assert!(named.len() == 1 && named[0].contains(what), "{named:?}");
+        }
+        // SCRAM never sends the password, even in the clear.
+        let mut scram = safe;
+        scram.protocol = SecurityProtocol::SaslPlaintext;
+        scram.sasl.mechanism = Some(SaslMechanism::ScramSha512);
+        assert!(scram.insecure_settings().is_empty());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::config::{SaslConfig, SaslMechanism};
 use super::oauth::{self, TokenSource};
 use super::scram::{Hash, Scram};
 use super::secret::Secret;
-use crate::connection::{Authenticate, Authentication, Connection, RequestError, code_name};
+use crate::connection::{Authenticate, Authentication, Connection, RequestError, code_name, left};
 
 /// UNSUPPORTED_SASL_MECHANISM.
 const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
@@ -213,11 +213,6 @@ impl Authenticate for Authenticator {
     ) -> Authentication<'a> {
         Box::pin(Authenticator::authenticate(self, connection, deadline))
     }
-}
-
-/// What is left until `deadline`.
-fn left(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
 }
 
 /// The SaslAuthenticate round trips of one exchange.
