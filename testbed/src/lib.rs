@@ -344,6 +344,11 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
 
 /// Sends an ApiVersions v0 request and checks the answer: the broker speaks Kafka.
 pub fn probe(bootstrap: &str) -> Result<()> {
+    api_versions(&mut connect(bootstrap)?, bootstrap)
+}
+
+/// A plaintext connection to `bootstrap` (`host:port`), within 2 s, its reads bounded by 5 s.
+fn connect(bootstrap: &str) -> Result<TcpStream> {
     let addr: SocketAddr = bootstrap
         .parse()
         .or_else(|_| {
@@ -351,36 +356,59 @@ pub fn probe(bootstrap: &str) -> Result<()> {
             bootstrap.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or(())
         })
         .map_err(|()| format!("`{bootstrap}` is not a host:port address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("cannot connect to {bootstrap}: {e}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    api_versions(&mut stream, bootstrap)
+    Ok(stream)
 }
 
 /// Sends an ApiVersions v0 request on `stream` (a connection to `bootstrap`, plain or TLS) and
 /// checks the answer.
 pub fn api_versions(stream: &mut (impl Read + Write), bootstrap: &str) -> Result<()> {
-    let client_id = b"xtask";
-    let mut request = Vec::new();
-    request.extend_from_slice(&18i16.to_be_bytes()); // ApiVersions
-    request.extend_from_slice(&0i16.to_be_bytes()); // version 0
-    request.extend_from_slice(&7i32.to_be_bytes()); // correlation id
-    request.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
-    request.extend_from_slice(client_id);
-    let mut framed = (request.len() as i32).to_be_bytes().to_vec();
-    framed.extend_from_slice(&request);
-    stream.write_all(&framed).map_err(|e| format!("writing to {bootstrap}: {e}"))?;
-    let mut head = [0u8; 10];
-    stream.read_exact(&mut head).map_err(|e| format!("reading from {bootstrap}: {e}"))?;
-    let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    let error = i16::from_be_bytes([head[8], head[9]]);
-    if correlation != 7 {
-        return Err(format!("{bootstrap} answered with correlation id {correlation}, not 7"));
-    }
+    // ApiVersions v0: no body. The answer: correlation id, then the error code.
+    let head = exchange(stream, bootstrap, 18, 0, &[], 2)?;
+    let error = i16::from_be_bytes([head[0], head[1]]);
     if error != 0 {
         return Err(format!("{bootstrap} answered ApiVersions with error code {error}"));
     }
     Ok(())
+}
+
+/// The correlation id of the requests [`exchange`] sends.
+const CORRELATION: i32 = 7;
+
+/// Sends one request (`api` in `version`, header v1 with client id `xtask`, then `body`) on
+/// `stream` and reads the answer's size, its correlation id (checked) and the next `head`
+/// bytes, which it returns.
+fn exchange(
+    stream: &mut (impl Read + Write),
+    bootstrap: &str,
+    api: i16,
+    version: i16,
+    body: &[u8],
+    head: usize,
+) -> Result<Vec<u8>> {
+    let client_id = b"xtask";
+    let mut request = Vec::new();
+    request.extend_from_slice(&api.to_be_bytes());
+    request.extend_from_slice(&version.to_be_bytes());
+    request.extend_from_slice(&CORRELATION.to_be_bytes());
+    request.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+    request.extend_from_slice(client_id);
+    request.extend_from_slice(body);
+    let mut framed = (request.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&request);
+    stream.write_all(&framed).map_err(|e| format!("writing to {bootstrap}: {e}"))?;
+    // Size, correlation id, then what the caller reads.
+    let mut answer = vec![0u8; 8 + head];
+    stream.read_exact(&mut answer).map_err(|e| format!("reading from {bootstrap}: {e}"))?;
+    let correlation = i32::from_be_bytes([answer[4], answer[5], answer[6], answer[7]]);
+    if correlation != CORRELATION {
+        return Err(format!(
+            "{bootstrap} answered with correlation id {correlation}, not {CORRELATION}"
+        ));
+    }
+    Ok(answer.split_off(8))
 }
 
 /// The coordinator kinds of FindCoordinator (v1 and later): 0 a consumer group, 1 a
@@ -409,33 +437,14 @@ pub fn wait_for_coordinators(bootstrap: &str) -> Result<()> {
 /// One FindCoordinator v1 for a key of kind `kind` at `bootstrap`: `Ok` when answered without
 /// error.
 fn find_coordinator(bootstrap: &str, kind: i8) -> Result<()> {
-    let addr: SocketAddr =
-        bootstrap.parse().map_err(|_| format!("`{bootstrap}` is not a host:port address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("cannot connect to {bootstrap}: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    let client_id = b"xtask";
+    let mut stream = connect(bootstrap)?;
     let key = b"bus-testbed-ready";
-    let mut request = Vec::new();
-    request.extend_from_slice(&10i16.to_be_bytes()); // FindCoordinator
-    request.extend_from_slice(&1i16.to_be_bytes()); // version 1
-    request.extend_from_slice(&11i32.to_be_bytes()); // correlation id
-    request.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
-    request.extend_from_slice(client_id);
-    request.extend_from_slice(&(key.len() as i16).to_be_bytes());
-    request.extend_from_slice(key);
-    request.push(kind.to_be_bytes()[0]);
-    let mut framed = (request.len() as i32).to_be_bytes().to_vec();
-    framed.extend_from_slice(&request);
-    stream.write_all(&framed).map_err(|e| format!("writing to {bootstrap}: {e}"))?;
-    // Size, correlation id, throttle time, error code.
-    let mut head = [0u8; 14];
-    stream.read_exact(&mut head).map_err(|e| format!("reading from {bootstrap}: {e}"))?;
-    let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    let error = i16::from_be_bytes([head[12], head[13]]);
-    if correlation != 11 {
-        return Err(format!("{bootstrap} answered with correlation id {correlation}, not 11"));
-    }
+    let mut body = (key.len() as i16).to_be_bytes().to_vec();
+    body.extend_from_slice(key);
+    body.push(kind.to_be_bytes()[0]);
+    // FindCoordinator v1; the answer: throttle time, then the error code.
+    let head = exchange(&mut stream, bootstrap, 10, 1, &body, 6)?;
+    let error = i16::from_be_bytes([head[4], head[5]]);
     if error != 0 {
         return Err(format!("FindCoordinator answered with error code {error}"));
     }
