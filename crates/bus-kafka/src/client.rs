@@ -36,6 +36,7 @@ use crate::config::kafka::KafkaConfig;
 use crate::connection::{Connection, RequestError, code_name};
 use crate::connector::Connector;
 use crate::error::KafkaError;
+use crate::leader::Leaders;
 
 /// UNKNOWN_TOPIC_OR_PARTITION: the topic does not exist.
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -54,6 +55,8 @@ pub(crate) struct KafkaClient {
     connector: Arc<Connector>,
     /// Partition counts, and when each was read.
     counts: Mutex<HashMap<String, (i32, Instant)>>,
+    /// The partitions' leaders (the data plane's lookups).
+    leaders: Leaders,
 }
 
 /// What the cluster says of one topic.
@@ -106,7 +109,8 @@ impl KafkaClient {
     pub(crate) async fn connect(config: Arc<KafkaConfig>) -> Result<KafkaClient, KafkaError> {
         config.validate()?;
         let connector = Arc::new(Connector::new(Arc::clone(&config))?);
-        let client = KafkaClient { config, connector, counts: Mutex::new(HashMap::new()) };
+        let leaders = Leaders::new(Arc::clone(&connector), config.metadata.max_age);
+        let client = KafkaClient { config, connector, counts: Mutex::new(HashMap::new()), leaders };
         client.retrying(|| client.bootstrap_connection()).await.map_err(|reason| {
             KafkaError::Connect { bootstrap: client.config.bootstrap.join(","), reason }
         })?;
@@ -121,6 +125,11 @@ impl KafkaClient {
     /// How connections to the brokers are opened.
     pub(crate) fn connector(&self) -> &Arc<Connector> {
         &self.connector
+    }
+
+    /// The partitions' leaders.
+    pub(crate) fn leaders(&self) -> &Leaders {
+        &self.leaders
     }
 
     /// The partition count of `topic`, creating the topic (with the configured partition count)

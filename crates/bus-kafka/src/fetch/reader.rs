@@ -71,6 +71,9 @@ pub(crate) struct KafkaReader {
     budget: Budget,
     /// The partition's high watermark in the last fetch answer.
     high_watermark: Option<i64>,
+    /// When its connection to the leader last failed (the next lookup reads metadata younger
+    /// than this).
+    failed_at: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for KafkaReader {
@@ -105,6 +108,7 @@ impl KafkaReader {
             reset,
             budget,
             high_watermark: None,
+            failed_at: None,
         }
     }
 
@@ -119,12 +123,21 @@ impl KafkaReader {
         }
     }
 
+    /// Drops the connection to the leader after a failure: the next fetch looks the leader up
+    /// again, in metadata read after now.
+    fn drop_connection(&mut self) {
+        self.connection = None;
+        self.failed_at = Some(tokio::time::Instant::now());
+    }
+
     /// The connection to the partition's leader, opened (after a Metadata lookup) when there is
     /// none or the last one failed.
     async fn connection(&mut self) -> Result<&mut Connection, GroupError> {
         if !self.connection.as_ref().is_some_and(Connection::is_usable) {
             self.connection = None;
-            let connection = leader(self.client.connector(), &self.topic, self.partition.partition)
+            let after = self.failed_at;
+            let leaders = self.client.leaders();
+            let connection = leader(leaders, &self.topic, self.partition.partition, after)
                 .await
                 .map_err(|e| self.error("cannot reach the partition's leader", e))?;
             self.connection = Some(connection);
@@ -159,7 +172,7 @@ impl KafkaReader {
             Err(e) => Err(e),
         };
         let response = sent.map_err(|e| {
-            self.connection = None;
+            self.drop_connection();
             self.error(&format!("cannot list the {which} offset"), e)
         })?;
         let answer = response
@@ -172,7 +185,7 @@ impl KafkaReader {
             Some(p) if p.error_code == 0 => Ok(p.offset),
             Some(p) => {
                 let code = p.error_code;
-                self.connection = None;
+                self.drop_connection();
                 Err(self.error(&format!("cannot list the {which} offset"), code_name(code)))
             }
             None => Err(self.error(
@@ -260,11 +273,11 @@ impl KafkaReader {
             Err(e) => Err(e),
         };
         let (response, _frame) = sent.map_err(|e| {
-            self.connection = None;
+            self.drop_connection();
             self.error(&format!("fetch at offset {offset} failed"), e)
         })?;
         if response.error_code != 0 {
-            self.connection = None;
+            self.drop_connection();
             return Err(self
                 .error(&format!("fetch at offset {offset} failed"), code_name(response.error_code))
                 .into());
@@ -295,7 +308,7 @@ impl KafkaReader {
             code => {
                 // Not the leader any more, unknown partition, fenced epoch…: look the leader
                 // up again on the next fetch.
-                self.connection = None;
+                self.drop_connection();
                 return Err(self
                     .error(&format!("fetch at offset {offset} failed"), code_name(code))
                     .into());

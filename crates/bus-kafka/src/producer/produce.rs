@@ -32,8 +32,8 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
 use crate::connection::{Connection, RequestError};
-use crate::connector::Connector;
-use crate::leader::LeaderError;
+use crate::leader::{LeaderError, Leaders};
+use tokio::time::Instant;
 
 /// DUPLICATE_SEQUENCE_NUMBER: the batch is stored already.
 const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
@@ -128,11 +128,14 @@ pub(super) enum Stored {
 /// Connects to the leader of `topic`/`partition` (see [`crate::leader::leader`]), each
 /// connection and request bounded by `request_timeout`.
 pub(super) async fn leader(
-    connector: &Connector,
+    leaders: &Leaders,
     topic: &TopicName,
     partition: i32,
+    after: Option<Instant>,
 ) -> Result<Connection, Failure> {
-    crate::leader::leader(connector, topic, partition).await.map_err(|e| Failure::of_leader(&e))
+    crate::leader::leader(leaders, topic, partition, after)
+        .await
+        .map_err(|e| Failure::of_leader(&e))
 }
 
 /// The request producing one record batch to `topic`/`partition` with acks=all; the broker is

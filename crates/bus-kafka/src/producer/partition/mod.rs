@@ -143,6 +143,7 @@ pub(super) fn handover(
         sealed: VecDeque::new(),
         sent: 0,
         pipe: None,
+        failed_at: None,
         idempotent,
         window,
         session: None,
@@ -240,6 +241,9 @@ pub(super) struct Batcher {
     sent: usize,
     /// The pipelined connection to the partition's leader, kept while it works.
     pipe: Option<Pipeline>,
+    /// When the connection to the leader was last given up (the next leader lookup reads
+    /// metadata younger than this).
+    failed_at: Option<Instant>,
     idempotent: bool,
     /// Requests in flight at most.
     window: usize,

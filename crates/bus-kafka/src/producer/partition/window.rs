@@ -27,15 +27,16 @@ impl Batcher {
             .min(self.shared.config.request_timeout);
         let shared = Arc::clone(&self.shared);
         let (unusable, topic, partition) = (self.unusable, &self.wire_topic, self.state.partition);
-        let connector = shared.client.connector();
+        let leaders = shared.client.leaders();
+        let after = self.failed_at;
         let get = async {
             let identity = if need_session {
-                Some(shared.identities.get(connector, unusable).await?)
+                Some(shared.identities.get(shared.client.connector(), unusable).await?)
             } else {
                 None
             };
             let pipe = if need_pipe {
-                let leader = produce::leader(connector, topic, partition).await?;
+                let leader = produce::leader(leaders, topic, partition, after).await?;
                 Some(leader.into_pipeline())
             } else {
                 None
@@ -77,7 +78,9 @@ impl Batcher {
 
     /// Abandons the connection and what is in flight on it (sent again later).
     pub(super) fn drop_pipe(&mut self) {
-        self.pipe = None;
+        if self.pipe.take().is_some() {
+            self.failed_at = Some(Instant::now());
+        }
         self.sent = 0;
     }
 
