@@ -37,6 +37,7 @@
 pub(crate) mod encode;
 mod health;
 mod identity;
+mod link;
 mod partition;
 mod produce;
 mod telemetry;
@@ -99,6 +100,8 @@ pub(crate) struct Shared {
     health: HealthBoard,
     /// The idempotent producer's id and epoch, shared by its partition loops.
     identities: Identities,
+    /// The links to the brokers, one per broker, shared by the partition loops.
+    links: link::Links,
 }
 
 /// A topic's partition count and its partition loops (created on first use).
@@ -249,6 +252,7 @@ impl Producer {
                 progress: Notify::new(),
                 health: HealthBoard::new(config.producer.delivery_timeout),
                 identities: Identities::default(),
+                links: link::Links::default(),
                 config,
             }),
         };

@@ -1,11 +1,8 @@
-//! The producer's own requests: connecting to a partition's leader (the crate's
-//! [`crate::leader`] lookup) and Produce (the request, and its partition's answer), with what
-//! went wrong classified for the partition loop.
+//! What a partition loop's attempts come to: a partition's answer to a Produce request (sent by
+//! the broker's link, `link`), a failed request, a failed leader lookup, classified.
 //!
 //! Owns: [`Failure`] (what went wrong, and whether retrying can help), [`Stored`] (what an
-//! answer that is not a failure says), [`leader`] (the shared lookup, its failure classified),
-//! [`request`] (one ProduceRequest for one record batch) and [`answer`] (its partition's
-//! answer, classified).
+//! answer that is not a failure says) and [`answer`] (a partition's answer, classified).
 //!
 //! Invariants:
 //! - A transport failure ([`RequestError`]: I/O, timeout, an undecodable answer) is retriable,
@@ -19,21 +16,14 @@
 //!   its offset is not known), OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID,
 //!   INVALID_PRODUCER_EPOCH and PRODUCER_FENCED are [`Failure::Sequence`] (not stored; the
 //!   broker's record of the producer and ours disagree).
-//! - Produce sends the batch as the `Bytes` it was encoded into (no copy before the request's
-//!   own frame) and asks for acks from all in-sync replicas (acks = -1, which idempotence
-//!   requires).
-//! - No task is spawned here: the partition loop drives every read and write itself.
+//! - Nothing here sends or waits: classification only.
 
-use std::time::Duration;
-
-use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 
-use crate::connection::{Connection, RequestError};
-use crate::leader::{LeaderError, Leaders};
-use tokio::time::Instant;
+use crate::connection::RequestError;
+use crate::leader::LeaderError;
 
 /// DUPLICATE_SEQUENCE_NUMBER: the batch is stored already.
 const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
@@ -92,7 +82,7 @@ impl Failure {
     }
 
     /// The failure of a leader lookup.
-    fn of_leader(error: &LeaderError) -> Failure {
+    pub(super) fn of_leader(error: &LeaderError) -> Failure {
         match error {
             LeaderError::Request(error) => Failure::of_request(error),
             LeaderError::Code { topic, partition, code } => {
@@ -125,61 +115,15 @@ pub(super) enum Stored {
     Duplicate,
 }
 
-/// Connects to the leader of `topic`/`partition` (see [`crate::leader::leader`]), each
-/// connection and request bounded by `request_timeout`.
-pub(super) async fn leader(
-    leaders: &Leaders,
-    topic: &TopicName,
-    partition: i32,
-    after: Option<Instant>,
-) -> Result<Connection, Failure> {
-    crate::leader::leader(leaders, topic, partition, after)
-        .await
-        .map_err(|e| Failure::of_leader(&e))
-}
-
-/// The request producing one record batch to `topic`/`partition` with acks=all; the broker is
-/// given `request_timeout` to gather the acknowledgements.
-pub(super) fn request(
-    topic: &TopicName,
-    partition: i32,
-    batch: Bytes,
-    request_timeout: Duration,
-) -> ProduceRequest {
-    let mut data = PartitionProduceData::default();
-    data.index = partition;
-    data.records = Some(batch);
-    let mut topic_data = TopicProduceData::default();
-    topic_data.name = topic.clone();
-    topic_data.partition_data = vec![data];
-    let mut request = ProduceRequest::default();
-    request.transactional_id = None;
-    request.acks = -1;
-    request.timeout_ms = i32::try_from(request_timeout.as_millis()).unwrap_or(i32::MAX);
-    request.topic_data = vec![topic_data];
-    request
-}
-
-/// The answer of `response` for the batch of `count` records sent to `topic`/`partition`.
+/// What `answer` (a partition's part of a Produce response) says of the batch of `count`
+/// records sent to `topic`/`partition`.
 pub(super) fn answer(
-    response: &ProduceResponse,
+    answer: &PartitionProduceResponse,
     topic: &TopicName,
     partition: i32,
     count: usize,
 ) -> Result<Stored, Failure> {
     let context = || format!("topic `{}` partition {partition}", topic.0.as_str());
-    let answer = response
-        .responses
-        .iter()
-        .filter(|t| t.name == *topic)
-        .flat_map(|t| t.partition_responses.iter())
-        .find(|p| p.index == partition);
-    let Some(answer) = answer else {
-        return Err(Failure::Retriable(format!(
-            "{}: the produce response names no such partition",
-            context()
-        )));
-    };
     if answer.error_code == DUPLICATE_SEQUENCE_NUMBER {
         return Ok(Stored::Duplicate);
     }
@@ -203,6 +147,7 @@ pub(super) fn answer(
 mod tests {
     use super::*;
     use kafka_protocol::protocol::StrBytes;
+    use std::time::Duration;
 
     fn kind(failure: &Failure) -> &'static str {
         match failure {
@@ -236,20 +181,12 @@ mod tests {
         }
     }
 
-    fn response(code: i16, base_offset: i64) -> ProduceResponse {
-        use kafka_protocol::messages::produce_response::{
-            PartitionProduceResponse, TopicProduceResponse,
-        };
+    fn response(code: i16, base_offset: i64) -> PartitionProduceResponse {
         let mut partition = PartitionProduceResponse::default();
         partition.index = 2;
         partition.error_code = code;
         partition.base_offset = base_offset;
-        let mut topic = TopicProduceResponse::default();
-        topic.name = TopicName(StrBytes::from_static_str("t"));
-        topic.partition_responses = vec![partition];
-        let mut response = ProduceResponse::default();
-        response.responses = vec![topic];
-        response
+        partition
     }
 
     #[test]
@@ -259,8 +196,6 @@ mod tests {
         assert_eq!(answer(&response(46, -1), &topic, 2, 3), Ok(Stored::Duplicate));
         let gap = answer(&response(45, -1), &topic, 2, 3);
         assert!(matches!(gap, Err(Failure::Sequence(ref r)) if r.contains("t` partition 2")));
-        // Another partition's answer is no answer.
-        assert!(matches!(answer(&response(0, 42), &topic, 1, 3), Err(Failure::Retriable(_))));
     }
 
     #[test]

@@ -56,12 +56,12 @@ impl Batcher {
         // Aimed a tick early: the timer ends a sleep about a tick after its deadline.
         let end = self.linger_end(linger);
         let wake = end.checked_sub(TIMER_TICK).unwrap_or(end);
-        let in_flight = self.sent > 0 && self.pipe.is_some();
+        let in_flight = self.sent > 0 && !self.answers.is_empty();
         let due = self.sealed.front().map_or_else(Instant::now, |s| s.due);
-        let Batcher { pipe, rx, state, .. } = self;
+        let Batcher { answers, rx, state, .. } = self;
         let answer = async {
-            match pipe.as_mut() {
-                Some(pipe) => pipe.receive::<ProduceRequest>(due).await,
+            match answers.front_mut() {
+                Some(answer) => tokio::time::timeout_at(due, answer).await,
                 None => std::future::pending().await,
             }
         };

@@ -113,7 +113,7 @@ impl Batcher {
         if !self.fail_back_due() {
             return;
         }
-        self.drop_pipe();
+        self.drop_link();
         self.retry_at = None;
         let through = self.state.fail_through.load(Ordering::Acquire);
         let mut index = self.oldest_index();
@@ -155,7 +155,7 @@ impl Batcher {
     /// At the end of the loop: fails back everything held and queued, and closes the channel.
     pub(super) fn fail_everything(&mut self) {
         self.rx.close();
-        self.drop_pipe();
+        self.drop_link();
         let mut failed = 0;
         let shared = Arc::clone(&self.shared);
         let mut release = Release::new(&shared.buffer);

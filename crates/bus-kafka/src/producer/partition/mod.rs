@@ -63,16 +63,17 @@ use std::time::Duration;
 use bus_core::{Delivery, errors::PublishError};
 use bus_supervisor::{Backoff, ChildSpec, Scope};
 use bytes::Bytes;
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::encode::{self, Stamp};
 use super::identity::Identity;
+use super::link::{Answer, Link};
 use super::produce::{self, Failure, Stored};
 use super::{Entry, PartitionState, Release, Shared};
-use crate::connection::{Pipeline, RequestError};
+use crate::connection::RequestError;
 
 mod batching;
 mod expiry;
@@ -142,7 +143,8 @@ pub(super) fn handover(
         lingered: false,
         sealed: VecDeque::new(),
         sent: 0,
-        pipe: None,
+        link: None,
+        answers: VecDeque::new(),
         failed_at: None,
         idempotent,
         window,
@@ -236,13 +238,16 @@ pub(super) struct Batcher {
     carry: VecDeque<Entry>,
     /// The batch being formed has waited out its linger (the timer fired).
     lingered: bool,
-    /// Sealed batches, oldest first: the first `sent` are in flight on `pipe`.
+    /// Sealed batches, oldest first: the first `sent` are in flight on `link`.
     sealed: VecDeque<Sealed>,
     sent: usize,
-    /// The pipelined connection to the partition's leader, kept while it works.
-    pipe: Option<Pipeline>,
-    /// When the connection to the leader was last given up (the next leader lookup reads
-    /// metadata younger than this).
+    /// The link to the partition's leader (shared with the other partitions it leads), kept
+    /// while it works.
+    link: Option<Link>,
+    /// The answers to the batches in flight, oldest first (`sent` of them).
+    answers: VecDeque<tokio::sync::oneshot::Receiver<Answer>>,
+    /// When the link to the leader was last given up (the next leader lookup reads metadata
+    /// younger than this).
     failed_at: Option<Instant>,
     idempotent: bool,
     /// Requests in flight at most.
@@ -284,7 +289,8 @@ impl Batcher {
     /// After a panic: the connection is abandoned, and what was in flight on it is sent again,
     /// from the oldest sealed batch, with the same stamps.
     fn abandon_connection(&mut self) {
-        self.pipe = None;
+        self.link = None;
+        self.answers.clear();
         self.sent = 0;
         self.retry_at = None;
     }
@@ -327,7 +333,7 @@ impl Batcher {
                 let sendable = self.sent == 0 || self.sealed[self.sent].batch.is_ok();
                 if sendable {
                     if self.prepare().await {
-                        self.send_next().await;
+                        self.send_next();
                     }
                     continue;
                 }

@@ -4,20 +4,21 @@
 //! split in two).
 
 use super::*;
+use tokio::sync::oneshot;
 
 impl Batcher {
-    /// Gets what sending needs: the partition's identity (idempotent) and a connection to its
+    /// Gets what sending needs: the partition's identity (idempotent) and the link to its
     /// leader, bounded by what is left of the oldest record's delivery timeout (at most
     /// `request_timeout`). False when they could not be had (the failure is handled) or a
     /// fail-back came first.
     pub(super) async fn prepare(&mut self) -> bool {
         let need_session = self.idempotent && self.session.is_none();
-        let need_pipe = !self.pipe.as_ref().is_some_and(Pipeline::is_usable);
-        if !need_session && !need_pipe {
+        let need_link = !self.link.as_ref().is_some_and(Link::is_open);
+        if !need_session && !need_link {
             return true;
         }
-        if need_pipe {
-            self.drop_pipe();
+        if need_link {
+            self.drop_link();
         }
         let delivery_timeout = self.shared.config.producer.delivery_timeout;
         let Some(oldest) = self.sealed.front() else { return false };
@@ -27,7 +28,6 @@ impl Batcher {
             .min(self.shared.config.request_timeout);
         let shared = Arc::clone(&self.shared);
         let (unusable, topic, partition) = (self.unusable, &self.wire_topic, self.state.partition);
-        let leaders = shared.client.leaders();
         let after = self.failed_at;
         let get = async {
             let identity = if need_session {
@@ -35,13 +35,14 @@ impl Batcher {
             } else {
                 None
             };
-            let pipe = if need_pipe {
-                let leader = produce::leader(leaders, topic, partition, after).await?;
-                Some(leader.into_pipeline())
+            let link = if need_link {
+                let leader = shared.client.leaders().leader(topic, partition, after).await;
+                let leader = leader.map_err(|e| Failure::of_leader(&e))?;
+                Some(shared.links.get(&shared, &leader).map_err(Failure::Retriable)?)
             } else {
                 None
             };
-            Ok::<_, Failure>((identity, pipe))
+            Ok::<_, Failure>((identity, link))
         };
         let got = tokio::select! {
             biased;
@@ -49,12 +50,12 @@ impl Batcher {
             got = tokio::time::timeout(budget, get) => got,
         };
         match got {
-            Ok(Ok((identity, pipe))) => {
+            Ok(Ok((identity, link))) => {
                 if let Some(identity) = identity {
                     self.start_session(identity);
                 }
-                if pipe.is_some() {
-                    self.pipe = pipe;
+                if link.is_some() {
+                    self.link = link;
                 }
                 true
             }
@@ -76,16 +77,19 @@ impl Batcher {
         }
     }
 
-    /// Abandons the connection and what is in flight on it (sent again later).
-    pub(super) fn drop_pipe(&mut self) {
-        if self.pipe.take().is_some() {
+    /// Gives up the link and what is in flight on it (sent again later; the link does not send
+    /// what it has not sent yet, and its answers to the rest are dropped). The next leader
+    /// lookup reads metadata younger than now.
+    pub(super) fn drop_link(&mut self) {
+        if self.link.take().is_some() {
             self.failed_at = Some(Instant::now());
         }
+        self.answers.clear();
         self.sent = 0;
     }
 
-    /// Sends the next sealed batch not in flight, within `request_timeout`.
-    pub(super) async fn send_next(&mut self) {
+    /// Hands the next sealed batch not in flight to the link.
+    pub(super) fn send_next(&mut self) {
         let index = self.sent;
         let Some(sealed) = self.sealed.get(index) else { return };
         let batch = match &sealed.batch {
@@ -97,60 +101,45 @@ impl Batcher {
                 return;
             }
         };
+        let Some(link) = self.link.as_ref() else { return };
+        let Ok(answer) = link.submit(&self.wire_topic, self.state.partition, batch) else {
+            let reason = format!("the link to broker {} has ended", link.broker());
+            self.on_failure(Failure::Retriable(reason));
+            return;
+        };
         let request_timeout = self.shared.config.request_timeout;
-        let request =
-            produce::request(&self.wire_topic, self.state.partition, batch, request_timeout);
-        let Some(pipe) = self.pipe.as_mut() else { return };
-        let version = match pipe.version::<ProduceRequest>() {
-            Ok(version) => version,
-            Err(error) => {
-                self.on_failure(Failure::of_request(&error));
-                return;
-            }
-        };
-        let written = tokio::select! {
-            biased;
-            () = self.state.fail_back.notified() => {
-                // The write is abandoned half done: so is the connection.
-                self.drop_pipe();
-                return;
-            }
-            written = pipe.send(&request, version, request_timeout) => written,
-        };
         let delivery_timeout = self.shared.config.producer.delivery_timeout;
-        match written {
-            Ok(()) => {
-                let sealed = &mut self.sealed[index];
-                sealed.attempts += 1;
-                let sent = Instant::now();
-                sealed.sent_at = sent;
-                sealed.due = (sent + request_timeout).min(sealed.deadline(delivery_timeout));
-                self.sent += 1;
-            }
-            Err(error @ (RequestError::TooLarge { .. } | RequestError::Encode { .. })) => {
-                // Nothing was written: the batch cannot be framed. It is split or rejected when
-                // it is the oldest; until then the ones before it are answered.
-                let failure = Failure::of_request(&error);
-                self.sealed[index].batch = Err(failure.clone());
-                if index == 0 {
-                    self.on_failure(failure);
-                }
-            }
-            Err(error) => self.on_failure(Failure::of_request(&error)),
-        }
+        let sealed = &mut self.sealed[index];
+        sealed.attempts += 1;
+        let sent = Instant::now();
+        sealed.sent_at = sent;
+        // The link answers within request_timeout of its write; the write may wait behind the
+        // requests in flight on the broker's connection.
+        sealed.due = (sent + request_timeout * 2).min(sealed.deadline(delivery_timeout));
+        self.answers.push_back(answer);
+        self.sent += 1;
     }
 
-    /// The answer to the oldest batch in flight.
-    pub(super) fn on_answer(&mut self, answer: Result<ProduceResponse, RequestError>) {
+    /// The answer to the oldest batch in flight (or its absence by its due time).
+    pub(super) fn on_answer(
+        &mut self,
+        answer: Result<Result<Answer, oneshot::error::RecvError>, tokio::time::error::Elapsed>,
+    ) {
+        self.answers.pop_front();
         let count = self.sealed.front().map_or(0, |s| s.entries.len());
         let outcome = match answer {
-            Ok(response) => {
-                produce::answer(&response, &self.wire_topic, self.state.partition, count)
+            Ok(Ok(Ok(part))) => {
+                produce::answer(&part, &self.wire_topic, self.state.partition, count)
             }
-            Err(RequestError::Timeout { timeout, .. }) => {
+            Ok(Ok(Err(RequestError::Timeout { timeout, .. }))) => {
                 Err(Failure::Retriable(self.unanswered(timeout)))
             }
-            Err(error) => Err(Failure::of_request(&error)),
+            Ok(Ok(Err(error))) => Err(Failure::of_request(&error)),
+            Ok(Err(_)) => Err(Failure::Retriable("the link to the leader ended".into())),
+            Err(_) => {
+                let waited = self.sealed.front().map_or(Duration::ZERO, |s| s.due - s.sent_at);
+                Err(Failure::Retriable(self.unanswered(waited)))
+            }
         };
         match outcome {
             Ok(stored) => {
@@ -178,7 +167,7 @@ impl Batcher {
     /// after it) after a backoff, under a new identity when the broker's record of the producer
     /// disagrees with ours.
     pub(super) fn on_failure(&mut self, failure: Failure) {
-        self.drop_pipe();
+        self.drop_link();
         let count = self.sealed.front().map_or(0, |s| s.entries.len());
         match failure {
             Failure::TooLarge(_) if count > 1 => self.split_oldest(),
