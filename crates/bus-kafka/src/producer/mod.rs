@@ -7,9 +7,9 @@
 //! record), the byte buffer, the flush procedure, and the producer's identity shared by its
 //! loops (`identity`: the producer id and epoch of InitProducerId). The loops themselves are in
 //! `partition` (batching, the window of requests in flight, retries in order, sequence
-//! numbers), the record-batch encoding in `encode`, the Produce request and the classification
-//! of its answers in `produce` (on the crate's shared [`crate::connection::Pipeline`] and leader
-//! lookup), health in `health`. Partition counts come from the cluster client
+//! numbers), the record-batch encoding in `encode`, the classification of answers in
+//! `produce`, one link per broker in `link` (the Produce requests, on the crate's leader
+//! directory), health in `health`. Partition counts come from the cluster client
 //! (`KafkaClient::partition_count`).
 //!
 //! Invariants:

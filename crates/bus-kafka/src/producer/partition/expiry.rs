@@ -107,7 +107,7 @@ impl Batcher {
     }
 
     /// Fails back, in order, every entry whose index is below `fail_through` (nothing when no
-    /// fail-back is due: a stale wake-up). The connection and what is in flight are abandoned;
+    /// fail-back is due: a stale wake-up). What is in flight is given up;
     /// what stays is batched afresh (under a new identity, when sealed batches were given up).
     pub(super) fn fail_back(&mut self) {
         if !self.fail_back_due() {

@@ -1,27 +1,29 @@
 //! One partition's batching loop: collect records for up to `producer.linger` (or until a batch
 //! of `producer.max_batch_bytes` is queued), seal them into a batch, keep up to a window of
-//! batches in flight on one pipelined connection, resend in order what failed retriably, and
+//! batches in flight through the link to the partition's leader (`link`: one connection per
+//! broker, shared by the partitions it leads), resend in order what failed retriably, and
 //! resolve every record's future in acceptance order.
 //!
 //! Owns: the loop task `bus/kafka/producer/<topic>-<partition>`, the batch being formed, the
-//! sealed batches (sent and not yet answered, or waiting to be sent again), and, when the
-//! producer is idempotent, the partition's session: the producer identity its batches carry and
-//! the next sequence number.
+//! sealed batches (sent and not yet answered, or waiting to be sent again) with the answers
+//! awaited from the link, and, when the producer is idempotent, the partition's session: the
+//! producer identity its batches carry and the next sequence number.
 //!
 //! Invariants:
-//! - Sealed batches are sent in order, at most the window of them in flight
-//!   (`producer.max_in_flight` when idempotent, else 1) on the loop's own connection to the
-//!   partition's leader, a [`Pipeline`]; their answers are read in that order. A batch is
-//!   resolved only once every batch before it is, so records are resolved in acceptance order
-//!   (what makes the flush accounting exact), and stored in it.
+//! - Sealed batches are handed to the leader's link in order, at most the window of them in
+//!   flight (`producer.max_in_flight` when idempotent, else 1); the link sends them in that
+//!   order, one per request, on its one connection, and their answers are read in that order.
+//!   A batch is resolved only once every batch before it is, so records are resolved in
+//!   acceptance order (what makes the flush accounting exact), and stored in it.
 //! - A batch is sent when it is full or its linger is over, while the window has room; one that
 //!   is not full also waits while the oldest request in flight has waited longer than the
 //!   linger for its answer, until that answer or until it is full. It would wait behind that
 //!   request at the broker anyway (a connection's requests are handled in order), and when the
 //!   broker is the bottleneck, batches grow instead of small requests multiplying.
-//! - Any failure abandons the connection and whatever is in flight on it: after a backoff
-//!   (`producer.retry_backoff` doubling to 1 s) and a fresh leader lookup, every sealed batch is
-//!   sent again from the oldest, in order. Idempotent, a batch is sent again as it was (same
+//! - Any failure gives up the link and whatever is in flight on it (the link does not send what
+//!   it has not sent yet; answers to the rest are dropped): after a backoff
+//!   (`producer.retry_backoff` doubling to 1 s) and a leader lookup in metadata read after the
+//!   failure, every sealed batch is sent again from the oldest, in order. Idempotent, a batch is sent again as it was (same
 //!   producer id, epoch and sequence numbers), so the broker stores it once whatever became of
 //!   the earlier attempt: DUPLICATE_SEQUENCE_NUMBER says it was stored and is an
 //!   acknowledgement (without an offset: `-1`). Not idempotent, a batch whose answer was lost
@@ -39,13 +41,15 @@
 //!   gives up its identity, takes a new one from the producer's [`Identities`] (the epoch
 //!   bumped, or a new producer id) and numbers its sealed batches from 0 again before sending
 //!   them. A batch too large for the broker is split in two that keep its sequence range.
-//! - Every wait is bounded: connecting and the identity by what is left of the oldest record's
-//!   delivery timeout (at most `request_timeout`), a write by `request_timeout`, the oldest
-//!   in-flight answer by `request_timeout` from its send (and the delivery timeout). A batch
+//! - Every wait is bounded: the leader lookup and the identity by what is left of the oldest
+//!   record's delivery timeout (at most `request_timeout`); the link answers within
+//!   `request_timeout` of its write, and the loop waits for the oldest answer at most twice
+//!   `request_timeout` from its hand-over (the write may wait behind the connection's window)
+//!   and never past the delivery timeout. A batch
 //!   whose oldest record reaches `producer.delivery_timeout` before its next attempt is failed
 //!   back with `DeliveryTimeout`, never forgotten.
-//! - A fail-back request (a flush past its deadline) is honoured at once, in flight or not: the
-//!   connection is abandoned and the entries below `fail_through` are failed back with
+//! - A fail-back request (a flush past its deadline) is honoured at once, in flight or not: what
+//!   is in flight is given up and the entries below `fail_through` are failed back with
 //!   `NotAcknowledgedAtShutdown`; what is left is batched afresh.
 //! - A batch waits for its linger to within the timer's millisecond tick either way: tokio's
 //!   timer ends a sleep on a tick after its deadline (about a tick late on average), so the
@@ -114,7 +118,7 @@ pub(super) fn child_spec() -> ChildSpec {
 }
 
 /// What one partition's loop hands from an incarnation to the next: its channel, first, and
-/// after a panic everything it held (the connection and what was in flight on it are abandoned
+/// after a panic everything it held (what was in flight through its link is given up
 /// by the next incarnation, to be sent again). Dropped with the supervision (escalation,
 /// shutdown), whatever it still holds is failed back (see [`Batcher`]'s `Drop`).
 pub(super) type Handover = bus_supervisor::Handover<Batcher>;
@@ -171,7 +175,7 @@ pub(super) async fn run(scope: Scope, handover: Handover) -> Result<(), &'static
         return Err("no partition loop state to take over");
     };
     if restarted {
-        batcher.abandon_connection();
+        batcher.abandon_link();
     }
     batcher.path = Arc::from(scope.path());
     let token = scope.token();
@@ -194,7 +198,7 @@ struct Sealed {
     /// The identity and sequence number it carries ([`Stamp::NONE`] when not idempotent, or
     /// until the partition has a session).
     stamp: Stamp,
-    /// Produce attempts so far (sends, and failed attempts to get a connection for it).
+    /// Produce attempts so far (sends, and failed attempts to get a link for it).
     attempts: u32,
     /// When it was last sent.
     sent_at: Instant,
@@ -286,9 +290,9 @@ impl Drop for Batcher {
 }
 
 impl Batcher {
-    /// After a panic: the connection is abandoned, and what was in flight on it is sent again,
+    /// After a panic: the link is given up, and what was in flight on it is sent again,
     /// from the oldest sealed batch, with the same stamps.
-    fn abandon_connection(&mut self) {
+    fn abandon_link(&mut self) {
         self.link = None;
         self.answers.clear();
         self.sent = 0;

@@ -43,7 +43,7 @@ impl Batcher {
     }
 
     /// Gives up the partition's identity: it is replaced (the epoch bumped, or a new producer
-    /// id) before the next send. Nothing may be in flight (the connection is dropped first).
+    /// id) before the next send. Nothing may be in flight (the link is given up first).
     pub(super) fn abandon_session(&mut self) {
         if let Some(session) = self.session.take() {
             self.unusable = Some(session.identity);

@@ -1,7 +1,6 @@
-//! The in-flight window: the connection to the leader (a pipeline), sending the sealed batches in
-//! order up to the window, reading their answers in order, and what a failure does (the
-//! connection abandoned, a backoff, everything sent again from the oldest; a batch too large
-//! split in two).
+//! The in-flight window: the link to the leader, handed the sealed batches in order up to the
+//! window, their answers awaited in order, and what a failure does (what is in flight given up,
+//! a backoff, everything sent again from the oldest; a batch too large split in two).
 
 use super::*;
 use tokio::sync::oneshot;
@@ -162,8 +161,8 @@ impl Batcher {
         reason
     }
 
-    /// A failure of the oldest sealed batch (or of getting a connection or identity for it):
-    /// the connection is abandoned; the batch is split, rejected, or sent again (with the ones
+    /// A failure of the oldest sealed batch (or of getting a link or identity for it):
+    /// what is in flight is given up; the batch is split, rejected, or sent again (with the ones
     /// after it) after a backoff, under a new identity when the broker's record of the producer
     /// disagrees with ours.
     pub(super) fn on_failure(&mut self, failure: Failure) {
