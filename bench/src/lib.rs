@@ -68,6 +68,19 @@ pub fn median(mut phases: Vec<Phase>) -> Phase {
     phases[phases.len() / 2]
 }
 
+/// This process's open sockets (`/proc/self/fd` entries that are sockets): a client's
+/// connections to the brokers, counted while it runs (both clients run in one process, one at a
+/// time).
+#[must_use]
+pub fn open_sockets() -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
 /// This process's user + system CPU time in seconds, from `/proc/self/stat` (clock ticks of
 /// 10 ms).
 #[must_use]

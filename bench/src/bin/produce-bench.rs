@@ -3,12 +3,14 @@
 //!
 //! Owns: the workload (N records of 100 bytes, keys over 1,000 aggregates, 6 partitions, acks
 //! all, linger 5 ms, no compression, both producers idempotent: the bus's default with 5
-//! requests in flight per partition, rdkafka's `enable.idempotence` with its default of 5 per
-//! connection), the measurement (wall time from the first send to the last acknowledgement;
-//! process CPU time from `/proc/self/stat` around each phase) and the table it prints on stdout
-//! (progress goes to stderr).
+//! requests in flight per broker connection (and per partition), rdkafka's `enable.idempotence`
+//! with its default of 5 per connection), the measurement (wall time from the first send to the
+//! last acknowledgement; process CPU time from `/proc/self/stat` around each phase; the sockets
+//! the process holds at the end of a phase, before the client closes) and the table it prints
+//! on stdout (progress goes to stderr).
 //!
-//! Usage: `produce-bench --bootstrap HOST:PORT [--records N] [--rounds R] [--at-least-once]`.
+//! Usage: `produce-bench --bootstrap HOST:PORT [--records N] [--rounds R] [--partitions P]
+//! [--at-least-once]`.
 //! Each round runs both clients (alternating which goes first) on fresh topics; the table shows
 //! the median round. `--at-least-once` turns idempotence off in both (the bus then has one
 //! request in flight per partition).
@@ -18,7 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bus_bench::{
-    AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, librdkafka_version, median, process_cpu,
+    AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, librdkafka_version, median, open_sockets,
+    process_cpu,
 };
 use bus_core::Record;
 use bytes::Bytes;
@@ -58,7 +61,7 @@ fn rdkafka_phase(
     _records: usize,
     _keys: &[String],
     _idempotence: bool,
-) -> Phase {
+) -> (Phase, usize) {
     fail(
         "built without the rdkafka peer: run `cargo xtask bench produce` (it passes --features peer)",
     )
@@ -71,7 +74,7 @@ fn rdkafka_phase(
     records: usize,
     keys: &[String],
     idempotence: bool,
-) -> Phase {
+) -> (Phase, usize) {
     let mut client = ClientConfig::new();
     bus_bench::secure_rdkafka(&mut client);
     let producer: BaseProducer<Counting> = client
@@ -115,6 +118,7 @@ fn rdkafka_phase(
     producer.poll(Duration::ZERO);
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu() - cpu;
+    let sockets = open_sockets();
     let ctx = producer.context();
     let acked = ctx.acked.load(Ordering::Relaxed) as usize;
     if acked != records {
@@ -123,7 +127,7 @@ fn rdkafka_phase(
             ctx.failed.load(Ordering::Relaxed)
         ));
     }
-    Phase { seconds, join_seconds: 0.0, cpu_seconds, records }
+    (Phase { seconds, join_seconds: 0.0, cpu_seconds, records }, sockets)
 }
 
 async fn bus_phase(
@@ -132,7 +136,7 @@ async fn bus_phase(
     records: usize,
     keys: &[Bytes],
     idempotence: bool,
-) -> Phase {
+) -> (Phase, usize) {
     let mut config = bus_bench::config(bootstrap);
     config.producer.linger = Duration::from_millis(5);
     config.producer.idempotence = idempotence;
@@ -163,13 +167,14 @@ async fn bus_phase(
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu() - cpu;
+    let sockets = open_sockets();
     if acked != records {
         fail(&format!("bus: {acked} of {records} acknowledged"));
     }
     if let Err(e) = bus.shutdown(Duration::from_secs(30)).await {
         fail(&format!("bus shutdown: {e}"));
     }
-    Phase { seconds, join_seconds: 0.0, cpu_seconds, records }
+    (Phase { seconds, join_seconds: 0.0, cpu_seconds, records }, sockets)
 }
 
 /// The bus's Kafka producer against rdkafka's, on one broker, in one process.
@@ -197,10 +202,14 @@ struct Args {
     /// Both producers without idempotence (at least once).
     #[arg(long)]
     at_least_once: bool,
+    /// The topic's partitions.
+    #[arg(long, default_value_t = PARTITIONS, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    partitions: i32,
 }
 
 fn main() {
-    let Args { bootstrap, records, rounds, only, security, at_least_once, metrics } = Args::parse();
+    let Args { bootstrap, records, rounds, only, security, at_least_once, metrics, partitions } =
+        Args::parse();
     let recorder = metrics.then(bus_bench::install_metrics_recorder);
     let over = security.describe();
     security.install();
@@ -215,11 +224,11 @@ fn main() {
             [format!("bench-bus-{run_id}-{round}"), format!("bench-rdkafka-{run_id}-{round}")];
         for topic in &topics {
             runtime
-                .block_on(admin.ensure_topic(topic, PARTITIONS))
+                .block_on(admin.ensure_topic(topic, partitions))
                 .unwrap_or_else(|e| fail(&format!("topic {topic}: {e}")));
         }
-        let run_bus = |ours: &mut Vec<Phase>| {
-            let phase = runtime.block_on(bus_phase(
+        let run_bus = |ours: &mut Vec<(Phase, usize)>| {
+            let (phase, sockets) = runtime.block_on(bus_phase(
                 &bootstrap,
                 &topics[0],
                 records,
@@ -227,20 +236,21 @@ fn main() {
                 idempotence,
             ));
             eprintln!(
-                "round {round}: bus     {:>10.0} msgs/s, {:.2} us CPU/msg",
+                "round {round}: bus     {:>10.0} msgs/s, {:.2} us CPU/msg, {sockets} sockets",
                 phase.rate(),
                 phase.cpu_us_per_msg()
             );
-            ours.push(phase);
+            ours.push((phase, sockets));
         };
-        let run_rdkafka = |theirs: &mut Vec<Phase>| {
-            let phase = rdkafka_phase(&bootstrap, &topics[1], records, &key_strings, idempotence);
+        let run_rdkafka = |theirs: &mut Vec<(Phase, usize)>| {
+            let (phase, sockets) =
+                rdkafka_phase(&bootstrap, &topics[1], records, &key_strings, idempotence);
             eprintln!(
-                "round {round}: rdkafka {:>10.0} msgs/s, {:.2} us CPU/msg",
+                "round {round}: rdkafka {:>10.0} msgs/s, {:.2} us CPU/msg, {sockets} sockets",
                 phase.rate(),
                 phase.cpu_us_per_msg()
             );
-            theirs.push(phase);
+            theirs.push((phase, sockets));
         };
         if let Some(only) = only.as_deref() {
             match only {
@@ -266,37 +276,43 @@ fn main() {
     if only.is_some() {
         return;
     }
-    let (ours, theirs) = (median(ours), median(theirs));
+    let most = |phases: &[(Phase, usize)]| phases.iter().map(|p| p.1).max().unwrap_or(0);
+    let (our_sockets, their_sockets) = (most(&ours), most(&theirs));
+    let (ours, theirs) = (
+        median(ours.into_iter().map(|p| p.0).collect()),
+        median(theirs.into_iter().map(|p| p.0).collect()),
+    );
     let librdkafka = librdkafka_version();
     let mode = if idempotence {
-        "both idempotent (the bus: 5 requests in flight per partition; rdkafka: \
+        "both idempotent (the bus: 5 requests in flight per broker connection; rdkafka: \
          enable.idempotence, 5 per connection)"
     } else {
         "neither idempotent (the bus: one request in flight per partition)"
     };
     println!(
-        "{records} records of {VALUE_BYTES} bytes, keys over {AGGREGATES} aggregates, {PARTITIONS} \
+        "{records} records of {VALUE_BYTES} bytes, keys over {AGGREGATES} aggregates, {partitions} \
          partitions, acks all, linger 5 ms, no compression{over}, {mode}; median of {rounds} \
          round(s), \
          clients alternating first.\n"
     );
-    println!("| client | msgs/s | MB/s | client CPU per message |");
-    println!("|---|---:|---:|---:|");
+    println!("| client | msgs/s | MB/s | client CPU per message | sockets at the end |");
+    println!("|---|---:|---:|---:|---:|");
     println!(
         "| bus-kafka producer, `publish_nowait` + await each delivery future | {:.0} | {:.1} | \
-         {:.2} us |",
+         {:.2} us | {our_sockets} |",
         ours.rate(),
         ours.mb_per_s(),
         ours.cpu_us_per_msg()
     );
     println!(
-        "| rdkafka 0.39 BaseProducer (librdkafka {librdkafka}) | {:.0} | {:.1} | {:.2} us |",
+        "| rdkafka 0.39 BaseProducer (librdkafka {librdkafka}) | {:.0} | {:.1} | {:.2} us | \
+         {their_sockets} |",
         theirs.rate(),
         theirs.mb_per_s(),
         theirs.cpu_us_per_msg()
     );
     println!(
-        "| **ratio bus / rdkafka** (target: rate >= 1.3, CPU <= 0.7) | {:.2}x | {:.2}x | {:.2}x |",
+        "| **ratio bus / rdkafka** (target: rate >= 1.3, CPU <= 0.7) | {:.2}x | {:.2}x | {:.2}x | |",
         ours.rate() / theirs.rate(),
         ours.mb_per_s() / theirs.mb_per_s(),
         ours.cpu_us_per_msg() / theirs.cpu_us_per_msg()
