@@ -17,8 +17,10 @@
 //!   answer named: one that cannot be reached or whose answer lacks the topic is passed over
 //!   for the next, and the last failure is reported. Every connection and request is bounded
 //!   by `request_timeout`; nothing is retried here (callers retry on their own terms).
-//! - A partition without a leader (an election under way) is not remembered: the next lookup
-//!   asks again.
+//! - A partition without a leader (an election under way) is remembered as such, like a leader:
+//!   the callers that failed before the answer was read take it (and retry on their own terms,
+//!   then asking for metadata read after their next failure), so an election seen by 500
+//!   partitions costs one request per round of retries, not 500.
 //! - The topic is not created: Metadata is sent with `allow_auto_topic_creation = false`.
 
 use std::collections::HashMap;
@@ -148,7 +150,6 @@ impl Leaders {
             }
         };
         if let Ok(partitions) = leaders {
-            let partitions = partitions.into_iter().filter(|(_, l)| l.is_ok()).collect();
             self.topics.lock().insert(topic.clone(), TopicLeaders { read, partitions });
         }
         answer
