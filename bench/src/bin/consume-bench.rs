@@ -13,16 +13,18 @@
 //! (no contended cache line), summed by a watcher every millisecond (the last record's time is
 //! known to within that millisecond).
 //!
-//! Usage: `consume-bench --bootstrap HOST:PORT [--records N] [--rounds R] [--keyed-records M]`.
-//! Build with `--features peer` for the rdkafka side. Each round runs both clients (alternating
-//! which goes first); the table shows the median round of each.
+//! Usage: `consume-bench --bootstrap HOST:PORT [--records N] [--rounds R] [--keyed-records M]
+//! [--partitions P]`. Build with `--features peer` for the rdkafka side. Each round runs both
+//! clients (alternating which goes first); the table shows the median round of each, and the
+//! most sockets each held at the end of a round (its connections to the brokers).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bus_bench::{
-    AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, librdkafka_version, median, process_cpu,
+    AGGREGATES, PARTITIONS, Phase, VALUE_BYTES, fail, librdkafka_version, median, open_sockets,
+    process_cpu,
 };
 use bus_core::{HandlerError, Message, Record, SubscribeOptions};
 use bytes::Bytes;
@@ -118,7 +120,7 @@ impl Striped {
     }
 }
 
-async fn bus_phase(bootstrap: &str, topic: &str, records: usize, group: &str) -> Phase {
+async fn bus_phase(bootstrap: &str, topic: &str, records: usize, group: &str) -> (Phase, usize) {
     let bus = bus_kafka::connect(bus_bench::config(bootstrap))
         .await
         .unwrap_or_else(|e| fail(&format!("bus: {e}")));
@@ -149,26 +151,28 @@ async fn bus_phase(bootstrap: &str, topic: &str, records: usize, group: &str) ->
         }
     };
     let cpu_seconds = process_cpu() - cpu;
+    let sockets = open_sockets();
     let first = progress.first.get().copied().unwrap_or(last);
     let _ = subscription.unsubscribe(Duration::from_secs(30)).await;
     if let Err(e) = bus.shutdown(Duration::from_secs(30)).await {
         fail(&format!("bus shutdown: {e}"));
     }
-    Phase {
+    let phase = Phase {
         seconds: (last - first).as_secs_f64(),
         join_seconds: (first - subscribed).as_secs_f64(),
         cpu_seconds,
         records,
-    }
+    };
+    (phase, sockets)
 }
 
 #[cfg(not(feature = "peer"))]
-fn rdkafka_phase(_bootstrap: &str, _topic: &str, _records: usize, _group: &str) -> Phase {
+fn rdkafka_phase(_bootstrap: &str, _topic: &str, _records: usize, _group: &str) -> (Phase, usize) {
     fail("built without the rdkafka peer: build with `--features peer`")
 }
 
 #[cfg(feature = "peer")]
-fn rdkafka_phase(bootstrap: &str, topic: &str, records: usize, group: &str) -> Phase {
+fn rdkafka_phase(bootstrap: &str, topic: &str, records: usize, group: &str) -> (Phase, usize) {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -204,14 +208,16 @@ fn rdkafka_phase(bootstrap: &str, topic: &str, records: usize, group: &str) -> P
     }
     let last = Instant::now();
     let cpu_seconds = process_cpu() - cpu;
+    let sockets = open_sockets();
     let first = first.unwrap_or(last);
     drop(consumer);
-    Phase {
+    let phase = Phase {
         seconds: (last - first).as_secs_f64(),
         join_seconds: (first - subscribed).as_secs_f64(),
         cpu_seconds,
         records,
-    }
+    };
+    (phase, sockets)
 }
 
 /// What the keyed phase measured.
@@ -331,6 +337,9 @@ struct Args {
     /// recorded, to measure their cost against a run without.
     #[arg(long)]
     metrics: bool,
+    /// The partitions of the throughput phase's topic.
+    #[arg(long, default_value_t = PARTITIONS, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    partitions: i32,
 }
 
 fn main() {
@@ -343,6 +352,7 @@ fn main() {
         topic: existing,
         security,
         metrics,
+        partitions,
     } = Args::parse();
     let recorder = metrics.then(bus_bench::install_metrics_recorder);
     let over = security.describe();
@@ -358,7 +368,7 @@ fn main() {
             None => {
                 let topic = format!("bench-consume-{run_id}");
                 runtime
-                    .block_on(admin.ensure_topic(&topic, PARTITIONS))
+                    .block_on(admin.ensure_topic(&topic, partitions))
                     .unwrap_or_else(|e| fail(&format!("topic {topic}: {e}")));
                 eprintln!("writing {records} records to {topic}");
                 runtime.block_on(fill(&bootstrap, &topic, records));
@@ -366,27 +376,30 @@ fn main() {
             }
         };
         for round in 0..rounds {
-            let run_bus = |ours: &mut Vec<Phase>| {
+            let run_bus = |ours: &mut Vec<(Phase, usize)>| {
                 let group = format!("bench-consume-bus-{run_id}-{round}");
-                let phase = runtime.block_on(bus_phase(&bootstrap, &topic, records, &group));
+                let (phase, sockets) =
+                    runtime.block_on(bus_phase(&bootstrap, &topic, records, &group));
                 eprintln!(
-                    "round {round}: bus     {:>10.0} msgs/s, {:.2} us CPU/msg, joined in {:.1} s",
+                    "round {round}: bus     {:>10.0} msgs/s, {:.2} us CPU/msg, joined in {:.1} s, \
+                     {sockets} sockets",
                     phase.rate(),
                     phase.cpu_us_per_msg(),
                     phase.join_seconds
                 );
-                ours.push(phase);
+                ours.push((phase, sockets));
             };
-            let run_rdkafka = |theirs: &mut Vec<Phase>| {
+            let run_rdkafka = |theirs: &mut Vec<(Phase, usize)>| {
                 let group = format!("bench-consume-rdkafka-{run_id}-{round}");
-                let phase = rdkafka_phase(&bootstrap, &topic, records, &group);
+                let (phase, sockets) = rdkafka_phase(&bootstrap, &topic, records, &group);
                 eprintln!(
-                    "round {round}: rdkafka {:>10.0} msgs/s, {:.2} us CPU/msg, joined in {:.1} s",
+                    "round {round}: rdkafka {:>10.0} msgs/s, {:.2} us CPU/msg, joined in {:.1} s, \
+                     {sockets} sockets",
                     phase.rate(),
                     phase.cpu_us_per_msg(),
                     phase.join_seconds
                 );
-                theirs.push(phase);
+                theirs.push((phase, sockets));
             };
             match only.as_deref() {
                 Some("bus") => run_bus(&mut ours),
@@ -426,30 +439,37 @@ fn main() {
     if only.is_some() {
         return;
     }
-    let (ours, theirs) = (median(ours), median(theirs));
+    let most = |phases: &[(Phase, usize)]| phases.iter().map(|p| p.1).max().unwrap_or(0);
+    let (our_sockets, their_sockets) = (most(&ours), most(&theirs));
+    let (ours, theirs) = (
+        median(ours.into_iter().map(|p| p.0).collect()),
+        median(theirs.into_iter().map(|p| p.0).collect()),
+    );
     let librdkafka = librdkafka_version();
     println!(
         "{records} records of {VALUE_BYTES} bytes, keys over {AGGREGATES} aggregates, \
-         {PARTITIONS} partitions, each client in a fresh consumer group from the earliest \
+         {partitions} partitions, each client in a fresh consumer group from the earliest \
          offset{over}, no-op handler; rate from the first record to the last, join time apart; \
          median of {rounds} round(s), clients alternating first.\n"
     );
-    println!("| client | msgs/s | client CPU per message | join |");
-    println!("|---|---:|---:|---:|");
+    println!("| client | msgs/s | client CPU per message | join | sockets at the end |");
+    println!("|---|---:|---:|---:|---:|");
     println!(
-        "| bus-kafka group consume (own Fetch, keyed dispatch, defaults) | {:.0} | {:.2} us | {:.1} s |",
+        "| bus-kafka group consume (own Fetch, keyed dispatch, defaults) | {:.0} | {:.2} us | \
+         {:.1} s | {our_sockets} |",
         ours.rate(),
         ours.cpu_us_per_msg(),
         ours.join_seconds
     );
     println!(
-        "| rdkafka 0.39 BaseConsumer (librdkafka {librdkafka}) | {:.0} | {:.2} us | {:.1} s |",
+        "| rdkafka 0.39 BaseConsumer (librdkafka {librdkafka}) | {:.0} | {:.2} us | {:.1} s | \
+         {their_sockets} |",
         theirs.rate(),
         theirs.cpu_us_per_msg(),
         theirs.join_seconds
     );
     println!(
-        "| **ratio bus / rdkafka** (target: rate >= 1.2, CPU <= 0.8) | {:.2}x | {:.2}x | |",
+        "| **ratio bus / rdkafka** (target: rate >= 1.2, CPU <= 0.8) | {:.2}x | {:.2}x | | |",
         ours.rate() / theirs.rate(),
         ours.cpu_us_per_msg() / theirs.cpu_us_per_msg()
     );
