@@ -94,13 +94,14 @@ pub use topics::Topics;
 
 /// A subscription's parts: the options' policies ([`RetryPolicy`](subscription::RetryPolicy),
 /// [`CommitMode`](subscription::CommitMode),
-/// [`UnreadableBatches`](subscription::UnreadableBatches)), where it starts
+/// [`UnreadableBatches`](subscription::UnreadableBatches),
+/// [`RefusedDeadLetters`](subscription::RefusedDeadLetters)), where it starts
 /// ([`StartPosition`](subscription::StartPosition) with
 /// [`PartitionOffset`](subscription::PartitionOffset),
 /// [`OffsetReset`](subscription::OffsetReset)), and its reports.
 pub mod subscription {
     pub use crate::consumer::{CommitReport, SubscriptionReport, UnsubscribeReport};
-    pub use crate::options::{CommitMode, RetryPolicy, UnreadableBatches};
+    pub use crate::options::{CommitMode, RefusedDeadLetters, RetryPolicy, UnreadableBatches};
     pub use crate::start::{OffsetReset, PartitionOffset, StartPosition};
 }
 

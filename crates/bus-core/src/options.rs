@@ -1,9 +1,9 @@
 //! Subscription options: consumer group (and static membership), concurrency, ordering,
 //! retries, dead letters.
 //!
-//! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`UnreadableBatches`] and [`CommitMode`]. Each
-//! is a serde type with defaults; [`SubscribeOptions::validate`] names the field that is out of
-//! range. Where a subscription starts reading is the `start` module's.
+//! Owns: [`SubscribeOptions`], [`RetryPolicy`], [`UnreadableBatches`], [`RefusedDeadLetters`]
+//! and [`CommitMode`]. Each is a serde type with defaults; [`SubscribeOptions::validate`] names
+//! the field that is out of range. Where a subscription starts reading is the `start` module's.
 
 use std::time::Duration;
 
@@ -44,6 +44,25 @@ pub enum UnreadableBatches {
     /// The batch is sent whole to the dead-letter topic (headers name its offset range and the
     /// error; retried with backoff until stored), then the partition moves past it.
     Skip,
+}
+
+/// What a subscription does with a dead letter its backend refuses for good: too large for the
+/// broker, a dead-letter topic that does not exist (and is not created) or that the
+/// subscription may not write. A refusal that may pass (a broker away, a full buffer) is
+/// retried with backoff whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefusedDeadLetters {
+    /// The dead letter is stored again without its value (key and headers kept, the header
+    /// `X-DLQ-Truncated` giving the value's size; the value stays in the source topic at the
+    /// offset the headers name). When that is refused too, the subscription fails, as with
+    /// `fail`.
+    #[default]
+    Truncate,
+    /// The subscription fails: the health names the partition, offset and refusal, the message
+    /// stays uncommitted (the partition's next owner gets it again), the subscription's
+    /// partitions are released and the group left.
+    Fail,
 }
 
 /// How a failed handler is retried before its message is dead-lettered.
@@ -146,6 +165,9 @@ pub struct SubscribeOptions {
     pub rebalance_timeout: Duration,
     /// What to do with a record batch that cannot be read: `fail` (the default) or `skip`.
     pub unreadable_batches: UnreadableBatches,
+    /// What to do with a dead letter the backend refuses for good: `truncate` (the default) or
+    /// `fail`.
+    pub refused_dead_letters: RefusedDeadLetters,
 }
 
 impl Default for SubscribeOptions {
@@ -165,6 +187,7 @@ impl Default for SubscribeOptions {
             commit_interval: Duration::from_secs(1),
             rebalance_timeout: Duration::from_secs(30),
             unreadable_batches: UnreadableBatches::Fail,
+            refused_dead_letters: RefusedDeadLetters::Truncate,
         }
     }
 }
@@ -252,6 +275,12 @@ impl SubscribeOptions {
     /// Sets what to do with record batches that cannot be read.
     pub fn with_unreadable_batches(mut self, policy: UnreadableBatches) -> Self {
         self.unreadable_batches = policy;
+        self
+    }
+
+    /// Sets what to do with dead letters the backend refuses for good.
+    pub fn with_refused_dead_letters(mut self, policy: RefusedDeadLetters) -> Self {
+        self.refused_dead_letters = policy;
         self
     }
 

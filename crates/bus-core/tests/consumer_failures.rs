@@ -1,11 +1,12 @@
-//! No message or partition stuck without a word (on the in-memory backend): a dead letter that
-//! cannot be stored is retried with backoff while its key stays blocked (later messages of the
-//! key wait, other keys go on), and the subscription's health names it until it is stored; a
-//! batch skipped past leaves its offsets done for commits.
+//! No message or partition stuck without a word (on the in-memory backend): a dead letter the
+//! backend refuses for good (its topic does not exist) fails the subscription visibly, naming
+//! the partition, offset and dead-letter topic, instead of pinning the partition; a batch
+//! skipped past leaves its offsets done for commits. (A refusal that may pass is retried with
+//! backoff while its key waits: `tests/tests/dead_letter_refused.rs` and the consumer's module
+//! documentation.)
 //!
-//! Shown to fail without the change (by hand): before, a failed dead-letter publish left the
-//! message retained at once, the key's next message ran before it was stored, and the health
-//! stayed `Ready`.
+//! Shown to fail without the change (by hand): before, a dead letter to a missing topic was
+//! retried forever and the subscription's health only named it as retrying.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use bus_core::dispatch::{DispatchConfig, KeyedDispatch, ProcessFn, Processed};
 use bus_core::memory::MemoryConfig;
 use bus_core::{
     EventBus, HandlerError, Headers, Message, Record, SubscribeOptions, TopicPartition,
-    headers::dead_letter, health::Health, subscription::RetryPolicy,
+    health::Health, subscription::RetryPolicy,
 };
 use bus_supervisor::Supervisor;
 use bytes::Bytes;
@@ -35,8 +36,9 @@ fn record(topic: &str, key: &str, value: &str) -> Record {
 }
 
 #[tokio::test]
-async fn a_dead_letter_that_cannot_be_stored_is_retried_while_its_key_waits() {
-    // Topics are not created on first use: the dead-letter topic is missing until we make it.
+async fn a_dead_letter_refused_for_good_fails_the_subscription_visibly() {
+    // Topics are not created on first use: the dead-letter topic is missing, which the backend
+    // refuses for good (UnknownTopic); truncating the record cannot help.
     let config = MemoryConfig::default().with_auto_create_topics(false);
     let bus = EventBus::in_memory_with(config).unwrap();
     let memory = bus.memory_backend().unwrap().clone();
@@ -61,35 +63,30 @@ async fn a_dead_letter_that_cannot_be_stored_is_retried_while_its_key_waits() {
         })
         .await
         .unwrap();
-    for (key, value) in [("k", "bad"), ("k", "after-bad"), ("other", "independent")] {
+    for (key, value) in [("k", "bad"), ("k", "after-bad")] {
         bus.publish(record("orders", key, value)).await.unwrap();
     }
-    // The dead letter keeps failing (no such topic): named in the health, retried.
-    eventually("the failing dead letter in the health", || match bus.health() {
-        Health::Degraded { reason } => reason.contains("dead-lettering `orders-0` offset 0"),
-        _ => false,
+    // The subscription fails, naming the partition, offset and dead-letter topic; the key's
+    // next message is not handled past the message that could not be dead-lettered.
+    eventually("the failed subscription in the health", || {
+        let report = bus.health_report();
+        report.subscriptions.iter().any(|s| {
+            s.failure
+                .as_deref()
+                .is_some_and(|f| f.contains("`orders-0` at offset 0") && f.contains("`orders.dlq`"))
+        })
     })
     .await;
-    eventually("retries", || bus.metrics().dead_letter_failures >= 3).await;
-    eventually("the other key handled", || {
-        handled.lock().unwrap().contains(&"independent".to_owned())
-    })
-    .await;
+    assert!(matches!(bus.health(), Health::Unhealthy { .. }), "{:?}", bus.health());
+    assert!(bus.metrics().subscriptions_failed >= 1);
     assert!(
         !handled.lock().unwrap().contains(&"after-bad".to_owned()),
-        "the key's next message waits for its dead letter"
+        "the key's next message is not handled past the refused dead letter"
     );
-    // The topic appears: the dead letter is stored, the key moves on, the health clears.
-    memory.create_topic("orders.dlq", 1).unwrap();
-    eventually("the key's next message", || {
-        handled.lock().unwrap().contains(&"after-bad".to_owned())
-    })
-    .await;
-    let dead = memory.records("orders.dlq", 0).unwrap();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].headers.get_str(dead_letter::REASON), Some("handler-error"));
-    assert_eq!(bus.metrics().dead_lettered, 1);
-    eventually("the health clear", || bus.health() == Health::Ready).await;
+    assert!(
+        memory.records("orders.dlq", 0).is_err()
+            || memory.records("orders.dlq", 0).unwrap().is_empty()
+    );
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 

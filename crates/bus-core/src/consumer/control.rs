@@ -38,7 +38,9 @@
 //!   scope fails, which the bus's health reports.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bus_supervisor::{Backoff, ChildSpec, Scope};
@@ -209,6 +211,7 @@ impl Control {
                 escalation = member_scope.failed() => {
                     self.fail(format!("the group member kept failing: {escalation}")).await;
                 }
+                reason = self.runtime.failure_requested() => self.fail(reason).await,
                 event = self.member.next_event(), if !self.fenced => match event {
                     Ok(MemberEvent::Assigned(partitions)) => self.assigned(partitions).await,
                     Ok(MemberEvent::Revoked(revocation)) => self.revoked(revocation).await,
@@ -359,7 +362,19 @@ impl Control {
                 }
             }
         }
-        let drained = self.dispatch.drain(partitions, deadline).await;
+        // The drain's first poll removes the partitions' queued messages; then a worker holding
+        // a refused dead letter's key may let it go (`Runtime::releasing`).
+        let drained = {
+            let mut drain = std::pin::pin!(self.dispatch.drain(partitions, deadline));
+            let first = std::future::poll_fn(|cx| Poll::Ready(drain.as_mut().poll(cx))).await;
+            self.runtime
+                .releasing
+                .send_modify(|released| released.extend(partitions.iter().cloned()));
+            match first {
+                Poll::Ready(drained) => drained,
+                Poll::Pending => drain.await,
+            }
+        };
         if drained.abandoned > 0 {
             Metrics::add(&self.runtime.metrics.abandoned, drained.abandoned as u64);
             tracing::warn!(
@@ -375,6 +390,11 @@ impl Control {
         // A failure is logged and counted; the messages are redelivered.
         let _ = self.commit_offsets_by(offsets, commit_by).await;
         let mut committed = Vec::new();
+        self.runtime.releasing.send_modify(|released| {
+            for partition in partitions {
+                released.remove(partition);
+            }
+        });
         for partition in partitions {
             self.dispatch.forget(partition);
             self.runtime.health.forget(partition);

@@ -33,7 +33,7 @@ use std::time::Duration;
 use bus_supervisor::{Backoff, ChildSpec, Scope};
 
 use super::pause::PauseWatch;
-use super::process::{Runtime, ShuttingDown};
+use super::process::{NotStored, Runtime};
 use crate::backend::{PartitionReader, ReadError, UnreadableBatch};
 use crate::consumer::dead_letter_headers as h;
 use crate::dispatch::KeyedDispatch;
@@ -314,7 +314,11 @@ impl FetchLoop {
                 self.resume = Some(next);
                 true
             }
-            Err(ShuttingDown) => false,
+            Err(NotStored::ShuttingDown) => false,
+            Err(NotStored::Refused(reason)) => {
+                runtime.fail_subscription(&self.partition, batch.first_offset, reason);
+                false
+            }
         }
     }
 }

@@ -10,11 +10,17 @@
 //!   starts the subscription's keyed dispatch with a `Processor` generic over the handler, so a
 //!   handler's future is polled in place on a dispatch worker, never boxed on the first attempt.
 //! - A message ends `Done` only when its handler succeeded or it was stored in the dead-letter
-//!   topic. A failed dead-letter publish is retried with backoff (the subscription's retry
-//!   delays) for as long as it fails, the message's key blocked meanwhile (later messages of the
-//!   key wait: order is kept) and the failure named in the subscription's health; only a
-//!   shutting-down backend ends it `Retain` (never committed, so redelivered), as does its
-//!   abandonment at a revoke or shutdown deadline.
+//!   topic. A dead-letter publish that fails in a way that may pass is retried with backoff (the
+//!   subscription's retry delays) for as long as it fails, the message's key blocked meanwhile
+//!   (later messages of the key wait: order is kept) and the failure named in the
+//!   subscription's health; a shutting-down backend ends it `Retain` (never committed, so
+//!   redelivered), as does its abandonment at a revoke or shutdown deadline.
+//! - A dead letter the backend refuses for good (`InvalidRecord`, `Rejected`, `UnknownTopic`)
+//!   never pins the partition: under `refused_dead_letters = truncate` it is stored again
+//!   without its value (`X-DLQ-Truncated`), and when that is refused too, or under `fail`, the
+//!   subscription fails (the control task told through `Runtime::fail_subscription`); the
+//!   message ends `Retain`, its key held until its partition's release has removed the queued
+//!   messages (`Runtime::releasing`), so nothing of the key is handled past it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,8 +34,9 @@ use crate::delivery::Delivery;
 use crate::dispatch::{DispatchConfig, KeyedDispatch, Process, Processed};
 use crate::error::{HandlerError, PublishError};
 use crate::handler::{EnvelopeHandler, Envelopes, Failure, Handler, Invoke, Raw};
+use crate::health::PartitionFailure;
 use crate::metrics::Metrics;
-use crate::options::SubscribeOptions;
+use crate::options::{RefusedDeadLetters, SubscribeOptions};
 use crate::record::{Message, Record, TopicPartition};
 
 /// Headers added to a dead-lettered record (its key, value and own headers are kept).
@@ -58,6 +65,10 @@ pub mod dead_letter_headers {
     /// replay also writes a marker to `<dead-letter topic>.replayed` (key `<partition>/<offset>`),
     /// which a later replay reads to skip what was replayed already.
     pub const REPLAYED_FROM: &str = "X-DLQ-Replayed-From";
+    /// On a dead letter stored without its value (the backend refused it whole, and the
+    /// subscription's `refused_dead_letters` is `truncate`): the value's size in bytes. The
+    /// value is in the source topic at the offset the other headers name.
+    pub const TRUNCATED: &str = "X-DLQ-Truncated";
 }
 
 /// Everything a subscription's tasks share (the handler aside: see [`Processor`]).
@@ -70,11 +81,35 @@ pub(crate) struct Runtime {
     pub(super) health: Arc<SubscriptionHealth>,
     /// The subscription's labelled metrics.
     pub(super) telemetry: SubscriptionMetrics,
+    /// Why the subscription must fail, set by a worker and taken by the control task (woken
+    /// by `failing`).
+    failure: parking_lot::Mutex<Option<String>>,
+    failing: tokio::sync::Notify,
+    /// The partitions being released (their queued messages already removed): a worker
+    /// holding a refused dead letter's key waits until its partition is among them.
+    pub(super) releasing: tokio::sync::watch::Sender<std::collections::HashSet<TopicPartition>>,
 }
 
-/// A dead-letter record could not be stored because the backend is shutting down.
+/// Why a dead letter was not stored.
 #[derive(Debug)]
-pub(super) struct ShuttingDown;
+pub(super) enum NotStored {
+    /// The backend is shutting down: the message stays uncommitted (redelivered).
+    ShuttingDown,
+    /// The backend refuses it for good (and its truncation too, under `truncate`): the
+    /// refusal. The subscription fails.
+    Refused(String),
+}
+
+/// Whether the backend refuses `error`'s record for good (retrying cannot help).
+fn refused_for_good(error: &PublishError) -> bool {
+    matches!(
+        error,
+        PublishError::InvalidEnvelope(_)
+            | PublishError::InvalidRecord { .. }
+            | PublishError::UnknownTopic { .. }
+            | PublishError::Rejected { .. }
+    )
+}
 
 /// Clears a message's dead-letter failure from the health when dropped (stored, or abandoned).
 struct Blocked<'a> {
@@ -162,24 +197,30 @@ impl Runtime {
             health: SubscriptionHealth::new(),
             telemetry: SubscriptionMetrics::new(&options.group, topic),
             options,
+            failure: parking_lot::Mutex::new(None),
+            failing: tokio::sync::Notify::new(),
+            releasing: tokio::sync::watch::Sender::new(std::collections::HashSet::new()),
         }
     }
 
     /// Stores `record` in the dead-letter topic, retrying with the subscription's retry delays
-    /// for as long as it fails (each failure counted, logged with `what`, and named in the
-    /// health as blocking `partition` at `offset` until it is stored or this is dropped).
+    /// while it fails in a way that may pass (each failure counted, logged with `what`, and
+    /// named in the health as blocking `partition` at `offset` until it is stored or this is
+    /// dropped). A refusal for good is met as `refused_dead_letters` says: the record stored
+    /// again without its value (`truncate`), or given up (`fail`).
     ///
     /// # Errors
     ///
-    /// [`ShuttingDown`] when the backend no longer admits records (the caller keeps the
-    /// message uncommitted: it is redelivered).
+    /// [`NotStored::ShuttingDown`] when the backend no longer admits records (the caller keeps
+    /// the message uncommitted: it is redelivered); [`NotStored::Refused`] when the backend
+    /// refuses it for good (the caller fails the subscription).
     pub(super) async fn store_dead_letter(
         &self,
-        record: Record,
+        mut record: Record,
         partition: &TopicPartition,
         offset: i64,
         what: &str,
-    ) -> Result<Delivery, ShuttingDown> {
+    ) -> Result<Delivery, NotStored> {
         let backoff = self.options.retry.as_backoff();
         let mut blocked =
             Blocked { health: &self.health, partition: partition.clone(), offset, set: false };
@@ -198,11 +239,35 @@ impl Runtime {
                         %partition, offset, %dead_letter_topic,
                         "{what}: the bus is shutting down; it stays uncommitted"
                     );
-                    return Err(ShuttingDown);
+                    return Err(NotStored::ShuttingDown);
                 }
                 Err(error) => error,
             };
             Metrics::bump(&self.metrics.dead_letter_failures);
+            if refused_for_good(&error) {
+                let size = record.value.as_ref().map_or(0, bytes::Bytes::len);
+                let truncating = self.options.refused_dead_letters == RefusedDeadLetters::Truncate
+                    && size > 0
+                    && record.headers.get(dead_letter_headers::TRUNCATED).is_none();
+                if !truncating {
+                    tracing::error!(
+                        %partition, offset, %dead_letter_topic, %error,
+                        "{what}: the dead letter is refused for good; the subscription fails"
+                    );
+                    return Err(NotStored::Refused(format!(
+                        "{what} of `{partition}` at offset {offset} refused by `{dead_letter_topic}`: \
+                         {error}"
+                    )));
+                }
+                tracing::warn!(
+                    %partition, offset, %dead_letter_topic, %error, value_bytes = size,
+                    "{what}: the dead letter is refused for good; storing it without its value \
+                     (refused_dead_letters = truncate)"
+                );
+                record.value = Some(bytes::Bytes::new());
+                record.headers.set(dead_letter_headers::TRUNCATED, size.to_string());
+                continue;
+            }
             let delay = backoff.delay(failures);
             failures = failures.saturating_add(1);
             tracing::error!(
@@ -213,6 +278,34 @@ impl Runtime {
             self.health.dead_letter_failing(partition, offset, error.to_string());
             blocked.set = true;
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Fails the subscription for `reason` (`partition` stopped at `offset`): named in the
+    /// health now, and the control task told (it releases the partitions and leaves the group).
+    pub(super) fn fail_subscription(
+        &self,
+        partition: &TopicPartition,
+        offset: i64,
+        reason: String,
+    ) {
+        let failure = PartitionFailure {
+            partition: partition.clone(),
+            offset: Some(offset),
+            reason: reason.clone(),
+        };
+        self.health.partition_failed(failure, &self.metrics);
+        self.failure.lock().get_or_insert(reason);
+        self.failing.notify_one();
+    }
+
+    /// Waits until a worker asks the subscription to fail; the reason.
+    pub(super) async fn failure_requested(&self) -> String {
+        loop {
+            if let Some(reason) = self.failure.lock().take() {
+                return reason;
+            }
+            self.failing.notified().await;
         }
     }
 
@@ -305,8 +398,9 @@ impl Runtime {
 
     /// Publishes `message` to the dead-letter topic (the configured one, else `<its
     /// topic>.dlq`: a subscription to several topics dead-letters each to its own) with the
-    /// error in headers, retrying while storing fails (its key waits). `Done` once stored;
-    /// `Retain` (never committed, so redelivered) when the bus shuts down first.
+    /// error in headers, retrying while storing fails in a way that may pass (its key waits).
+    /// `Done` once stored; `Retain` (never committed, so redelivered) when the bus shuts down
+    /// first, or when the dead letter is refused for good (the subscription then fails).
     async fn dead_letter(
         &self,
         message: &Message,
@@ -345,7 +439,16 @@ impl Runtime {
                 );
                 Processed::Done
             }
-            Err(ShuttingDown) => Processed::Retain,
+            Err(NotStored::ShuttingDown) => Processed::Retain,
+            Err(NotStored::Refused(reason)) => {
+                // Never committed: the partition's next owner gets it again. The key is held
+                // until the release has removed the partition's queued messages, so that none
+                // of the key's later messages is handled past this one.
+                let mut releasing = self.releasing.subscribe();
+                self.fail_subscription(&partition, message.offset, reason);
+                let _ = releasing.wait_for(|released| released.contains(&partition)).await;
+                Processed::Retain
+            }
         }
     }
 }
