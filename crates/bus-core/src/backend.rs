@@ -240,6 +240,15 @@ pub trait Backend: Send + Sync + 'static {
     /// The backend's topic and group administration
     /// ([`EventBus::admin`](crate::EventBus::admin)).
     fn admin(&self) -> Arc<dyn AdminBackend>;
+    /// Records acknowledged and failed back since the backend started, counted whenever they
+    /// are resolved (by a flush, by a producer task, or by a task aborted at a shutdown
+    /// deadline whose records fail themselves back): what a bus shutdown reports is the
+    /// difference across it. `None` (the default) when the backend does not count them: the
+    /// flushes' own reports are summed instead.
+    fn delivery_totals(&self) -> Option<FlushReport> {
+        None
+    }
+
     /// The state of each partition its producer writes to, for the bus's
     /// [`HealthReport`](crate::health::HealthReport) (none by default).
     fn producer_partitions(&self) -> Vec<ProducerPartitionStatus> {

@@ -534,6 +534,7 @@ const FINAL_RESERVE: Duration = Duration::from_millis(200);
 impl BusInner {
     async fn run_shutdown(&self, deadline: Instant) -> Result<ShutdownReport, ShutdownError> {
         let started = Instant::now();
+        let totals_before = self.backend.delivery_totals();
         // 1. Freeze admission: callers' publishes and subscribes fail from now on, and those
         // waiting for buffer room give up.
         self.closed.store(true, Ordering::Release);
@@ -564,10 +565,22 @@ impl BusInner {
         // 5. Abort what remains and wait for it, by the deadline.
         let remaining = deadline.saturating_duration_since(Instant::now());
         let tasks = self.supervisor.shutdown(remaining).await;
+        // Records resolved across the shutdown, those failed back by tasks aborted at the
+        // deadline included, when the backend counts them; else what the flushes saw.
+        let (flushed, failed) = match (totals_before, self.backend.delivery_totals()) {
+            (Some(before), Some(after)) => (
+                after.flushed.saturating_sub(before.flushed),
+                after.failed.saturating_sub(before.failed),
+            ),
+            _ => (
+                first_flush.flushed + second_flush.flushed,
+                first_flush.failed + second_flush.failed,
+            ),
+        };
         let report = |tasks: ScopeShutdownReport| ShutdownReport {
             elapsed: started.elapsed(),
-            flushed: first_flush.flushed + second_flush.flushed,
-            failed: first_flush.failed + second_flush.failed,
+            flushed,
+            failed,
             handlers_abandoned: reports.iter().map(|r| r.abandoned).sum(),
             discarded: reports.iter().map(|r| r.discarded).sum(),
             subscriptions: reports.clone(),

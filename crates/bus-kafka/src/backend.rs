@@ -74,6 +74,10 @@ impl Backend for KafkaBackend {
         self.producer.close();
     }
 
+    fn delivery_totals(&self) -> Option<FlushReport> {
+        Some(self.producer.totals())
+    }
+
     fn producer_partitions(&self) -> Vec<bus_core::health::ProducerPartitionStatus> {
         self.producer.partitions()
     }

@@ -45,7 +45,6 @@ mod telemetry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use bus_core::backend::{DeliverySender, FlushReport, UnkeyedSpreader, delivery_channel};
 use bus_core::{
@@ -65,10 +64,6 @@ use self::identity::Identities;
 
 /// The backend's name in errors.
 const BACKEND: &str = "kafka";
-
-/// How long a flush waits, past its deadline, for the loops to fail back what is pending. The
-/// loops react at once (failing back is in memory), so this only matters if one is stuck.
-const FAIL_BACK_GRACE: Duration = Duration::from_secs(1);
 
 /// Publishes records through per-partition batching loops.
 pub(crate) struct Producer {
@@ -331,25 +326,31 @@ impl Producer {
         };
         shared.wait_for_progress(deadline, || done(&targets)).await;
         if !done(&targets) {
+            // The loops fail back at once what is below `fail_through` (in memory); the flush
+            // does not wait for them past its deadline. A loop that cannot (between restarts
+            // after a panic, or stuck) has its records failed back when the shutdown ends it
+            // (`Batcher`'s `Drop`), counted all the same (`Producer::totals`).
             for (state, _, target) in &targets {
                 if state.resolved.load(Ordering::Acquire) < *target {
                     state.fail_through.fetch_max(*target, Ordering::AcqRel);
                     state.fail_back.notify_one();
                 }
             }
-            let grace = Instant::now() + FAIL_BACK_GRACE;
-            shared.wait_for_progress(grace, || done(&targets)).await;
-            if !done(&targets) {
-                tracing::error!(
-                    "producer flush: a partition loop did not fail back its records within {:?}",
-                    FAIL_BACK_GRACE
-                );
-            }
         }
         let count = |now: u64, before: u64| usize::try_from(now - before).unwrap_or(usize::MAX);
         FlushReport {
             flushed: count(shared.acked.load(Ordering::Acquire), acked_before),
             failed: count(shared.failed.load(Ordering::Acquire), failed_before),
+        }
+    }
+
+    /// Records acknowledged and failed back since the producer started (however they were
+    /// resolved: by a loop, or by a loop's state dropped at a shutdown deadline).
+    pub(crate) fn totals(&self) -> FlushReport {
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        FlushReport {
+            flushed: count(self.shared.acked.load(Ordering::Acquire)),
+            failed: count(self.shared.failed.load(Ordering::Acquire)),
         }
     }
 

@@ -274,17 +274,25 @@ pub(super) struct Batcher {
 impl Drop for Batcher {
     /// A loop dropped unfinished (aborted at a shutdown deadline, or the supervision over):
     /// its entries fail themselves back (`Entry`'s `Drop`); their buffer bytes are given back
-    /// here. (A panicking incarnation does not drop it: its [`Handover`] keeps it for the next.)
+    /// and they are counted as failed here. (A panicking incarnation does not drop it: its
+    /// [`Handover`] keeps it for the next.)
     fn drop(&mut self) {
         self.rx.close();
         let shared = Arc::clone(&self.shared);
         let mut release = Release::new(&shared.buffer);
+        let mut failed = 0;
         let sealed = self.sealed.iter().flat_map(|s| s.entries.iter());
         for entry in sealed.chain(self.batch.iter()).chain(self.carry.iter()) {
             release.add(entry.size);
+            failed += 1;
         }
         while let Ok(entry) = self.rx.try_recv() {
             release.add(entry.size);
+            failed += 1;
+        }
+        drop(release);
+        if failed > 0 {
+            shared.resolved(&self.state, 0, failed);
         }
     }
 }
