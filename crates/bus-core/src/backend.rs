@@ -103,6 +103,9 @@ pub enum MemberEvent {
 pub struct Revocation {
     /// The partitions taken away.
     pub partitions: Vec<TopicPartition>,
+    /// When the group stops waiting for this member (the rebalance's start plus its timeout),
+    /// when the backend knows.
+    deadline: Option<tokio::time::Instant>,
     done: Option<oneshot::Sender<()>>,
 }
 
@@ -110,7 +113,21 @@ impl Revocation {
     /// A revocation and the receiver that learns when it is complete.
     pub fn new(partitions: Vec<TopicPartition>) -> (Revocation, oneshot::Receiver<()>) {
         let (done, receiver) = oneshot::channel();
-        (Revocation { partitions, done: Some(done) }, receiver)
+        (Revocation { partitions, deadline: None, done: Some(done) }, receiver)
+    }
+
+    /// This revocation with the moment the group stops waiting for the member: the consumer
+    /// drains the partitions' handlers until then at the latest (what is left of the
+    /// rebalance timeout, not a whole one).
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: tokio::time::Instant) -> Revocation {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// When the group stops waiting for the member, when the backend said.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
     }
 
     /// Tells the group the partitions are released (reading stopped, offsets committed).

@@ -36,6 +36,13 @@
 //!   panic, it takes over its state (member, fetch loops, committed offsets, stop and report
 //!   channels) and goes on with its loop; past its intensity the subscription's own isolated
 //!   scope fails, which the bus's health reports.
+//! - A stop is seen at once, whatever step the task is in (an assignment's offsets retried, a
+//!   revocation's drain, a commit, a failure's release): the step is dropped and the stop
+//!   releases every partition held or being released (drained until shortly before its
+//!   deadline, committed, left) within its deadline, so its report says truly what was
+//!   committed, abandoned and whether the group was left.
+//! - A revocation drains its handlers until what is left of the rebalance timeout when the
+//!   backend says when the rebalance began (`Revocation::deadline`), a whole one otherwise.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -202,29 +209,45 @@ impl Control {
                 break requested_deadline(stop).await;
             }
             let member_scope = self.join.scope.clone();
-            tokio::select! {
+            // A stop during a long step (an assignment's offsets retried, a revocation's
+            // drain, a commit, a failure's release) ends the step and stops at once: the stop
+            // releases, commits and leaves within its own deadline.
+            let stopped: Option<Instant> = tokio::select! {
                 biased;
-                deadline = requested_deadline(stop) => break deadline,
+                deadline = requested_deadline(stop) => Some(deadline),
                 escalation = self.fetch.failed() => {
-                    self.fail(format!("a fetch loop kept failing: {escalation}")).await;
+                    let reason = format!("a fetch loop kept failing: {escalation}");
+                    until_stopped(stop, self.fail(reason)).await
                 }
                 escalation = member_scope.failed() => {
-                    self.fail(format!("the group member kept failing: {escalation}")).await;
+                    let reason = format!("the group member kept failing: {escalation}");
+                    until_stopped(stop, self.fail(reason)).await
                 }
-                reason = self.runtime.failure_requested() => self.fail(reason).await,
+                reason = self.runtime.failure_requested() => {
+                    until_stopped(stop, self.fail(reason)).await
+                }
                 event = self.member.next_event(), if !self.fenced => match event {
-                    Ok(MemberEvent::Assigned(partitions)) => self.assigned(partitions).await,
-                    Ok(MemberEvent::Revoked(revocation)) => self.revoked(revocation).await,
+                    Ok(MemberEvent::Assigned(partitions)) => {
+                        until_stopped(stop, self.assigned(partitions)).await
+                    }
+                    Ok(MemberEvent::Revoked(revocation)) => {
+                        until_stopped(stop, self.revoked(revocation)).await
+                    }
                     Err(error) if error.retriable => {
                         tracing::warn!(group = %self.runtime.options.group, %error, "group event failed; retrying");
                         self.runtime.health.error(error.to_string());
-                        tokio::time::sleep(RETRY.delay(0)).await;
+                        until_stopped(stop, tokio::time::sleep(RETRY.delay(0))).await
                     }
-                    Err(error) if error.fenced => self.fenced(error).await,
-                    Err(error) => self.rejoin(error).await,
+                    Err(error) if error.fenced => until_stopped(stop, self.fenced(error)).await,
+                    Err(error) => until_stopped(stop, self.rejoin(error)).await,
                 },
-                _ = tick.tick() => self.commit().await,
-                Some(command) = self.commands.recv() => self.command(command).await,
+                _ = tick.tick() => until_stopped(stop, self.commit()).await,
+                Some(command) = self.commands.recv() => {
+                    until_stopped(stop, self.command(command)).await
+                }
+            };
+            if let Some(deadline) = stopped {
+                break deadline;
             }
         };
         let result = self.stop(deadline).await;
@@ -455,7 +478,9 @@ impl Control {
         self.runtime.telemetry.rebalances.increment(1);
         self.runtime.health.group(GroupState::Rebalancing);
         Metrics::add(&self.runtime.metrics.partitions_revoked, revocation.partitions.len() as u64);
-        let deadline = Instant::now() + self.runtime.options.rebalance_timeout;
+        // What is left of the rebalance timeout when the backend says when the rebalance began.
+        let whole = Instant::now() + self.runtime.options.rebalance_timeout;
+        let deadline = revocation.deadline().map_or(whole, |left| left.min(whole));
         let partitions = revocation.partitions.clone();
         self.release(&partitions, deadline, None).await;
         tracing::debug!(?partitions, "partitions revoked");
@@ -635,7 +660,14 @@ impl Control {
     /// of the time left), which leaves the rest for the abandonment to take effect, the final
     /// commit and leaving the group, each cut short at the deadline.
     async fn stop(&mut self, deadline: Instant) -> SubscriptionReport {
-        let partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
+        // The partitions held, and those a step interrupted by the stop was releasing (their
+        // fetch loops gone, their messages still in the dispatch).
+        let mut partitions: Vec<TopicPartition> = self.fetchers.keys().cloned().collect();
+        for partition in self.dispatch.partitions() {
+            if !self.fetchers.contains_key(&partition) {
+                partitions.push(partition);
+            }
+        }
         let reserve = STOP_RESERVE.min(deadline.saturating_duration_since(Instant::now()) / 4);
         let drain_until = deadline.checked_sub(reserve).unwrap_or(deadline);
         let Released { discarded, abandoned, committed } =
@@ -663,6 +695,19 @@ impl Control {
             committed,
             left_group,
         }
+    }
+}
+
+/// Runs `step` unless a stop is requested first: then the step is dropped and the stop's
+/// deadline returned.
+async fn until_stopped(
+    stop: &mut watch::Receiver<Option<Instant>>,
+    step: impl Future<Output = ()>,
+) -> Option<Instant> {
+    tokio::select! {
+        biased;
+        deadline = requested_deadline(stop) => Some(deadline),
+        () = step => None,
     }
 }
 

@@ -164,6 +164,9 @@ pub(super) struct Membership {
     /// As the leader: the partition count of every topic the last assignment covered (0 for a
     /// topic that did not exist); `None` when not the leader.
     leader_counts: Option<BTreeMap<String, i32>>,
+    /// When the rebalance under way began (this member left its generation to rejoin): a
+    /// revocation's drain gets what is left of the rebalance timeout from then.
+    rebalance_began: Option<Instant>,
 }
 
 impl Membership {
@@ -185,6 +188,7 @@ impl Membership {
             owned_generation: -1,
             previous: BTreeSet::new(),
             leader_counts: None,
+            rebalance_began: None,
         }
     }
 
@@ -270,6 +274,7 @@ impl Membership {
                     if let Some(stopped) = self.take_assignment(&joined, assigned).await {
                         return stopped;
                     }
+                    self.rebalance_began = None;
                 }
                 Err(failure) => {
                     if let Some(stopped) = self.handle(failure).await {
@@ -299,6 +304,7 @@ impl Membership {
                 Ok(rejoin) => rejoin,
                 Err(stopped) => return stopped,
             };
+            self.rebalance_began = Some(Instant::now());
             tracing::info!(
                 group = %self.inner.group, rejoin = ?asked, "leaving the generation to rejoin"
             );
@@ -449,7 +455,10 @@ impl Membership {
         for partition in &partitions {
             self.owned.remove(partition);
         }
-        let (revocation, done) = Revocation::new(partitions);
+        let (mut revocation, done) = Revocation::new(partitions);
+        if let Some(began) = self.rebalance_began {
+            revocation = revocation.with_deadline(began + self.inner.rebalance_timeout);
+        }
         if self.events.send(MemberEvent::Revoked(revocation)).is_err() {
             return;
         }
