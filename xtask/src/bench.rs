@@ -35,6 +35,10 @@ pub(crate) enum Which {
     /// spends not processing, eager against cooperative-sticky against static membership, the
     /// bus against rdkafka with the same settings (package `bus-bench`).
     Rebalance,
+    /// A producer's buffer with the broker gone: empty records until the buffer refuses one,
+    /// peak memory of the bus beside rdkafka, one process each, each on a private node it kills
+    /// (package `bus-bench`).
+    Buffer,
     /// bus-core alone: the in-memory bus's publish and consume throughput against a plain mpsc
     /// channel, and the keyed dispatch with 1 ms handlers over 1,000 keys and with a no-op one.
     Core,
@@ -49,6 +53,7 @@ impl Which {
             Which::Latency => "latency",
             Which::Rebalance => "rebalance",
             Which::Core => "core",
+            Which::Buffer => "buffer",
         }
     }
 }
@@ -63,6 +68,7 @@ pub(crate) fn run(which: Which, record: bool, tls: bool, metrics: bool) -> Resul
         _ if tls => return Err("--tls applies to the produce and consume benchmarks".into()),
         Which::Supervisor => supervisor()?,
         Which::Core => core()?,
+        Which::Buffer => buffer()?,
         Which::Produce | Which::Consume | Which::Latency | Which::Rebalance => {
             against_broker(which)?
         }
@@ -106,6 +112,20 @@ fn supervisor() -> Result<String> {
     eprintln!("supervisor benchmark 3/3: instructions under callgrind");
     tables.push(instructions(&bench)?);
     Ok(tables.join("\n\n"))
+}
+
+/// The buffer benchmark: each client in a process of its own, on a private node it kills (no
+/// shared cluster needed; the Kafka distribution is resolved first).
+fn buffer() -> Result<String> {
+    crate::peer::ensure_rdkafka_build_deps()?;
+    let classpath = testbed::Distribution::resolve()?;
+    let mut command = cargo();
+    command
+        .args(["run", "--release", "-p", "bus-bench", "--features", "peer", "--bin"])
+        .args(["buffer-bench", "--"])
+        .env(testbed::CLASSPATH_VAR, classpath.classpath())
+        .current_dir(crate::workspace_root());
+    stdout_of(&mut command)
 }
 
 /// bus-core's benchmarks: the in-memory bus, then the keyed dispatch.
