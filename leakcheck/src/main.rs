@@ -439,12 +439,15 @@ fn print_table(rows: &[Row]) {
             Cell::new(row.run.lost),
             Cell::new(row.run.out_of_order),
             Cell::new(row.run.rate.map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into())),
-            Cell::new(
-                row.run
-                    .shutdown
-                    .map(|d| format!("{:.3}s", d.as_secs_f64()))
-                    .unwrap_or_else(|| "-".into()),
-            ),
+            Cell::new(match (row.run.shutdown, row.run.shutdown_deadline) {
+                // Held to a deadline: what it took past it (or within it).
+                (Some(took), Some(deadline)) => {
+                    let past = took.as_secs_f64() - deadline.as_secs_f64();
+                    format!("{:.3}s ({:+.0} ms)", took.as_secs_f64(), past * 1000.0)
+                }
+                (Some(took), None) => format!("{:.3}s", took.as_secs_f64()),
+                (None, _) => "-".into(),
+            }),
             Cell::new(format!("{}/{}", row.before.runtime_tasks, row.after.runtime_tasks)),
             Cell::new(format!("{}/{}", row.before.fds, row.after.fds)),
             Cell::new(format!("{}/{}", row.before.threads, row.after.threads)),

@@ -74,8 +74,7 @@ fn run_bus(records: usize, buffer: usize) -> Outcome {
     config.producer.publish_timeout = Duration::from_millis(100);
     config.producer.delivery_timeout = Duration::from_secs(600);
     runtime.block_on(async {
-        let bus =
-            bus_kafka::connect(config).await.unwrap_or_else(|e| fail(&format!("bus: {e}")));
+        let bus = bus_kafka::connect(config).await.unwrap_or_else(|e| fail(&format!("bus: {e}")));
         bus.publish(Record::new(topic.as_str(), "warm-up"))
             .await
             .unwrap_or_else(|e| fail(&format!("bus warm-up: {e}")));
@@ -107,7 +106,9 @@ fn run_bus(records: usize, buffer: usize) -> Outcome {
 
 #[cfg(not(feature = "peer"))]
 fn run_rdkafka(_records: usize, _buffer: usize) -> Outcome {
-    fail("built without the rdkafka peer: run `cargo xtask bench buffer` (it passes --features peer)")
+    fail(
+        "built without the rdkafka peer: run `cargo xtask bench buffer` (it passes --features peer)",
+    )
 }
 
 #[cfg(feature = "peer")]
@@ -212,10 +213,9 @@ fn main() {
     );
     println!("| client | records accepted | refused one | memory held | bytes per record |");
     println!("|---|---:|---|---:|---:|");
-    for (name, outcome) in [
-        ("bus-kafka producer", ours),
-        ("rdkafka 0.39 BaseProducer (librdkafka)", theirs),
-    ] {
+    for (name, outcome) in
+        [("bus-kafka producer", ours), ("rdkafka 0.39 BaseProducer (librdkafka)", theirs)]
+    {
         let per_record = outcome.held_mib() * 1024.0 * 1024.0 / outcome.accepted.max(1) as f64;
         println!(
             "| {name} | {} | {} | {:.1} MiB | {:.0} |",

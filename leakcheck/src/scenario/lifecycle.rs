@@ -72,6 +72,7 @@ pub(crate) async fn stuck_handlers(bus: EventBus, topics: [String; 2], mut run: 
     let outcome = bus.shutdown(DEADLINE).await;
     let took = began.elapsed();
     run.shutdown = Some(took);
+    run.shutdown_deadline = Some(DEADLINE);
     if took > DEADLINE + MARGIN {
         run.problems.push(format!(
             "shutdown took {took:?}, more than its deadline {DEADLINE:?} + {MARGIN:?}"

@@ -98,6 +98,9 @@ pub(crate) struct Run {
     pub(crate) rate: Option<f64>,
     /// How long shutdown took.
     pub(crate) shutdown: Option<Duration>,
+    /// The deadline shutdown was given, when the scenario holds it to one (its overrun is
+    /// shown).
+    pub(crate) shutdown_deadline: Option<Duration>,
     /// The bus's live tasks right after shutdown (must be zero).
     pub(crate) live_after_shutdown: usize,
     /// Tasks that did not stop, by path and spawn site.
