@@ -33,7 +33,7 @@ use crate::client::KafkaClient;
 use crate::config::kafka::KafkaConfig;
 use crate::connection::RequestError;
 use crate::error::KafkaError;
-use crate::fetch::KafkaReader;
+use crate::fetch::{KafkaReader, Route};
 
 /// Connects with `config` and returns topic and group administration on the cluster, without a
 /// bus (a bus has its own: [`EventBus::admin`](bus_core::EventBus::admin)).
@@ -44,13 +44,16 @@ use crate::fetch::KafkaReader;
 /// bootstrap broker answers within `request_timeout`.
 pub async fn connect(config: KafkaConfig) -> Result<Admin, KafkaError> {
     let client = Arc::new(KafkaClient::connect(Arc::new(config)).await?);
-    Ok(Admin::new(Arc::new(KafkaAdmin { client })))
+    Ok(Admin::new(Arc::new(KafkaAdmin { client, route: Route::Own })))
 }
 
 /// The Kafka backend's administration (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct KafkaAdmin {
     pub(crate) client: Arc<KafkaClient>,
+    /// Where its partition reads send their requests: the bus's fetch sessions, or (without a
+    /// bus, which has no supervisor to run sessions in) a connection of each reader's own.
+    pub(crate) route: Route,
 }
 
 /// A request that could not be sent: unsupported by the broker, or a transport failure.
@@ -142,6 +145,7 @@ impl AdminBackend for KafkaAdmin {
                 Some(_) => {
                     let reader = KafkaReader::new(
                         Arc::clone(&self.client),
+                        self.route.clone(),
                         "(admin)".to_owned(),
                         partition.clone(),
                         start,

@@ -1,0 +1,610 @@
+//! One fetch session per broker: the connection every partition reader of a bus shares with
+//! the broker that leads its partition, and the requests that carry, in one Fetch (and one
+//! ListOffsets), every partition whose reader is waiting at the moment.
+//!
+//! Owns: [`Fetchers`] (a bus's sessions by broker node id, each started on first use as a
+//! supervised child `broker-<node id>` of the backend's `bus/kafka/fetch` scope), the session
+//! task, the jobs readers submit ([`Job`]: [`FetchJob`], [`ListJob`]) and what they get back
+//! ([`FetchPart`], [`ListPart`]), and one round of each request on a connection
+//! ([`fetch_round`], [`list_round`]), which a reader without a session (administration without
+//! a bus, see `reader`) runs on a connection of its own.
+//!
+//! Invariants:
+//! - One fetch connection per broker and bus: the session owns it, no reader of the bus holds
+//!   one. A session stays, idle, after the last reader of its broker goes, until the bus's
+//!   supervisor shuts down (its scope is cancelled); a connection idle for
+//!   [`IDLE_REOPEN`] is opened afresh before it is used (the broker may have closed it).
+//! - A round serves every job waiting when the session is free (the readers it just answered
+//!   are let to submit again first: a scheduling yield, not a wait): the ListOffsets jobs in
+//!   one request, then the Fetch jobs in one Fetch request. A partition appears once per
+//!   request: a second job for it (two groups reading it, or a job left by a dropped
+//!   `next_batch`) waits for the next round. A job whose reader stopped waiting (its receiver
+//!   dropped) is discarded unsent, and an answer nobody waits for is dropped: a reader's
+//!   future dropped at any point neither loses a record (the reader's position moves only when
+//!   it returns a batch) nor disturbs the connection (only the session reads and writes it).
+//! - A Fetch is sent whole (no KIP-227 incremental session: session id 0, epoch -1), with
+//!   `max_bytes` = `consumer.fetch_max_bytes` (at most the sum of what the readers asked),
+//!   each partition's `partition_max_bytes` what its reader asked, `max_wait` =
+//!   `consumer.fetch_max_wait`, `min_bytes` 1 and `consumer.isolation_level`.
+//! - Failures: a request that fails (connection, I/O, timeout, undecodable answer) fails every
+//!   job of its round with that error and the connection is dropped (the next round opens a new
+//!   one; the readers look their leader up again); a top-level error code goes to every reader
+//!   of the round and drops the connection too; a partition's error code (NOT_LEADER_OR_FOLLOWER,
+//!   OFFSET_OUT_OF_RANGE…) goes to its reader alone and the connection stays.
+//! - Every wait is bounded: opening by the connector's `request_timeout`, ListOffsets by
+//!   `request_timeout`, Fetch by `request_timeout` + `consumer.fetch_max_wait`; a reader waits
+//!   for its answer at most [`answer_timeout`] (a round before its own, and its own).
+//! - Memory: the session reads each response into a buffer of its own (reused, `memory`'s
+//!   [`Spares`]); the readers' reservations travel with their jobs and the response is charged
+//!   to them by part once split (`memory`'s [`Charges`]), so each reader's budget stays true.
+//! - Supervision: a session is a transient child (restarted after a panic, its job channel
+//!   handed over with [`Handover`]; the jobs of the round it held are failed by their dropped
+//!   replies); past its restart intensity the isolated `fetch` scope fails, which the backend's
+//!   health reports, and the readers' jobs fail until the bus is shut down.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_supervisor::{ChildSpec, Handover, Scope};
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, TopicName};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::memory::{Charges, Reserved, Spares};
+use crate::client::KafkaClient;
+use crate::config::IsolationLevel;
+use crate::config::kafka::KafkaConfig;
+use crate::connection::{Connection, RequestError};
+use crate::leader::Broker;
+
+/// Isolation levels as Kafka encodes them.
+const READ_UNCOMMITTED: i8 = 0;
+const READ_COMMITTED: i8 = 1;
+
+/// A connection unused this long is opened afresh before its next request (brokers close idle
+/// connections after `connections.max.idle.ms`, 10 minutes by default).
+pub(crate) const IDLE_REOPEN: Duration = Duration::from_secs(60);
+
+/// Scheduling yields before a round is made, so that the readers answered by the last round
+/// are in it.
+const ROUND_YIELDS: usize = 2;
+
+/// What a reader is answered: its part of the response (`None`: the answer does not name its
+/// partition), or why the request failed.
+pub(crate) type Answer<T> = Result<Option<T>, RequestError>;
+
+/// A reader's partition in a Fetch answer.
+#[derive(Debug)]
+pub(crate) struct FetchPart {
+    /// The broker that answered (`host:port`).
+    pub(crate) broker: Arc<str>,
+    /// The partition's error code (or the answer's, when it has one).
+    pub(crate) error_code: i16,
+    /// The partition's high watermark.
+    pub(crate) high_watermark: i64,
+    /// The aborted transactions: producer id and first offset.
+    pub(crate) aborted: Vec<(i64, i64)>,
+    /// The record batches (a slice of the shared response).
+    pub(crate) records: Option<Bytes>,
+}
+
+/// A reader's partition in a ListOffsets answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ListPart {
+    /// The partition's error code.
+    pub(crate) error_code: i16,
+    /// The offset found.
+    pub(crate) offset: i64,
+}
+
+/// A reader's request for its partition's records.
+#[derive(Debug)]
+pub(crate) struct FetchJob {
+    pub(crate) topic: TopicName,
+    pub(crate) partition: i32,
+    /// The first offset wanted.
+    pub(crate) offset: i64,
+    /// `partition_max_bytes`.
+    pub(crate) max_bytes: i32,
+    /// What the reader reserved for its part of the response (`max_bytes` plus
+    /// `FETCH_RESPONSE_SLACK`), charged by part once the response is split.
+    pub(crate) reserved: Reserved,
+    pub(crate) reply: oneshot::Sender<Answer<FetchPart>>,
+}
+
+/// A reader's request for an offset of its partition by time (`-2` earliest, `-1` latest).
+#[derive(Debug)]
+pub(crate) struct ListJob {
+    pub(crate) topic: TopicName,
+    pub(crate) partition: i32,
+    pub(crate) timestamp: i64,
+    pub(crate) reply: oneshot::Sender<Answer<ListPart>>,
+}
+
+/// What a reader submits to its leader's session.
+#[derive(Debug)]
+pub(crate) enum Job {
+    Fetch(FetchJob),
+    List(ListJob),
+}
+
+impl Job {
+    /// Whether its reader stopped waiting.
+    fn abandoned(&self) -> bool {
+        match self {
+            Job::Fetch(job) => job.reply.is_closed(),
+            Job::List(job) => job.reply.is_closed(),
+        }
+    }
+
+    /// The partition it is for, and whether it is a fetch.
+    fn key(&self) -> (bool, &TopicName, i32) {
+        match self {
+            Job::Fetch(job) => (true, &job.topic, job.partition),
+            Job::List(job) => (false, &job.topic, job.partition),
+        }
+    }
+}
+
+/// How requests are made, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    fetch_max_bytes: usize,
+    max_wait: Duration,
+    isolation: i8,
+    request_timeout: Duration,
+}
+
+impl Plan {
+    pub(crate) fn new(config: &KafkaConfig) -> Plan {
+        let consumer = &config.consumer;
+        Plan {
+            fetch_max_bytes: consumer.fetch_max_bytes,
+            max_wait: consumer.fetch_max_wait,
+            isolation: match consumer.isolation_level {
+                IsolationLevel::ReadCommitted => READ_COMMITTED,
+                IsolationLevel::ReadUncommitted => READ_UNCOMMITTED,
+            },
+            request_timeout: config.request_timeout,
+        }
+    }
+
+    /// The bound of a Fetch exchange.
+    fn fetch_timeout(&self) -> Duration {
+        self.request_timeout.saturating_add(self.max_wait)
+    }
+}
+
+/// The longest a reader waits for its answer from a session: opening the connection, the round
+/// in flight when it submitted (a ListOffsets and a Fetch) and its own.
+pub(crate) fn answer_timeout(config: &KafkaConfig) -> Duration {
+    let plan = Plan::new(config);
+    let round = plan.request_timeout.saturating_add(plan.fetch_timeout());
+    plan.request_timeout.saturating_add(round).saturating_add(round)
+}
+
+/// The bus's fetch sessions, one per broker, started on first use.
+#[derive(Debug)]
+pub(crate) struct Fetchers {
+    scope: Scope,
+    client: Arc<KafkaClient>,
+    sessions: Mutex<HashMap<i32, Entry>>,
+}
+
+/// A running session.
+#[derive(Debug)]
+struct Entry {
+    address: Arc<str>,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Fetchers {
+    /// Sessions supervised under `scope` (the backend's `bus/kafka/fetch`, an isolated scope).
+    pub(crate) fn new(scope: Scope, client: Arc<KafkaClient>) -> Fetchers {
+        Fetchers { scope, client, sessions: Mutex::new(HashMap::new()) }
+    }
+
+    /// Why the sessions' scope failed (a session past its restart intensity), if it did.
+    pub(crate) fn failure(&self) -> Option<bus_supervisor::Escalation> {
+        self.scope.failure()
+    }
+
+    /// Hands `job` to the session of `broker`, starting it when there is none (or the one
+    /// there ended, or the broker moved to another address).
+    ///
+    /// # Errors
+    ///
+    /// Why no session could take it (the bus is shutting down); the job's reply is dropped.
+    pub(crate) fn submit(&self, broker: &Broker, job: Job) -> Result<(), String> {
+        let mut sessions = self.sessions.lock();
+        let job = match sessions.get(&broker.node) {
+            Some(entry) if entry.address == broker.address => match entry.jobs.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            _ => job,
+        };
+        let (jobs, receiver) = mpsc::unbounded_channel();
+        let session = Session {
+            broker: broker.clone(),
+            client: Arc::clone(&self.client),
+            jobs: receiver,
+            spares: Spares::default(),
+        };
+        let handover = Handover::new(session);
+        let name = format!("broker-{}", broker.node);
+        let monitor = self
+            .scope
+            .supervise(name, child_spec(), move |scope| run(scope, handover.clone()))
+            .map_err(|e| format!("no fetch session for broker {broker}: {e}"))?;
+        monitor.detach();
+        jobs.send(job).map_err(|_| format!("the fetch session of broker {broker} stopped"))?;
+        sessions.insert(broker.node, Entry { address: Arc::clone(&broker.address), jobs });
+        Ok(())
+    }
+}
+
+/// A session's supervision: restarted after a panic, at most 5 times in 30 s.
+fn child_spec() -> ChildSpec {
+    ChildSpec::transient()
+        .intensity(5, Duration::from_secs(30))
+        .backoff(Duration::from_millis(50), Duration::from_secs(2), 2.0)
+        .shutdown_timeout(Duration::from_secs(1))
+}
+
+/// A session's state, handed from one incarnation to the next.
+#[derive(Debug)]
+struct Session {
+    broker: Broker,
+    client: Arc<KafkaClient>,
+    jobs: mpsc::UnboundedReceiver<Job>,
+    spares: Spares,
+}
+
+/// One incarnation of a session: serves rounds until the scope is cancelled (the bus shuts
+/// down) or every sender is gone.
+async fn run(scope: Scope, handover: Handover<Session>) -> Result<(), String> {
+    let mut held = handover.take();
+    let Some(session) = held.get_mut() else {
+        return Ok(());
+    };
+    let token = scope.token();
+    tokio::select! {
+        biased;
+        () = token.cancelled() => {}
+        () = session.serve() => {}
+    }
+    Ok(())
+}
+
+impl Session {
+    async fn serve(&mut self) {
+        let mut connection: Option<(Connection, Instant)> = None;
+        let mut waiting: VecDeque<Job> = VecDeque::new();
+        loop {
+            if waiting.is_empty() {
+                match self.jobs.recv().await {
+                    Some(job) => waiting.push_back(job),
+                    None => return,
+                }
+            }
+            for _ in 0..ROUND_YIELDS {
+                tokio::task::yield_now().await;
+                while let Ok(job) = self.jobs.try_recv() {
+                    waiting.push_back(job);
+                }
+            }
+            waiting.retain(|job| !job.abandoned());
+            let (lists, fetches) = take_round(&mut waiting);
+            if lists.is_empty() && fetches.is_empty() {
+                continue;
+            }
+            self.round(&mut connection, lists, fetches).await;
+        }
+    }
+
+    /// One round on the session's connection (opened first when there is none).
+    async fn round(
+        &mut self,
+        connection: &mut Option<(Connection, Instant)>,
+        lists: Vec<ListJob>,
+        fetches: Vec<FetchJob>,
+    ) {
+        let plan = Plan::new(self.client.config());
+        let reusable = connection
+            .as_ref()
+            .is_some_and(|(c, used)| c.is_usable() && used.elapsed() < IDLE_REOPEN);
+        if !reusable {
+            *connection = None;
+            match self.client.connector().open(&self.broker.address).await {
+                Ok(opened) => {
+                    tracing::debug!(broker = %self.broker, "fetch session connected");
+                    *connection = Some((opened, Instant::now()));
+                }
+                Err(error) => {
+                    fail(lists, fetches, &error);
+                    return;
+                }
+            }
+        }
+        let Some((open, used)) = connection.as_mut() else { return };
+        let mut keep = true;
+        if !lists.is_empty() {
+            match list_round(open, lists, &plan).await {
+                Ok(()) => {}
+                Err(error) => {
+                    *connection = None;
+                    fail(Vec::new(), fetches, &error);
+                    return;
+                }
+            }
+        }
+        if !fetches.is_empty() {
+            keep = fetch_round(open, fetches, &plan, &self.spares).await.unwrap_or(false);
+        }
+        *used = Instant::now();
+        if !keep {
+            *connection = None;
+        }
+    }
+}
+
+/// The jobs of the next round: the first waiting job of each partition and kind; the others
+/// stay waiting, in order.
+fn take_round(waiting: &mut VecDeque<Job>) -> (Vec<ListJob>, Vec<FetchJob>) {
+    let mut taken: HashSet<(bool, TopicName, i32)> = HashSet::new();
+    let (mut lists, mut fetches) = (Vec::new(), Vec::new());
+    let mut later = VecDeque::new();
+    for job in waiting.drain(..) {
+        let (fetch, topic, partition) = job.key();
+        if !taken.insert((fetch, topic.clone(), partition)) {
+            later.push_back(job);
+            continue;
+        }
+        match job {
+            Job::Fetch(job) => fetches.push(job),
+            Job::List(job) => lists.push(job),
+        }
+    }
+    *waiting = later;
+    (lists, fetches)
+}
+
+/// Answers every job with `error`.
+fn fail(lists: Vec<ListJob>, fetches: Vec<FetchJob>, error: &RequestError) {
+    for job in lists {
+        let _ = job.reply.send(Err(error.clone()));
+    }
+    for job in fetches {
+        let _ = job.reply.send(Err(error.clone()));
+    }
+}
+
+/// One ListOffsets for `jobs` (distinct partitions) on `connection`, each job answered.
+///
+/// # Errors
+///
+/// The request's failure (every job answered with it); the connection is then unusable.
+pub(crate) async fn list_round(
+    connection: &mut Connection,
+    jobs: Vec<ListJob>,
+    plan: &Plan,
+) -> Result<(), RequestError> {
+    let mut topics: Vec<ListOffsetsTopic> = Vec::new();
+    for job in &jobs {
+        let mut wanted = ListOffsetsPartition::default();
+        wanted.partition_index = job.partition;
+        wanted.current_leader_epoch = -1;
+        wanted.timestamp = job.timestamp;
+        match topics.iter_mut().find(|t| t.name == job.topic) {
+            Some(topic) => topic.partitions.push(wanted),
+            None => {
+                let mut topic = ListOffsetsTopic::default();
+                topic.name = job.topic.clone();
+                topic.partitions = vec![wanted];
+                topics.push(topic);
+            }
+        }
+    }
+    let mut request = ListOffsetsRequest::default();
+    request.replica_id = (-1).into();
+    request.isolation_level = plan.isolation;
+    request.topics = topics;
+    let sent = match connection.version::<ListOffsetsRequest>() {
+        Ok(version) => connection.send(&request, version, plan.request_timeout).await,
+        Err(e) => Err(e),
+    };
+    let response = match sent {
+        Ok(response) => response,
+        Err(error) => {
+            fail(jobs, Vec::new(), &error);
+            return Err(error);
+        }
+    };
+    let mut parts: HashMap<(TopicName, i32), ListPart> = HashMap::new();
+    for topic in response.topics {
+        for p in topic.partitions {
+            let part = ListPart { error_code: p.error_code, offset: p.offset };
+            parts.insert((topic.name.clone(), p.partition_index), part);
+        }
+    }
+    for job in jobs {
+        let part = parts.get(&(job.topic.clone(), job.partition)).copied();
+        let _ = job.reply.send(Ok(part));
+    }
+    Ok(())
+}
+
+/// One Fetch for `jobs` (distinct partitions) on `connection`, the response split and each job
+/// answered with its partition's part. Returns whether the connection can be used again (not
+/// after a top-level error code).
+///
+/// # Errors
+///
+/// The request's failure (every job answered with it); the connection is then unusable.
+pub(crate) async fn fetch_round(
+    connection: &mut Connection,
+    jobs: Vec<FetchJob>,
+    plan: &Plan,
+    spares: &Spares,
+) -> Result<bool, RequestError> {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    let mut keys = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut reservations = Vec::with_capacity(jobs.len());
+    let mut asked: usize = 0;
+    for job in jobs {
+        let mut wanted = FetchPartition::default();
+        wanted.partition = job.partition;
+        wanted.current_leader_epoch = -1;
+        wanted.fetch_offset = job.offset;
+        wanted.last_fetched_epoch = -1;
+        wanted.log_start_offset = -1;
+        wanted.partition_max_bytes = job.max_bytes;
+        asked = asked.saturating_add(usize::try_from(job.max_bytes).unwrap_or(0));
+        match topics.iter_mut().find(|t| t.topic == job.topic) {
+            Some(topic) => topic.partitions.push(wanted),
+            None => {
+                let mut topic = FetchTopic::default();
+                topic.topic = job.topic.clone();
+                topic.partitions = vec![wanted];
+                topics.push(topic);
+            }
+        }
+        keys.push((job.topic, job.partition));
+        replies.push(job.reply);
+        reservations.push(job.reserved);
+    }
+    let mut request = FetchRequest::default();
+    request.replica_id = (-1).into();
+    request.max_wait_ms = i32::try_from(plan.max_wait.as_millis()).unwrap_or(i32::MAX);
+    request.min_bytes = 1;
+    request.max_bytes = i32::try_from(asked.min(plan.fetch_max_bytes)).unwrap_or(i32::MAX).max(1);
+    request.isolation_level = plan.isolation;
+    request.session_id = 0;
+    request.session_epoch = -1;
+    request.topics = topics;
+    let charges = Charges::new(reservations);
+    let sent = match connection.version::<FetchRequest>() {
+        Ok(version) => {
+            let held = charges.clone();
+            let hold = move |body| spares.hold(body, held);
+            connection.send_into(&request, version, plan.fetch_timeout(), spares.take(), hold).await
+        }
+        Err(e) => Err(e),
+    };
+    let (response, frame) = match sent {
+        Ok(answer) => answer,
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return Err(error);
+        }
+    };
+    let broker: Arc<str> = Arc::from(connection.broker());
+    let top = response.error_code;
+    let mut parts: HashMap<(TopicName, i32), FetchPart> = HashMap::new();
+    for topic in response.responses {
+        for p in topic.partitions {
+            let part = FetchPart {
+                broker: Arc::clone(&broker),
+                error_code: if top != 0 { top } else { p.error_code },
+                high_watermark: p.high_watermark,
+                aborted: p
+                    .aborted_transactions
+                    .iter()
+                    .flatten()
+                    .map(|t| (t.producer_id.0, t.first_offset))
+                    .collect(),
+                records: p.records,
+            };
+            parts.insert((topic.topic.clone(), p.partition_index), part);
+        }
+    }
+    let mut answers: Vec<Option<FetchPart>> = keys
+        .iter()
+        .map(|key| {
+            parts.remove(key).or_else(|| {
+                (top != 0).then(|| FetchPart {
+                    broker: Arc::clone(&broker),
+                    error_code: top,
+                    high_watermark: -1,
+                    aborted: Vec::new(),
+                    records: None,
+                })
+            })
+        })
+        .collect();
+    let sizes: Vec<usize> = answers
+        .iter()
+        .map(|a| a.as_ref().and_then(|p| p.records.as_ref()).map_or(0, Bytes::len))
+        .collect();
+    let uncovered = charges.settle(frame.len(), &sizes);
+    if uncovered > 0 {
+        tracing::warn!(
+            %broker, bytes = frame.len(), uncovered,
+            "a fetch response is larger than its readers reserved"
+        );
+    }
+    drop(parts);
+    drop(frame);
+    for (reply, answer) in replies.into_iter().zip(answers.drain(..)) {
+        let _ = reply.send(Ok(answer));
+    }
+    Ok(top == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use kafka_protocol::protocol::StrBytes;
+
+    use super::*;
+    use crate::fetch::memory::Budget;
+
+    fn topic(name: &str) -> TopicName {
+        TopicName(StrBytes::from_string(name.to_owned()))
+    }
+
+    async fn fetch(name: &str, partition: i32) -> (Job, oneshot::Receiver<Answer<FetchPart>>) {
+        let (reply, answer) = oneshot::channel();
+        let reserved = Budget::new(100).reserve(10).await.unwrap();
+        let job =
+            FetchJob { topic: topic(name), partition, offset: 0, max_bytes: 10, reserved, reply };
+        (Job::Fetch(job), answer)
+    }
+
+    #[tokio::test]
+    async fn a_round_takes_each_partition_once_and_keeps_the_rest_in_order() {
+        let (a0, _r1) = fetch("a", 0).await;
+        let (a0_again, _r2) = fetch("a", 0).await;
+        let (a1, _r3) = fetch("a", 1).await;
+        let (reply, _r4) = oneshot::channel();
+        let list = Job::List(ListJob { topic: topic("a"), partition: 0, timestamp: -1, reply });
+        let mut waiting = VecDeque::from([a0, a0_again, a1, list]);
+        let (lists, fetches) = take_round(&mut waiting);
+        assert_eq!(lists.len(), 1, "a ListOffsets job of a fetched partition is taken");
+        let taken: Vec<i32> = fetches.iter().map(|j| j.partition).collect();
+        assert_eq!(taken, [0, 1]);
+        assert_eq!(waiting.len(), 1, "the second job of partition 0 waits");
+        let (lists, fetches) = take_round(&mut waiting);
+        assert!(lists.is_empty());
+        assert_eq!(fetches.len(), 1);
+        assert!(waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_job_is_recognised() {
+        let (job, answer) = fetch("a", 0).await;
+        assert!(!job.abandoned());
+        drop(answer);
+        assert!(job.abandoned());
+    }
+}
