@@ -34,10 +34,10 @@ fn socket_inodes() -> BTreeSet<u64> {
     for entry in entries.flatten() {
         let Ok(target) = std::fs::read_link(entry.path()) else { continue };
         let target = target.to_string_lossy().into_owned();
-        if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
-            if let Ok(inode) = inode.parse() {
-                inodes.insert(inode);
-            }
+        if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']'))
+            && let Ok(inode) = inode.parse()
+        {
+            inodes.insert(inode);
         }
     }
     inodes
@@ -62,7 +62,8 @@ fn connections_by_port() -> BTreeMap<u16, usize> {
             if !established || !ours.contains(&inode) {
                 continue;
             }
-            let Some(port) = remote.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
+            let Some(port) =
+                remote.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
             else {
                 continue;
             };
@@ -146,6 +147,51 @@ async fn a_consumer_of_24_partitions_holds_one_fetch_connection_per_broker() {
         );
     }
     assert_eq!(duplicates, 0, "a clean run handles nothing twice");
+
+    // Reads through the same sessions whose futures are dropped again and again (a deadline
+    // of a millisecond or two, as a `select!` would): no record is lost or repeated, and the
+    // shared connections are not disturbed (the group keeps reading below).
+    let admin = bus.admin();
+    let per_partition = (KEYS / PARTITIONS as usize) as i64 * 40;
+    let mut cursors = Vec::new();
+    for partition in 0..6 {
+        let tp = bus_kafka::TopicPartition::new(topic.as_str(), partition);
+        cursors.push(admin.read(&tp, bus_kafka::StartAt::Earliest).await.unwrap());
+    }
+    let mut offsets: Vec<Vec<i64>> = vec![Vec::new(); cursors.len()];
+    let mut dropped = 0u32;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for attempt in 0u64.. {
+        if offsets.iter().all(|o| o.len() as i64 >= per_partition) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cursors stuck at {offsets:?}");
+        for (cursor, seen) in cursors.iter_mut().zip(offsets.iter_mut()) {
+            // Mostly too short for an answer; now and then long enough for one (a read may wait
+            // for the long poll in flight on its broker's connection, `fetch_max_wait`).
+            let patience = Duration::from_millis([0, 1, 3, 1000][(attempt % 4) as usize]);
+            match tokio::time::timeout(patience, cursor.next(usize::MAX)).await {
+                Ok(batch) => seen.extend(batch.unwrap().iter().map(|m| m.offset)),
+                Err(_) => dropped += 1,
+            }
+        }
+        sample(&mut peak);
+    }
+    note(&format!("{dropped} reads dropped before their answer"));
+    assert!(dropped > 0, "no read was dropped: the test proves nothing");
+    for (partition, seen) in offsets.iter().enumerate() {
+        let expected: Vec<i64> = (0..per_partition).collect();
+        assert_eq!(seen, &expected, "partition {partition}: records lost or repeated");
+    }
+    source.rounds(5).await;
+    let produced = source.produced();
+    wait_for("the group to read on after the dropped reads", DEADLINE, || {
+        sample(&mut peak);
+        log.distinct().is_superset(&produced)
+    })
+    .await;
+    let total: usize = peak.values().sum();
+    assert!(total <= allowed, "{total} connections after the dropped reads ({peak:?})");
 
     let stopped = subscription.unsubscribe(Duration::from_secs(30)).await.unwrap();
     assert!(stopped.subscription.left_group, "{stopped:?}");

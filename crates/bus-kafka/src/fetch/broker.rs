@@ -14,14 +14,19 @@
 //!   one. A session stays, idle, after the last reader of its broker goes, until the bus's
 //!   supervisor shuts down (its scope is cancelled); a connection idle for
 //!   [`IDLE_REOPEN`] is opened afresh before it is used (the broker may have closed it).
-//! - A round serves every job waiting when the session is free (the readers it just answered
-//!   are let to submit again first: a scheduling yield, not a wait): the ListOffsets jobs in
-//!   one request, then the Fetch jobs in one Fetch request. A partition appears once per
+//! - A round serves every job waiting when the session is free: the ListOffsets jobs in one
+//!   request, then the Fetch jobs in one Fetch request. The readers the last round gave records
+//!   are let to submit again first (scheduling yields, then at most [`RESUBMIT_LINGER`] for
+//!   those still missing), so that a busy partition is in the next long poll. A partition appears once per
 //!   request: a second job for it (two groups reading it, or a job left by a dropped
 //!   `next_batch`) waits for the next round. A job whose reader stopped waiting (its receiver
 //!   dropped) is discarded unsent, and an answer nobody waits for is dropped: a reader's
 //!   future dropped at any point neither loses a record (the reader's position moves only when
 //!   it returns a batch) nor disturbs the connection (only the session reads and writes it).
+//! - Fairness: a broker fills a response in request order until its `max_bytes`, so a round
+//!   asks first for the partitions that got records longest ago (never: first of all); a
+//!   partition with records waits at most as many rounds as the broker has readers before it
+//!   is served.
 //! - A Fetch is sent whole (no KIP-227 incremental session: session id 0, epoch -1), with
 //!   `max_bytes` = `consumer.fetch_max_bytes` (at most the sum of what the readers asked),
 //!   each partition's `partition_max_bytes` what its reader asked, `max_wait` =
@@ -73,6 +78,12 @@ pub(crate) const IDLE_REOPEN: Duration = Duration::from_secs(60);
 /// Scheduling yields before a round is made, so that the readers answered by the last round
 /// are in it.
 const ROUND_YIELDS: usize = 2;
+
+/// The longest a round waits for the readers that got records in the previous round to submit
+/// again (decoding their batch and handing it on takes them a moment): without them, the next
+/// round would be a long poll of idle partitions, and a busy partition would wait for it,
+/// up to `consumer.fetch_max_wait`, before it is asked for again.
+pub(crate) const RESUBMIT_LINGER: Duration = Duration::from_millis(10);
 
 /// What a reader is answered: its part of the response (`None`: the answer does not name its
 /// partition), or why the request failed.
@@ -235,6 +246,9 @@ impl Fetchers {
             client: Arc::clone(&self.client),
             jobs: receiver,
             spares: Spares::default(),
+            rounds: 0,
+            fed: HashMap::new(),
+            awaited: HashSet::new(),
         };
         let handover = Handover::new(session);
         let name = format!("broker-{}", broker.node);
@@ -264,6 +278,12 @@ struct Session {
     client: Arc<KafkaClient>,
     jobs: mpsc::UnboundedReceiver<Job>,
     spares: Spares,
+    /// Rounds served so far.
+    rounds: u64,
+    /// The last round in which each partition got records (for the order of the next).
+    fed: HashMap<(TopicName, i32), u64>,
+    /// The partitions that got records in the last round and have not submitted again.
+    awaited: HashSet<(TopicName, i32)>,
 }
 
 /// One incarnation of a session: serves rounds until the scope is cancelled (the bus shuts
@@ -299,6 +319,9 @@ impl Session {
                     waiting.push_back(job);
                 }
             }
+            if !self.linger(&mut waiting).await {
+                return;
+            }
             waiting.retain(|job| !job.abandoned());
             let (lists, fetches) = take_round(&mut waiting);
             if lists.is_empty() && fetches.is_empty() {
@@ -306,6 +329,32 @@ impl Session {
             }
             self.round(&mut connection, lists, fetches).await;
         }
+    }
+
+    /// Waits up to [`RESUBMIT_LINGER`] (at most `consumer.fetch_max_wait`) for the readers fed
+    /// by the last round to submit again. Returns `false` when every sender is gone.
+    async fn linger(&mut self, waiting: &mut VecDeque<Job>) -> bool {
+        for job in waiting.iter() {
+            if let (true, topic, partition) = job.key() {
+                self.awaited.remove(&(topic.clone(), partition));
+            }
+        }
+        let linger = RESUBMIT_LINGER.min(self.client.config().consumer.fetch_max_wait);
+        let until = Instant::now() + linger;
+        while !self.awaited.is_empty() {
+            match tokio::time::timeout_at(until, self.jobs.recv()).await {
+                Ok(Some(job)) => {
+                    if let (true, topic, partition) = job.key() {
+                        self.awaited.remove(&(topic.clone(), partition));
+                    }
+                    waiting.push_back(job);
+                }
+                Ok(None) => return false,
+                Err(_) => break,
+            }
+        }
+        self.awaited.clear();
+        true
     }
 
     /// One round on the session's connection (opened first when there is none).
@@ -345,7 +394,22 @@ impl Session {
             }
         }
         if !fetches.is_empty() {
-            keep = fetch_round(open, fetches, &plan, &self.spares).await.unwrap_or(false);
+            // The broker fills a response in request order until `max_bytes`: the partitions
+            // fed longest ago go first, so that a busy partition cannot starve the others.
+            self.rounds = self.rounds.saturating_add(1);
+            let mut fetches = fetches;
+            let fed = &self.fed;
+            fetches.sort_by_key(|j| fed.get(&(j.topic.clone(), j.partition)).copied().unwrap_or(0));
+            match fetch_round(open, fetches, &plan, &self.spares).await {
+                Ok(fetched) => {
+                    keep = fetched.keep;
+                    for key in fetched.fed {
+                        self.fed.insert(key.clone(), self.rounds);
+                        self.awaited.insert(key);
+                    }
+                }
+                Err(_) => keep = false,
+            }
         }
         *used = Instant::now();
         if !keep {
@@ -440,9 +504,18 @@ pub(crate) async fn list_round(
     Ok(())
 }
 
-/// One Fetch for `jobs` (distinct partitions) on `connection`, the response split and each job
-/// answered with its partition's part. Returns whether the connection can be used again (not
-/// after a top-level error code).
+/// What a Fetch round reports to its session.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    /// Whether the connection can be used again (not after a top-level error code).
+    pub(crate) keep: bool,
+    /// The partitions that got records.
+    pub(crate) fed: Vec<(TopicName, i32)>,
+}
+
+/// One Fetch for `jobs` (distinct partitions, asked in this order, topics grouped in order of
+/// their first partition) on `connection`, the response split and each job answered with its
+/// partition's part.
 ///
 /// # Errors
 ///
@@ -452,7 +525,7 @@ pub(crate) async fn fetch_round(
     jobs: Vec<FetchJob>,
     plan: &Plan,
     spares: &Spares,
-) -> Result<bool, RequestError> {
+) -> Result<Fetched, RequestError> {
     let mut topics: Vec<FetchTopic> = Vec::new();
     let mut keys = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
@@ -554,10 +627,11 @@ pub(crate) async fn fetch_round(
     }
     drop(parts);
     drop(frame);
+    let fed = keys.into_iter().zip(&sizes).filter(|(_, size)| **size > 0).map(|(k, _)| k).collect();
     for (reply, answer) in replies.into_iter().zip(answers.drain(..)) {
         let _ = reply.send(Ok(answer));
     }
-    Ok(top == 0)
+    Ok(Fetched { keep: top == 0, fed })
 }
 
 #[cfg(test)]

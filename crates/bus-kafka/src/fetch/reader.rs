@@ -197,9 +197,9 @@ impl KafkaReader {
                     Ok(Some(open)) => {
                         let plan = Plan::new(&config);
                         let kept = match job(reply) {
-                            Job::Fetch(job) => {
-                                broker::fetch_round(open, vec![job], &plan, spares).await
-                            }
+                            Job::Fetch(job) => broker::fetch_round(open, vec![job], &plan, spares)
+                                .await
+                                .map(|fetched| fetched.keep),
                             Job::List(job) => {
                                 broker::list_round(open, vec![job], &plan).await.map(|()| true)
                             }
