@@ -242,6 +242,7 @@ impl Fetchers {
         };
         let (jobs, receiver) = mpsc::unbounded_channel();
         let session = Session {
+            path: Arc::from(""),
             broker: broker.clone(),
             client: Arc::clone(&self.client),
             jobs: receiver,
@@ -274,6 +275,8 @@ fn child_spec() -> ChildSpec {
 /// A session's state, handed from one incarnation to the next.
 #[derive(Debug)]
 struct Session {
+    /// The incarnation's task path (fault points).
+    path: Arc<str>,
     broker: Broker,
     client: Arc<KafkaClient>,
     jobs: mpsc::UnboundedReceiver<Job>,
@@ -293,6 +296,7 @@ async fn run(scope: Scope, handover: Handover<Session>) -> Result<(), String> {
     let Some(session) = held.get_mut() else {
         return Ok(());
     };
+    session.path = Arc::from(scope.path());
     let token = scope.token();
     tokio::select! {
         biased;
@@ -322,6 +326,9 @@ impl Session {
             if !self.linger(&mut waiting).await {
                 return;
             }
+            // A panic here fails the readers waiting (their replies are dropped); the next
+            // incarnation takes the channel over.
+            bus_core::fault::point(&self.path).await;
             waiting.retain(|job| !job.abandoned());
             let (lists, fetches) = take_round(&mut waiting);
             if lists.is_empty() && fetches.is_empty() {
