@@ -15,9 +15,9 @@
 //!   supervisor shuts down (its scope is cancelled); a connection idle for
 //!   [`IDLE_REOPEN`] is opened afresh before it is used (the broker may have closed it).
 //! - A round serves every job waiting when the session is free: the ListOffsets jobs in one
-//!   request, then the Fetch jobs in one Fetch request. The readers the last round gave records
-//!   are let to submit again first (scheduling yields, then at most [`RESUBMIT_LINGER`] for
-//!   those still missing), so that a busy partition is in the next long poll. A partition appears once per
+//!   request, then the Fetch jobs in one Fetch request. The readers the last round answered
+//!   are let to submit again first (at most [`RESUBMIT_LINGER`] for those still missing), so
+//!   that a busy partition is in the next long poll. A partition appears once per
 //!   request: a second job for it (two groups reading it, or a job left by a dropped
 //!   `next_batch`) waits for the next round. A job whose reader stopped waiting (its receiver
 //!   dropped) is discarded unsent, and an answer nobody waits for is dropped: a reader's
@@ -32,10 +32,14 @@
 //!   each partition's `partition_max_bytes` what its reader asked, `max_wait` =
 //!   `consumer.fetch_max_wait`, `min_bytes` 1 and `consumer.isolation_level`.
 //! - Failures: a request that fails (connection, I/O, timeout, undecodable answer) fails every
-//!   job of its round with that error and the connection is dropped (the next round opens a new
+//!   job in it with that error and the connection is dropped (the next request opens a new
 //!   one; the readers look their leader up again); a top-level error code goes to every reader
-//!   of the round and drops the connection too; a partition's error code (NOT_LEADER_OR_FOLLOWER,
-//!   OFFSET_OUT_OF_RANGE…) goes to its reader alone and the connection stays.
+//!   in the request and drops the connection too; a partition's error code
+//!   (NOT_LEADER_OR_FOLLOWER, OFFSET_OUT_OF_RANGE…) goes to its reader alone and the
+//!   connection stays. An answer that cannot be read (a protocol error: malformed, over its
+//!   bound) may be one partition's doing: each partition of that request is then asked alone,
+//!   in a request of its own, until it is answered, so a partition a broker answers
+//!   unreadably fails alone and the others go back into the shared request after one answer.
 //! - Every wait is bounded: opening by the connector's `request_timeout`, ListOffsets by
 //!   `request_timeout`, Fetch by `request_timeout` + `consumer.fetch_max_wait`; a reader waits
 //!   for its answer at most [`answer_timeout`] (a round before its own, and its own).
@@ -75,14 +79,12 @@ const READ_COMMITTED: i8 = 1;
 /// connections after `connections.max.idle.ms`, 10 minutes by default).
 pub(crate) const IDLE_REOPEN: Duration = Duration::from_secs(60);
 
-/// Scheduling yields before a round is made, so that the readers answered by the last round
-/// are in it.
-const ROUND_YIELDS: usize = 2;
-
-/// The longest a round waits for the readers that got records in the previous round to submit
-/// again (decoding their batch and handing it on takes them a moment): without them, the next
-/// round would be a long poll of idle partitions, and a busy partition would wait for it,
-/// up to `consumer.fetch_max_wait`, before it is asked for again.
+/// The longest a round waits for the readers answered by the previous round to submit again
+/// (decoding their batch and handing it on takes them a moment): without them, the next round
+/// would be a long poll of the others, and a busy partition would wait for it, up to
+/// `consumer.fetch_max_wait`, before it is asked for again. A timed wait, not a scheduling
+/// yield: a yielding task waits on its worker thread, which a handler blocking that thread
+/// would hold, and every reader of the broker with it.
 pub(crate) const RESUBMIT_LINGER: Duration = Duration::from_millis(10);
 
 /// What a reader is answered: its part of the response (`None`: the answer does not name its
@@ -250,6 +252,7 @@ impl Fetchers {
             rounds: 0,
             fed: HashMap::new(),
             awaited: HashSet::new(),
+            suspects: HashSet::new(),
         };
         let handover = Handover::new(session);
         let name = format!("broker-{}", broker.node);
@@ -285,8 +288,12 @@ struct Session {
     rounds: u64,
     /// The last round in which each partition got records (for the order of the next).
     fed: HashMap<(TopicName, i32), u64>,
-    /// The partitions that got records in the last round and have not submitted again.
+    /// The partitions answered by the last round that have not submitted again.
     awaited: HashSet<(TopicName, i32)>,
+    /// Partitions asked alone: they were in a Fetch whose answer could not be read (a protocol
+    /// error) and have not been answered alone since. One partition whose answer is malformed
+    /// so fails alone; the others are cleared by their first answer.
+    suspects: HashSet<(TopicName, i32)>,
 }
 
 /// One incarnation of a session: serves rounds until the scope is cancelled (the bus shuts
@@ -317,11 +324,8 @@ impl Session {
                     None => return,
                 }
             }
-            for _ in 0..ROUND_YIELDS {
-                tokio::task::yield_now().await;
-                while let Ok(job) = self.jobs.try_recv() {
-                    waiting.push_back(job);
-                }
+            while let Ok(job) = self.jobs.try_recv() {
+                waiting.push_back(job);
             }
             if !self.linger(&mut waiting).await {
                 return;
@@ -338,8 +342,8 @@ impl Session {
         }
     }
 
-    /// Waits up to [`RESUBMIT_LINGER`] (at most `consumer.fetch_max_wait`) for the readers fed
-    /// by the last round to submit again. Returns `false` when every sender is gone.
+    /// Waits up to [`RESUBMIT_LINGER`] (at most `consumer.fetch_max_wait`) for the readers
+    /// answered by the last round to submit again. Returns `false` when every sender is gone.
     async fn linger(&mut self, waiting: &mut VecDeque<Job>) -> bool {
         for job in waiting.iter() {
             if let (true, topic, partition) = job.key() {
@@ -364,7 +368,30 @@ impl Session {
         true
     }
 
-    /// One round on the session's connection (opened first when there is none).
+    /// The session's connection, usable, opened afresh when there is none, the last one failed
+    /// or it was idle for [`IDLE_REOPEN`].
+    async fn connect<'c>(
+        &self,
+        connection: &'c mut Option<(Connection, Instant)>,
+    ) -> Result<&'c mut (Connection, Instant), RequestError> {
+        let reusable = connection
+            .as_ref()
+            .is_some_and(|(c, used)| c.is_usable() && used.elapsed() < IDLE_REOPEN);
+        if !reusable {
+            *connection = None;
+            let opened = self.client.connector().open(&self.broker.address).await?;
+            tracing::debug!(broker = %self.broker, "fetch session connected");
+            *connection = Some((opened, Instant::now()));
+        }
+        connection.as_mut().ok_or_else(|| RequestError::Io {
+            broker: self.broker.address.to_string(),
+            api: "Fetch",
+            reason: "no connection".into(),
+        })
+    }
+
+    /// One round on the session's connection: the ListOffsets jobs in one request, then the
+    /// Fetch jobs in one request, except the suspects (each alone, see [`Session::suspects`]).
     async fn round(
         &mut self,
         connection: &mut Option<(Connection, Instant)>,
@@ -372,55 +399,87 @@ impl Session {
         fetches: Vec<FetchJob>,
     ) {
         let plan = Plan::new(self.client.config());
-        let reusable = connection
-            .as_ref()
-            .is_some_and(|(c, used)| c.is_usable() && used.elapsed() < IDLE_REOPEN);
-        if !reusable {
-            *connection = None;
-            match self.client.connector().open(&self.broker.address).await {
-                Ok(opened) => {
-                    tracing::debug!(broker = %self.broker, "fetch session connected");
-                    *connection = Some((opened, Instant::now()));
-                }
+        if !lists.is_empty() {
+            let listed = match self.connect(connection).await {
+                Ok((open, _)) => list_round(open, lists, &plan).await,
                 Err(error) => {
-                    fail(lists, fetches, &error);
-                    return;
+                    fail(lists, Vec::new(), &error);
+                    Err(error)
                 }
+            };
+            if let Err(error) = listed {
+                *connection = None;
+                fail(Vec::new(), fetches, &error);
+                return;
             }
         }
-        let Some((open, used)) = connection.as_mut() else { return };
-        let mut keep = true;
-        if !lists.is_empty() {
-            match list_round(open, lists, &plan).await {
-                Ok(()) => {}
+        if fetches.is_empty() {
+            return;
+        }
+        // The broker fills a response in request order until `max_bytes`: the partitions fed
+        // longest ago go first, so that a busy partition cannot starve the others.
+        self.rounds = self.rounds.saturating_add(1);
+        let fed = &self.fed;
+        let mut fetches = fetches;
+        fetches.sort_by_key(|j| fed.get(&(j.topic.clone(), j.partition)).copied().unwrap_or(0));
+        let (alone, together): (Vec<FetchJob>, Vec<FetchJob>) = fetches
+            .into_iter()
+            .partition(|j| self.suspects.contains(&(j.topic.clone(), j.partition)));
+        let mut requests: VecDeque<Vec<FetchJob>> = alone.into_iter().map(|j| vec![j]).collect();
+        if !together.is_empty() {
+            requests.push_back(together);
+        }
+        while let Some(jobs) = requests.pop_front() {
+            let keys: Vec<(TopicName, i32)> =
+                jobs.iter().map(|j| (j.topic.clone(), j.partition)).collect();
+            let fetched = match self.connect(connection).await {
+                Ok((open, used)) => {
+                    let fetched = fetch_round(open, jobs, &plan, &self.spares).await;
+                    *used = Instant::now();
+                    fetched
+                }
+                Err(error) => {
+                    fail(Vec::new(), jobs, &error);
+                    Err(error)
+                }
+            };
+            match fetched {
+                Ok(fetched) => {
+                    if !fetched.keep {
+                        *connection = None;
+                    }
+                    if let [key] = keys.as_slice() {
+                        self.suspects.remove(key);
+                    }
+                    for key in fetched.fed {
+                        self.fed.insert(key, self.rounds);
+                    }
+                    self.awaited.extend(fetched.answered);
+                }
                 Err(error) => {
                     *connection = None;
-                    fail(Vec::new(), fetches, &error);
-                    return;
-                }
-            }
-        }
-        if !fetches.is_empty() {
-            // The broker fills a response in request order until `max_bytes`: the partitions
-            // fed longest ago go first, so that a busy partition cannot starve the others.
-            self.rounds = self.rounds.saturating_add(1);
-            let mut fetches = fetches;
-            let fed = &self.fed;
-            fetches.sort_by_key(|j| fed.get(&(j.topic.clone(), j.partition)).copied().unwrap_or(0));
-            match fetch_round(open, fetches, &plan, &self.spares).await {
-                Ok(fetched) => {
-                    keep = fetched.keep;
-                    for key in fetched.fed {
-                        self.fed.insert(key.clone(), self.rounds);
-                        self.awaited.insert(key);
+                    match error {
+                        // An answer that cannot be read may be one partition's doing: each
+                        // partition of it is asked alone until it is answered.
+                        RequestError::Protocol { .. } if keys.len() > 1 => {
+                            tracing::warn!(
+                                broker = %self.broker, %error, partitions = keys.len(),
+                                "a fetch answer cannot be read; its partitions are asked alone \
+                                 until each is answered"
+                            );
+                            self.suspects.extend(keys);
+                        }
+                        RequestError::Protocol { .. } => {}
+                        // The connection's trouble, not a partition's: the rest of the round
+                        // fails alike.
+                        _ => {
+                            for jobs in requests.drain(..) {
+                                fail(Vec::new(), jobs, &error);
+                            }
+                        }
                     }
                 }
-                Err(_) => keep = false,
             }
-        }
-        *used = Instant::now();
-        if !keep {
-            *connection = None;
         }
     }
 }
@@ -518,6 +577,8 @@ pub(crate) struct Fetched {
     pub(crate) keep: bool,
     /// The partitions that got records.
     pub(crate) fed: Vec<(TopicName, i32)>,
+    /// The partitions whose readers were answered with their part (and may ask again at once).
+    pub(crate) answered: Vec<(TopicName, i32)>,
 }
 
 /// One Fetch for `jobs` (distinct partitions, asked in this order, topics grouped in order of
@@ -634,11 +695,18 @@ pub(crate) async fn fetch_round(
     }
     drop(parts);
     drop(frame);
-    let fed = keys.into_iter().zip(&sizes).filter(|(_, size)| **size > 0).map(|(k, _)| k).collect();
+    let fed =
+        keys.iter().zip(&sizes).filter(|(_, size)| **size > 0).map(|(k, _)| k.clone()).collect();
+    let answered = keys
+        .into_iter()
+        .zip(&answers)
+        .filter(|(_, answer)| answer.as_ref().is_some_and(|p| p.error_code == 0))
+        .map(|(k, _)| k)
+        .collect();
     for (reply, answer) in replies.into_iter().zip(answers.drain(..)) {
         let _ = reply.send(Ok(answer));
     }
-    Ok(Fetched { keep: top == 0, fed })
+    Ok(Fetched { keep: top == 0, fed, answered })
 }
 
 #[cfg(test)]
