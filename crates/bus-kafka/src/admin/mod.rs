@@ -17,6 +17,10 @@
 //!   within it, as every call of the cluster client is); nothing starts a task.
 //! - An API a broker does not offer in a version we implement is an
 //!   [`AdminError::Unsupported`] naming the broker and the API's versions on both sides.
+//! - Partition reads (`read`, under `busctl tail`) are the consumer's readers (the crate's
+//!   `fetch`): a bus's administration sends them through the bus's fetch sessions, one
+//!   connection per broker; administration without a bus ([`connect`]) has no supervisor to
+//!   run sessions in, so each reader keeps a connection of its own to its partition's leader.
 
 mod cluster;
 mod groups;
