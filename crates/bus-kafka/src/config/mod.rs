@@ -142,8 +142,10 @@ pub struct ConsumerConfig {
     /// How often a member heartbeats (at most a third of the session timeout).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// Bytes asked for per fetch and partition (bounded prefetch); at most
-    /// [`MAX_FETCH_BYTES`].
+    /// Bytes asked for per fetch and partition (bounded prefetch), and at most per Fetch
+    /// request to a broker (one request carries every partition that broker leads whose reader
+    /// is waiting; a broker fills it in partition order, each partition's records first); at
+    /// most [`MAX_FETCH_BYTES`].
     pub fetch_max_bytes: usize,
     /// How long the broker may hold a fetch waiting for records.
     #[serde(with = "humantime_serde")]
