@@ -28,6 +28,7 @@ pub mod bombs;
 pub mod proxy;
 pub mod scripted;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -836,4 +837,58 @@ fn wait_closed(port: u16) {
     while TcpStream::connect(("127.0.0.1", port)).is_ok() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The socket inodes this process has open.
+pub fn socket_inodes() -> BTreeSet<u64> {
+    let mut inodes = BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return inodes };
+    for entry in entries.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        let target = target.to_string_lossy().into_owned();
+        if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']'))
+            && let Ok(inode) = inode.parse()
+        {
+            inodes.insert(inode);
+        }
+    }
+    inodes
+}
+
+/// This process's established TCP connections, by remote port.
+pub fn connections_by_port() -> BTreeMap<u16, usize> {
+    let ours = socket_inodes();
+    let mut by_port = BTreeMap::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(remote), Some(state), Some(inode)) =
+                (fields.get(2), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let established = *state == "01";
+            let inode: u64 = inode.parse().unwrap_or(0);
+            if !established || !ours.contains(&inode) {
+                continue;
+            }
+            let Some(port) =
+                remote.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            *by_port.entry(port).or_insert(0) += 1;
+        }
+    }
+    by_port
+}
+
+/// The brokers' ports (the bootstrap list names all three).
+pub fn broker_ports() -> Vec<u16> {
+    bootstrap()
+        .split(',')
+        .filter_map(|a| a.rsplit(':').next().and_then(|p| p.trim().parse().ok()))
+        .collect()
 }

@@ -12,7 +12,7 @@
 
 mod group_support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use group_support::{DEADLINE, Log, Source, check_order, config, note, subscribe, wait_for};
@@ -27,63 +27,9 @@ const COORDINATOR_LINKS: usize = 3;
 /// of the cluster client (closed once answered).
 const TRANSIENT: usize = 2;
 
-/// The socket inodes this process has open.
-fn socket_inodes() -> BTreeSet<u64> {
-    let mut inodes = BTreeSet::new();
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return inodes };
-    for entry in entries.flatten() {
-        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
-        let target = target.to_string_lossy().into_owned();
-        if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']'))
-            && let Ok(inode) = inode.parse()
-        {
-            inodes.insert(inode);
-        }
-    }
-    inodes
-}
-
-/// This process's established TCP connections, by remote port.
-fn connections_by_port() -> BTreeMap<u16, usize> {
-    let ours = socket_inodes();
-    let mut by_port = BTreeMap::new();
-    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            let (Some(remote), Some(state), Some(inode)) =
-                (fields.get(2), fields.get(3), fields.get(9))
-            else {
-                continue;
-            };
-            let established = *state == "01";
-            let inode: u64 = inode.parse().unwrap_or(0);
-            if !established || !ours.contains(&inode) {
-                continue;
-            }
-            let Some(port) =
-                remote.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
-            else {
-                continue;
-            };
-            *by_port.entry(port).or_insert(0) += 1;
-        }
-    }
-    by_port
-}
-
-/// The brokers' ports (the bootstrap list names all three).
-fn broker_ports() -> Vec<u16> {
-    bus_tests::bootstrap()
-        .split(',')
-        .filter_map(|a| a.rsplit(':').next().and_then(|p| p.trim().parse().ok()))
-        .collect()
-}
-
 /// Connections to each broker beyond `baseline`.
 fn bus_connections(ports: &[u16], baseline: &BTreeMap<u16, usize>) -> BTreeMap<u16, usize> {
-    let now = connections_by_port();
+    let now = bus_tests::connections_by_port();
     ports
         .iter()
         .map(|p| {
@@ -95,7 +41,7 @@ fn bus_connections(ports: &[u16], baseline: &BTreeMap<u16, usize>) -> BTreeMap<u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_of_24_partitions_holds_one_fetch_connection_per_broker() {
-    let ports = broker_ports();
+    let ports = bus_tests::broker_ports();
     assert!(ports.len() >= 3, "the three-broker cluster is expected, got {ports:?}");
     let topic = bus_tests::unique("fetch-sessions");
     let group = bus_tests::unique("fetch-sessions-g");
@@ -103,7 +49,7 @@ async fn a_consumer_of_24_partitions_holds_one_fetch_connection_per_broker() {
     let log = Log::default();
     source.rounds(20).await;
     // The producer has written to every partition, so it is connected to every broker.
-    let baseline = connections_by_port();
+    let baseline = bus_tests::connections_by_port();
 
     let bus = bus_kafka::connect(config()).await.unwrap();
     let subscription = subscribe(&bus, &topic, &group, &log, "A", WORK).await;
