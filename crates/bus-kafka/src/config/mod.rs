@@ -142,10 +142,11 @@ pub struct ConsumerConfig {
     /// How often a member heartbeats (at most a third of the session timeout).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// Bytes asked for per fetch and partition (bounded prefetch), and at most per Fetch
-    /// request to a broker (one request carries every partition that broker leads whose reader
-    /// is waiting; a broker fills it in partition order, each partition's records first); at
-    /// most [`MAX_FETCH_BYTES`].
+    /// Bytes asked for per fetch and partition (bounded prefetch; Kafka's
+    /// `max.partition.fetch.bytes`), at most [`MAX_FETCH_BYTES`]. One Fetch request to a broker
+    /// carries every partition it leads whose reader is waiting, and asks for at most the sum of
+    /// what they asked, at most 50 MiB (Kafka's `fetch.max.bytes` default): each reader has
+    /// reserved room for its part first.
     pub fetch_max_bytes: usize,
     /// How long the broker may hold a fetch waiting for records.
     #[serde(with = "humantime_serde")]

@@ -28,8 +28,9 @@
 //!   partition with records waits at most as many rounds as the broker has readers before it
 //!   is served.
 //! - A Fetch is sent whole (no KIP-227 incremental session: session id 0, epoch -1), with
-//!   `max_bytes` = `consumer.fetch_max_bytes` (at most the sum of what the readers asked),
-//!   each partition's `partition_max_bytes` what its reader asked, `max_wait` =
+//!   `max_bytes` the sum of what the readers asked (each at most `consumer.fetch_max_bytes`,
+//!   room each reserved first), at most [`REQUEST_FETCH_BYTES`], each partition's
+//!   `partition_max_bytes` what its reader asked, `max_wait` =
 //!   `consumer.fetch_max_wait`, `min_bytes` 1 and `consumer.isolation_level`.
 //! - Failures: a request that fails (connection, I/O, timeout, undecodable answer) fails every
 //!   job in it with that error and the connection is dropped (the next request opens a new
@@ -164,10 +165,13 @@ impl Job {
     }
 }
 
+/// What one Fetch request asks for at most (Kafka's `fetch.max.bytes` default): the sum of
+/// what its partitions' readers asked, when less.
+const REQUEST_FETCH_BYTES: usize = 50 << 20;
+
 /// How requests are made, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Plan {
-    fetch_max_bytes: usize,
     max_wait: Duration,
     isolation: i8,
     request_timeout: Duration,
@@ -177,7 +181,6 @@ impl Plan {
     pub(crate) fn new(config: &KafkaConfig) -> Plan {
         let consumer = &config.consumer;
         Plan {
-            fetch_max_bytes: consumer.fetch_max_bytes,
             max_wait: consumer.fetch_max_wait,
             isolation: match consumer.isolation_level {
                 IsolationLevel::ReadCommitted => READ_COMMITTED,
@@ -625,7 +628,7 @@ pub(crate) async fn fetch_round(
     request.replica_id = (-1).into();
     request.max_wait_ms = i32::try_from(plan.max_wait.as_millis()).unwrap_or(i32::MAX);
     request.min_bytes = 1;
-    request.max_bytes = i32::try_from(asked.min(plan.fetch_max_bytes)).unwrap_or(i32::MAX).max(1);
+    request.max_bytes = i32::try_from(asked.min(REQUEST_FETCH_BYTES)).unwrap_or(i32::MAX).max(1);
     request.isolation_level = plan.isolation;
     request.session_id = 0;
     request.session_epoch = -1;
