@@ -1,9 +1,7 @@
 //! [`KafkaBackend`]: the bus-core `Backend` over the producer (data plane) and the group plane.
 //!
-//! Owns: admission (closed flag), the bus's fetch sessions (`fetch::Fetchers`, under the
-//! isolated `bus/kafka/fetch` scope; their failure is the backend's health) and the delegation
-//! of each `Backend` operation. Every task of the backend lives under its scope
-//! (`bus/kafka/…`).
+//! Owns: admission (closed flag) and the delegation of each `Backend` operation. Every task of
+//! the backend lives under its scope (`bus/kafka/…`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,15 +13,12 @@ use bus_core::{
 use bus_supervisor::Scope;
 
 use crate::client::KafkaClient;
-use crate::fetch::{Fetchers, Route};
 use crate::producer::{Producer, TrySend};
 
 /// The Kafka backend of the event bus.
 pub(crate) struct KafkaBackend {
     client: Arc<KafkaClient>,
     producer: Producer,
-    /// The fetch sessions every reader of the bus sends its requests through.
-    fetchers: Arc<Fetchers>,
     #[allow(dead_code)]
     scope: Scope,
     closed: AtomicBool,
@@ -36,11 +31,8 @@ impl std::fmt::Debug for KafkaBackend {
 }
 
 impl KafkaBackend {
-    /// The backend on `client`, its tasks under `scope` (`bus/kafka`): the producer's (started
-    /// by the caller) and the fetch sessions (under `bus/kafka/fetch`).
     pub(crate) fn new(scope: Scope, client: Arc<KafkaClient>, producer: Producer) -> Self {
-        let fetchers = Arc::new(Fetchers::new(scope.isolated_child("fetch"), Arc::clone(&client)));
-        KafkaBackend { client, producer, fetchers, scope, closed: AtomicBool::new(false) }
+        KafkaBackend { client, producer, scope, closed: AtomicBool::new(false) }
     }
 }
 
@@ -69,7 +61,7 @@ impl Backend for KafkaBackend {
             if self.closed.load(Ordering::Acquire) {
                 return Err(SubscribeError::Closed);
             }
-            crate::group::join(Arc::clone(&self.client), Arc::clone(&self.fetchers), request).await
+            crate::group::join(Arc::clone(&self.client), request).await
         })
     }
 
@@ -101,11 +93,6 @@ impl Backend for KafkaBackend {
         if let Some(escalation) = self.producer.failure() {
             return Health::Unhealthy { reason: format!("the producer failed: {escalation}") };
         }
-        if let Some(escalation) = self.fetchers.failure() {
-            return Health::Unhealthy {
-                reason: format!("the fetch sessions failed: {escalation}"),
-            };
-        }
         match self.producer.health() {
             Health::Ready => match self.client.connector().trouble() {
                 // A broker refusing TLS or SASL: whatever part of the bus met it.
@@ -117,9 +104,6 @@ impl Backend for KafkaBackend {
     }
 
     fn admin(&self) -> Arc<dyn bus_core::backend::AdminBackend> {
-        Arc::new(crate::admin::KafkaAdmin {
-            client: Arc::clone(&self.client),
-            route: Route::Shared(Arc::clone(&self.fetchers)),
-        })
+        Arc::new(crate::admin::KafkaAdmin { client: Arc::clone(&self.client) })
     }
 }

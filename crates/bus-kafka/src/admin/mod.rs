@@ -17,10 +17,6 @@
 //!   within it, as every call of the cluster client is); nothing starts a task.
 //! - An API a broker does not offer in a version we implement is an
 //!   [`AdminError::Unsupported`] naming the broker and the API's versions on both sides.
-//! - Partition reads (`read`, under `busctl tail`) are the consumer's readers (the crate's
-//!   `fetch`): a bus's administration sends them through the bus's fetch sessions, one
-//!   connection per broker; administration without a bus ([`connect`]) has no supervisor to
-//!   run sessions in, so each reader keeps a connection of its own to its partition's leader.
 
 mod cluster;
 mod groups;
@@ -37,7 +33,7 @@ use crate::client::KafkaClient;
 use crate::config::kafka::KafkaConfig;
 use crate::connection::RequestError;
 use crate::error::KafkaError;
-use crate::fetch::{KafkaReader, Route};
+use crate::fetch::KafkaReader;
 
 /// Connects with `config` and returns topic and group administration on the cluster, without a
 /// bus (a bus has its own: [`EventBus::admin`](bus_core::EventBus::admin)).
@@ -48,16 +44,13 @@ use crate::fetch::{KafkaReader, Route};
 /// bootstrap broker answers within `request_timeout`.
 pub async fn connect(config: KafkaConfig) -> Result<Admin, KafkaError> {
     let client = Arc::new(KafkaClient::connect(Arc::new(config)).await?);
-    Ok(Admin::new(Arc::new(KafkaAdmin { client, route: Route::Own })))
+    Ok(Admin::new(Arc::new(KafkaAdmin { client })))
 }
 
 /// The Kafka backend's administration (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct KafkaAdmin {
     pub(crate) client: Arc<KafkaClient>,
-    /// Where its partition reads send their requests: the bus's fetch sessions, or (without a
-    /// bus, which has no supervisor to run sessions in) a connection of each reader's own.
-    pub(crate) route: Route,
 }
 
 /// A request that could not be sent: unsupported by the broker, or a transport failure.
@@ -149,7 +142,6 @@ impl AdminBackend for KafkaAdmin {
                 Some(_) => {
                     let reader = KafkaReader::new(
                         Arc::clone(&self.client),
-                        self.route.clone(),
                         "(admin)".to_owned(),
                         partition.clone(),
                         start,

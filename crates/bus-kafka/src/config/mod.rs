@@ -142,11 +142,8 @@ pub struct ConsumerConfig {
     /// How often a member heartbeats (at most a third of the session timeout).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// Bytes asked for per fetch and partition (bounded prefetch; Kafka's
-    /// `max.partition.fetch.bytes`), at most [`MAX_FETCH_BYTES`]. One Fetch request to a broker
-    /// carries every partition it leads whose reader is waiting, and asks for at most the sum of
-    /// what they asked, at most 50 MiB (Kafka's `fetch.max.bytes` default): each reader has
-    /// reserved room for its part first.
+    /// Bytes asked for per fetch and partition (bounded prefetch); at most
+    /// [`MAX_FETCH_BYTES`].
     pub fetch_max_bytes: usize,
     /// How long the broker may hold a fetch waiting for records.
     #[serde(with = "humantime_serde")]

@@ -1,34 +1,27 @@
-//! The data plane's read side: reading assigned partitions with ListOffsets and Fetch on the
-//! `kafka-protocol` crate, one connection per broker (the crate's `connection`) shared by every
-//! partition that broker leads (the crate's `leader` directory, shared with the producer).
+//! The data plane's read side: reading an assigned partition with ListOffsets and Fetch on the
+//! `kafka-protocol` crate, over a connection of its own (the crate's `connection`) to the
+//! partition's leader (the crate's `leader` lookup, shared with the producer).
 //!
-//! Owns: [`KafkaReader`], [`Route`], [`Fetchers`] and the submodules:
+//! Owns: [`KafkaReader`] and the submodules:
 //! - `reader` — the [`bus_core::backend::PartitionReader`] of one partition (its position, its
-//!   route to the leader, the reset when out of range, unreadable batches reported);
-//! - `broker` — a fetch session per broker (a supervised task owning the connection; one
-//!   Fetch carrying every partition whose reader waits, the answer split per partition);
+//!   connection to the leader, the reset when out of range, unreadable batches reported);
 //! - `batch` — the record batches of a Fetch response decoded into messages (zero-copy,
 //!   bounded whatever the batch says, read_committed);
 //! - `inflate` — the four codecs, decompressing within a bound;
 //! - `memory` — the reader's memory budget (responses and decompressed batches its messages
 //!   still reference) and the reuse of response buffers.
 //!
-//! Invariants: a reader starts no task and holds no connection of a bus: its requests go to
-//! the session of its leader, a task of the bus's `bus/kafka/fetch` scope (the only tasks this
-//! module starts, through [`Fetchers`]); a reader's own future waits for the answer, bounded.
-//! Readers are opened by the group member's `open` (the crate's `group`), which names the
-//! group their errors are reported for, and by the administration's reads (through the bus's
-//! sessions, or on a connection of their own without a bus); nothing here knows about group
-//! membership or committed offsets.
+//! Invariants: a reader starts no task: the caller's future (a fetch loop of the consumer
+//! runtime) drives every request. Readers are opened by the group member's `open` (the
+//! crate's `group`), which names the group their errors are reported for; nothing here knows
+//! about group membership or committed offsets.
 
 mod batch;
-mod broker;
 mod inflate;
 mod memory;
 mod reader;
 
-pub(crate) use broker::Fetchers;
-pub(crate) use reader::{KafkaReader, Route};
+pub(crate) use reader::KafkaReader;
 
 /// The decoding of a partition's records as a reader runs it, for the fuzz targets.
 #[cfg(feature = "fuzzing")]

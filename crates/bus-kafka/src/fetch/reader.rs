@@ -1,15 +1,14 @@
-//! Reading one assigned partition: the [`PartitionReader`] on Fetch requests shared per broker.
+//! Reading one assigned partition: the [`PartitionReader`] on our own Fetch requests.
 //!
-//! Owns: [`KafkaReader`] (a partition's position, its route to the partition's leader, found
-//! with the crate's `leader` directory, and its memory budget) and [`Route`].
+//! Owns: [`KafkaReader`] (a partition's position, its connection to the partition's leader,
+//! found with the crate's `leader` lookup, and its memory budget).
 //!
 //! Invariants:
 //! - The position (the next offset to return) advances only when a batch is returned, so
-//!   dropping a pending `next_batch` loses no record (cancel-safe): the job it submitted is
-//!   discarded by the session, or its answer dropped, and the connection is not touched (the
-//!   session owns it). Resolving `Earliest`, `Latest` or `Timestamp` (ListOffsets by time;
-//!   the end offset when no record is that late) fixes the position once, when the member
-//!   opens the reader; it is not re-resolved.
+//!   dropping a pending `next_batch` loses no record (cancel-safe); a request dropped half-way
+//!   leaves its connection poisoned, and the next fetch opens a new one. Resolving `Earliest`,
+//!   `Latest` or `Timestamp` (ListOffsets by time; the end offset when no record is that late)
+//!   fixes the position once, when the member opens the reader; it is not re-resolved.
 //! - Records below the position (a batch is returned whole) are skipped; the records returned
 //!   are in offset order, each above the last returned (see `batch`).
 //! - A batch that cannot be read ends the fetch: the records before it are returned, and the
@@ -20,64 +19,43 @@
 //!   high watermark and the partition's end offset (brokers that do not report the error),
 //!   moves the position as the subscription's `auto_offset_reset` says (earliest or latest
 //!   offset; logged).
-//! - Each fetch asks for `consumer.fetch_max_bytes` of its partition (at most the caller's
-//!   `max_bytes`) and lets the broker wait at most `consumer.fetch_max_wait` for records; it
-//!   reads as `consumer.isolation_level` says (read_committed: records of aborted
-//!   transactions are skipped, see `batch`).
-//! - A bus's readers hold no connection: each request goes to the fetch session of the
-//!   broker the leader directory names (`broker`: one connection per broker, one Fetch per
-//!   broker carrying every partition waiting). A reader opened for administration without a
-//!   bus ([`Route::Own`]) runs the same requests on a connection of its own. A failed request
-//!   or a partition's error (not the leader any more…) makes the next fetch look the leader up
-//!   again, in metadata read after the failure. A reader waits for its session's answer at
-//!   most `broker::answer_timeout`.
-//! - Memory: what the reader's messages reference (its part of responses and decompressed
-//!   batches) is held against a budget of `consumer.partition_buffer_bytes` (`memory`); a
-//!   fetch first reserves room for the largest part it may get (`partition_max_bytes` plus
-//!   `FETCH_RESPONSE_SLACK`), waiting for handlers to release memory when there is none
-//!   (backpressure); the shared response is then charged by part (`memory`'s invariants).
+//! - Each fetch asks for `consumer.fetch_max_bytes` (at most the caller's `max_bytes`) and lets
+//!   the broker wait at most `consumer.fetch_max_wait` for records; it reads as
+//!   `consumer.isolation_level` says (read_committed: records of aborted transactions are
+//!   skipped, see `batch`).
+//! - One connection per reader, to the partition's leader as the bootstrap brokers' metadata
+//!   names it; a leadership error or any failed request drops it, and the next fetch looks the
+//!   leader up again.
+//! - Memory: what the reader's messages reference (responses and decompressed batches) is held
+//!   against a budget of `consumer.partition_buffer_bytes` (`memory`); a fetch first reserves
+//!   room for the largest response it may get, waiting for handlers to release memory when
+//!   there is none (backpressure). Response buffers are reused once nothing references them.
 
 use std::sync::Arc;
 
 use bus_core::backend::{BoxFuture, GroupError, PartitionReader, ReadError, UnreadableBatch};
 use bus_core::{Message, StartAt, TopicPartition, subscription::OffsetReset};
-use kafka_protocol::messages::TopicName;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use tokio::sync::oneshot;
 
 use super::batch::{self, AbortedTransactions, Settings};
-use super::broker::{self, Answer, FetchJob, FetchPart, Fetchers, Job, ListJob, ListPart, Plan};
-use super::memory::{Budget, Spares};
+use super::memory::Budget;
 use crate::client::KafkaClient;
 use crate::config::IsolationLevel;
-use crate::config::limits::FETCH_RESPONSE_SLACK;
-use crate::connection::{Connection, code_name};
-use crate::leader::{Broker, leader};
+use crate::connection::{Api, Connection, code_name};
+use crate::leader::leader;
 
 /// OFFSET_OUT_OF_RANGE.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
+/// Isolation levels as Kafka encodes them.
+const READ_UNCOMMITTED: i8 = 0;
+const READ_COMMITTED: i8 = 1;
 /// ListOffsets' timestamp for the earliest offset.
 const EARLIEST: i64 = -2;
 /// ListOffsets' timestamp for the end offset.
 const LATEST: i64 = -1;
-
-/// How a reader's requests reach its partition's leader.
-#[derive(Debug, Clone)]
-pub(crate) enum Route {
-    /// Through the bus's fetch sessions, one per broker.
-    Shared(Arc<Fetchers>),
-    /// On a connection of the reader's own (administration without a bus).
-    Own,
-}
-
-/// Where the reader's requests go now.
-#[derive(Debug)]
-enum Link {
-    /// The leader's session.
-    Shared(Arc<Fetchers>, Option<Broker>),
-    /// A connection of its own (and its response buffers).
-    Own(Option<Connection>, Spares),
-}
 
 /// Reads one partition of a Kafka topic (returned by the member's `open`).
 pub(crate) struct KafkaReader {
@@ -85,7 +63,7 @@ pub(crate) struct KafkaReader {
     group: String,
     partition: TopicPartition,
     topic: TopicName,
-    link: Link,
+    connection: Option<Connection>,
     position: StartAt,
     /// Where an out-of-range position goes.
     reset: OffsetReset,
@@ -93,7 +71,8 @@ pub(crate) struct KafkaReader {
     budget: Budget,
     /// The partition's high watermark in the last fetch answer.
     high_watermark: Option<i64>,
-    /// When its leader last failed it (the next lookup reads metadata younger than this).
+    /// When its connection to the leader last failed (the next lookup reads metadata younger
+    /// than this).
     failed_at: Option<tokio::time::Instant>,
 }
 
@@ -107,13 +86,11 @@ impl std::fmt::Debug for KafkaReader {
 }
 
 impl KafkaReader {
-    /// A reader of `partition` from `start`, resetting to `reset` when out of range, whose
-    /// requests go `route` (the leader is looked up on the first fetch or
-    /// [`KafkaReader::resolve`], which also fixes a start that is not an offset; failures are
-    /// retried by the caller).
+    /// A reader of `partition` from `start`, resetting to `reset` when out of range (the
+    /// leader's connection is opened on the first fetch or [`KafkaReader::resolve`], which also
+    /// fixes a start that is not an offset; failures are retried by the caller).
     pub(crate) fn new(
         client: Arc<KafkaClient>,
-        route: Route,
         group: String,
         partition: TopicPartition,
         start: StartAt,
@@ -121,16 +98,12 @@ impl KafkaReader {
     ) -> Self {
         let topic = TopicName(StrBytes::from_string(partition.topic.to_string()));
         let budget = Budget::new(client.config().consumer.partition_buffer_bytes);
-        let link = match route {
-            Route::Shared(fetchers) => Link::Shared(fetchers, None),
-            Route::Own => Link::Own(None, Spares::default()),
-        };
         KafkaReader {
             client,
             group,
             partition,
             topic,
-            link,
+            connection: None,
             position: start,
             reset,
             budget,
@@ -143,115 +116,82 @@ impl KafkaReader {
         GroupError::retriable(&self.group, format!("`{}`: {what}: {error}", self.partition))
     }
 
-    /// Forgets the leader after a failure: the next request looks it up again, in metadata
-    /// read after now.
-    fn leader_failed(&mut self) {
-        match &mut self.link {
-            Link::Shared(_, leader) => *leader = None,
-            Link::Own(connection, _) => *connection = None,
+    fn isolation(&self) -> i8 {
+        match self.client.config().consumer.isolation_level {
+            IsolationLevel::ReadCommitted => READ_COMMITTED,
+            IsolationLevel::ReadUncommitted => READ_UNCOMMITTED,
         }
+    }
+
+    /// Drops the connection to the leader after a failure: the next fetch looks the leader up
+    /// again, in metadata read after now.
+    fn drop_connection(&mut self) {
+        self.connection = None;
         self.failed_at = Some(tokio::time::Instant::now());
     }
 
-    /// Runs `job` (made with its reply channel) at the partition's leader: through its
-    /// session, or on the reader's own connection (opened after a lookup when there is none
-    /// or the last one failed). Any failure makes the next request look the leader up again.
-    async fn ask<T>(
-        &mut self,
-        what: &str,
-        job: impl FnOnce(oneshot::Sender<Answer<T>>) -> Job,
-    ) -> Result<T, GroupError> {
-        let (reply, answer) = oneshot::channel();
-        let after = self.failed_at;
-        let config = Arc::clone(self.client.config());
-        let leaders = self.client.leaders();
-        let sent: Result<(), String> = match &mut self.link {
-            Link::Shared(fetchers, known) => {
-                let broker = match known.clone() {
-                    Some(broker) => Ok(broker),
-                    None => leaders
-                        .leader(&self.topic, self.partition.partition, after)
-                        .await
-                        .map_err(|e| format!("cannot find the partition's leader: {e}")),
-                };
-                match broker {
-                    Ok(broker) => {
-                        let submitted = fetchers.submit(&broker, job(reply));
-                        *known = Some(broker);
-                        submitted
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Link::Own(connection, spares) => {
-                let opened = if connection.as_ref().is_some_and(Connection::is_usable) {
-                    Ok(())
-                } else {
-                    leader(leaders, &self.topic, self.partition.partition, after)
-                        .await
-                        .map(|opened| *connection = Some(opened))
-                        .map_err(|e| format!("cannot reach the partition's leader: {e}"))
-                };
-                match opened.map(|()| connection.as_mut()) {
-                    Err(e) => Err(e),
-                    Ok(Some(open)) => {
-                        let plan = Plan::new(&config);
-                        let kept = match job(reply) {
-                            Job::Fetch(job) => broker::fetch_round(open, vec![job], &plan, spares)
-                                .await
-                                .map(|fetched| fetched.keep),
-                            Job::List(job) => {
-                                broker::list_round(open, vec![job], &plan).await.map(|()| true)
-                            }
-                        };
-                        if !matches!(kept, Ok(true)) {
-                            *connection = None;
-                        }
-                        Ok(())
-                    }
-                    Ok(None) => Err("no connection".to_owned()),
-                }
-            }
+    /// The connection to the partition's leader, opened (after a Metadata lookup) when there is
+    /// none or the last one failed.
+    async fn connection(&mut self) -> Result<&mut Connection, GroupError> {
+        if !self.connection.as_ref().is_some_and(Connection::is_usable) {
+            self.connection = None;
+            let after = self.failed_at;
+            let leaders = self.client.leaders();
+            let connection = leader(leaders, &self.topic, self.partition.partition, after)
+                .await
+                .map_err(|e| self.error("cannot reach the partition's leader", e))?;
+            self.connection = Some(connection);
         }
-        .inspect_err(|_| self.leader_failed());
-        let answered = match sent {
-            Ok(()) => tokio::time::timeout(broker::answer_timeout(&config), answer).await,
-            Err(e) => return Err(self.error(what, e)),
-        };
-        let failure = match answered {
-            Ok(Ok(Ok(Some(part)))) => return Ok(part),
-            Ok(Ok(Ok(None))) => {
-                return Err(self.error(what, "the answer names no such partition"));
-            }
-            Ok(Ok(Err(e))) => e.to_string(),
-            Ok(Err(_)) => "the broker's fetch session stopped before answering".to_owned(),
-            Err(_) => format!(
-                "no answer within {:?} from the broker's fetch session",
-                broker::answer_timeout(&config)
-            ),
-        };
-        self.leader_failed();
-        Err(self.error(what, failure))
+        self.connection.as_mut().ok_or_else(|| {
+            GroupError::retriable(&self.group, format!("`{}`: no connection", self.partition))
+        })
     }
 
     /// The partition's offset at `timestamp` (`EARLIEST` or `LATEST`), from its leader.
     async fn list_offset(&mut self, timestamp: i64) -> Result<i64, GroupError> {
+        let timeout = self.client.config().request_timeout;
+        let mut wanted = ListOffsetsPartition::default();
+        wanted.partition_index = self.partition.partition;
+        wanted.current_leader_epoch = -1;
+        wanted.timestamp = timestamp;
+        let mut topic = ListOffsetsTopic::default();
+        topic.name = self.topic.clone();
+        topic.partitions = vec![wanted];
+        let mut request = ListOffsetsRequest::default();
+        request.replica_id = (-1).into();
+        request.isolation_level = self.isolation();
+        request.topics = vec![topic];
         let which = match timestamp {
             EARLIEST => "earliest".to_owned(),
             LATEST => "latest".to_owned(),
             millis => format!("first at or after {millis} ms"),
         };
-        let what = format!("cannot list the {which} offset");
-        let (topic, partition) = (self.topic.clone(), self.partition.partition);
-        let part: ListPart = self
-            .ask(&what, |reply| Job::List(ListJob { topic, partition, timestamp, reply }))
-            .await?;
-        match part.error_code {
-            0 => Ok(part.offset),
-            code => {
-                self.leader_failed();
-                Err(self.error(&what, code_name(code)))
+        let connection = self.connection().await?;
+        let sent = match connection.version::<ListOffsetsRequest>() {
+            Ok(version) => connection.send(&request, version, timeout).await,
+            Err(e) => Err(e),
+        };
+        let response = sent.map_err(|e| {
+            self.drop_connection();
+            self.error(&format!("cannot list the {which} offset"), e)
+        })?;
+        let answer = response
+            .topics
+            .iter()
+            .filter(|t| t.name == self.topic)
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == self.partition.partition);
+        match answer {
+            Some(p) if p.error_code == 0 => Ok(p.offset),
+            Some(p) => {
+                let code = p.error_code;
+                self.drop_connection();
+                Err(self.error(&format!("cannot list the {which} offset"), code_name(code)))
             }
+            None => Err(self.error(
+                &format!("cannot list the {which} offset"),
+                "the answer names no such partition",
+            )),
         }
     }
 
@@ -284,6 +224,8 @@ impl KafkaReader {
         let offset = self.offset().await?;
         let consumer = &self.client.config().consumer;
         let limit = max_bytes.min(consumer.fetch_max_bytes).max(1);
+        let wait = consumer.fetch_max_wait;
+        let timeout = wait + self.client.config().request_timeout;
         let settings = Settings {
             topic: Arc::clone(&self.partition.topic),
             partition: self.partition.partition,
@@ -293,22 +235,67 @@ impl KafkaReader {
             read_committed: consumer.isolation_level == IsolationLevel::ReadCommitted,
         };
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
-        // Room for the largest part this fetch may get, before asking for it: waits for the
-        // messages of earlier fetches to be handled when the budget is spent.
-        let room = usize::try_from(limit).unwrap_or(0).saturating_add(FETCH_RESPONSE_SLACK);
+        let mut wanted = FetchPartition::default();
+        wanted.partition = self.partition.partition;
+        wanted.current_leader_epoch = -1;
+        wanted.fetch_offset = offset;
+        wanted.last_fetched_epoch = -1;
+        wanted.log_start_offset = -1;
+        wanted.partition_max_bytes = limit;
+        let mut topic = FetchTopic::default();
+        topic.topic = self.topic.clone();
+        topic.partitions = vec![wanted];
+        let mut request = FetchRequest::default();
+        request.replica_id = (-1).into();
+        request.max_wait_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        request.min_bytes = 1;
+        request.max_bytes = limit;
+        request.isolation_level = self.isolation();
+        request.session_id = 0;
+        request.session_epoch = -1;
+        request.topics = vec![topic];
+        // Room for the largest response this fetch may get, before asking for it: waits for
+        // the messages of earlier fetches to be handled when the budget is spent.
         let reserved = self
             .budget
-            .reserve(room)
+            .reserve(request.response_limit())
             .await
             .ok_or_else(|| self.error("fetch", "the reader's memory budget is closed"))?;
-        let what = format!("fetch at offset {offset} failed");
-        let (topic, partition) = (self.topic.clone(), self.partition.partition);
-        let answer: FetchPart = self
-            .ask(&what, |reply| {
-                Job::Fetch(FetchJob { topic, partition, offset, max_bytes: limit, reserved, reply })
-            })
-            .await?;
-        let broker = Arc::clone(&answer.broker);
+        let buffer = self.budget.spare_buffer();
+        let budget = self.budget.clone();
+        let connection = self.connection().await?;
+        let broker = connection.broker().to_owned();
+        let sent = match connection.version::<FetchRequest>() {
+            Ok(version) => {
+                let hold = move |body| budget.hold_frame(body, reserved);
+                connection.send_into(&request, version, timeout, buffer, hold).await
+            }
+            Err(e) => Err(e),
+        };
+        let (response, _frame) = sent.map_err(|e| {
+            self.drop_connection();
+            self.error(&format!("fetch at offset {offset} failed"), e)
+        })?;
+        if response.error_code != 0 {
+            self.drop_connection();
+            return Err(self
+                .error(&format!("fetch at offset {offset} failed"), code_name(response.error_code))
+                .into());
+        }
+        let answer = response
+            .responses
+            .into_iter()
+            .filter(|t| t.topic == self.topic)
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == self.partition.partition);
+        let Some(answer) = answer else {
+            return Err(self
+                .error(
+                    &format!("fetch at offset {offset} failed"),
+                    "the answer names no such partition",
+                )
+                .into());
+        };
         match answer.error_code {
             0 => {
                 if answer.high_watermark >= 0 {
@@ -321,13 +308,15 @@ impl KafkaReader {
             code => {
                 // Not the leader any more, unknown partition, fenced epoch…: look the leader
                 // up again on the next fetch.
-                self.leader_failed();
+                self.drop_connection();
                 return Err(self
                     .error(&format!("fetch at offset {offset} failed"), code_name(code))
                     .into());
             }
         }
-        let aborted = AbortedTransactions::new(answer.aborted.iter().copied());
+        let aborted = AbortedTransactions::new(
+            answer.aborted_transactions.iter().flatten().map(|t| (t.producer_id.0, t.first_offset)),
+        );
         let decoded = match &answer.records {
             Some(records) => batch::decode(records, &settings, aborted, &self.budget).await,
             None => batch::Decoded::default(),

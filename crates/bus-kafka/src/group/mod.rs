@@ -31,14 +31,12 @@ use bus_core::{errors::ConfigError, errors::SubscribeError};
 
 use crate::client::KafkaClient;
 use crate::error::KafkaError;
-use crate::fetch::Fetchers;
 
 /// Joins a consumer group: checks the request, ensures the topics exist, and starts the
 /// member's tasks. Returns at once; the first assignment arrives as an event once the group has
 /// formed (the broker may hold the first JoinGroup for its initial rebalance delay).
 pub(crate) async fn join(
     client: Arc<KafkaClient>,
-    fetchers: Arc<Fetchers>,
     request: JoinRequest,
 ) -> Result<Box<dyn GroupMember>, SubscribeError> {
     let group = request.group.clone();
@@ -90,6 +88,6 @@ pub(crate) async fn join(
             request.topics.select(visible)
         }
     };
-    let member = member::start(client, fetchers, request, topics)?;
+    let member = member::start(client, request, topics)?;
     Ok(Box::new(member))
 }

@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, watch};
 use super::coordinator::{Failure, Link, Locator};
 use crate::client::KafkaClient;
 use crate::config::kafka::KafkaConfig;
-use crate::fetch::{Fetchers, KafkaReader, Route};
+use crate::fetch::KafkaReader;
 use heartbeat::Heartbeat;
 use membership::Membership;
 use offsets::Offsets;
@@ -141,8 +141,6 @@ struct Inner {
     /// `ConsumerConfig::assignors`).
     cooperative: bool,
     client: Arc<KafkaClient>,
-    /// The bus's fetch sessions, which the member's readers send their requests through.
-    fetchers: Arc<Fetchers>,
     config: Arc<KafkaConfig>,
     rebalance_timeout: Duration,
     /// Where the member's readers go when their position is out of range.
@@ -188,7 +186,6 @@ impl Inner {
 /// names, or its pattern's matches): its membership and heartbeat tasks in `request.scope`.
 pub(crate) fn start(
     client: Arc<KafkaClient>,
-    fetchers: Arc<Fetchers>,
     request: JoinRequest,
     topics: Vec<String>,
 ) -> Result<KafkaMember, bus_supervisor::SpawnError> {
@@ -217,7 +214,6 @@ pub(crate) fn start(
         instance_id: group_instance_id,
         cooperative: config.consumer.is_cooperative(),
         client,
-        fetchers,
         config,
         rebalance_timeout,
         auto_offset_reset,
@@ -322,7 +318,6 @@ impl GroupMember for KafkaMember {
         Box::pin(async move {
             let mut reader = KafkaReader::new(
                 Arc::clone(&self.inner.client),
-                Route::Shared(Arc::clone(&self.inner.fetchers)),
                 self.inner.group.clone(),
                 partition.clone(),
                 start,
